@@ -1,0 +1,374 @@
+//! File + flags -> validated [`Settings`]: the TOML schema, its documented defaults, and `validate()`.
+//!
+//! [`Config`] is what a user writes (every field optional, unknown fields rejected so a typo
+//! is named instead of silently ignored). [`Config::validate`] turns it into [`Settings`],
+//! the resolved form workers run on, or returns *every* problem at once, each naming its field.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Which io driver each worker's monoio runtime uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IoDriver {
+    /// io_uring, falling back to epoll (with a warning in the log) where the kernel or a
+    /// seccomp profile refuses io_uring.
+    #[default]
+    Auto,
+    /// io_uring only; startup fails if it is unavailable.
+    IoUring,
+    /// epoll only (monoio's legacy driver).
+    Epoll,
+}
+
+impl std::str::FromStr for IoDriver {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "io-uring" => Ok(Self::IoUring),
+            "epoll" => Ok(Self::Epoll),
+            other => Err(format!(
+                "unknown io driver {other:?} (expected auto, io-uring or epoll)"
+            )),
+        }
+    }
+}
+
+/// The config file as written. See `wslb.example.toml` for a commented copy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Address every worker listens on (SO_REUSEPORT). Default `127.0.0.1:8080`.
+    pub listen: String,
+    /// Backend WebSocket servers, `host:port`. At least one is required.
+    pub backends: Vec<String>,
+    /// Worker threads, one per core. `0` (default) means one per available core.
+    pub workers: usize,
+    /// `auto` (default), `io-uring` or `epoll`.
+    pub io_driver: IoDriver,
+    /// listen(2) backlog per worker socket. Default 4096: connection bursts land in several
+    /// workers' queues at once, and the kernel caps it at `net.core.somaxconn` anyway.
+    pub backlog: u32,
+    pub timeouts: Timeouts,
+    pub limits: Limits,
+}
+
+/// Timeouts in milliseconds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Time a client has to send its complete upgrade request. Default 10 000 ms.
+    pub client_handshake_ms: u64,
+    /// TCP connect to one backend; on expiry the next backend is tried. Default 3 000 ms.
+    pub backend_connect_ms: u64,
+    /// Time a backend has to answer the forwarded upgrade. Default 10 000 ms.
+    pub backend_handshake_ms: u64,
+    /// After a close frame has been sent to a peer (or one side's TCP has ended), how long
+    /// the other side gets to finish the close handshake before wslb closes its socket.
+    /// Default 5 000 ms.
+    pub close_grace_ms: u64,
+}
+
+/// Size limits in bytes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest upgrade request head accepted from a client; larger gets 431.
+    /// Default 8 192 (NGINX's `large_client_header_buffers` default is 8 KiB per line;
+    /// browsers send about 1 KiB with cookies). Range 1 024..=65 536.
+    pub max_request_bytes: usize,
+    /// Largest payload of one client frame; larger closes the client with 1009.
+    /// Default 16 MiB (Autobahn's largest case). `0` disables the check.
+    pub max_frame_bytes: u64,
+    /// Relay buffer per direction. Default 16 384: one read carries a 16 KiB message with
+    /// its header split over at most two reads, and 64 B messages batch when pipelined.
+    /// Range 1 024..=1 048 576.
+    pub relay_buffer_bytes: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            backends: Vec::new(),
+            workers: 0,
+            io_driver: IoDriver::Auto,
+            backlog: 4096,
+            timeouts: Timeouts::default(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            client_handshake_ms: 10_000,
+            backend_connect_ms: 3_000,
+            backend_handshake_ms: 10_000,
+            close_grace_ms: 5_000,
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 8192,
+            max_frame_bytes: 16 << 20,
+            relay_buffer_bytes: 16 << 10,
+        }
+    }
+}
+
+/// The validated, resolved configuration the workers run on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub backends: Vec<SocketAddr>,
+    pub workers: usize,
+    pub io_driver: IoDriver,
+    pub backlog: u32,
+    pub client_handshake_timeout: Duration,
+    pub backend_connect_timeout: Duration,
+    pub backend_handshake_timeout: Duration,
+    pub close_grace: Duration,
+    pub max_request_bytes: usize,
+    /// `u64::MAX` when unlimited.
+    pub max_frame_bytes: u64,
+    pub relay_buffer_bytes: usize,
+}
+
+/// One problem with one field.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub field: String,
+    pub message: String,
+}
+
+/// Everything wrong with a config, or the reason it could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML for wslb: {message}")]
+    Parse { path: String, message: String },
+    #[error("{}", ProblemList(.0))]
+    Invalid(Vec<Problem>),
+}
+
+struct ProblemList<'a>(&'a [Problem]);
+
+impl fmt::Display for ProblemList<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        for p in self.0 {
+            writeln!(f, "  {}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl Config {
+    /// Reads and parses a TOML file (no validation yet: flags may still override fields).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: shown,
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Checks every field and resolves addresses. Returns all problems, not just the first.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(Problem {
+                field: field.to_string(),
+                message,
+            })
+        };
+
+        let listen = match resolve(&self.listen) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problem("listen", e);
+                None
+            }
+        };
+        if self.backends.is_empty() {
+            problem(
+                "backends",
+                "at least one backend address is required".into(),
+            );
+        }
+        let mut backends = Vec::with_capacity(self.backends.len());
+        for (i, b) in self.backends.iter().enumerate() {
+            match resolve(b) {
+                Ok(a) if a.port() == 0 => problem(
+                    &format!("backends[{i}]"),
+                    format!("{b:?}: backend port must not be 0"),
+                ),
+                Ok(a) => backends.push(a),
+                Err(e) => problem(&format!("backends[{i}]"), e),
+            }
+        }
+        if self.workers > 1024 {
+            problem(
+                "workers",
+                format!("{} is more than 1024; use 0 for one per core", self.workers),
+            );
+        }
+        if self.backlog == 0 {
+            problem("backlog", "must be at least 1".into());
+        }
+        let t = &self.timeouts;
+        for (name, v) in [
+            ("timeouts.client_handshake_ms", t.client_handshake_ms),
+            ("timeouts.backend_connect_ms", t.backend_connect_ms),
+            ("timeouts.backend_handshake_ms", t.backend_handshake_ms),
+            ("timeouts.close_grace_ms", t.close_grace_ms),
+        ] {
+            if v == 0 {
+                problem(name, "must be at least 1 ms".into());
+            }
+        }
+        let l = &self.limits;
+        if !(1024..=65536).contains(&l.max_request_bytes) {
+            problem(
+                "limits.max_request_bytes",
+                format!("{} is outside 1024..=65536", l.max_request_bytes),
+            );
+        }
+        if !(1024..=1 << 20).contains(&l.relay_buffer_bytes) {
+            problem(
+                "limits.relay_buffer_bytes",
+                format!("{} is outside 1024..=1048576", l.relay_buffer_bytes),
+            );
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let workers = if self.workers == 0 {
+            available_cores()
+        } else {
+            self.workers
+        };
+        Ok(Settings {
+            listen: listen.expect("checked above"),
+            backends,
+            workers,
+            io_driver: self.io_driver,
+            backlog: self.backlog,
+            client_handshake_timeout: Duration::from_millis(t.client_handshake_ms),
+            backend_connect_timeout: Duration::from_millis(t.backend_connect_ms),
+            backend_handshake_timeout: Duration::from_millis(t.backend_handshake_ms),
+            close_grace: Duration::from_millis(t.close_grace_ms),
+            max_request_bytes: l.max_request_bytes,
+            max_frame_bytes: if l.max_frame_bytes == 0 {
+                u64::MAX
+            } else {
+                l.max_frame_bytes
+            },
+            relay_buffer_bytes: l.relay_buffer_bytes,
+        })
+    }
+}
+
+/// Number of cores this process may run on (respects taskset/cgroup cpusets).
+pub fn available_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
+/// `ip:port` directly, or `host:port` through the system resolver (once, at startup).
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?} is not host:port (the port is missing)"));
+    }
+    match s.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("{s:?} resolved to no address")),
+        Err(e) => Err(format!("{s:?} is not a valid host:port: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_only_backends() {
+        let c = Config::from_toml(r#"backends = ["127.0.0.1:9001"]"#).unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(s.max_frame_bytes, 16 << 20);
+        assert!(s.workers >= 1);
+    }
+
+    #[test]
+    fn every_problem_is_named() {
+        let c = Config::from_toml(
+            r#"
+            listen = "nope"
+            backends = ["127.0.0.1:9001", "127.0.0.1", "127.0.0.1:0"]
+            [timeouts]
+            close_grace_ms = 0
+            [limits]
+            max_request_bytes = 10
+            "#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(p)) = c.validate() else {
+            panic!("expected invalid")
+        };
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "listen",
+                "backends[1]",
+                "backends[2]",
+                "timeouts.close_grace_ms",
+                "limits.max_request_bytes"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_field_is_rejected() {
+        let e = Config::from_toml("backend = [\"127.0.0.1:1\"]").unwrap_err();
+        assert!(e.contains("unknown field `backend`"), "{e}");
+    }
+
+    #[test]
+    fn no_backends_is_a_problem() {
+        let Err(ConfigError::Invalid(p)) = Config::default().validate() else {
+            panic!()
+        };
+        assert_eq!(p[0].field, "backends");
+    }
+}

@@ -1,0 +1,267 @@
+//! One client connection's life, top to bottom: read the upgrade, pick and connect a backend,
+//! forward the upgrade, relay the `101`, then hand both sockets to the frame relay.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use monoio::time::Instant;
+
+use crate::handshake::{self, Reject};
+use crate::relay::{self, RelayConfig};
+use crate::worker::WorkerCtx;
+
+/// Why a connection ended before the relay started. Each variant names the side at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    #[error("client sent a bad request ({0}); answered {status}", status = .0.status())]
+    ClientRejected(Reject),
+    #[error("client did not finish its request in time")]
+    ClientTimeout,
+    #[error("client closed before finishing its request")]
+    ClientClosed,
+    #[error("client I/O error: {0}")]
+    ClientIo(std::io::Error),
+    #[error("no backend reachable (tried {tried}); answered 502")]
+    NoBackend { tried: usize },
+    #[error("backend {addr} failed the handshake: {reason}; answered 502")]
+    Backend { addr: SocketAddr, reason: String },
+    #[error("backend {addr} refused the upgrade with status {status}; relayed")]
+    BackendRefused { addr: SocketAddr, status: u16 },
+}
+
+/// Why one backend could not be used. `retryable` errors move on to the next backend.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    #[error("connect timed out")]
+    Timeout,
+    #[error("connect failed: {0}")]
+    Io(std::io::Error),
+}
+
+/// Serves one accepted client until both sides are closed. Never panics on bad input;
+/// every outcome is one log line (debug for the ordinary ones).
+pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<WorkerCtx>) {
+    match proxy(client, peer, &ctx).await {
+        Ok((backend, outcome)) => {
+            tracing::debug!(%peer, %backend, ?outcome, "connection closed");
+        }
+        Err(e @ (HandshakeError::NoBackend { .. } | HandshakeError::Backend { .. })) => {
+            tracing::warn!(%peer, "{e}");
+        }
+        Err(e) => tracing::debug!(%peer, "{e}"),
+    }
+}
+
+async fn proxy(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    ctx: &WorkerCtx,
+) -> Result<(SocketAddr, relay::Outcome), HandshakeError> {
+    let s = &ctx.settings;
+    // One buffer serves the request head and then, unchanged, the client->backend relay.
+    let cap = s.relay_buffer_bytes.max(s.max_request_bytes);
+    let buf = Vec::with_capacity(cap);
+    let deadline = Instant::now() + s.client_handshake_timeout;
+    let limit = s.max_request_bytes;
+    let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| u.forward_head(peer.ip()));
+    let (client_buf, forward) = upgrade.await?;
+
+    let (mut backend, addr) = match connect_any(ctx, s.backend_connect_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = client.write_all(handshake::BAD_GATEWAY).await;
+            return Err(e);
+        }
+    };
+
+    let backend_buf = Vec::with_capacity(s.relay_buffer_bytes);
+    let deadline = Instant::now() + s.backend_handshake_timeout;
+    let (backend_buf, response) = match exchange(&mut backend, forward, backend_buf, deadline).await {
+        Ok(r) => r,
+        Err(reason) => {
+            let _ = client.write_all(handshake::BAD_GATEWAY).await;
+            return Err(HandshakeError::Backend { addr, reason });
+        }
+    };
+    let (res, mut backend_buf) = client.write_all(backend_buf.slice(0..response.head_len)).await.map_buf();
+    res.map_err(HandshakeError::ClientIo)?;
+    if response.status != 101 {
+        relay_refusal(&mut client, &mut backend, backend_buf, response, deadline).await;
+        return Err(HandshakeError::BackendRefused {
+            addr,
+            status: response.status,
+        });
+    }
+    backend_buf.drain(..response.head_len);
+
+    let cfg = RelayConfig {
+        max_client_frame: s.max_frame_bytes,
+        close_grace: s.close_grace,
+    };
+    let outcome = relay::run(client, backend, client_buf, backend_buf, cfg).await;
+    Ok((addr, outcome))
+}
+
+/// Reads until a complete, valid upgrade request is in `buf` and applies `respond` to it.
+/// Returns the buffer holding only the bytes the client sent after the head (its first
+/// frames, kept for the relay), and what `respond` made. A rejected request is answered
+/// here with its status.
+pub(crate) async fn read_upgrade<T>(
+    client: &mut TcpStream,
+    buf: Vec<u8>,
+    deadline: Instant,
+    limit: usize,
+    respond: impl FnOnce(&handshake::Upgrade) -> T,
+) -> Result<(Vec<u8>, T), HandshakeError> {
+    let res = read_upgrade_inner(client, buf, deadline, limit, respond).await;
+    if let Err(HandshakeError::ClientRejected(r)) = &res {
+        let _ = client.write_all(r.response()).await;
+    }
+    res
+}
+
+async fn read_upgrade_inner<T>(
+    client: &mut TcpStream,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+    limit: usize,
+    respond: impl FnOnce(&handshake::Upgrade) -> T,
+) -> Result<(Vec<u8>, T), HandshakeError> {
+    loop {
+        let len = buf.len();
+        if len >= limit {
+            return Err(HandshakeError::ClientRejected(Reject::TooLarge));
+        }
+        // The kernel owns `buf` (as a slice of its spare capacity up to the limit) until the
+        // read completes; on timeout the op is cancelled and the buffer freed by the driver.
+        let read = client.read(buf.slice_mut(len..limit));
+        let (res, slice) = monoio::time::timeout_at(deadline, read)
+            .await
+            .map_err(|_| HandshakeError::ClientTimeout)?;
+        buf = slice.into_inner();
+        match res {
+            Ok(0) => return Err(HandshakeError::ClientClosed),
+            Ok(_) => {}
+            Err(e) => return Err(HandshakeError::ClientIo(e)),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+        let parsed = handshake::parse_request(&buf, &mut headers).map_err(HandshakeError::ClientRejected)?;
+        if let Some(upgrade) = parsed {
+            let forward = respond(&upgrade);
+            let head_len = upgrade.head_len;
+            buf.drain(..head_len);
+            return Ok((buf, forward));
+        }
+    }
+}
+
+/// Connects to the round-robin pick, or failing that to each other backend once.
+async fn connect_any(
+    ctx: &WorkerCtx,
+    timeout: Duration,
+) -> Result<(TcpStream, SocketAddr), HandshakeError> {
+    let mut tried = 0;
+    for addr in ctx.pool.candidates() {
+        tried += 1;
+        match connect(addr, timeout).await {
+            Ok(s) => return Ok((s, addr)),
+            Err(e) => tracing::warn!(backend = %addr, "{e}; trying the next backend"),
+        }
+    }
+    Err(HandshakeError::NoBackend { tried })
+}
+
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, ConnectError> {
+    let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(addr))
+        .await
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(ConnectError::Io)?;
+    // Frames are written whole; Nagle would hold small ones back waiting for ACKs.
+    stream.set_nodelay(true).map_err(ConnectError::Io)?;
+    Ok(stream)
+}
+
+/// Sends the rewritten upgrade and reads the backend's response head into `buf`.
+async fn exchange(
+    backend: &mut TcpStream,
+    forward: Vec<u8>,
+    mut buf: Vec<u8>,
+    deadline: Instant,
+) -> Result<(Vec<u8>, handshake::Response), String> {
+    let io = async move {
+        backend.write_all(forward).await.0.map_err(|e| e.to_string())?;
+        loop {
+            let len = buf.len();
+            if len == buf.capacity() {
+                return Err("response head larger than the relay buffer".to_string());
+            }
+            let cap = buf.capacity();
+            let (res, slice) = backend.read(buf.slice_mut(len..cap)).await;
+            buf = slice.into_inner();
+            match res {
+                Ok(0) => return Err("closed the connection".to_string()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            if let Some(r) = handshake::parse_response(&buf)? {
+                return Ok((buf, r));
+            }
+        }
+    };
+    monoio::time::timeout_at(deadline, io)
+        .await
+        .map_err(|_| "no response in time".to_string())?
+}
+
+/// The backend answered something other than 101 (403, 404, a redirect ...): pass its
+/// body on to the client (up to `Content-Length`, at most 64 KiB), then close both.
+async fn relay_refusal(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    mut buf: Vec<u8>,
+    response: handshake::Response,
+    deadline: Instant,
+) {
+    const MAX_BODY: u64 = 64 << 10;
+    let mut left = response.content_length.unwrap_or(MAX_BODY).min(MAX_BODY);
+    buf.drain(..response.head_len);
+    let copy = async {
+        loop {
+            let n = (buf.len() as u64).min(left) as usize;
+            if n > 0 {
+                let (res, b) = client.write_all(buf.slice(0..n)).await.map_buf();
+                buf = b;
+                if res.is_err() {
+                    return;
+                }
+                left -= n as u64;
+            }
+            if left == 0 {
+                return;
+            }
+            buf.clear();
+            let cap = buf.capacity();
+            let (res, slice) = backend.read(buf.slice_mut(0..cap)).await;
+            buf = slice.into_inner();
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    };
+    let _ = monoio::time::timeout_at(deadline, copy).await;
+}
+
+/// `write_all` on a `Slice` returns the slice; this gives back the whole vector.
+trait SliceResult {
+    fn map_buf(self) -> (std::io::Result<usize>, Vec<u8>);
+}
+
+impl SliceResult for monoio::BufResult<usize, monoio::buf::Slice<Vec<u8>>> {
+    fn map_buf(self) -> (std::io::Result<usize>, Vec<u8>) {
+        (self.0, self.1.into_inner())
+    }
+}

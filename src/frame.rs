@@ -1,0 +1,313 @@
+//! WebSocket frame headers on the relay path: parse, validate, and build wslb's own close frames.
+//!
+//! The relay forwards frames as the bytes they arrived as; this module only reads headers
+//! (RFC 6455 §5.2) and, for close frames, the two-byte code and UTF-8 reason. Opcode and
+//! close-code rules come from `fastwebsockets` (`OpCode`, `CloseCode::is_allowed`), the mask
+//! from its SIMD `unmask`, and synthesized frames from its `Frame::close`.
+//!
+//! Why not `fastwebsockets::WebSocket::read_frame` itself: its header parser is private,
+//! reads from a tokio `AsyncRead` into its own buffer, is not cancel-safe, and buffers each
+//! whole frame before returning it (a 16 MiB frame = 16 MiB per connection). The relay
+//! instead streams payloads through one fixed buffer per direction owned by io_uring reads.
+
+use fastwebsockets::{CloseCode, Frame, OpCode};
+
+/// Longest possible header: 2 + 8 (64-bit length) + 4 (mask).
+pub const MAX_HEADER_LEN: usize = 14;
+/// Control frames carry at most 125 payload bytes (RFC 6455 §5.5).
+pub const MAX_CONTROL_PAYLOAD: u64 = 125;
+
+/// A parsed frame header. `raw_opcode` is kept unvalidated; see [`Header::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    pub fin: bool,
+    /// RSV1..3 as the low three bits.
+    pub rsv: u8,
+    pub raw_opcode: u8,
+    pub mask: Option<[u8; 4]>,
+    pub payload_len: u64,
+    /// Bytes of header before the payload (2..=14).
+    pub len: usize,
+}
+
+/// Why a frame must not be forwarded; each maps to the close code sent back to its sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Violation {
+    #[error("reserved bits set without a negotiated extension")]
+    ReservedBits,
+    #[error("reserved opcode {0:#x}")]
+    ReservedOpcode(u8),
+    #[error("client frame is not masked")]
+    Unmasked,
+    #[error("server frame is masked")]
+    Masked,
+    #[error("control frame is fragmented")]
+    FragmentedControl,
+    #[error("control frame payload over 125 bytes")]
+    ControlTooLong,
+    #[error("continuation frame outside a fragmented message")]
+    UnexpectedContinuation,
+    #[error("new data frame inside a fragmented message")]
+    ExpectedContinuation,
+    #[error("64-bit payload length has its top bit set")]
+    BadLength,
+    #[error("frame payload of {0} bytes is over the limit")]
+    TooBig(u64),
+    #[error("close frame with a 1-byte payload")]
+    CloseTooShort,
+    #[error("close frame with code {0} that may not be sent")]
+    BadCloseCode(u16),
+    #[error("close frame reason is not UTF-8")]
+    CloseReasonNotUtf8,
+}
+
+impl Violation {
+    /// The close code RFC 6455 §7.4.1 gives for this violation.
+    pub fn close_code(self) -> u16 {
+        match self {
+            Violation::TooBig(_) => 1009,
+            Violation::CloseReasonNotUtf8 => 1007,
+            _ => 1002,
+        }
+    }
+}
+
+/// Parses the header at the start of `buf`. `None` means more bytes are needed.
+#[inline]
+pub fn parse_header(buf: &[u8]) -> Option<Header> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let (b0, b1) = (buf[0], buf[1]);
+    let masked = b1 & 0x80 != 0;
+    let (payload_len, mut len) = match b1 & 0x7f {
+        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as u64, 4),
+        127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
+        n => (n as u64, 2),
+    };
+    let mask = if masked {
+        let m: [u8; 4] = buf.get(len..len + 4)?.try_into().ok()?;
+        len += 4;
+        Some(m)
+    } else {
+        None
+    };
+    Some(Header {
+        fin: b0 & 0x80 != 0,
+        rsv: (b0 >> 4) & 0x7,
+        raw_opcode: b0 & 0x0f,
+        mask,
+        payload_len,
+        len,
+    })
+}
+
+/// Per-direction message state needed to validate fragmentation.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MessageState {
+    in_fragmented_message: bool,
+}
+
+/// Who sent the frames being checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// Frames from the client must be masked.
+    Client,
+    /// Frames from the backend must not be masked.
+    Backend,
+}
+
+impl Header {
+    /// Validates this header against RFC 6455 for frames from `sender` and returns its
+    /// opcode. `max_payload` applies to data frames. Updates the fragmentation state.
+    #[inline]
+    pub fn check(
+        &self,
+        sender: Sender,
+        state: &mut MessageState,
+        max_payload: u64,
+    ) -> Result<OpCode, Violation> {
+        if self.rsv != 0 {
+            return Err(Violation::ReservedBits);
+        }
+        let opcode = OpCode::try_from(self.raw_opcode)
+            .map_err(|_| Violation::ReservedOpcode(self.raw_opcode))?;
+        match (sender, self.mask.is_some()) {
+            (Sender::Client, false) => return Err(Violation::Unmasked),
+            (Sender::Backend, true) => return Err(Violation::Masked),
+            _ => {}
+        }
+        if self.payload_len >> 63 != 0 {
+            return Err(Violation::BadLength);
+        }
+        if matches!(opcode, OpCode::Close | OpCode::Ping | OpCode::Pong) {
+            if !self.fin {
+                return Err(Violation::FragmentedControl);
+            }
+            if self.payload_len > MAX_CONTROL_PAYLOAD {
+                return Err(Violation::ControlTooLong);
+            }
+            return Ok(opcode);
+        }
+        match (opcode, state.in_fragmented_message) {
+            (OpCode::Continuation, false) => return Err(Violation::UnexpectedContinuation),
+            (OpCode::Text | OpCode::Binary, true) => return Err(Violation::ExpectedContinuation),
+            _ => {}
+        }
+        if self.payload_len > max_payload {
+            return Err(Violation::TooBig(self.payload_len));
+        }
+        state.in_fragmented_message = !self.fin;
+        Ok(opcode)
+    }
+}
+
+/// Validates a close frame's payload (still masked if `mask` is set) and returns its code
+/// (`None` for an empty close). At most 125 bytes are copied to the stack to unmask them.
+pub fn check_close_payload(
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) -> Result<Option<u16>, Violation> {
+    let mut tmp = [0u8; MAX_CONTROL_PAYLOAD as usize];
+    let p = &mut tmp[..payload.len()];
+    p.copy_from_slice(payload);
+    if let Some(m) = mask {
+        fastwebsockets::unmask(p, m);
+    }
+    match p.len() {
+        0 => Ok(None),
+        1 => Err(Violation::CloseTooShort),
+        _ => {
+            let code = u16::from_be_bytes([p[0], p[1]]);
+            if !CloseCode::from(code).is_allowed() {
+                return Err(Violation::BadCloseCode(code));
+            }
+            if std::str::from_utf8(&p[2..]).is_err() {
+                return Err(Violation::CloseReasonNotUtf8);
+            }
+            Ok(Some(code))
+        }
+    }
+}
+
+/// Encodes a close frame wslb sends on its own behalf: unmasked towards a client, masked
+/// (as RFC 6455 §5.3 requires of a client) towards a backend.
+pub fn encode_close(code: u16, reason: &str, masked: bool) -> Vec<u8> {
+    let mut frame = Frame::close(code, reason.as_bytes());
+    if masked {
+        frame.mask();
+    }
+    let mut out = Vec::with_capacity(4 + 2 + MAX_HEADER_LEN + reason.len());
+    let n = frame.write(&mut out).len();
+    out.truncate(n);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn encode(fin: bool, opcode: u8, mask: Option<[u8; 4]>, len: u64) -> Vec<u8> {
+        let mut v = vec![(fin as u8) << 7 | opcode];
+        let m = if mask.is_some() { 0x80 } else { 0 };
+        if len < 126 {
+            v.push(m | len as u8);
+        } else if len < 65536 {
+            v.push(m | 126);
+            v.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            v.push(m | 127);
+            v.extend_from_slice(&len.to_be_bytes());
+        }
+        if let Some(k) = mask {
+            v.extend_from_slice(&k);
+        }
+        v
+    }
+
+    proptest! {
+        #[test]
+        fn parse_roundtrips_and_needs_every_header_byte(
+            fin: bool, op in 0u8..16, mask: Option<[u8; 4]>, len in 0u64..(1 << 40)
+        ) {
+            let bytes = encode(fin, op, mask, len);
+            for cut in 0..bytes.len() {
+                prop_assert_eq!(parse_header(&bytes[..cut]), None);
+            }
+            let h = parse_header(&bytes).unwrap();
+            prop_assert_eq!(h, Header { fin, rsv: 0, raw_opcode: op, mask, payload_len: len, len: bytes.len() });
+        }
+
+        #[test]
+        fn parse_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..20)) {
+            if let Some(h) = parse_header(&bytes) {
+                prop_assert!(h.len <= bytes.len() && h.len <= MAX_HEADER_LEN);
+            }
+        }
+    }
+
+    #[test]
+    fn rules() {
+        let m = Some([1, 2, 3, 4]);
+        let ok = |fin, op, mask, len, s: &mut MessageState, who| {
+            parse_header(&encode(fin, op, mask, len))
+                .unwrap()
+                .check(who, s, 1000)
+        };
+        let c = Sender::Client;
+        let mut s = MessageState::default();
+        assert_eq!(ok(true, 1, m, 5, &mut s, c), Ok(OpCode::Text));
+        assert_eq!(ok(true, 1, None, 5, &mut s, c), Err(Violation::Unmasked));
+        assert_eq!(ok(true, 1, m, 5, &mut s, Sender::Backend), Err(Violation::Masked));
+        assert_eq!(ok(true, 3, m, 5, &mut s, c), Err(Violation::ReservedOpcode(3)));
+        assert_eq!(ok(true, 0xb, m, 5, &mut s, c), Err(Violation::ReservedOpcode(0xb)));
+        assert_eq!(ok(false, 9, m, 5, &mut s, c), Err(Violation::FragmentedControl));
+        assert_eq!(ok(true, 9, m, 126, &mut s, c), Err(Violation::ControlTooLong));
+        assert_eq!(ok(true, 0, m, 5, &mut s, c), Err(Violation::UnexpectedContinuation));
+        assert_eq!(ok(true, 2, m, 1001, &mut s, c), Err(Violation::TooBig(1001)));
+        // A fragmented message may interleave control frames but not new data frames.
+        assert_eq!(ok(false, 1, m, 5, &mut s, c), Ok(OpCode::Text));
+        assert_eq!(ok(true, 9, m, 5, &mut s, c), Ok(OpCode::Ping));
+        assert_eq!(ok(true, 2, m, 5, &mut s, c), Err(Violation::ExpectedContinuation));
+        assert_eq!(ok(true, 0, m, 5, &mut s, c), Ok(OpCode::Continuation));
+        assert_eq!(ok(true, 0, m, 5, &mut s, c), Err(Violation::UnexpectedContinuation));
+        let mut rsv = encode(true, 1, m, 5);
+        rsv[0] |= 0x40;
+        assert_eq!(
+            parse_header(&rsv).unwrap().check(c, &mut s, 1000),
+            Err(Violation::ReservedBits)
+        );
+    }
+
+    #[test]
+    fn close_payloads() {
+        let mask = [9, 8, 7, 6];
+        let masked = |p: &[u8]| {
+            let mut v = p.to_vec();
+            fastwebsockets::unmask(&mut v, mask);
+            v
+        };
+        assert_eq!(check_close_payload(&[], None), Ok(None));
+        assert_eq!(check_close_payload(&masked(&[3, 232]), Some(mask)), Ok(Some(1000)));
+        assert_eq!(check_close_payload(&[3], None), Err(Violation::CloseTooShort));
+        assert_eq!(check_close_payload(&[3, 237], None), Err(Violation::BadCloseCode(1005)));
+        assert_eq!(check_close_payload(&[0, 0], None), Err(Violation::BadCloseCode(0)));
+        assert_eq!(
+            check_close_payload(&[3, 232, 0xff], None),
+            Err(Violation::CloseReasonNotUtf8)
+        );
+    }
+
+    #[test]
+    fn encoded_close_frames_parse() {
+        let f = encode_close(1011, "backend gone", false);
+        let h = parse_header(&f).unwrap();
+        assert_eq!((h.raw_opcode, h.mask, h.payload_len), (8, None, 14));
+        assert_eq!(check_close_payload(&f[h.len..], None), Ok(Some(1011)));
+        let f = encode_close(1001, "", true);
+        let h = parse_header(&f).unwrap();
+        assert!(h.mask.is_some());
+        assert_eq!(check_close_payload(&f[h.len..], h.mask), Ok(Some(1001)));
+    }
+}

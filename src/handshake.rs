@@ -1,0 +1,377 @@
+//! HTTP/1.1 Upgrade: parse and validate the client's request, rewrite it for the backend,
+//! parse the backend's answer, and the error responses wslb sends itself.
+//!
+//! Everything here is pure (bytes in, decision out) so it can be unit-tested and fuzzed;
+//! the socket I/O around it lives in `connection.rs`. Parsing is `httparse`'s: monoio-http
+//! cannot hand back the bytes a client sent after the request head, and those bytes (the
+//! first frames of an eager client) must reach the backend.
+
+use std::net::IpAddr;
+
+use base64::Engine;
+use sha1::{Digest, Sha1};
+
+/// Most header lines accepted in a request or response. Browsers send 10-20.
+pub const MAX_HEADERS: usize = 64;
+
+/// A request wslb refuses, with the HTTP status it answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Reject {
+    #[error("malformed HTTP request: {0}")]
+    Malformed(&'static str),
+    #[error("method is not GET")]
+    NotGet,
+    #[error("not a WebSocket upgrade: {0}")]
+    NotUpgrade(&'static str),
+    #[error("unsupported Sec-WebSocket-Version (only 13)")]
+    BadVersion,
+    #[error("request head over the size or header-count limit")]
+    TooLarge,
+}
+
+impl Reject {
+    pub fn status(self) -> u16 {
+        match self {
+            Reject::Malformed(_) => 400,
+            Reject::NotGet => 405,
+            Reject::NotUpgrade(_) | Reject::BadVersion => 426,
+            Reject::TooLarge => 431,
+        }
+    }
+
+    /// The complete response, closing the connection.
+    pub fn response(self) -> &'static [u8] {
+        match self {
+            Reject::Malformed(_) => BAD_REQUEST,
+            Reject::NotGet => METHOD_NOT_ALLOWED,
+            Reject::NotUpgrade(_) | Reject::BadVersion => UPGRADE_REQUIRED,
+            Reject::TooLarge => TOO_LARGE,
+        }
+    }
+}
+
+// Complete responses with `Connection: close`; `static_responses_are_consistent` checks
+// each Content-Length.
+const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nContent-Length: 30\r\n\r\nbad websocket upgrade request\n";
+const METHOD_NOT_ALLOWED: &[u8] = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\n\
+Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 27\r\n\r\n\
+websocket upgrades use GET\n";
+const UPGRADE_REQUIRED: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\n\
+Sec-WebSocket-Version: 13\r\nContent-Type: text/plain\r\nConnection: close\r\n\
+Content-Length: 29\r\n\r\nthis is a websocket endpoint\n";
+const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
+Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 25\r\n\r\n\
+request header too large\n";
+/// 502: every backend refused or timed out, or answered something that is not HTTP.
+pub const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nContent-Length: 28\r\n\r\nno backend could be reached\n";
+
+/// A valid WebSocket upgrade request, borrowing the client's bytes.
+#[derive(Debug)]
+pub struct Upgrade<'b, 'h> {
+    /// Bytes of the request head including the final CRLFCRLF; bytes after it are frames.
+    pub head_len: usize,
+    pub path: &'b str,
+    pub key: &'b [u8],
+    headers: &'h [httparse::Header<'b>],
+}
+
+fn eq(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b)
+}
+
+/// Does a comma-separated header value contain `token` (case-insensitive)?
+fn has_token(value: &[u8], token: &str) -> bool {
+    value
+        .split(|&c| c == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Parses and validates a WebSocket upgrade request at the start of `buf`.
+///
+/// `Ok(None)`: the head is incomplete, read more (unless `buf` already holds the size limit,
+/// which the caller turns into [`Reject::TooLarge`]).
+pub fn parse_request<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+) -> Result<Option<Upgrade<'b, 'h>>, Reject> {
+    let mut req = httparse::Request::new(headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooLarge),
+        Err(_) => return Err(Reject::Malformed("unparseable request head")),
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(Reject::Malformed("incomplete request line"));
+    };
+    let headers: &'h [httparse::Header<'b>] = req.headers;
+    if method != "GET" {
+        return Err(Reject::NotGet);
+    }
+    if version != 1 {
+        return Err(Reject::Malformed("websocket needs HTTP/1.1"));
+    }
+
+    let mut host = 0;
+    let mut upgrade: Option<&[u8]> = None;
+    let mut upgrades = 0;
+    let mut connection_upgrade = false;
+    let mut key: Option<&[u8]> = None;
+    let mut keys = 0;
+    let mut versions = 0;
+    let mut version_ok = false;
+    for h in headers {
+        let n = h.name;
+        if eq(n, "host") {
+            host += 1;
+        } else if eq(n, "upgrade") {
+            upgrades += 1;
+            upgrade = Some(h.value);
+        } else if eq(n, "connection") {
+            connection_upgrade |= has_token(h.value, "upgrade");
+        } else if eq(n, "sec-websocket-key") {
+            keys += 1;
+            key = Some(h.value.trim_ascii());
+        } else if eq(n, "sec-websocket-version") {
+            versions += 1;
+            version_ok = h.value.trim_ascii() == b"13";
+        } else if eq(n, "content-length") {
+            if h.value.trim_ascii() != b"0" {
+                return Err(Reject::Malformed("upgrade request with a body"));
+            }
+        } else if eq(n, "transfer-encoding") {
+            return Err(Reject::Malformed("upgrade request with a body"));
+        }
+    }
+    if host != 1 {
+        return Err(Reject::Malformed("need exactly one Host header"));
+    }
+    match upgrade {
+        None => return Err(Reject::NotUpgrade("no Upgrade header")),
+        Some(_) if upgrades > 1 => return Err(Reject::Malformed("duplicate Upgrade header")),
+        Some(v) if !has_token(v, "websocket") => {
+            return Err(Reject::NotUpgrade("Upgrade is not websocket"));
+        }
+        Some(_) => {}
+    }
+    if !connection_upgrade {
+        return Err(Reject::Malformed("Connection header lacks upgrade"));
+    }
+    if versions != 1 || !version_ok {
+        return Err(Reject::BadVersion);
+    }
+    let key = match key {
+        Some(k) if keys == 1 && is_valid_key(k) => k,
+        _ => return Err(Reject::Malformed("bad Sec-WebSocket-Key")),
+    };
+    Ok(Some(Upgrade {
+        head_len,
+        path,
+        key,
+        headers,
+    }))
+}
+
+/// A key is base64 of exactly 16 bytes (RFC 6455 §4.1), so 24 characters.
+fn is_valid_key(k: &[u8]) -> bool {
+    k.len() == 24
+        && base64::engine::general_purpose::STANDARD
+            .decode(k)
+            .is_ok_and(|d| d.len() == 16)
+}
+
+/// `Sec-WebSocket-Accept` for a key (RFC 6455 §4.2.2).
+pub fn accept_key(key: &[u8]) -> String {
+    let mut sha = Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+impl Upgrade<'_, '_> {
+    /// The request head sent to the backend: path, query and every header as the client
+    /// sent them, except:
+    /// - `Sec-WebSocket-Extensions` is dropped, so no extension (permessage-deflate) is
+    ///   negotiated: RSV bits stay zero and payloads can be relayed untouched. Both peers
+    ///   fall back to uncompressed frames, as RFC 6455 §9.1 lets them.
+    /// - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` is set.
+    pub fn forward_head(&self, client_ip: IpAddr) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head_len + 64);
+        out.extend_from_slice(b"GET ");
+        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut xff = Vec::new();
+        for h in self.headers {
+            if eq(h.name, "sec-websocket-extensions") || eq(h.name, "x-forwarded-proto") {
+                continue;
+            }
+            if eq(h.name, "x-forwarded-for") {
+                xff.extend_from_slice(h.value.trim_ascii());
+                xff.extend_from_slice(b", ");
+                continue;
+            }
+            out.extend_from_slice(h.name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"X-Forwarded-For: ");
+        out.extend_from_slice(&xff);
+        out.extend_from_slice(client_ip.to_string().as_bytes());
+        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n\r\n");
+        out
+    }
+
+    /// The `101 Switching Protocols` a WebSocket server (the echo backend) answers with.
+    pub fn switching_protocols(&self) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            accept_key(self.key)
+        )
+        .into_bytes()
+    }
+}
+
+/// The head of a backend's response to the forwarded upgrade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub head_len: usize,
+    /// `Content-Length` of a non-101 response, if given.
+    pub content_length: Option<u64>,
+}
+
+/// Parses a backend response head. `Ok(None)` means more bytes are needed.
+pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, &'static str> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let head_len = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("backend response is not HTTP/1.1"),
+    };
+    let status = resp.code.ok_or("backend response has no status")?;
+    let content_length = resp
+        .headers
+        .iter()
+        .find(|h| eq(h.name, "content-length"))
+        .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+    Ok(Some(Response {
+        status,
+        head_len,
+        content_length,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+
+    fn req(extra: &str) -> String {
+        format!(
+            "GET /chat?room=1 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+        )
+    }
+
+    fn parse(s: &str) -> Result<Option<usize>, Reject> {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        parse_request(s.as_bytes(), &mut h).map(|o| o.map(|u| u.head_len))
+    }
+
+    #[test]
+    fn valid_request_and_accept_key() {
+        let r = req("");
+        assert_eq!(parse(&r), Ok(Some(r.len())));
+        // RFC 6455 §1.3 example.
+        assert_eq!(accept_key(KEY.as_bytes()), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
+
+    #[test]
+    fn partial_needs_more() {
+        let r = req("");
+        assert_eq!(parse(&r[..r.len() - 1]), Ok(None));
+    }
+
+    #[test]
+    fn rejections() {
+        use Reject::*;
+        let cases: &[(String, u16)] = &[
+            (req("").replacen("GET", "POST", 1), 405),
+            (req("").replace("Upgrade: websocket\r\n", ""), 426),
+            (req("").replace("Upgrade: websocket", "Upgrade: h2c"), 426),
+            (req("Upgrade: websocket\r\n"), 400),
+            (req("").replace("keep-alive, Upgrade", "keep-alive"), 400),
+            (req("").replace("Version: 13", "Version: 8"), 426),
+            (req("").replace("Sec-WebSocket-Version: 13\r\n", ""), 426),
+            (req("").replace(KEY, "short"), 400),
+            (req("").replace("Sec-WebSocket-Key", "X-Key"), 400),
+            (req(&format!("Sec-WebSocket-Key: {KEY}\r\n")), 400),
+            (req("").replace("Host: x\r\n", ""), 400),
+            (req("Content-Length: 99999999999\r\n"), 400),
+            (req("Transfer-Encoding: chunked\r\n"), 400),
+            (req("").replace("HTTP/1.1", "HTTP/1.0"), 400),
+            ("GARBAGE\x01\r\n\r\n".to_string(), 400),
+            (req(&"X-A: b\r\n".repeat(MAX_HEADERS)), 431),
+        ];
+        for (r, status) in cases {
+            let got = parse(r).expect_err(r);
+            assert_eq!(got.status(), *status, "{r:?} -> {got:?}");
+        }
+        assert_eq!(NotGet.status(), 405);
+    }
+
+    #[test]
+    fn forward_head_keeps_headers_and_strips_extensions() {
+        let r = req(
+            "Sec-WebSocket-Protocol: chat\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\
+             X-Forwarded-For: 10.0.0.1\r\nX-Forwarded-Proto: https\r\nCookie: a=b\r\n",
+        );
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let u = parse_request(r.as_bytes(), &mut h).unwrap().unwrap();
+        let f = String::from_utf8(u.forward_head("127.0.0.9".parse().unwrap())).unwrap();
+        assert!(f.starts_with("GET /chat?room=1 HTTP/1.1\r\n"), "{f}");
+        assert!(f.contains("Sec-WebSocket-Protocol: chat\r\n"));
+        assert!(f.contains("Cookie: a=b\r\n"));
+        assert!(f.contains(&format!("Sec-WebSocket-Key: {KEY}\r\n")));
+        assert!(!f.to_ascii_lowercase().contains("extensions"));
+        assert!(f.contains("X-Forwarded-For: 10.0.0.1, 127.0.0.9\r\n"));
+        assert!(f.contains("X-Forwarded-Proto: http\r\n") && !f.contains("https"));
+        assert!(f.ends_with("\r\n\r\n"));
+        let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        assert!(parse_request(f.as_bytes(), &mut h2).unwrap().is_some());
+    }
+
+    #[test]
+    fn static_responses_are_consistent() {
+        for r in [
+            Reject::Malformed(""),
+            Reject::NotGet,
+            Reject::BadVersion,
+            Reject::TooLarge,
+        ]
+        .map(Reject::response)
+        .into_iter()
+        .chain([BAD_GATEWAY])
+        {
+            let p = parse_response(r).unwrap().unwrap();
+            assert_eq!(p.content_length, Some((r.len() - p.head_len) as u64));
+        }
+    }
+
+    #[test]
+    fn responses() {
+        let r = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x00";
+        let p = parse_response(r).unwrap().unwrap();
+        assert_eq!((p.status, p.head_len), (101, r.len() - 2));
+        assert_eq!(parse_response(b"HTTP/1.1 101 Swi"), Ok(None));
+        assert!(parse_response(b"\x00\x01garbage\r\n\r\n").is_err());
+        let p = parse_response(b"HTTP/1.1 404 No\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        assert_eq!((p.status, p.content_length), (404, Some(5)));
+    }
+}

@@ -1,0 +1,106 @@
+//! wslb: a WebSocket load balancer for Linux, one pinned io_uring runtime per core.
+//!
+//! # Layout
+//! One connection meets the files in this order:
+//!
+//! ```text
+//!  client ──TCP──> listener.rs    SO_REUSEPORT socket per worker (worker.rs: pinned thread,
+//!                    │            monoio runtime on io_uring, epoll fallback), accept loop
+//!                    ▼
+//!                connection.rs    one connection's life, top to bottom:
+//!                    │  handshake.rs   parse + validate the Upgrade (httparse), rewrite it
+//!                    │  balancer/      round-robin pick over the backend pool, failover
+//!                    │  handshake.rs   forward to the backend, relay its 101
+//!                    ▼
+//!                relay.rs         two pumps (client->backend, backend->client): read with
+//!                    │            io_uring, walk frame headers (frame.rs), write the same
+//!                    ▼            bytes on; close handshake and teardown
+//!  backend <──TCP──┘
+//! ```
+//!
+//! `config.rs` turns the TOML file and flags into validated `Settings`; `echo.rs` is the
+//! built-in echo backend used by tests, benches and `wslb demo`.
+#![deny(unsafe_code)]
+
+pub mod balancer;
+pub mod config;
+pub mod connection;
+pub mod echo;
+pub mod frame;
+pub mod handshake;
+pub mod listener;
+pub mod relay;
+pub mod worker;
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use config::{IoDriver, Settings};
+use worker::{StartError, WorkerCtx, WorkerInfo};
+
+/// A running set of workers (a balancer or an echo backend).
+pub struct Running {
+    /// The address actually bound (the real port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    pub workers: Vec<WorkerInfo>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    /// Blocks until every worker thread exits (they run until the process ends).
+    pub fn wait(self) {
+        for t in self.threads {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Binds the listeners and starts the balancer's workers.
+pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
+    let listeners = listener::bind(settings.listen, settings.workers, settings.backlog)?;
+    let local_addr = local_addr(&listeners, settings.listen);
+    let pool = Arc::new(balancer::Pool::new(settings.backends.clone()));
+    let io = settings.io_driver;
+    let settings = Arc::new(settings);
+    let started = worker::spawn("balancer", listeners, io, move |id, l| {
+        let ctx = Rc::new(WorkerCtx {
+            id,
+            settings: settings.clone(),
+            pool: pool.clone(),
+        });
+        listener::accept_loop(l, move |stream, peer| {
+            connection::serve(stream, peer, ctx.clone())
+        })
+    })?;
+    tracing::info!("balancing {local_addr}");
+    Ok(running(local_addr, started))
+}
+
+/// Starts the echo backend on `listen` with `workers` workers.
+pub fn start_echo(listen: SocketAddr, workers: usize, io: IoDriver) -> Result<Running, StartError> {
+    let listeners = listener::bind(listen, workers, 4096)?;
+    let local_addr = local_addr(&listeners, listen);
+    let started = worker::spawn("echo", listeners, io, |_, l| {
+        listener::accept_loop(l, |stream, _| echo::serve(stream))
+    })?;
+    tracing::info!("echo backend on {local_addr}");
+    Ok(running(local_addr, started))
+}
+
+fn local_addr(listeners: &[std::net::TcpListener], asked: SocketAddr) -> SocketAddr {
+    listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(asked)
+}
+
+fn running(local_addr: SocketAddr, started: Vec<(WorkerInfo, JoinHandle<()>)>) -> Running {
+    let (workers, threads) = started.into_iter().unzip();
+    Running {
+        local_addr,
+        workers,
+        threads,
+    }
+}

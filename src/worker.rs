@@ -1,0 +1,143 @@
+//! One pinned thread = one monoio runtime: io_uring, or epoll where io_uring is unavailable.
+//!
+//! Workers share nothing on the hot path. What they do share is read-only (`Arc<Settings>`,
+//! the backend `Pool` snapshot) except the pool's round-robin counter.
+
+use std::future::Future;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+
+use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
+
+use crate::balancer::Pool;
+use crate::config::{IoDriver, Settings};
+
+/// What a balancer worker's connections read: configuration and the backend pool.
+pub struct WorkerCtx {
+    pub id: usize,
+    pub settings: Arc<Settings>,
+    pub pool: Arc<Pool>,
+}
+
+/// The io driver a worker actually runs on (as reported by monoio, not as requested).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Driver {
+    IoUring,
+    Epoll,
+}
+
+/// A started worker.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerInfo {
+    pub id: usize,
+    /// The core it is pinned to, if pinning succeeded.
+    pub core: Option<usize>,
+    pub driver: Driver,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("worker {id}: cannot start an io_uring runtime ({source}); use --io-driver auto or epoll")]
+    IoUring { id: usize, source: std::io::Error },
+    #[error("worker {id}: cannot start an epoll runtime: {source}")]
+    Epoll { id: usize, source: std::io::Error },
+    #[error("worker {id}: {source}")]
+    Listener { id: usize, source: std::io::Error },
+    #[error("worker {id} exited during startup")]
+    Died { id: usize },
+    #[error(transparent)]
+    Bind(#[from] crate::listener::BindError),
+}
+
+/// Entries in each io_uring submission queue. Operations in flight are not bounded by it
+/// (they leave the queue when submitted); 1024 absorbs one event-loop turn's submissions
+/// for about 500 busy connections before monoio flushes early.
+const URING_ENTRIES: u32 = 1024;
+
+/// Starts one thread per listener, pinned round-robin over the available cores, each
+/// running `serve(id, listener)` on its own runtime. Returns once every worker has started
+/// (or the first startup error).
+pub fn spawn<F, Fut>(
+    role: &'static str,
+    listeners: Vec<std::net::TcpListener>,
+    io: IoDriver,
+    serve: F,
+) -> Result<Vec<(WorkerInfo, JoinHandle<()>)>, StartError>
+where
+    F: Fn(usize, monoio::net::TcpListener) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    let serve = Arc::new(serve);
+    let (tx, rx) = mpsc::channel();
+    let mut threads = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        let (tx, serve) = (tx.clone(), serve.clone());
+        let startup_tx = tx.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("wslb-{role}-{id}"))
+            .spawn(move || {
+                let pinned = core.filter(|c| core_affinity::set_for_current(*c)).map(|c| c.id);
+                let run = async move {
+                    let driver = if monoio::utils::is_legacy() { Driver::Epoll } else { Driver::IoUring };
+                    let listener = match monoio::net::TcpListener::from_std(listener) {
+                        Ok(l) => l,
+                        Err(source) => {
+                            let _ = tx.send(Err(StartError::Listener { id, source }));
+                            return;
+                        }
+                    };
+                    let _ = tx.send(Ok(WorkerInfo { id, core: pinned, driver }));
+                    drop(tx);
+                    serve(id, listener).await;
+                };
+                if let Err(e) = block_on(id, io, run) {
+                    let _ = startup_tx.send(Err(e));
+                }
+            })
+            .expect("spawning a thread");
+        threads.push(thread);
+    }
+    drop(tx);
+    let mut infos: Vec<WorkerInfo> = Vec::with_capacity(threads.len());
+    for _ in 0..threads.len() {
+        match rx.recv() {
+            Ok(Ok(info)) => infos.push(info),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(StartError::Died { id: infos.len() }),
+        }
+    }
+    infos.sort_by_key(|i| i.id);
+    for i in &infos {
+        let core = i.core.map_or("unpinned".to_string(), |c| format!("core {c}"));
+        tracing::info!("{role} worker {} on {core}, io driver {:?}", i.id, i.driver);
+    }
+    Ok(infos.into_iter().zip(threads).collect())
+}
+
+/// Runs `fut` to completion on a new runtime of the requested kind. `Auto` tries io_uring
+/// and falls back to epoll with a warning: monoio's own `FusionDriver` falls back silently,
+/// which would leave the log claiming io_uring on hosts where it is blocked.
+fn block_on(id: usize, io: IoDriver, fut: impl Future<Output = ()>) -> Result<(), StartError> {
+    if io != IoDriver::Epoll {
+        match RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .enable_timer()
+            .build()
+        {
+            Ok(mut rt) => {
+                rt.block_on(fut);
+                return Ok(());
+            }
+            Err(source) if io == IoDriver::IoUring => return Err(StartError::IoUring { id, source }),
+            Err(e) => tracing::warn!("worker {id}: io_uring unavailable ({e}); falling back to epoll"),
+        }
+    }
+    let mut rt = RuntimeBuilder::<LegacyDriver>::new()
+        .enable_timer()
+        .build()
+        .map_err(|source| StartError::Epoll { id, source })?;
+    rt.block_on(fut);
+    Ok(())
+}
