@@ -29,6 +29,7 @@ pub mod echo;
 pub mod frame;
 pub mod handshake;
 pub mod listener;
+pub mod metrics;
 pub mod relay;
 pub mod worker;
 
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use config::{IoDriver, Settings};
+use metrics::WorkerStats;
 use worker::{StartError, WorkerCtx, WorkerInfo};
 
 /// A running set of workers (a balancer or an echo backend).
@@ -45,6 +47,8 @@ pub struct Running {
     /// The address actually bound (the real port when 0 was asked for).
     pub local_addr: SocketAddr,
     pub workers: Vec<WorkerInfo>,
+    /// Each worker's counters, in worker order.
+    pub stats: Vec<Arc<WorkerStats>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -64,29 +68,46 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     let pool = Arc::new(balancer::Pool::new(settings.backends.clone()));
     let io = settings.io_driver;
     let settings = Arc::new(settings);
+    let stats = new_stats(listeners.len());
+    let worker_stats = stats.clone();
     let started = worker::spawn("balancer", listeners, io, move |id, l| {
         let ctx = Rc::new(WorkerCtx {
             id,
             settings: settings.clone(),
             pool: pool.clone(),
         });
+        let stats = worker_stats[id].clone();
         listener::accept_loop(l, move |stream, peer| {
-            connection::serve(stream, peer, ctx.clone())
+            let open = stats.track();
+            let ctx = ctx.clone();
+            async move {
+                connection::serve(stream, peer, ctx).await;
+                drop(open);
+            }
         })
     })?;
     tracing::info!("balancing {local_addr}");
-    Ok(running(local_addr, started))
+    Ok(running(local_addr, started, stats))
 }
 
 /// Starts the echo backend on `listen` with `workers` workers.
 pub fn start_echo(listen: SocketAddr, workers: usize, io: IoDriver) -> Result<Running, StartError> {
     let listeners = listener::bind(listen, workers, 4096)?;
     let local_addr = local_addr(&listeners, listen);
-    let started = worker::spawn("echo", listeners, io, |_, l| {
-        listener::accept_loop(l, |stream, _| echo::serve(stream))
+    let stats = new_stats(listeners.len());
+    let worker_stats = stats.clone();
+    let started = worker::spawn("echo", listeners, io, move |id, l| {
+        let stats = worker_stats[id].clone();
+        listener::accept_loop(l, move |stream, _| {
+            let open = stats.track();
+            async move {
+                echo::serve(stream).await;
+                drop(open);
+            }
+        })
     })?;
     tracing::info!("echo backend on {local_addr}");
-    Ok(running(local_addr, started))
+    Ok(running(local_addr, started, stats))
 }
 
 fn local_addr(listeners: &[std::net::TcpListener], asked: SocketAddr) -> SocketAddr {
@@ -96,11 +117,20 @@ fn local_addr(listeners: &[std::net::TcpListener], asked: SocketAddr) -> SocketA
         .unwrap_or(asked)
 }
 
-fn running(local_addr: SocketAddr, started: Vec<(WorkerInfo, JoinHandle<()>)>) -> Running {
+fn new_stats(n: usize) -> Vec<Arc<WorkerStats>> {
+    (0..n).map(|_| Arc::default()).collect()
+}
+
+fn running(
+    local_addr: SocketAddr,
+    started: Vec<(WorkerInfo, JoinHandle<()>)>,
+    stats: Vec<Arc<WorkerStats>>,
+) -> Running {
     let (workers, threads) = started.into_iter().unzip();
     Running {
         local_addr,
         workers,
+        stats,
         threads,
     }
 }

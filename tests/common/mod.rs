@@ -1,0 +1,254 @@
+//! Test helpers: in-process balancer and backends on 127.0.0.1:0, and a byte-level
+//! WebSocket peer (either role) for the cases that need exact bytes on the wire.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Once;
+use std::time::Duration;
+
+use wslb::config::{Config, IoDriver};
+use wslb::Running;
+
+pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_env("WSLB_LOG")
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+pub fn echo() -> Running {
+    init_logs();
+    wslb::start_echo("127.0.0.1:0".parse().unwrap(), 1, IoDriver::Auto).unwrap()
+}
+
+/// A balancer on 127.0.0.1:0 with short timeouts; `tweak` adjusts the config further.
+pub fn balancer(backends: &[SocketAddr], workers: usize, tweak: impl FnOnce(&mut Config)) -> Running {
+    init_logs();
+    let mut c = Config {
+        listen: "127.0.0.1:0".into(),
+        backends: backends.iter().map(|b| b.to_string()).collect(),
+        workers,
+        ..Config::default()
+    };
+    c.timeouts.backend_connect_ms = 1000;
+    c.timeouts.close_grace_ms = 2000;
+    tweak(&mut c);
+    wslb::start_balancer(c.validate().unwrap()).unwrap()
+}
+
+/// An address nothing listens on (connections are refused).
+pub fn dead_addr() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A backend that runs `handler` on its own thread for every accepted, upgraded connection.
+pub fn scripted_backend(handler: impl Fn(Peer) + Send + Sync + 'static) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let handler = std::sync::Arc::new(handler);
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(s) = s else { continue };
+            let h = handler.clone();
+            std::thread::spawn(move || {
+                if let Some(p) = Peer::accept(s) {
+                    h(p)
+                }
+            });
+        }
+    });
+    addr
+}
+
+pub fn upgrade_request(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// Encodes one frame; `mask` set means client-to-server.
+pub fn frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
+    let mut v = vec![(fin as u8) << 7 | opcode];
+    let m = if mask.is_some() { 0x80 } else { 0 };
+    let len = payload.len();
+    if len < 126 {
+        v.push(m | len as u8);
+    } else if len < 65536 {
+        v.push(m | 126);
+        v.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        v.push(m | 127);
+        v.extend_from_slice(&(len as u64).to_be_bytes());
+    }
+    match mask {
+        Some(k) => {
+            v.extend_from_slice(&k);
+            v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
+        }
+        None => v.extend_from_slice(payload),
+    }
+    v
+}
+
+pub fn close_payload(code: u16, reason: &str) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason.as_bytes());
+    p
+}
+
+/// A frame as received: (fin, opcode, unmasked payload).
+pub type Frame = (bool, u8, Vec<u8>);
+
+/// One side of a WebSocket connection, byte by byte.
+pub struct Peer {
+    pub stream: TcpStream,
+    /// Client role: masks what it sends.
+    client: bool,
+    /// Bytes read past a handshake head.
+    pending: Vec<u8>,
+    /// The request head a server-side peer received.
+    pub request: String,
+}
+
+impl Peer {
+    /// Opens a client connection and completes the upgrade, asserting a 101.
+    pub fn connect(addr: SocketAddr) -> Peer {
+        let mut p = Peer::client(addr);
+        p.stream.write_all(upgrade_request("/").as_bytes()).unwrap();
+        let head = p.read_head();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        p
+    }
+
+    /// A connected, not yet upgraded, client.
+    pub fn client(addr: SocketAddr) -> Peer {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Peer { stream, client: true, pending: Vec::new(), request: String::new() }
+    }
+
+    /// Server side: reads the upgrade request and answers 101.
+    pub fn accept(stream: TcpStream) -> Option<Peer> {
+        stream.set_read_timeout(Some(TIMEOUT)).ok()?;
+        let mut p = Peer { stream, client: false, pending: Vec::new(), request: String::new() };
+        let head = p.read_head();
+        let key = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))?
+            .trim()
+            .to_string();
+        p.request = head;
+        let resp = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\n\r\n",
+            wslb::handshake::accept_key(key.as_bytes())
+        );
+        p.stream.write_all(resp.as_bytes()).ok()?;
+        Some(p)
+    }
+
+    /// Reads an HTTP head (up to CRLFCRLF); keeps any bytes after it.
+    pub fn read_head(&mut self) -> String {
+        let mut buf = std::mem::take(&mut self.pending);
+        loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                self.pending = buf.split_off(i + 4);
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).unwrap_or(0);
+            if n == 0 {
+                return String::from_utf8_lossy(&buf).into_owned();
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Everything until EOF (for error responses).
+    pub fn read_to_end(&mut self) -> String {
+        let mut v = std::mem::take(&mut self.pending);
+        let _ = self.stream.read_to_end(&mut v);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+
+    pub fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let mask = self.client.then_some([0x37, 0xfa, 0x21, 0x3d]);
+        self.stream.write_all(&frame(fin, opcode, payload, mask)).unwrap();
+    }
+
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn read_exact(&mut self, n: usize) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(n);
+        let take = n.min(self.pending.len());
+        out.extend(self.pending.drain(..take));
+        let have = out.len();
+        out.resize(n, 0);
+        self.stream.read_exact(&mut out[have..]).ok()?;
+        Some(out)
+    }
+
+    /// The next frame, or `None` at EOF/error.
+    pub fn recv(&mut self) -> Option<Frame> {
+        let h = self.read_exact(2)?;
+        let masked = h[1] & 0x80 != 0;
+        let len = match h[1] & 0x7f {
+            126 => u16::from_be_bytes(self.read_exact(2)?.try_into().unwrap()) as usize,
+            127 => u64::from_be_bytes(self.read_exact(8)?.try_into().unwrap()) as usize,
+            n => n as usize,
+        };
+        let mask = if masked { Some(self.read_exact(4)?) } else { None };
+        let mut payload = self.read_exact(len)?;
+        if let Some(k) = mask {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= k[i % 4];
+            }
+        }
+        Some((h[0] & 0x80 != 0, h[0] & 0x0f, payload))
+    }
+
+    /// Expects a close frame next and returns (code, reason).
+    pub fn expect_close(&mut self) -> (u16, String) {
+        let (_, op, p) = self.recv().expect("a close frame, got EOF");
+        assert_eq!(op, 8, "expected close, got opcode {op} {p:?}");
+        let code = u16::from_be_bytes([p[0], p[1]]);
+        (code, String::from_utf8(p[2..].to_vec()).unwrap())
+    }
+
+    /// True if the peer closes the TCP connection (EOF or reset) within the read timeout.
+    pub fn sees_eof(&mut self) -> bool {
+        if !self.pending.is_empty() {
+            return false;
+        }
+        let mut b = [0u8; 64];
+        match self.stream.read(&mut b) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+        }
+    }
+}
+
+/// Sends a complete echo message through `p` and asserts it comes back identical.
+pub fn assert_echo(p: &mut Peer, opcode: u8, payload: &[u8]) {
+    p.send(true, opcode, payload);
+    let (fin, op, back) = p.recv().expect("echo");
+    assert!(fin);
+    assert_eq!(op, opcode);
+    assert!(back == payload, "echo differs ({} vs {} bytes)", back.len(), payload.len());
+}

@@ -1,0 +1,383 @@
+//! The balancer end to end: in-process echo and scripted backends on loopback, real clients
+//! (tungstenite) and byte-level peers.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+use tungstenite::Message;
+use wslb::config::IoDriver;
+use wslb::worker::Driver;
+
+fn ws_client(addr: std::net::SocketAddr) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+    let (ws, resp) = tungstenite::connect(format!("ws://{addr}/chat?x=1")).unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+#[test]
+fn round_robin_is_exact_across_two_workers() {
+    // Three backends that each tell the client who they are.
+    let backends: Vec<_> = (0..3u8)
+        .map(|id| {
+            scripted_backend(move |mut p| {
+                p.send(true, 1, &[b'0' + id]);
+                let _ = p.recv();
+            })
+        })
+        .collect();
+    let lb = balancer(&backends, 2, |_| {});
+    let mut counts = HashMap::new();
+    for _ in 0..30 {
+        let mut c = Peer::connect(lb.local_addr);
+        let (_, _, id) = c.recv().unwrap();
+        *counts.entry(id).or_insert(0) += 1;
+        c.send(true, 8, &close_payload(1000, ""));
+    }
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    assert!(counts.values().all(|&n| n == 10), "{counts:?}");
+    let accepted: Vec<u64> = lb.stats.iter().map(|s| s.accepted()).collect();
+    assert_eq!(accepted.iter().sum::<u64>(), 30);
+    assert!(accepted.iter().all(|&a| a > 0), "one worker accepted nothing: {accepted:?}");
+}
+
+#[test]
+fn messages_echo_byte_identical_through_the_balancer() {
+    let (a, b) = (echo(), echo());
+    let lb = balancer(&[a.local_addr, b.local_addr], 2, |_| {});
+    let mut ws = ws_client(lb.local_addr);
+    let text = "héllo, wörld ✓".repeat(100);
+    ws.send(Message::text(text.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text(text));
+    let big: Vec<u8> = (0..(1 << 20)).map(|i| (i * 7 + 3) as u8).collect();
+    ws.send(Message::binary(big.clone())).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::binary(big));
+    for n in [0usize, 1, 125, 126, 65535, 65536, 70000] {
+        let m: Vec<u8> = (0..n).map(|i| i as u8).collect();
+        ws.send(Message::binary(m.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::binary(m), "{n} bytes");
+    }
+    ws.close(None).unwrap();
+}
+
+#[test]
+fn fragmented_message_is_echoed_whole() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    c.send(false, 1, b"frag");
+    c.send(true, 9, b"ping-in-the-middle");
+    c.send(false, 0, b"mented ");
+    c.send(true, 0, "mes✓".as_bytes());
+    assert_eq!(c.recv().unwrap(), (true, 10, b"ping-in-the-middle".to_vec()));
+    assert_eq!(c.recv().unwrap(), (true, 1, "fragmented mes✓".as_bytes().to_vec()));
+}
+
+#[test]
+fn first_frame_in_the_same_write_as_the_handshake() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 1, |_| {});
+    let mut c = Peer::client(lb.local_addr);
+    let mut bytes = upgrade_request("/").into_bytes();
+    bytes.extend(frame(true, 1, b"eager", Some([1, 2, 3, 4])));
+    bytes.extend(frame(true, 2, &[9; 300], Some([5, 6, 7, 8])));
+    c.send_raw(&bytes);
+    assert!(c.read_head().starts_with("HTTP/1.1 101"));
+    assert_eq!(c.recv().unwrap(), (true, 1, b"eager".to_vec()));
+    assert_eq!(c.recv().unwrap(), (true, 2, vec![9; 300]));
+}
+
+#[test]
+fn backend_frames_sent_with_the_101_reach_the_client() {
+    let b = scripted_backend(|mut p| {
+        // Greeting goes out right behind the 101 (often in the same segment).
+        p.send(true, 1, b"welcome");
+        let _ = p.recv();
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    assert_eq!(c.recv().unwrap(), (true, 1, b"welcome".to_vec()));
+}
+
+#[test]
+fn request_is_forwarded_with_path_headers_and_forwarding_info() {
+    let seen = Arc::new(Mutex::new(String::new()));
+    let s = seen.clone();
+    let b = scripted_backend(move |mut p| {
+        *s.lock().unwrap() = p.request.clone();
+        p.send(true, 1, b"ok");
+        let _ = p.recv();
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut c = Peer::client(lb.local_addr);
+    let req = upgrade_request("/room/7?token=abc").replace(
+        "\r\n\r\n",
+        "\r\nSec-WebSocket-Protocol: chat, superchat\r\nSec-WebSocket-Extensions: permessage-deflate\r\nX-Custom: 1\r\n\r\n",
+    );
+    c.send_raw(req.as_bytes());
+    assert!(c.read_head().starts_with("HTTP/1.1 101"));
+    c.recv().unwrap();
+    let r = seen.lock().unwrap().clone();
+    assert!(r.starts_with("GET /room/7?token=abc HTTP/1.1\r\n"), "{r}");
+    assert!(r.contains("Sec-WebSocket-Protocol: chat, superchat\r\n"), "{r}");
+    assert!(r.contains("X-Custom: 1\r\n"), "{r}");
+    assert!(r.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{r}");
+    assert!(r.contains("X-Forwarded-Proto: http\r\n"), "{r}");
+    assert!(!r.contains("permessage-deflate"), "{r}");
+}
+
+#[test]
+fn ping_and_pong_pass_through_both_ways() {
+    // Client ping -> echo backend answers pong through wslb.
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    c.send(true, 9, b"are you there");
+    assert_eq!(c.recv().unwrap(), (true, 10, b"are you there".to_vec()));
+
+    // Backend ping -> the client's pong reaches the backend unchanged.
+    let got = Arc::new(Mutex::new(None));
+    let g = got.clone();
+    let b = scripted_backend(move |mut p| {
+        p.send(true, 9, b"srv-ping");
+        *g.lock().unwrap() = p.recv();
+        p.send(true, 1, b"done");
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    assert_eq!(c.recv().unwrap(), (true, 9, b"srv-ping".to_vec()));
+    c.send(true, 10, b"srv-ping");
+    assert_eq!(c.recv().unwrap(), (true, 1, b"done".to_vec()));
+    assert_eq!(got.lock().unwrap().clone(), Some((true, 10, b"srv-ping".to_vec())));
+}
+
+#[test]
+fn close_codes_pass_through_both_ways() {
+    // Client-initiated: the backend sees the client's code and reason, and its reply
+    // reaches the client; then both TCP connections end.
+    let got = Arc::new(Mutex::new(None));
+    let g = got.clone();
+    let b = scripted_backend(move |mut p| {
+        let (_, op, payload) = p.recv().unwrap();
+        *g.lock().unwrap() = Some((op, payload.clone()));
+        p.send(true, 8, &payload);
+        // Server closes TCP first (RFC 6455 §7.1.1).
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    c.send(true, 8, &close_payload(4001, "bye now"));
+    assert_eq!(c.expect_close(), (4001, "bye now".into()));
+    assert!(c.sees_eof());
+    assert_eq!(got.lock().unwrap().clone(), Some((8, close_payload(4001, "bye now"))));
+
+    // Backend-initiated.
+    let b = scripted_backend(|mut p| {
+        p.send(true, 8, &close_payload(4002, "server says bye"));
+        let _ = p.recv();
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut ws = ws_client(lb.local_addr);
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => {
+            assert_eq!(u16::from(f.code), 4002);
+            assert_eq!(f.reason.as_str(), "server says bye");
+        }
+        other => panic!("expected close, got {other:?}"),
+    }
+}
+
+#[test]
+fn backend_down_fails_over_to_the_next() {
+    let e = echo();
+    let lb = balancer(&[dead_addr(), e.local_addr, dead_addr()], 2, |_| {});
+    for _ in 0..6 {
+        let mut c = Peer::connect(lb.local_addr);
+        assert_echo(&mut c, 1, b"still here");
+    }
+}
+
+#[test]
+fn all_backends_down_answers_502() {
+    let lb = balancer(&[dead_addr(), dead_addr()], 1, |_| {});
+    let mut c = Peer::client(lb.local_addr);
+    c.send_raw(upgrade_request("/").as_bytes());
+    let r = c.read_to_end();
+    assert!(r.starts_with("HTTP/1.1 502 Bad Gateway\r\n"), "{r}");
+}
+
+#[test]
+fn backend_that_refuses_the_upgrade_is_relayed() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let (mut s, _) = l.accept().unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut b = [0u8; 1];
+            std::io::Read::read_exact(&mut s, &mut b).unwrap();
+            head.push(b[0]);
+        }
+        s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nnope!\r\n").unwrap();
+    });
+    let lb = balancer(&[addr], 1, |_| {});
+    let mut c = Peer::client(lb.local_addr);
+    c.send_raw(upgrade_request("/").as_bytes());
+    assert_eq!(c.read_to_end(), "HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nnope!\r\n");
+}
+
+/// Each bad request, as exact bytes, and the status it must get.
+#[test]
+fn bad_requests_get_their_status_codes() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 1, |_| {});
+    let good = upgrade_request("/");
+    let cases: Vec<(String, &str)> = vec![
+        ("GET / HTTP/1.1\r\nHost: x\r\n\r\n".into(), "426"),
+        (good.replacen("GET", "POST", 1), "405"),
+        (good.replace("Version: 13", "Version: 8"), "426"),
+        (good.replace(KEY, "not-a-key"), "400"),
+        (good.replace("Connection: Upgrade", "Connection: keep-alive"), "400"),
+        ("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n".into(), "400"),
+        ("GET / HTTP/1.1\r\nHost x\r\n\r\n".into(), "400"),
+        (good.replace("\r\n\r\n", &format!("\r\nX-Big: {}\r\n\r\n", "a".repeat(9000))), "431"),
+    ];
+    for (req, status) in cases {
+        let mut c = Peer::client(lb.local_addr);
+        c.send_raw(req.as_bytes());
+        let r = c.read_to_end();
+        assert!(r.starts_with(&format!("HTTP/1.1 {status} ")), "{req:?} -> {r:?}");
+        if status == "426" {
+            assert!(r.contains("Sec-WebSocket-Version: 13\r\n"), "{r}");
+        }
+    }
+    // The worker keeps serving.
+    assert_echo(&mut Peer::connect(lb.local_addr), 1, b"fine");
+}
+
+#[test]
+fn backend_killed_mid_stream_sends_the_client_a_close_frame() {
+    let b = scripted_backend(|mut p| {
+        let (_, op, m) = p.recv().unwrap();
+        p.send(true, op, &m);
+        // Die without a close frame; linger 0 makes it an RST like a killed process's.
+        let s = socket2::SockRef::from(&p.stream);
+        s.set_linger(Some(Duration::ZERO)).unwrap();
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut ws = ws_client(lb.local_addr);
+    ws.send(Message::text("one")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("one"));
+    match ws.read().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(u16::from(f.code), 1011),
+        other => panic!("expected close 1011, got {other:?}"),
+    }
+}
+
+#[test]
+fn backend_fin_without_close_gives_1011_too() {
+    let b = scripted_backend(|mut p| {
+        p.send(true, 1, b"bye");
+        p.stream.shutdown(std::net::Shutdown::Both).unwrap();
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    assert_eq!(c.recv().unwrap(), (true, 1, b"bye".to_vec()));
+    assert_eq!(c.expect_close().0, 1011);
+    c.send(true, 8, &close_payload(1011, ""));
+    assert!(c.sees_eof());
+}
+
+#[test]
+fn client_gone_without_close_gives_backend_1001() {
+    let got = Arc::new(Mutex::new(None));
+    let g = got.clone();
+    let b = scripted_backend(move |mut p| {
+        let _ = p.recv();
+        *g.lock().unwrap() = p.recv();
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    c.send(true, 1, b"hi");
+    drop(c);
+    for _ in 0..100 {
+        if got.lock().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (_, op, p) = got.lock().unwrap().clone().expect("backend got a close");
+    assert_eq!((op, u16::from_be_bytes([p[0], p[1]])), (8, 1001));
+}
+
+/// A client protocol violation closes that client with the RFC code, tells the backend the
+/// client went away (1001), and leaves the worker serving.
+#[test]
+fn bad_client_frames_get_their_close_codes() {
+    let backend_saw = Arc::new(Mutex::new(Vec::new()));
+    let saw = backend_saw.clone();
+    let b = scripted_backend(move |mut p| {
+        while let Some((_, op, payload)) = p.recv() {
+            if op == 8 {
+                saw.lock().unwrap().push(u16::from_be_bytes([payload[0], payload[1]]));
+                p.send(true, 8, &payload);
+                return;
+            }
+        }
+    });
+    let lb = balancer(&[b], 1, |c| c.limits.max_frame_bytes = 1024);
+    let m = Some([1, 2, 3, 4]);
+    let mut rsv = frame(true, 1, b"x", m);
+    rsv[0] |= 0x40;
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unmasked", frame(true, 1, b"x", None), 1002),
+        ("reserved bits", rsv, 1002),
+        ("reserved opcode", frame(true, 3, b"x", m), 1002),
+        ("control over 125", frame(true, 9, &[0; 126], m), 1002),
+        ("fragmented control", frame(false, 9, b"x", m), 1002),
+        ("bad close code", frame(true, 8, &close_payload(1005, ""), m), 1002),
+        ("close reason not utf-8", frame(true, 8, &[3, 232, 0xff, 0xfe], m), 1007),
+        ("stray continuation", frame(true, 0, b"x", m), 1002),
+        ("too big", frame(true, 2, &[0; 1025], m), 1009),
+    ];
+    for (name, bytes, code) in &cases {
+        let mut c = Peer::connect(lb.local_addr);
+        c.send(true, 1, b"fine so far");
+        c.send_raw(bytes);
+        assert_eq!(c.expect_close().0, *code, "{name}");
+        c.send(true, 8, &close_payload(*code, ""));
+        assert!(c.sees_eof(), "{name}: connection not closed");
+    }
+    let saw = backend_saw.lock().unwrap().clone();
+    assert_eq!(saw, vec![1001; cases.len()]);
+}
+
+#[test]
+fn epoll_driver_serves_the_same_traffic() {
+    let e = wslb::start_echo("127.0.0.1:0".parse().unwrap(), 1, IoDriver::Epoll).unwrap();
+    assert!(e.workers.iter().all(|w| w.driver == Driver::Epoll));
+    let lb = balancer(&[e.local_addr], 2, |c| {
+        c.io_driver = IoDriver::Epoll;
+        c.limits.max_frame_bytes = 1024;
+    });
+    assert!(lb.workers.iter().all(|w| w.driver == Driver::Epoll));
+    let mut ws = ws_client(lb.local_addr);
+    ws.send(Message::text("tungstenite over epoll")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("tungstenite over epoll"));
+    let mut c = Peer::connect(lb.local_addr);
+    assert_echo(&mut c, 2, &[5; 1000]);
+    // The cancel path (a close request crossing pumps) on epoll.
+    c.send(true, 2, &[0; 2000]);
+    assert_eq!(c.expect_close().0, 1009);
+}
+
+#[test]
+fn io_uring_driver_is_reported_when_asked() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 2, |c| c.io_driver = IoDriver::IoUring);
+    assert!(lb.workers.iter().all(|w| w.driver == Driver::IoUring));
+    assert_echo(&mut Peer::connect(lb.local_addr), 1, b"uring");
+}
