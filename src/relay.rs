@@ -6,9 +6,13 @@
 //! unmasked or re-encoded, and client frames stay masked on their way to the backend.
 //!
 //! Each destination has exactly one writer (its pump), so wslb's own close frames are only
-//! ever written by that pump, at a frame boundary. When a pump needs a close frame sent to
-//! *its source* (the source broke the protocol), it asks the opposite pump through [`Link`]
-//! and cancels that pump's pending read so the request is seen at once.
+//! ever written by that pump, at a frame boundary. When a source breaks the protocol, its
+//! pump sends the destination a close and asks the opposite pump, through [`Link`], for the
+//! close code owed to the offender. That pump keeps forwarding what the other peer still
+//! sends (answers to messages the offender sent before its bad frame arrive, as they would
+//! without wslb), puts the owed close in place of that peer's close reply, or sends it when
+//! the peer ends or the close grace runs out. Its pending read is cancelled so the grace
+//! deadline starts at once.
 //!
 //! # Buffer ownership
 //! A pump owns its `Vec<u8>` between operations. For a read, the vector moves into the read
@@ -72,7 +76,8 @@ const DOWN: usize = 1; // backend -> client
 /// `Cell`/`RefCell` suffice; a borrow is never held across an await.
 #[derive(Default)]
 struct Link {
-    /// A close frame the other pump wants written to this pump's destination.
+    /// A close owed to this pump's destination (which broke the protocol), to be sent in
+    /// place of the source's close reply, or when the source ends or the grace runs out.
     close_request: [Cell<Option<(u16, &'static str)>>; 2],
     /// Cancels this pump's pending read so that it sees a close request promptly.
     readers: [RefCell<Canceller>; 2],
@@ -175,7 +180,9 @@ where
     async fn run(&mut self, link: &Link) -> End {
         loop {
             self.forward_buffered(link).await;
-            self.send_requested_close(link).await;
+            if link.close_request[self.me].get().is_some() && self.deadline.is_none() {
+                self.deadline = Some(Instant::now() + self.cfg.close_grace);
+            }
 
             let len = self.buf.len();
             let cap = self.buf.capacity();
@@ -188,16 +195,23 @@ where
                 None => read.await,
                 Some(d) => match monoio::time::timeout_at(d, read).await {
                     Ok(r) => r,
-                    Err(_) => return End::GraceExpired,
+                    Err(_) => {
+                        if let Some((code, reason)) = link.close_request[self.me].take() {
+                            if self.pending == 0 {
+                                self.send_close(code, reason).await;
+                            }
+                        }
+                        return End::GraceExpired;
+                    }
                 },
             };
             self.buf = slice.into_inner();
             match res {
-                Ok(0) => return self.source_ended().await,
+                Ok(0) => return self.source_ended(link).await,
                 Ok(_) => {}
                 // A close request from the other pump: handled at the top of the loop.
                 Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {}
-                Err(_) => return self.source_ended().await,
+                Err(_) => return self.source_ended(link).await,
             }
         }
     }
@@ -209,6 +223,7 @@ where
         let mut ready = 0; // bytes [0, ready) are forwarded
         let mut keep_to = len; // bytes [ready, keep_to) stay for the next round
         let mut violation = None;
+        let mut owed_close = None;
         while ready < len {
             if self.pending > 0 {
                 let take = self.pending.min((len - ready) as u64);
@@ -247,6 +262,13 @@ where
                     keep_to = ready;
                     break;
                 }
+                if let Some(owed) = link.close_request[self.me].take() {
+                    // The destination broke the protocol: it gets the code it is owed
+                    // instead of this close reply.
+                    owed_close = Some(owed);
+                    keep_to = ready;
+                    break;
+                }
                 ready = end;
                 self.mark_close_sent();
                 continue;
@@ -268,6 +290,9 @@ where
         self.buf.copy_within(ready..keep_to, 0);
         self.buf.truncate(keep_to - ready);
 
+        if let Some((code, reason)) = owed_close {
+            self.send_close(code, reason).await;
+        }
         if let Some(v) = violation {
             self.on_violation(v, link).await;
         }
@@ -287,21 +312,6 @@ where
         link.request_close(1 - self.me, v.close_code(), reason);
         let (code, why) = self.lost_source_close();
         self.send_close(code, why).await;
-    }
-
-    /// Writes a close frame the other pump asked for, once the destination is at a frame
-    /// boundary (a frame being streamed is finished first).
-    async fn send_requested_close(&mut self, link: &Link) {
-        let Some((code, reason)) = link.close_request[self.me].get() else {
-            return;
-        };
-        if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + self.cfg.close_grace);
-        }
-        if self.pending == 0 {
-            link.close_request[self.me].set(None);
-            self.send_close(code, reason).await;
-        }
     }
 
     /// The close wslb sends the destination when the source is gone: 1001 (going away) to a
@@ -335,13 +345,14 @@ where
 
     /// EOF or an error on the source: pass a close on (if none went yet and the destination
     /// is at a frame boundary), then end the destination's write side.
-    async fn source_ended(&mut self) -> End {
+    async fn source_ended(&mut self, link: &Link) -> End {
         let end = if self.close_sent {
             End::Closed
         } else {
             let mid_frame = self.pending > 0;
             if !mid_frame {
-                let (code, reason) = self.lost_source_close();
+                let owed = link.close_request[self.me].take();
+                let (code, reason) = owed.unwrap_or_else(|| self.lost_source_close());
                 self.send_close(code, reason).await;
             }
             End::SourceLost { mid_frame }

@@ -381,3 +381,20 @@ fn io_uring_driver_is_reported_when_asked() {
     assert!(lb.workers.iter().all(|w| w.driver == Driver::IoUring));
     assert_echo(&mut Peer::connect(lb.local_addr), 1, b"uring");
 }
+
+/// Regression (Autobahn 3.2, 4.1.3, 5.15 were NON-STRICT through wslb, OK direct): a valid
+/// message followed by a bad frame in one write used to get close 1002 at once, dropping the
+/// echo already on its way. The answer must arrive first, as it does without wslb.
+#[test]
+fn answers_in_flight_reach_a_client_before_its_protocol_error_close() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    let mut bytes = frame(true, 1, b"Hello, world!", Some([1, 2, 3, 4]));
+    let mut bad = frame(true, 1, b"x", Some([1, 2, 3, 4]));
+    bad[0] |= 0x20; // RSV2
+    bytes.extend(bad);
+    c.send_raw(&bytes);
+    assert_eq!(c.recv().unwrap(), (true, 1, b"Hello, world!".to_vec()));
+    assert_eq!(c.expect_close().0, 1002);
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Autobahn|Testsuite fuzzingclient against `wslb echo` directly and through wslb, in one run.
+# Fails if any case fails through wslb that does not fail directly, or if the echo backend
+# itself fails a case.
+#
+#   autobahn/run.sh            quick: cases 1-10 (no compression cases 12.*, 13.*), ~3 min
+#   autobahn/run.sh --full     every case
+#
+# Needs Python 2.7 (autobahntestsuite is Python 2 only); set PYTHON2 or have pyenv's
+# 2.7.18. The virtualenv goes to autobahn/.venv and is reused.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+mode=quick
+[ "${1:-}" = "--full" ] && mode=full
+
+py2=${PYTHON2:-}
+if [ -z "$py2" ]; then
+  for c in "$(pyenv root 2>/dev/null)/versions/2.7.18/bin/python2" "$HOME/.pyenv/versions/2.7.18/bin/python2" python2.7 python2; do
+    if command -v "$c" >/dev/null 2>&1; then py2=$c; break; fi
+  done
+fi
+[ -n "$py2" ] || { echo "autobahn: no Python 2.7 found (set PYTHON2)" >&2; exit 1; }
+
+venv=$here/.venv
+if [ ! -x "$venv/bin/wstest" ]; then
+  echo "autobahn: creating $venv with $py2"
+  "$py2" -m pip install -q "virtualenv<20.22" 2>&1 | grep -v DEPRECATION || true
+  "$py2" -m virtualenv -q "$venv"
+  "$venv/bin/pip" install -q autobahntestsuite 2>&1 | grep -v DEPRECATION || true
+fi
+
+(cd "$root" && cargo build --release -q)
+bin=$root/target/release/wslb
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+echo_port=$(free_port); lb_port=$(free_port)
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+
+"$bin" echo --listen "127.0.0.1:$echo_port" --workers 1 2>"$work/echo.log" & pids+=($!)
+"$bin" run --listen "127.0.0.1:$lb_port" --backend "127.0.0.1:$echo_port" --workers 2 2>"$work/lb.log" & pids+=($!)
+for port in "$echo_port" "$lb_port"; do
+  for _ in $(seq 50); do
+    python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break
+    sleep 0.1
+  done
+done
+
+if [ "$mode" = quick ]; then
+  cases='["1.*","2.*","3.*","4.*","5.*","6.*","7.*","8.*","9.*","10.*"]'
+else
+  cases='["*"]'
+fi
+reports=$here/reports
+rm -rf "$reports"; mkdir -p "$reports"
+cat >"$work/fuzzingclient.json" <<JSON
+{
+  "outdir": "$reports",
+  "servers": [
+    {"agent": "direct", "url": "ws://127.0.0.1:$echo_port"},
+    {"agent": "wslb", "url": "ws://127.0.0.1:$lb_port"}
+  ],
+  "cases": $cases,
+  "exclude-cases": [],
+  "exclude-agent-cases": {}
+}
+JSON
+echo "autobahn: $mode run, echo on :$echo_port, wslb on :$lb_port"
+(cd "$work" && timeout 3000 "$venv/bin/wstest" -m fuzzingclient -s fuzzingclient.json >"$work/wstest.log" 2>&1) || {
+  tail -30 "$work/wstest.log"; echo "autobahn: wstest failed" >&2; exit 1; }
+python3 "$here/compare.py" "$reports/index.json"
