@@ -85,10 +85,13 @@ pub struct Limits {
     /// Largest payload of one client frame; larger closes the client with 1009.
     /// Default 16 MiB (Autobahn's largest case). `0` disables the check.
     pub max_frame_bytes: u64,
-    /// Relay buffer per direction. Default 16 384: one read carries a 16 KiB message with
-    /// its header split over at most two reads, and 64 B messages batch when pipelined.
-    /// Range 1 024..=1 048 576.
+    /// Initial relay buffer per direction. Default 16 384 (a 16 KiB message's payload, or
+    /// hundreds of small pipelined frames, per read). Range 1 024..=1 048 576.
     pub relay_buffer_bytes: usize,
+    /// A direction's buffer grows to fit the largest frame it has seen, up to this size, so
+    /// a frame moves in one read and one write instead of one per buffer-full. Larger frames
+    /// stream through in pieces. Default 65 536. At least `relay_buffer_bytes`, at most 16 MiB.
+    pub relay_buffer_max_bytes: usize,
 }
 
 impl Default for Config {
@@ -122,6 +125,7 @@ impl Default for Limits {
             max_request_bytes: 8192,
             max_frame_bytes: 16 << 20,
             relay_buffer_bytes: 16 << 10,
+            relay_buffer_max_bytes: 64 << 10,
         }
     }
 }
@@ -142,6 +146,7 @@ pub struct Settings {
     /// `u64::MAX` when unlimited.
     pub max_frame_bytes: u64,
     pub relay_buffer_bytes: usize,
+    pub relay_buffer_max_bytes: usize,
 }
 
 /// One problem with one field.
@@ -262,6 +267,15 @@ impl Config {
                 format!("{} is outside 1024..=1048576", l.relay_buffer_bytes),
             );
         }
+        if !(l.relay_buffer_bytes..=16 << 20).contains(&l.relay_buffer_max_bytes) {
+            problem(
+                "limits.relay_buffer_max_bytes",
+                format!(
+                    "{} is outside relay_buffer_bytes ({})..=16777216",
+                    l.relay_buffer_max_bytes, l.relay_buffer_bytes
+                ),
+            );
+        }
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -288,6 +302,7 @@ impl Config {
                 l.max_frame_bytes
             },
             relay_buffer_bytes: l.relay_buffer_bytes,
+            relay_buffer_max_bytes: l.relay_buffer_max_bytes,
         })
     }
 }

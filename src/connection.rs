@@ -67,7 +67,9 @@ async fn proxy(
     let buf = Vec::with_capacity(cap);
     let deadline = Instant::now() + s.client_handshake_timeout;
     let limit = s.max_request_bytes;
-    let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| u.forward_head(peer.ip()));
+    let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| {
+        u.forward_head(peer.ip())
+    });
     let (client_buf, forward) = upgrade.await?;
 
     let (mut backend, addr) = match connect_any(ctx, s.backend_connect_timeout).await {
@@ -80,14 +82,18 @@ async fn proxy(
 
     let backend_buf = Vec::with_capacity(s.relay_buffer_bytes);
     let deadline = Instant::now() + s.backend_handshake_timeout;
-    let (backend_buf, response) = match exchange(&mut backend, forward, backend_buf, deadline).await {
+    let (backend_buf, response) = match exchange(&mut backend, forward, backend_buf, deadline).await
+    {
         Ok(r) => r,
         Err(reason) => {
             let _ = client.write_all(handshake::BAD_GATEWAY).await;
             return Err(HandshakeError::Backend { addr, reason });
         }
     };
-    let (res, mut backend_buf) = client.write_all(backend_buf.slice(0..response.head_len)).await.map_buf();
+    let (res, mut backend_buf) = client
+        .write_all(backend_buf.slice(0..response.head_len))
+        .await
+        .map_buf();
     res.map_err(HandshakeError::ClientIo)?;
     if response.status != 101 {
         relay_refusal(&mut client, &mut backend, backend_buf, response, deadline).await;
@@ -101,6 +107,7 @@ async fn proxy(
     let cfg = RelayConfig {
         max_client_frame: s.max_frame_bytes,
         close_grace: s.close_grace,
+        max_buffer: s.relay_buffer_max_bytes,
     };
     let outcome = relay::run(client, backend, client_buf, backend_buf, cfg).await;
     Ok((addr, outcome))
@@ -149,7 +156,8 @@ async fn read_upgrade_inner<T>(
             Err(e) => return Err(HandshakeError::ClientIo(e)),
         }
         let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
-        let parsed = handshake::parse_request(&buf, &mut headers).map_err(HandshakeError::ClientRejected)?;
+        let parsed =
+            handshake::parse_request(&buf, &mut headers).map_err(HandshakeError::ClientRejected)?;
         if let Some(upgrade) = parsed {
             let forward = respond(&upgrade);
             let head_len = upgrade.head_len;
@@ -193,7 +201,11 @@ async fn exchange(
     deadline: Instant,
 ) -> Result<(Vec<u8>, handshake::Response), String> {
     let io = async move {
-        backend.write_all(forward).await.0.map_err(|e| e.to_string())?;
+        backend
+            .write_all(forward)
+            .await
+            .0
+            .map_err(|e| e.to_string())?;
         loop {
             let len = buf.len();
             if len == buf.capacity() {

@@ -27,7 +27,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(mut stream: TcpStream) {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let buf = Vec::with_capacity(MAX_REQUEST);
-    let upgrade = read_upgrade(&mut stream, buf, deadline, MAX_REQUEST, |u| u.switching_protocols());
+    let upgrade = read_upgrade(&mut stream, buf, deadline, MAX_REQUEST, |u| {
+        u.switching_protocols()
+    });
     let Ok((leftover, response)) = upgrade.await else {
         return;
     };
@@ -38,7 +40,11 @@ pub async fn serve(mut stream: TcpStream) {
         return;
     };
     let mut ws = FragmentCollector::new(WebSocket::after_handshake(
-        Prefixed { prefix: leftover, pos: 0, inner: io },
+        Prefixed {
+            prefix: leftover,
+            pos: 0,
+            inner: io,
+        },
         Role::Server,
     ));
     loop {
@@ -70,7 +76,9 @@ fn close_code_for(e: &WebSocketError) -> Option<u16> {
     match e {
         WebSocketError::InvalidUTF8 => Some(1007),
         WebSocketError::FrameTooLarge => Some(1009),
-        WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed | WebSocketError::IoError(_) => None,
+        WebSocketError::UnexpectedEOF
+        | WebSocketError::ConnectionClosed
+        | WebSocketError::IoError(_) => None,
         _ => Some(1002),
     }
 }
@@ -85,7 +93,11 @@ struct Prefixed<S> {
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         if self.pos < self.prefix.len() {
             let n = buf.remaining().min(self.prefix.len() - self.pos);
             let start = self.pos;
@@ -102,7 +114,11 @@ impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
     fn poll_write_vectored(

@@ -81,7 +81,10 @@ pub fn parse_header(buf: &[u8]) -> Option<Header> {
     let (b0, b1) = (buf[0], buf[1]);
     let masked = b1 & 0x80 != 0;
     let (payload_len, mut len) = match b1 & 0x7f {
-        126 => (u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as u64, 4),
+        126 => (
+            u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?) as u64,
+            4,
+        ),
         127 => (u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?), 10),
         n => (n as u64, 2),
     };
@@ -259,19 +262,46 @@ mod tests {
         let mut s = MessageState::default();
         assert_eq!(ok(true, 1, m, 5, &mut s, c), Ok(OpCode::Text));
         assert_eq!(ok(true, 1, None, 5, &mut s, c), Err(Violation::Unmasked));
-        assert_eq!(ok(true, 1, m, 5, &mut s, Sender::Backend), Err(Violation::Masked));
-        assert_eq!(ok(true, 3, m, 5, &mut s, c), Err(Violation::ReservedOpcode(3)));
-        assert_eq!(ok(true, 0xb, m, 5, &mut s, c), Err(Violation::ReservedOpcode(0xb)));
-        assert_eq!(ok(false, 9, m, 5, &mut s, c), Err(Violation::FragmentedControl));
-        assert_eq!(ok(true, 9, m, 126, &mut s, c), Err(Violation::ControlTooLong));
-        assert_eq!(ok(true, 0, m, 5, &mut s, c), Err(Violation::UnexpectedContinuation));
-        assert_eq!(ok(true, 2, m, 1001, &mut s, c), Err(Violation::TooBig(1001)));
+        assert_eq!(
+            ok(true, 1, m, 5, &mut s, Sender::Backend),
+            Err(Violation::Masked)
+        );
+        assert_eq!(
+            ok(true, 3, m, 5, &mut s, c),
+            Err(Violation::ReservedOpcode(3))
+        );
+        assert_eq!(
+            ok(true, 0xb, m, 5, &mut s, c),
+            Err(Violation::ReservedOpcode(0xb))
+        );
+        assert_eq!(
+            ok(false, 9, m, 5, &mut s, c),
+            Err(Violation::FragmentedControl)
+        );
+        assert_eq!(
+            ok(true, 9, m, 126, &mut s, c),
+            Err(Violation::ControlTooLong)
+        );
+        assert_eq!(
+            ok(true, 0, m, 5, &mut s, c),
+            Err(Violation::UnexpectedContinuation)
+        );
+        assert_eq!(
+            ok(true, 2, m, 1001, &mut s, c),
+            Err(Violation::TooBig(1001))
+        );
         // A fragmented message may interleave control frames but not new data frames.
         assert_eq!(ok(false, 1, m, 5, &mut s, c), Ok(OpCode::Text));
         assert_eq!(ok(true, 9, m, 5, &mut s, c), Ok(OpCode::Ping));
-        assert_eq!(ok(true, 2, m, 5, &mut s, c), Err(Violation::ExpectedContinuation));
+        assert_eq!(
+            ok(true, 2, m, 5, &mut s, c),
+            Err(Violation::ExpectedContinuation)
+        );
         assert_eq!(ok(true, 0, m, 5, &mut s, c), Ok(OpCode::Continuation));
-        assert_eq!(ok(true, 0, m, 5, &mut s, c), Err(Violation::UnexpectedContinuation));
+        assert_eq!(
+            ok(true, 0, m, 5, &mut s, c),
+            Err(Violation::UnexpectedContinuation)
+        );
         let mut rsv = encode(true, 1, m, 5);
         rsv[0] |= 0x40;
         assert_eq!(
@@ -289,10 +319,22 @@ mod tests {
             v
         };
         assert_eq!(check_close_payload(&[], None), Ok(None));
-        assert_eq!(check_close_payload(&masked(&[3, 232]), Some(mask)), Ok(Some(1000)));
-        assert_eq!(check_close_payload(&[3], None), Err(Violation::CloseTooShort));
-        assert_eq!(check_close_payload(&[3, 237], None), Err(Violation::BadCloseCode(1005)));
-        assert_eq!(check_close_payload(&[0, 0], None), Err(Violation::BadCloseCode(0)));
+        assert_eq!(
+            check_close_payload(&masked(&[3, 232]), Some(mask)),
+            Ok(Some(1000))
+        );
+        assert_eq!(
+            check_close_payload(&[3], None),
+            Err(Violation::CloseTooShort)
+        );
+        assert_eq!(
+            check_close_payload(&[3, 237], None),
+            Err(Violation::BadCloseCode(1005))
+        );
+        assert_eq!(
+            check_close_payload(&[0, 0], None),
+            Err(Violation::BadCloseCode(0))
+        );
         assert_eq!(
             check_close_payload(&[3, 232, 0xff], None),
             Err(Violation::CloseReasonNotUtf8)

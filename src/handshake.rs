@@ -371,7 +371,9 @@ mod tests {
         assert_eq!((p.status, p.head_len), (101, r.len() - 2));
         assert_eq!(parse_response(b"HTTP/1.1 101 Swi"), Ok(None));
         assert!(parse_response(b"\x00\x01garbage\r\n\r\n").is_err());
-        let p = parse_response(b"HTTP/1.1 404 No\r\nContent-Length: 5\r\n\r\n").unwrap().unwrap();
+        let p = parse_response(b"HTTP/1.1 404 No\r\nContent-Length: 5\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!((p.status, p.content_length), (404, Some(5)));
     }
 }

@@ -24,7 +24,11 @@ pub enum BindError {
 /// take half the connections; so when the port is fixed, a probe bind *without* SO_REUSEPORT
 /// first checks that nobody listens there. With port 0, the first socket picks a free port
 /// and the others join it.
-pub fn bind(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<std::net::TcpListener>, BindError> {
+pub fn bind(
+    addr: SocketAddr,
+    n: usize,
+    backlog: u32,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
     let io_err = |source| BindError::Io { addr, source };
     if addr.port() != 0 {
         let probe = socket(addr).map_err(io_err)?;
@@ -32,7 +36,9 @@ pub fn bind(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<std::net::Tc
         probe.set_reuse_address(true).map_err(io_err)?;
         match probe.bind(&addr.into()) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Err(BindError::InUse { addr }),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+                return Err(BindError::InUse { addr });
+            }
             Err(e) => return Err(io_err(e)),
         }
     }
@@ -47,7 +53,8 @@ pub fn bind(addr: SocketAddr, n: usize, backlog: u32) -> Result<Vec<std::net::Tc
             io::ErrorKind::AddrInUse => BindError::InUse { addr },
             _ => io_err(e),
         })?;
-        s.listen(backlog.min(i32::MAX as u32) as i32).map_err(io_err)?;
+        s.listen(backlog.min(i32::MAX as u32) as i32)
+            .map_err(io_err)?;
         s.set_nonblocking(true).map_err(io_err)?;
         if bound.port() == 0 {
             bound = s
@@ -110,7 +117,10 @@ mod tests {
     fn port_zero_gives_all_workers_the_same_port() {
         let ls = bind("127.0.0.1:0".parse().unwrap(), 3, 16).unwrap();
         let ports: Vec<_> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
-        assert!(ports[0] != 0 && ports.iter().all(|&p| p == ports[0]), "{ports:?}");
+        assert!(
+            ports[0] != 0 && ports.iter().all(|&p| p == ports[0]),
+            "{ports:?}"
+        );
     }
 
     #[test]

@@ -14,7 +14,11 @@ use wslb::config::{Config, ConfigError, IoDriver};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "wslb", version, about = "WebSocket load balancer: thread per core, io_uring, zero-copy frame relay")]
+#[command(
+    name = "wslb",
+    version,
+    about = "WebSocket load balancer: thread per core, io_uring, zero-copy frame relay"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,8 +111,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             running.wait();
         }
         Command::Echo { listen, workers } => {
-            let n = workers.filter(|&w| w > 0).unwrap_or_else(wslb::config::available_cores);
-            let running = wslb::start_echo(listen, n, IoDriver::Auto).context("starting the echo backend")?;
+            let n = workers
+                .filter(|&w| w > 0)
+                .unwrap_or_else(wslb::config::available_cores);
+            let running =
+                wslb::start_echo(listen, n, IoDriver::Auto).context("starting the echo backend")?;
             running.wait();
         }
         Command::Demo => demo()?,

@@ -46,6 +46,8 @@ pub struct RelayConfig {
     pub max_client_frame: u64,
     /// Time a peer gets to finish the close handshake once it is under way.
     pub close_grace: Duration,
+    /// A pump's buffer grows to fit the largest frame seen, up to this many bytes.
+    pub max_buffer: usize,
 }
 
 /// How one direction ended.
@@ -106,7 +108,14 @@ pub async fn run(
     let (backend_rd, backend_wr) = backend.into_split();
     let link = Link::default();
     let mut up = Pump::new(UP, Sender::Client, client_rd, backend_wr, client_buf, cfg);
-    let mut down = Pump::new(DOWN, Sender::Backend, backend_rd, client_wr, backend_buf, cfg);
+    let mut down = Pump::new(
+        DOWN,
+        Sender::Backend,
+        backend_rd,
+        client_wr,
+        backend_buf,
+        cfg,
+    );
 
     let mut up_fut = std::pin::pin!(up.run(&link));
     let mut down_fut = std::pin::pin!(down.run(&link));
@@ -139,6 +148,10 @@ struct Pump<Src, Dst: AsyncWriteRent> {
     /// Payload bytes of the frame being forwarded that have not arrived yet.
     pending: u64,
     msg: MessageState,
+    /// Capacity that would hold the largest frame seen so far (capped at `max_buffer`).
+    /// Growing to it lets the next such frame arrive in one read and leave in one write:
+    /// a 16 KiB message is 16 392 bytes framed, and a 16 KiB buffer would take two of each.
+    want_capacity: usize,
     /// A close frame went to the destination: anything further from the source is dropped
     /// (RFC 6455 §5.5.1: no frames after a close), and the source must end its TCP before
     /// `deadline`.
@@ -170,6 +183,7 @@ where
             buf,
             pending: 0,
             msg: MessageState::default(),
+            want_capacity: 0,
             close_sent: false,
             dst_failed: false,
             deadline: None,
@@ -196,10 +210,9 @@ where
                 Some(d) => match monoio::time::timeout_at(d, read).await {
                     Ok(r) => r,
                     Err(_) => {
-                        if let Some((code, reason)) = link.close_request[self.me].take() {
-                            if self.pending == 0 {
-                                self.send_close(code, reason).await;
-                            }
+                        let owed = link.close_request[self.me].take();
+                        if let (Some((code, reason)), 0) = (owed, self.pending) {
+                            self.send_close(code, reason).await;
                         }
                         return End::GraceExpired;
                     }
@@ -275,6 +288,8 @@ where
             }
             ready += h.len;
             self.pending = h.payload_len;
+            let framed = (h.len as u64 + h.payload_len).min(self.cfg.max_buffer as u64) as usize;
+            self.want_capacity = self.want_capacity.max(framed);
         }
 
         if ready > 0 && !self.dst_failed {
@@ -289,6 +304,10 @@ where
         }
         self.buf.copy_within(ready..keep_to, 0);
         self.buf.truncate(keep_to - ready);
+        if self.want_capacity > self.buf.capacity() {
+            // Only a partial header (<= 138 bytes) is moved by the reallocation.
+            self.buf.reserve_exact(self.want_capacity - self.buf.len());
+        }
 
         if let Some((code, reason)) = owed_close {
             self.send_close(code, reason).await;

@@ -4,7 +4,7 @@
 //! the backend `Pool` snapshot) except the pool's round-robin counter.
 
 use std::future::Future;
-use std::sync::{mpsc, Arc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
@@ -37,7 +37,9 @@ pub struct WorkerInfo {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("worker {id}: cannot start an io_uring runtime ({source}); use --io-driver auto or epoll")]
+    #[error(
+        "worker {id}: cannot start an io_uring runtime ({source}); use --io-driver auto or epoll"
+    )]
     IoUring { id: usize, source: std::io::Error },
     #[error("worker {id}: cannot start an epoll runtime: {source}")]
     Epoll { id: usize, source: std::io::Error },
@@ -78,9 +80,15 @@ where
         let thread = std::thread::Builder::new()
             .name(format!("wslb-{role}-{id}"))
             .spawn(move || {
-                let pinned = core.filter(|c| core_affinity::set_for_current(*c)).map(|c| c.id);
+                let pinned = core
+                    .filter(|c| core_affinity::set_for_current(*c))
+                    .map(|c| c.id);
                 let run = async move {
-                    let driver = if monoio::utils::is_legacy() { Driver::Epoll } else { Driver::IoUring };
+                    let driver = if monoio::utils::is_legacy() {
+                        Driver::Epoll
+                    } else {
+                        Driver::IoUring
+                    };
                     let listener = match monoio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,
                         Err(source) => {
@@ -88,7 +96,11 @@ where
                             return;
                         }
                     };
-                    let _ = tx.send(Ok(WorkerInfo { id, core: pinned, driver }));
+                    let _ = tx.send(Ok(WorkerInfo {
+                        id,
+                        core: pinned,
+                        driver,
+                    }));
                     drop(tx);
                     serve(id, listener).await;
                 };
@@ -110,10 +122,35 @@ where
     }
     infos.sort_by_key(|i| i.id);
     for i in &infos {
-        let core = i.core.map_or("unpinned".to_string(), |c| format!("core {c}"));
+        let core = i
+            .core
+            .map_or("unpinned".to_string(), |c| format!("core {c}"));
         tracing::info!("{role} worker {} on {core}, io driver {:?}", i.id, i.driver);
     }
     Ok(infos.into_iter().zip(threads).collect())
+}
+
+type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>;
+
+/// An io_uring runtime with IORING_SETUP_COOP_TASKRUN (Linux 5.19+): completions are
+/// processed when the worker next enters the kernel, instead of by interrupting it with an
+/// IPI each time. The worker enters the kernel every loop turn anyway, so nothing waits
+/// longer; measured on the 100 x 64 B closed loop it cut proxy CPU per message by 14% and
+/// raised throughput 16% (README, "Performance"). Older kernels reject the flag: retry
+/// without it.
+fn build_uring() -> std::io::Result<UringRuntime> {
+    let build = |coop: bool| {
+        let mut flags = io_uring::IoUring::builder();
+        if coop {
+            flags.setup_coop_taskrun();
+        }
+        RuntimeBuilder::<IoUringDriver>::new()
+            .with_entries(URING_ENTRIES)
+            .uring_builder(flags)
+            .enable_timer()
+            .build()
+    };
+    build(true).or_else(|_| build(false))
 }
 
 /// Runs `fut` to completion on a new runtime of the requested kind. `Auto` tries io_uring
@@ -121,17 +158,17 @@ where
 /// which would leave the log claiming io_uring on hosts where it is blocked.
 fn block_on(id: usize, io: IoDriver, fut: impl Future<Output = ()>) -> Result<(), StartError> {
     if io != IoDriver::Epoll {
-        match RuntimeBuilder::<IoUringDriver>::new()
-            .with_entries(URING_ENTRIES)
-            .enable_timer()
-            .build()
-        {
+        match build_uring() {
             Ok(mut rt) => {
                 rt.block_on(fut);
                 return Ok(());
             }
-            Err(source) if io == IoDriver::IoUring => return Err(StartError::IoUring { id, source }),
-            Err(e) => tracing::warn!("worker {id}: io_uring unavailable ({e}); falling back to epoll"),
+            Err(source) if io == IoDriver::IoUring => {
+                return Err(StartError::IoUring { id, source });
+            }
+            Err(e) => {
+                tracing::warn!("worker {id}: io_uring unavailable ({e}); falling back to epoll")
+            }
         }
     }
     let mut rt = RuntimeBuilder::<LegacyDriver>::new()

@@ -25,12 +25,19 @@ fn block_io_uring() -> std::io::Result<()> {
         f(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
         f(RET_K, 0, 0, RET_ALLOW),
     ];
-    let prog = libc::sock_fprog { len: filter.len() as u16, filter: filter.as_ptr() as *mut _ };
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr() as *mut _,
+    };
     // SAFETY: runs in the forked child before exec; prctl only reads `prog`, which outlives
     // the calls.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || libc::prctl(libc::PR_SET_SECCOMP, 2 /* SECCOMP_MODE_FILTER */, &prog as *const _) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                2, /* SECCOMP_MODE_FILTER */
+                &prog as *const _,
+            ) != 0
         {
             return Err(std::io::Error::last_os_error());
         }
@@ -43,10 +50,16 @@ fn auto_falls_back_to_epoll_and_says_so() {
     let e = echo();
     let port = dead_addr().port();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wslb"));
-    cmd.args(["run", "--listen", &format!("127.0.0.1:{port}"), "--backend", &e.local_addr.to_string()])
-        .args(["--workers", "2", "--io-driver", "auto"])
-        .env("WSLB_LOG", "info")
-        .stderr(Stdio::piped());
+    cmd.args([
+        "run",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--backend",
+        &e.local_addr.to_string(),
+    ])
+    .args(["--workers", "2", "--io-driver", "auto"])
+    .env("WSLB_LOG", "info")
+    .stderr(Stdio::piped());
     // SAFETY: block_io_uring only calls prctl, which is async-signal-safe.
     unsafe { cmd.pre_exec(block_io_uring) };
     let mut child = cmd.spawn().unwrap();
@@ -74,7 +87,15 @@ fn auto_falls_back_to_epoll_and_says_so() {
 
     // And `--io-driver io-uring` refuses to start there instead of falling back.
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wslb"));
-    cmd.args(["run", "--listen", "127.0.0.1:0", "--backend", "127.0.0.1:9", "--io-driver", "io-uring"]);
+    cmd.args([
+        "run",
+        "--listen",
+        "127.0.0.1:0",
+        "--backend",
+        "127.0.0.1:9",
+        "--io-driver",
+        "io-uring",
+    ]);
     unsafe { cmd.pre_exec(block_io_uring) };
     let out = cmd.output().unwrap();
     assert!(!out.status.success());

@@ -13,7 +13,9 @@ use tungstenite::Message;
 use wslb::config::IoDriver;
 use wslb::worker::Driver;
 
-fn ws_client(addr: std::net::SocketAddr) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
+fn ws_client(
+    addr: std::net::SocketAddr,
+) -> tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<std::net::TcpStream>> {
     let (ws, resp) = tungstenite::connect(format!("ws://{addr}/chat?x=1")).unwrap();
     assert_eq!(resp.status(), 101);
     ws
@@ -42,7 +44,10 @@ fn round_robin_is_exact_across_two_workers() {
     assert!(counts.values().all(|&n| n == 10), "{counts:?}");
     let accepted: Vec<u64> = lb.stats.iter().map(|s| s.accepted()).collect();
     assert_eq!(accepted.iter().sum::<u64>(), 30);
-    assert!(accepted.iter().all(|&a| a > 0), "one worker accepted nothing: {accepted:?}");
+    assert!(
+        accepted.iter().all(|&a| a > 0),
+        "one worker accepted nothing: {accepted:?}"
+    );
 }
 
 #[test]
@@ -73,8 +78,14 @@ fn fragmented_message_is_echoed_whole() {
     c.send(true, 9, b"ping-in-the-middle");
     c.send(false, 0, b"mented ");
     c.send(true, 0, "mes✓".as_bytes());
-    assert_eq!(c.recv().unwrap(), (true, 10, b"ping-in-the-middle".to_vec()));
-    assert_eq!(c.recv().unwrap(), (true, 1, "fragmented mes✓".as_bytes().to_vec()));
+    assert_eq!(
+        c.recv().unwrap(),
+        (true, 10, b"ping-in-the-middle".to_vec())
+    );
+    assert_eq!(
+        c.recv().unwrap(),
+        (true, 1, "fragmented mes✓".as_bytes().to_vec())
+    );
 }
 
 #[test]
@@ -123,7 +134,10 @@ fn request_is_forwarded_with_path_headers_and_forwarding_info() {
     c.recv().unwrap();
     let r = seen.lock().unwrap().clone();
     assert!(r.starts_with("GET /room/7?token=abc HTTP/1.1\r\n"), "{r}");
-    assert!(r.contains("Sec-WebSocket-Protocol: chat, superchat\r\n"), "{r}");
+    assert!(
+        r.contains("Sec-WebSocket-Protocol: chat, superchat\r\n"),
+        "{r}"
+    );
     assert!(r.contains("X-Custom: 1\r\n"), "{r}");
     assert!(r.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{r}");
     assert!(r.contains("X-Forwarded-Proto: http\r\n"), "{r}");
@@ -152,7 +166,10 @@ fn ping_and_pong_pass_through_both_ways() {
     assert_eq!(c.recv().unwrap(), (true, 9, b"srv-ping".to_vec()));
     c.send(true, 10, b"srv-ping");
     assert_eq!(c.recv().unwrap(), (true, 1, b"done".to_vec()));
-    assert_eq!(got.lock().unwrap().clone(), Some((true, 10, b"srv-ping".to_vec())));
+    assert_eq!(
+        got.lock().unwrap().clone(),
+        Some((true, 10, b"srv-ping".to_vec()))
+    );
 }
 
 #[test]
@@ -172,7 +189,10 @@ fn close_codes_pass_through_both_ways() {
     c.send(true, 8, &close_payload(4001, "bye now"));
     assert_eq!(c.expect_close(), (4001, "bye now".into()));
     assert!(c.sees_eof());
-    assert_eq!(got.lock().unwrap().clone(), Some((8, close_payload(4001, "bye now"))));
+    assert_eq!(
+        got.lock().unwrap().clone(),
+        Some((8, close_payload(4001, "bye now")))
+    );
 
     // Backend-initiated.
     let b = scripted_backend(|mut p| {
@@ -221,12 +241,16 @@ fn backend_that_refuses_the_upgrade_is_relayed() {
             std::io::Read::read_exact(&mut s, &mut b).unwrap();
             head.push(b[0]);
         }
-        s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nnope!\r\n").unwrap();
+        s.write_all(b"HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nnope!\r\n")
+            .unwrap();
     });
     let lb = balancer(&[addr], 1, |_| {});
     let mut c = Peer::client(lb.local_addr);
     c.send_raw(upgrade_request("/").as_bytes());
-    assert_eq!(c.read_to_end(), "HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nnope!\r\n");
+    assert_eq!(
+        c.read_to_end(),
+        "HTTP/1.1 403 Forbidden\r\nContent-Length: 7\r\n\r\nnope!\r\n"
+    );
 }
 
 /// Each bad request, as exact bytes, and the status it must get.
@@ -240,16 +264,31 @@ fn bad_requests_get_their_status_codes() {
         (good.replacen("GET", "POST", 1), "405"),
         (good.replace("Version: 13", "Version: 8"), "426"),
         (good.replace(KEY, "not-a-key"), "400"),
-        (good.replace("Connection: Upgrade", "Connection: keep-alive"), "400"),
-        ("\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n".into(), "400"),
+        (
+            good.replace("Connection: Upgrade", "Connection: keep-alive"),
+            "400",
+        ),
+        (
+            "\x16\x03\x01\x02\x00\x01\x00\x01\x7c\x03\x03\r\n\r\n".into(),
+            "400",
+        ),
         ("GET / HTTP/1.1\r\nHost x\r\n\r\n".into(), "400"),
-        (good.replace("\r\n\r\n", &format!("\r\nX-Big: {}\r\n\r\n", "a".repeat(9000))), "431"),
+        (
+            good.replace(
+                "\r\n\r\n",
+                &format!("\r\nX-Big: {}\r\n\r\n", "a".repeat(9000)),
+            ),
+            "431",
+        ),
     ];
     for (req, status) in cases {
         let mut c = Peer::client(lb.local_addr);
         c.send_raw(req.as_bytes());
         let r = c.read_to_end();
-        assert!(r.starts_with(&format!("HTTP/1.1 {status} ")), "{req:?} -> {r:?}");
+        assert!(
+            r.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{req:?} -> {r:?}"
+        );
         if status == "426" {
             assert!(r.contains("Sec-WebSocket-Version: 13\r\n"), "{r}");
         }
@@ -322,7 +361,9 @@ fn bad_client_frames_get_their_close_codes() {
     let b = scripted_backend(move |mut p| {
         while let Some((_, op, payload)) = p.recv() {
             if op == 8 {
-                saw.lock().unwrap().push(u16::from_be_bytes([payload[0], payload[1]]));
+                saw.lock()
+                    .unwrap()
+                    .push(u16::from_be_bytes([payload[0], payload[1]]));
                 p.send(true, 8, &payload);
                 return;
             }
@@ -338,8 +379,16 @@ fn bad_client_frames_get_their_close_codes() {
         ("reserved opcode", frame(true, 3, b"x", m), 1002),
         ("control over 125", frame(true, 9, &[0; 126], m), 1002),
         ("fragmented control", frame(false, 9, b"x", m), 1002),
-        ("bad close code", frame(true, 8, &close_payload(1005, ""), m), 1002),
-        ("close reason not utf-8", frame(true, 8, &[3, 232, 0xff, 0xfe], m), 1007),
+        (
+            "bad close code",
+            frame(true, 8, &close_payload(1005, ""), m),
+            1002,
+        ),
+        (
+            "close reason not utf-8",
+            frame(true, 8, &[3, 232, 0xff, 0xfe], m),
+            1007,
+        ),
         ("stray continuation", frame(true, 0, b"x", m), 1002),
         ("too big", frame(true, 2, &[0; 1025], m), 1009),
     ];
@@ -397,4 +446,39 @@ fn answers_in_flight_reach_a_client_before_its_protocol_error_close() {
     c.send_raw(&bytes);
     assert_eq!(c.recv().unwrap(), (true, 1, b"Hello, world!".to_vec()));
     assert_eq!(c.expect_close().0, 1002);
+}
+
+/// With 1 KiB relay buffers that may not grow, headers split across reads and big frames
+/// stream through in pieces; everything must still arrive intact.
+#[test]
+fn tiny_relay_buffers_still_carry_everything() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 1, |c| {
+        c.limits.relay_buffer_bytes = 1024;
+        c.limits.relay_buffer_max_bytes = 1024;
+    });
+    let mut ws = ws_client(lb.local_addr);
+    for n in [1000usize, 1021, 1024, 1030, 70_000, 1 << 20] {
+        let m: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
+        ws.send(Message::binary(m.clone())).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::binary(m), "{n} bytes");
+    }
+    // Many small frames in one write: lots of headers straddling buffer boundaries.
+    let mut c = Peer::connect(lb.local_addr);
+    let mut burst = Vec::new();
+    for i in 0..500u32 {
+        burst.extend(frame(
+            true,
+            2,
+            &i.to_be_bytes().repeat(i as usize % 40),
+            Some([4, 3, 2, 1]),
+        ));
+    }
+    c.send_raw(&burst);
+    for i in 0..500u32 {
+        assert_eq!(
+            c.recv().unwrap(),
+            (true, 2, i.to_be_bytes().repeat(i as usize % 40))
+        );
+    }
 }

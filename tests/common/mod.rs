@@ -7,8 +7,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Once;
 use std::time::Duration;
 
-use wslb::config::{Config, IoDriver};
 use wslb::Running;
+use wslb::config::{Config, IoDriver};
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,7 +32,11 @@ pub fn echo() -> Running {
 }
 
 /// A balancer on 127.0.0.1:0 with short timeouts; `tweak` adjusts the config further.
-pub fn balancer(backends: &[SocketAddr], workers: usize, tweak: impl FnOnce(&mut Config)) -> Running {
+pub fn balancer(
+    backends: &[SocketAddr],
+    workers: usize,
+    tweak: impl FnOnce(&mut Config),
+) -> Running {
     init_logs();
     let mut c = Config {
         listen: "127.0.0.1:0".into(),
@@ -137,13 +141,23 @@ impl Peer {
         let stream = TcpStream::connect(addr).unwrap();
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
-        Peer { stream, client: true, pending: Vec::new(), request: String::new() }
+        Peer {
+            stream,
+            client: true,
+            pending: Vec::new(),
+            request: String::new(),
+        }
     }
 
     /// Server side: reads the upgrade request and answers 101.
     pub fn accept(stream: TcpStream) -> Option<Peer> {
         stream.set_read_timeout(Some(TIMEOUT)).ok()?;
-        let mut p = Peer { stream, client: false, pending: Vec::new(), request: String::new() };
+        let mut p = Peer {
+            stream,
+            client: false,
+            pending: Vec::new(),
+            request: String::new(),
+        };
         let head = p.read_head();
         let key = head
             .lines()
@@ -186,7 +200,9 @@ impl Peer {
 
     pub fn send(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
         let mask = self.client.then_some([0x37, 0xfa, 0x21, 0x3d]);
-        self.stream.write_all(&frame(fin, opcode, payload, mask)).unwrap();
+        self.stream
+            .write_all(&frame(fin, opcode, payload, mask))
+            .unwrap();
     }
 
     pub fn send_raw(&mut self, bytes: &[u8]) {
@@ -212,7 +228,11 @@ impl Peer {
             127 => u64::from_be_bytes(self.read_exact(8)?.try_into().unwrap()) as usize,
             n => n as usize,
         };
-        let mask = if masked { Some(self.read_exact(4)?) } else { None };
+        let mask = if masked {
+            Some(self.read_exact(4)?)
+        } else {
+            None
+        };
         let mut payload = self.read_exact(len)?;
         if let Some(k) = mask {
             for (i, b) in payload.iter_mut().enumerate() {
@@ -239,7 +259,10 @@ impl Peer {
         match self.stream.read(&mut b) {
             Ok(0) => true,
             Ok(_) => false,
-            Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
         }
     }
 }
@@ -250,5 +273,10 @@ pub fn assert_echo(p: &mut Peer, opcode: u8, payload: &[u8]) {
     let (fin, op, back) = p.recv().expect("echo");
     assert!(fin);
     assert_eq!(op, opcode);
-    assert!(back == payload, "echo differs ({} vs {} bytes)", back.len(), payload.len());
+    assert!(
+        back == payload,
+        "echo differs ({} vs {} bytes)",
+        back.len(),
+        payload.len()
+    );
 }
