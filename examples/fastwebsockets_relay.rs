@@ -4,7 +4,7 @@
 //! key. Same handshake, workers and SO_REUSEPORT listeners as wslb; only the frame relay
 //! differs. `cargo bench --bench load -- --compare-pollio` runs it beside wslb.
 //!
-//!   cargo run --release --example fastwebsockets_relay -- LISTEN BACKEND WORKERS
+//!   cargo run --release --example fastwebsockets_relay -- LISTEN BACKEND[,BACKEND...] WORKERS
 
 use std::net::SocketAddr;
 
@@ -19,7 +19,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let a: Vec<String> = std::env::args().collect();
     let listen: SocketAddr = a[1].parse().unwrap();
-    let backend: SocketAddr = a[2].parse().unwrap();
+    let backends: Vec<SocketAddr> = a[2].split(',').map(|b| b.parse().unwrap()).collect();
+    let backends: &'static [SocketAddr] = backends.leak();
+    // Round robin across workers, as wslb does.
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let workers: usize = a[3].parse().unwrap();
     let listeners = wslb::listener::bind(listen, workers, 4096).unwrap();
     let running = wslb::worker::spawn(
@@ -28,7 +31,8 @@ fn main() {
         wslb::config::IoDriver::IoUring,
         move |_, l| {
             wslb::listener::accept_loop(l, move |s, peer| async move {
-                let _ = proxy(s, peer, backend).await;
+                let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let _ = proxy(s, peer, backends[i % backends.len()]).await;
             })
         },
     )

@@ -11,7 +11,8 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::handshake::{self, Reject};
-use crate::relay::{self, RelayConfig};
+use crate::metrics::OpenGuard;
+use crate::relay;
 use crate::worker::WorkerCtx;
 
 /// Why a connection ended before the relay started. Each variant names the side at fault.
@@ -43,29 +44,77 @@ enum ConnectError {
 }
 
 /// Serves one accepted client until both sides are closed. Never panics on bad input;
-/// every outcome is one log line (debug for the ordinary ones).
-pub async fn serve(client: TcpStream, peer: SocketAddr, ctx: Rc<WorkerCtx>) {
-    match proxy(client, peer, &ctx).await {
-        Ok((backend, outcome)) => {
-            tracing::debug!(%peer, %backend, ?outcome, "connection closed");
-        }
-        Err(e @ (HandshakeError::NoBackend { .. } | HandshakeError::Backend { .. })) => {
-            tracing::warn!(%peer, "{e}");
-        }
-        Err(e) => tracing::debug!(%peer, "{e}"),
+/// every outcome is one log line (debug for the ordinary ones). `open` counts the
+/// connection in its worker's stats until the future ends.
+///
+/// Not an `async fn`, and the handshake runs boxed: the client socket moves straight into
+/// the boxed handshake, so neither it nor the handshake's state takes room in the task an
+/// idle connection parks, which is then only as large as the relay's future (about 1 KiB).
+pub fn serve(
+    client: TcpStream,
+    peer: SocketAddr,
+    ctx: Rc<WorkerCtx>,
+    open: OpenGuard,
+) -> impl std::future::Future<Output = ()> + 'static {
+    let handshake = Box::pin(upgrade(client, peer, ctx.clone()));
+    async move {
+        let up = match handshake.await {
+            Ok(up) => up,
+            Err(e @ (HandshakeError::NoBackend { .. } | HandshakeError::Backend { .. })) => {
+                tracing::warn!(%peer, "{e}");
+                return drop(open);
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "{e}");
+                return drop(open);
+            }
+        };
+        // Logged now rather than carried to the close line: 32 bytes per parked connection.
+        tracing::debug!(%peer, backend = %up.addr, "relaying");
+        // Awaited in place: a future first bound to a local and then awaited takes room
+        // twice in the enclosing future (rust-lang/rust#62958).
+        let outcome = relay::run(
+            up.client,
+            up.backend,
+            up.client_buf,
+            up.backend_buf,
+            &ctx.relay,
+        )
+        .await;
+        tracing::debug!(%peer, ?outcome, "connection closed");
+        drop(open);
     }
 }
 
-async fn proxy(
+/// A connection whose upgrade went through: both sockets, and the bytes each side sent
+/// right behind its handshake head.
+struct Upgraded {
+    client: TcpStream,
+    backend: TcpStream,
+    client_buf: Vec<u8>,
+    backend_buf: Vec<u8>,
+    addr: SocketAddr,
+}
+
+/// Reads the client's upgrade, picks and connects a backend, forwards the upgrade and
+/// relays the backend's answer.
+async fn upgrade(
     mut client: TcpStream,
     peer: SocketAddr,
-    ctx: &WorkerCtx,
-) -> Result<(SocketAddr, relay::Outcome), HandshakeError> {
+    ctx: Rc<WorkerCtx>,
+) -> Result<Upgraded, HandshakeError> {
+    let ctx = &*ctx;
     let s = &ctx.settings;
-    // One buffer serves the request head and then, unchanged, the client->backend relay.
-    let cap = s.relay_buffer_bytes.max(s.max_request_bytes);
-    let buf = Vec::with_capacity(cap);
     let deadline = Instant::now() + s.client_handshake_timeout;
+    // A client that connects and sends nothing holds no buffer: wait until its request
+    // starts to arrive. One pool buffer then serves the request head and, unchanged, the
+    // client->backend relay (which gives it back once it stands at a frame boundary).
+    match monoio::time::timeout_at(deadline, client.readable(true)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(HandshakeError::ClientIo(e)),
+        Err(_) => return Err(HandshakeError::ClientTimeout),
+    }
+    let buf = ctx.relay.pool.take(s.max_request_bytes);
     let limit = s.max_request_bytes;
     let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| {
         u.forward_head(peer.ip())
@@ -80,7 +129,7 @@ async fn proxy(
         }
     };
 
-    let backend_buf = Vec::with_capacity(s.relay_buffer_bytes);
+    let backend_buf = ctx.relay.pool.take(s.relay_buffer_bytes);
     let deadline = Instant::now() + s.backend_handshake_timeout;
     let (backend_buf, response) = match exchange(&mut backend, forward, backend_buf, deadline).await
     {
@@ -104,13 +153,13 @@ async fn proxy(
     }
     backend_buf.drain(..response.head_len);
 
-    let cfg = RelayConfig {
-        max_client_frame: s.max_frame_bytes,
-        close_grace: s.close_grace,
-        max_buffer: s.relay_buffer_max_bytes,
-    };
-    let outcome = relay::run(client, backend, client_buf, backend_buf, cfg).await;
-    Ok((addr, outcome))
+    Ok(Upgraded {
+        client,
+        backend,
+        client_buf,
+        backend_buf,
+        addr,
+    })
 }
 
 /// Reads until a complete, valid upgrade request is in `buf` and applies `respond` to it.

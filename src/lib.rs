@@ -23,6 +23,7 @@
 #![deny(unsafe_code)]
 
 pub mod balancer;
+pub mod buffers;
 pub mod config;
 pub mod connection;
 pub mod echo;
@@ -75,15 +76,21 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
             id,
             settings: settings.clone(),
             pool: pool.clone(),
+            relay: relay::RelayEnv {
+                cfg: relay::RelayConfig {
+                    max_client_frame: settings.max_frame_bytes,
+                    close_grace: settings.close_grace,
+                    max_buffer: settings.relay_buffer_max_bytes,
+                },
+                pool: buffers::BufferPool::new(
+                    settings.relay_buffer_bytes,
+                    settings.relay_buffer_max_bytes,
+                ),
+            },
         });
         let stats = worker_stats[id].clone();
         listener::accept_loop(l, move |stream, peer| {
-            let open = stats.track();
-            let ctx = ctx.clone();
-            async move {
-                connection::serve(stream, peer, ctx).await;
-                drop(open);
-            }
+            connection::serve(stream, peer, ctx.clone(), stats.track())
         })
     })?;
     tracing::info!("balancing {local_addr}");

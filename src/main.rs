@@ -63,6 +63,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    disable_transparent_huge_pages();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -79,6 +80,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Transparent huge pages off for this process, before the workers allocate.
+///
+/// mimalloc maps its arenas aligned to 2 MiB; where THP is `always` (the kernel default on
+/// many distributions) every arena page a worker touches is backed by a 2 MiB huge page,
+/// so memory that holds a few live objects per connection stays resident in 2 MiB units.
+/// Measured with 9,000 idle proxied connections: 3.96 KiB of RSS per connection with THP,
+/// 2.28 KiB without (README, "Memory per connection"). The connection path gains nothing
+/// from huge pages: its working set is small and TLB misses are not what costs here.
+/// This is what `MIMALLOC_ALLOW_THP=0` does, made the default; `WSLB_ALLOW_THP=1` keeps
+/// THP on.
+#[allow(unsafe_code)]
+fn disable_transparent_huge_pages() {
+    if std::env::var_os("WSLB_ALLOW_THP").is_some_and(|v| v == "1") {
+        return;
+    }
+    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a flag of this
+    // process's memory map; no Rust-visible state is touched.
+    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {

@@ -17,6 +17,8 @@ pub struct WorkerCtx {
     pub id: usize,
     pub settings: Arc<Settings>,
     pub pool: Arc<Pool>,
+    /// Relay settings and this worker's buffer pool (handshakes borrow from it too).
+    pub relay: crate::relay::RelayEnv,
 }
 
 /// The io driver a worker actually runs on (as reported by monoio, not as requested).

@@ -1,0 +1,454 @@
+//! The load bench: wslb against its backends directly and against HAProxy and NGINX (when
+//! installed), configured equivalently, under identical load, interleaved over rounds.
+//!
+//!   cargo bench --bench load -- [--scenarios all] [--targets direct,wslb,haproxy,nginx]
+//!                                [--rounds 3] [--secs 5] [--idle-conns 9900] [--install-peers]
+//!
+//! Scenarios (names for --scenarios, comma-separated):
+//!   tput-100x64, tput-1000x64, tput-100x16k  closed loop: msg/s and proxy CPU per message
+//!   latency      100 conns x 100 msg/s of 64 B, p50/p99/p999 from the scheduled send time
+//!   handshake    50 concurrent connect-upgrade-close loops: handshakes/s
+//!   idle         hold N upgraded connections, each used once: RSS and kernel memory per conn
+//!
+//! Every echoed payload is compared byte for byte; a mismatch panics. Each round runs every
+//! scenario against every target in turn; the table gives medians over rounds and ratios
+//! measured in this run only. `--install-peers` runs `apt-get install -y haproxy nginx`.
+//! `pollio` (examples/fastwebsockets_relay, build it first) is the relay design not chosen.
+
+mod client;
+mod targets;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use targets::{Kind, Target};
+
+struct Args {
+    scenarios: Vec<Scenario>,
+    targets: Vec<Kind>,
+    rounds: usize,
+    secs: f64,
+    idle_conns: usize,
+    io: String,
+    install_peers: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scenario {
+    Tput { conns: usize, size: usize },
+    Latency,
+    Handshake,
+    Idle,
+}
+
+impl Scenario {
+    fn all() -> Vec<Scenario> {
+        vec![
+            Scenario::Tput {
+                conns: 100,
+                size: 64,
+            },
+            Scenario::Tput {
+                conns: 1000,
+                size: 64,
+            },
+            Scenario::Tput {
+                conns: 100,
+                size: 16384,
+            },
+            Scenario::Latency,
+            Scenario::Handshake,
+            Scenario::Idle,
+        ]
+    }
+
+    fn parse(s: &str) -> Option<Vec<Scenario>> {
+        Some(match s {
+            "all" => Scenario::all(),
+            "tput" => Scenario::all()[..3].to_vec(),
+            "tput-100x64" => vec![Scenario::Tput {
+                conns: 100,
+                size: 64,
+            }],
+            "tput-1000x64" => vec![Scenario::Tput {
+                conns: 1000,
+                size: 64,
+            }],
+            "tput-100x16k" => vec![Scenario::Tput {
+                conns: 100,
+                size: 16384,
+            }],
+            "latency" => vec![Scenario::Latency],
+            "handshake" => vec![Scenario::Handshake],
+            "idle" => vec![Scenario::Idle],
+            _ => return None,
+        })
+    }
+
+    fn title(self, a: &Args) -> String {
+        match self {
+            Scenario::Tput { conns, size } if size >= 1024 => {
+                format!("closed loop, {conns} conns x {} KiB", size / 1024)
+            }
+            Scenario::Tput { conns, size } => format!("closed loop, {conns} conns x {size} B"),
+            Scenario::Latency => "paced, 100 conns x 100 msg/s x 64 B (latency in us)".into(),
+            Scenario::Handshake => "handshakes, 50 concurrent connect-upgrade-close loops".into(),
+            Scenario::Idle => format!("idle, {} connections held", a.idle_conns),
+        }
+    }
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        scenarios: Scenario::all(),
+        targets: vec![Kind::Direct, Kind::Wslb, Kind::Haproxy, Kind::Nginx],
+        rounds: 3,
+        secs: 5.0,
+        idle_conns: 9900,
+        io: "auto".into(),
+        install_peers: false,
+    };
+    let v: Vec<String> = std::env::args().skip(1).collect();
+    let mut i = 0;
+    let usage = |msg: String| -> ! {
+        eprintln!("load bench: {msg}\n(see benches/load/main.rs for the flags)");
+        std::process::exit(2)
+    };
+    while i < v.len() {
+        let val = |i: usize| {
+            v.get(i + 1)
+                .cloned()
+                .unwrap_or_else(|| usage(format!("{} needs a value", v[i])))
+        };
+        let num = |i: usize| {
+            val(i)
+                .parse::<f64>()
+                .unwrap_or_else(|_| usage(format!("{} needs a number", v[i])))
+        };
+        match v[i].as_str() {
+            "--scenarios" => {
+                let mut s = Vec::new();
+                for name in val(i).split(',') {
+                    s.extend(
+                        Scenario::parse(name)
+                            .unwrap_or_else(|| usage(format!("unknown scenario {name}"))),
+                    );
+                }
+                s.dedup();
+                a.scenarios = s;
+            }
+            "--targets" => {
+                a.targets = val(i)
+                    .split(',')
+                    .map(|t| match t {
+                        "direct" => Kind::Direct,
+                        "wslb" => Kind::Wslb,
+                        "haproxy" => Kind::Haproxy,
+                        "nginx" => Kind::Nginx,
+                        "pollio" => Kind::PollIo,
+                        other => usage(format!("unknown target {other}")),
+                    })
+                    .collect();
+            }
+            "--rounds" => a.rounds = num(i).max(1.0) as usize,
+            "--secs" => a.secs = num(i),
+            "--idle-conns" => a.idle_conns = num(i) as usize,
+            "--io-driver" => a.io = val(i),
+            "--install-peers" => {
+                a.install_peers = true;
+                i += 1;
+                continue;
+            }
+            "--bench" => {
+                i += 1;
+                continue;
+            }
+            other => usage(format!("unknown argument {other}")),
+        }
+        i += 2;
+    }
+    if !a.targets.contains(&Kind::Direct) {
+        a.targets.insert(0, Kind::Direct);
+    }
+    a
+}
+
+/// One target's result in one round of one scenario: named values.
+type Sample = BTreeMap<&'static str, f64>;
+
+fn main() {
+    let mut a = args();
+    if a.install_peers {
+        let ok = std::process::Command::new("apt-get")
+            .args(["install", "-y", "-q", "haproxy", "nginx"])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "apt-get install haproxy nginx failed");
+    }
+    a.targets.retain(|k| {
+        let ok = k.installed();
+        if !ok {
+            eprintln!(
+                "load bench: {} is not installed; skipping it (--install-peers)",
+                k.name()
+            );
+        }
+        ok
+    });
+    let (backends, _backend_procs) = targets::echo_backends();
+    println!(
+        "load bench: {} rounds x {} s; targets {}; backends: 2 x `wslb echo` (1 worker each); \
+         proxies: 2 threads/workers; client: 1 thread; {} cores",
+        a.rounds,
+        a.secs,
+        a.targets
+            .iter()
+            .map(|k| k.name())
+            .collect::<Vec<_>>()
+            .join(", "),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    // Long-running targets for the load scenarios; `idle` starts a fresh process each time.
+    let running: Vec<Target> = a
+        .targets
+        .iter()
+        .map(|&k| targets::start(k, &backends, &a.io))
+        .collect();
+    let mut results: BTreeMap<(Scenario, usize), Vec<Sample>> = BTreeMap::new();
+    for round in 0..a.rounds {
+        for &sc in &a.scenarios {
+            for (ti, t) in running.iter().enumerate() {
+                let s = match sc {
+                    Scenario::Idle => {
+                        let fresh = targets::start(t.kind, &backends, &a.io);
+                        idle(&fresh, &a)
+                    }
+                    _ => measure(sc, t, &a),
+                };
+                println!(
+                    "  round {round} {:<24} {:<8} {}",
+                    short(sc),
+                    t.kind.name(),
+                    fmt_sample(&s)
+                );
+                results.entry((sc, ti)).or_default().push(s);
+            }
+        }
+    }
+    println!();
+    for &sc in &a.scenarios {
+        table(sc, &a, &running, &results);
+    }
+    drop(running);
+}
+
+fn short(sc: Scenario) -> String {
+    match sc {
+        Scenario::Tput { conns, size } => format!("tput-{conns}x{size}"),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn fmt_sample(s: &Sample) -> String {
+    s.iter()
+        .map(|(k, v)| format!("{k}={v:.1}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn measure(sc: Scenario, t: &Target, a: &Args) -> Sample {
+    let addrs: Vec<SocketAddr> = t.addrs.clone();
+    let mut s = Sample::new();
+    match sc {
+        Scenario::Tput { conns, size } => {
+            let w = client::closed_loop(addrs, conns, size, a.secs, t.cpu_reader());
+            let rate = w.count as f64 / w.elapsed.as_secs_f64();
+            s.insert("msg/s", rate);
+            cpu_figures(&mut s, t, w.count, w.cpu);
+        }
+        Scenario::Latency => {
+            let h = client::paced(addrs, 100, 100.0, 64, a.secs);
+            s.insert("p50", h.value_at_quantile(0.50) as f64);
+            s.insert("p99", h.value_at_quantile(0.99) as f64);
+            s.insert("p999", h.value_at_quantile(0.999) as f64);
+            s.insert("msgs", h.len() as f64);
+        }
+        Scenario::Handshake => {
+            let (w, failed) = client::handshakes(addrs, 50, a.secs, t.cpu_reader());
+            assert!(failed == 0, "{}: {failed} handshakes failed", t.kind.name());
+            s.insert("hs/s", w.count as f64 / w.elapsed.as_secs_f64());
+            cpu_figures(&mut s, t, w.count, w.cpu);
+        }
+        Scenario::Idle => unreachable!("idle runs on a fresh process"),
+    }
+    s
+}
+
+/// Proxy CPU seconds per million operations, and operations per proxy CPU-second.
+fn cpu_figures(s: &mut Sample, t: &Target, count: u64, cpu: (f64, f64)) {
+    if t.kind != Kind::Direct && count > 0 {
+        let total = cpu.0 + cpu.1;
+        s.insert("cpu_s/1M", total / count as f64 * 1e6);
+        s.insert("user_share", if total > 0.0 { cpu.0 / total } else { 0.0 });
+        if total > 0.0 {
+            s.insert("per_cpu_s", count as f64 / total);
+        }
+    }
+}
+
+fn idle(t: &Target, a: &Args) -> Sample {
+    let rss0 = t.rss_bytes();
+    let (slab0, sockmem0) = targets::kernel_memory();
+    let pids = t.pids();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let n = client::idle(t.addrs.clone(), a.idle_conns, move || {
+        let rss: u64 = pids.iter().map(|&p| rss_of(p)).sum();
+        let _ = tx.send((rss, targets::kernel_memory()));
+    });
+    let (rss1, (slab1, sockmem1)) = rx.recv().unwrap();
+    let mut s = Sample::new();
+    let per = |a: u64, b: u64| (b as f64 - a as f64) / n as f64;
+    if t.kind != Kind::Direct {
+        s.insert("rss_B/conn", per(rss0, rss1));
+        s.insert("rss_MiB", rss1 as f64 / 1048576.0);
+    }
+    s.insert("slab_B/conn", per(slab0, slab1));
+    s.insert("tcpmem_B/conn", per(sockmem0, sockmem1));
+    s.insert("conns", n as f64);
+    s
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The median of one value over the rounds.
+fn med(
+    results: &BTreeMap<(Scenario, usize), Vec<Sample>>,
+    sc: Scenario,
+    ti: usize,
+    key: &str,
+) -> Option<f64> {
+    let v: Vec<f64> = results
+        .get(&(sc, ti))?
+        .iter()
+        .filter_map(|s| s.get(key).copied())
+        .collect();
+    (!v.is_empty()).then(|| median(v))
+}
+
+fn table(
+    sc: Scenario,
+    a: &Args,
+    running: &[Target],
+    results: &BTreeMap<(Scenario, usize), Vec<Sample>>,
+) {
+    println!("### {} (medians of {} rounds)\n", sc.title(a), a.rounds);
+    let peers: Vec<usize> = running
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| matches!(t.kind, Kind::Haproxy | Kind::Nginx))
+        .map(|(i, _)| i)
+        .collect();
+    let best_peer = |key: &str, higher_better: bool| -> Option<f64> {
+        let v = peers.iter().filter_map(|&i| med(results, sc, i, key));
+        if higher_better {
+            v.reduce(f64::max)
+        } else {
+            v.reduce(f64::min)
+        }
+    };
+    let direct = 0; // Direct is always the first target.
+    let f = |x: Option<f64>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
+    let ratio = |x: Option<f64>, y: Option<f64>| match (x, y) {
+        (Some(x), Some(y)) if y != 0.0 => format!("{:.2}x", x / y),
+        _ => "-".into(),
+    };
+    match sc {
+        Scenario::Tput { .. } | Scenario::Handshake => {
+            let key = if sc == Scenario::Handshake {
+                "hs/s"
+            } else {
+                "msg/s"
+            };
+            println!(
+                "| target | {key} | vs direct | vs best peer | proxy CPU-s / 1M | per proxy CPU-s | vs best peer | user CPU share |"
+            );
+            println!("|---|---|---|---|---|---|---|---|");
+            let (bp, bpc) = (best_peer(key, true), best_peer("per_cpu_s", true));
+            for (ti, t) in running.iter().enumerate() {
+                let (r, c) = (med(results, sc, ti, key), med(results, sc, ti, "per_cpu_s"));
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    t.kind.name(),
+                    f(r, 0),
+                    ratio(r, med(results, sc, direct, key)),
+                    ratio(r, bp),
+                    f(med(results, sc, ti, "cpu_s/1M"), 2),
+                    f(c, 0),
+                    ratio(c, bpc),
+                    med(results, sc, ti, "user_share")
+                        .map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
+                );
+            }
+        }
+        Scenario::Latency => {
+            println!(
+                "| target | p50 | p99 | p999 | added p50 | added p99 | added p50 vs best peer |"
+            );
+            println!("|---|---|---|---|---|---|---|");
+            let d50 = med(results, sc, direct, "p50");
+            let d99 = med(results, sc, direct, "p99");
+            let added = |ti: usize, k: &str, d: Option<f64>| Some(med(results, sc, ti, k)? - d?);
+            let best_added50 = peers
+                .iter()
+                .filter_map(|&i| added(i, "p50", d50))
+                .reduce(f64::min);
+            for (ti, t) in running.iter().enumerate() {
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    t.kind.name(),
+                    f(med(results, sc, ti, "p50"), 0),
+                    f(med(results, sc, ti, "p99"), 0),
+                    f(med(results, sc, ti, "p999"), 0),
+                    f(added(ti, "p50", d50), 0),
+                    f(added(ti, "p99", d99), 0),
+                    ratio(added(ti, "p50", d50), best_added50),
+                );
+            }
+        }
+        Scenario::Idle => {
+            println!(
+                "| target | user-space RSS / conn | RSS at hold | kernel slab / conn | TCP buffers / conn |"
+            );
+            println!("|---|---|---|---|---|");
+            for (ti, t) in running.iter().enumerate() {
+                let kib = |k: &str| {
+                    med(results, sc, ti, k).map_or("-".into(), |v| format!("{:.2} KiB", v / 1024.0))
+                };
+                println!(
+                    "| {} | {} | {} | {} | {} |",
+                    t.kind.name(),
+                    kib("rss_B/conn"),
+                    f(med(results, sc, ti, "rss_MiB"), 1) + " MiB",
+                    kib("slab_B/conn"),
+                    kib("tcpmem_B/conn"),
+                );
+            }
+        }
+    }
+    println!();
+}

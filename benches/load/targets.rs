@@ -1,0 +1,353 @@
+//! The things the load bench drives: the echo backends directly, wslb, and (when installed)
+//! HAProxy and NGINX configured the same way: round robin over the same two `wslb echo`
+//! backends, WebSocket tunnel timeouts of an hour, two threads or worker processes.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A child process that is killed and reaped when dropped, also when the bench panics.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        // SIGTERM first so NGINX's master takes its workers down with it.
+        let _ = Command::new("kill")
+            .arg(self.0.id().to_string())
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..50 {
+            if matches!(self.0.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+pub fn wait_listening(addr: SocketAddr) {
+    for _ in 0..250 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("{addr} never listened");
+}
+
+pub fn wslb_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_wslb")
+}
+
+/// Two `wslb echo` backends, one worker each.
+pub fn echo_backends() -> (Vec<SocketAddr>, Vec<Proc>) {
+    let mut addrs = Vec::new();
+    let mut procs = Vec::new();
+    for _ in 0..2 {
+        let a = free_addr();
+        let c = Command::new(wslb_bin())
+            .args(["echo", "--listen", &a.to_string(), "--workers", "1"])
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting wslb echo");
+        procs.push(Proc(c));
+        addrs.push(a);
+    }
+    for a in &addrs {
+        wait_listening(*a);
+    }
+    (addrs, procs)
+}
+
+/// Built by `cargo build --release --example fastwebsockets_relay`.
+pub fn pollio_bin() -> PathBuf {
+    Path::new(wslb_bin()).with_file_name("examples/fastwebsockets_relay")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Wslb,
+    Haproxy,
+    Nginx,
+    /// examples/fastwebsockets_relay: the relay design wslb did not choose.
+    PollIo,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Wslb => "wslb",
+            Kind::Haproxy => "haproxy",
+            Kind::Nginx => "nginx",
+            Kind::PollIo => "pollio",
+        }
+    }
+
+    pub fn installed(self) -> bool {
+        match self {
+            Kind::Direct | Kind::Wslb => true,
+            Kind::Haproxy => which("haproxy").is_some(),
+            Kind::Nginx => which("nginx").is_some(),
+            Kind::PollIo => pollio_bin().is_file(),
+        }
+    }
+}
+
+pub fn which(cmd: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|p| {
+        std::env::split_paths(&p)
+            .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+            .map(|d| d.join(cmd))
+            .find(|f| f.is_file())
+    })
+}
+
+/// A running target. `addrs` are where clients connect: the proxy's address, or for
+/// `Direct` the backends themselves (clients spread over them as round robin would).
+pub struct Target {
+    pub kind: Kind,
+    pub addrs: Vec<SocketAddr>,
+    proc: Option<Proc>,
+    _dir: Option<TempDir>,
+}
+
+impl Target {
+    /// The proxy's processes (NGINX: master and workers), empty for `Direct`.
+    pub fn pids(&self) -> Vec<u32> {
+        let Some(p) = &self.proc else {
+            return Vec::new();
+        };
+        let root = p.0.id();
+        let mut pids = vec![root];
+        pids.extend(children(root));
+        pids
+    }
+
+    /// Reads (user, system) CPU seconds of all the proxy's processes so far; callable from
+    /// the load client's thread.
+    pub fn cpu_reader(&self) -> impl Fn() -> (f64, f64) + Send + 'static {
+        let pids = self.pids();
+        move || {
+            pids.iter()
+                .map(|&p| cpu_seconds(p))
+                .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+        }
+    }
+
+    /// Resident set of all the proxy's processes, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        self.pids().into_iter().map(rss_bytes).sum()
+    }
+}
+
+pub fn start(kind: Kind, backends: &[SocketAddr], io: &str) -> Target {
+    let listen = free_addr();
+    let (proc, dir) = match kind {
+        Kind::Direct => {
+            return Target {
+                kind,
+                addrs: backends.to_vec(),
+                proc: None,
+                _dir: None,
+            };
+        }
+        Kind::Wslb => {
+            let mut args = vec![
+                "run".to_string(),
+                "--listen".into(),
+                listen.to_string(),
+                "--workers".into(),
+                "2".into(),
+                "--io-driver".into(),
+                io.into(),
+            ];
+            for b in backends {
+                args.extend(["--backend".into(), b.to_string()]);
+            }
+            let c = Command::new(wslb_bin())
+                .args(&args)
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting wslb");
+            (Proc(c), None)
+        }
+        Kind::PollIo => {
+            let list: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
+            let c = Command::new(pollio_bin())
+                .args([listen.to_string(), list.join(","), "2".into()])
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting examples/fastwebsockets_relay");
+            (Proc(c), None)
+        }
+        Kind::Haproxy => {
+            let dir = TempDir::new("haproxy");
+            let cfg = dir.0.join("haproxy.cfg");
+            std::fs::write(&cfg, haproxy_config(listen, backends)).unwrap();
+            let c = Command::new(which("haproxy").unwrap())
+                .args(["-db", "-f"])
+                .arg(&cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting haproxy");
+            (Proc(c), Some(dir))
+        }
+        Kind::Nginx => {
+            let dir = TempDir::new("nginx");
+            let cfg = dir.0.join("nginx.conf");
+            std::fs::write(&cfg, nginx_config(listen, backends, &dir.0)).unwrap();
+            let c = Command::new(which("nginx").unwrap())
+                .arg("-p")
+                .arg(&dir.0)
+                .arg("-c")
+                .arg(&cfg)
+                .args(["-e", "stderr"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("starting nginx");
+            (Proc(c), Some(dir))
+        }
+    };
+    wait_listening(listen);
+    Target {
+        kind,
+        addrs: vec![listen],
+        proc: Some(proc),
+        _dir: dir,
+    }
+}
+
+/// HAProxy 2.6 tunnels WebSocket upgrades in `mode http` on its own; `timeout tunnel`
+/// governs the connection once upgraded. `maxconn` leaves room for 9,900 proxied
+/// connections under the 20,000-descriptor cap (two descriptors each).
+fn haproxy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+    let servers: String = backends
+        .iter()
+        .enumerate()
+        .map(|(i, b)| format!("  server s{i} {b}\n"))
+        .collect();
+    format!(
+        "global\n  nbthread 2\n  cpu-map auto:1/1-2 0-1\n  maxconn 9990\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
+         frontend fe\n  bind {listen}\n  default_backend be\n\
+         backend be\n  balance roundrobin\n{servers}"
+    )
+}
+
+/// NGINX 1.22's documented WebSocket proxying: HTTP/1.1 upstream, Upgrade and Connection
+/// passed on, read/send timeouts of an hour. Two worker processes, pinned.
+fn nginx_config(listen: SocketAddr, backends: &[SocketAddr], dir: &Path) -> String {
+    let servers: String = backends
+        .iter()
+        .map(|b| format!("    server {b};\n"))
+        .collect();
+    let d = dir.display();
+    format!(
+        "daemon off;\nmaster_process on;\nworker_processes 2;\nworker_cpu_affinity auto;\n\
+         worker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
+         events {{ worker_connections 20000; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           upstream be {{\n{servers}  }}\n\
+           server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://be;\n\
+               proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n\
+               proxy_set_header Connection \"upgrade\";\n      proxy_read_timeout 3600s;\n\
+               proxy_send_timeout 3600s;\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
+    )
+}
+
+/// A directory under /tmp removed when dropped.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("wslb-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&p| {
+            stat_fields(p).is_some_and(|f| f.get(1).and_then(|s| s.parse().ok()) == Some(pid))
+        })
+        .collect()
+}
+
+/// Fields of /proc/PID/stat from field 3 (state) on.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    Some(after.split(' ').map(str::to_string).collect())
+}
+
+/// (user, system) CPU seconds of a process so far: utime and stime, fields 14 and 15 of
+/// proc_pid_stat(5), in clock ticks of 1/100 s (sysconf(_SC_CLK_TCK) on Linux).
+fn cpu_seconds(pid: u32) -> (f64, f64) {
+    let Some(f) = stat_fields(pid) else {
+        return (0.0, 0.0);
+    };
+    (
+        f[11].parse::<f64>().unwrap() / 100.0,
+        f[12].parse::<f64>().unwrap() / 100.0,
+    )
+}
+
+fn rss_bytes(pid: u32) -> u64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Kernel memory that grows with sockets: slab (socket and TCP structures) from
+/// /proc/meminfo, and TCP buffer pages from /proc/net/sockstat, in bytes.
+pub fn kernel_memory() -> (u64, u64) {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let slab = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Slab:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+        * 1024;
+    let sockstat = std::fs::read_to_string("/proc/net/sockstat").unwrap_or_default();
+    let pages = sockstat
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .and_then(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.iter()
+                .position(|&w| w == "mem")
+                .and_then(|i| f.get(i + 1)?.parse::<u64>().ok())
+        })
+        .unwrap_or(0);
+    (slab, pages * 4096)
+}
