@@ -139,7 +139,9 @@ type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>;
 /// IPI each time. The worker enters the kernel every loop turn anyway, so nothing waits
 /// longer; measured on the 100 x 64 B closed loop it cut proxy CPU per message by 14% and
 /// raised throughput 16% (README, "Performance"). Older kernels reject the flag: retry
-/// without it.
+/// without it. IORING_SETUP_DEFER_TASKRUN (with SINGLE_ISSUER) was tried on top: 5% fewer
+/// msg/s and 6-9% more CPU per message at 100 and 1,000 x 64 B (3 rounds, `--ab-env`), so
+/// it stays off.
 fn build_uring() -> std::io::Result<UringRuntime> {
     let build = |coop: bool| {
         let mut flags = io_uring::IoUring::builder();

@@ -14,6 +14,8 @@
 //! scenario against every target in turn; the table gives medians over rounds and ratios
 //! measured in this run only. `--install-peers` runs `apt-get install -y haproxy nginx`.
 //! `pollio` (examples/fastwebsockets_relay, build it first) is the relay design not chosen.
+//! `--ab-env K=V` (repeatable) adds a target `wslb-ab`: wslb started with that environment,
+//! for A/B runs of a change behind an environment switch.
 
 mod client;
 mod targets;
@@ -31,6 +33,8 @@ struct Args {
     idle_conns: usize,
     io: String,
     install_peers: bool,
+    /// Environment for the `wslb-ab` target.
+    ab_env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -107,6 +111,7 @@ fn args() -> Args {
         idle_conns: 9900,
         io: "auto".into(),
         install_peers: false,
+        ab_env: Vec::new(),
     };
     let v: Vec<String> = std::env::args().skip(1).collect();
     let mut i = 0;
@@ -146,6 +151,7 @@ fn args() -> Args {
                         "haproxy" => Kind::Haproxy,
                         "nginx" => Kind::Nginx,
                         "pollio" => Kind::PollIo,
+                        "wslb-ab" => Kind::WslbAb,
                         other => usage(format!("unknown target {other}")),
                     })
                     .collect();
@@ -154,6 +160,14 @@ fn args() -> Args {
             "--secs" => a.secs = num(i),
             "--idle-conns" => a.idle_conns = num(i) as usize,
             "--io-driver" => a.io = val(i),
+            "--ab-env" => {
+                let kv = val(i);
+                let (k, v) = kv.split_once('=').unwrap_or_else(|| usage(format!("--ab-env wants K=V, not {kv}")));
+                a.ab_env.push((k.into(), v.into()));
+                if !a.targets.contains(&Kind::WslbAb) {
+                    a.targets.push(Kind::WslbAb);
+                }
+            }
             "--install-peers" => {
                 a.install_peers = true;
                 i += 1;
@@ -213,7 +227,7 @@ fn main() {
     let running: Vec<Target> = a
         .targets
         .iter()
-        .map(|&k| targets::start(k, &backends, &a.io))
+        .map(|&k| targets::start(k, &backends, &a.io, &a.ab_env))
         .collect();
     let mut results: BTreeMap<(Scenario, usize), Vec<Sample>> = BTreeMap::new();
     for round in 0..a.rounds {
@@ -221,7 +235,7 @@ fn main() {
             for (ti, t) in running.iter().enumerate() {
                 let s = match sc {
                     Scenario::Idle => {
-                        let fresh = targets::start(t.kind, &backends, &a.io);
+                        let fresh = targets::start(t.kind, &backends, &a.io, &a.ab_env);
                         idle(&fresh, &a)
                     }
                     _ => measure(sc, t, &a),

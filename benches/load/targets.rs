@@ -82,6 +82,8 @@ pub enum Kind {
     Nginx,
     /// examples/fastwebsockets_relay: the relay design wslb did not choose.
     PollIo,
+    /// wslb again, started with the environment given by `--ab-env` (A/B experiments).
+    WslbAb,
 }
 
 impl Kind {
@@ -92,12 +94,13 @@ impl Kind {
             Kind::Haproxy => "haproxy",
             Kind::Nginx => "nginx",
             Kind::PollIo => "pollio",
+            Kind::WslbAb => "wslb-ab",
         }
     }
 
     pub fn installed(self) -> bool {
         match self {
-            Kind::Direct | Kind::Wslb => true,
+            Kind::Direct | Kind::Wslb | Kind::WslbAb => true,
             Kind::Haproxy => which("haproxy").is_some(),
             Kind::Nginx => which("nginx").is_some(),
             Kind::PollIo => pollio_bin().is_file(),
@@ -152,7 +155,7 @@ impl Target {
     }
 }
 
-pub fn start(kind: Kind, backends: &[SocketAddr], io: &str) -> Target {
+pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, String)]) -> Target {
     let listen = free_addr();
     let (proc, dir) = match kind {
         Kind::Direct => {
@@ -163,7 +166,7 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str) -> Target {
                 _dir: None,
             };
         }
-        Kind::Wslb => {
+        Kind::Wslb | Kind::WslbAb => {
             let mut args = vec![
                 "run".to_string(),
                 "--listen".into(),
@@ -176,8 +179,10 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str) -> Target {
             for b in backends {
                 args.extend(["--backend".into(), b.to_string()]);
             }
+            let env: &[(String, String)] = if kind == Kind::WslbAb { ab_env } else { &[] };
             let c = Command::new(wslb_bin())
                 .args(&args)
+                .envs(env.iter().map(|(k, v)| (k, v)))
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("starting wslb");
