@@ -54,6 +54,10 @@ pub struct Config {
     /// listen(2) backlog per worker socket. Default 4096: connection bursts land in several
     /// workers' queues at once, and the kernel caps it at `net.core.somaxconn` anyway.
     pub backlog: u32,
+    /// Seconds between stats lines in the log (per-worker accepted and open connections,
+    /// and how evenly SO_REUSEPORT spread them). Logged only when something changed.
+    /// Default 10; `0` turns them off.
+    pub stats_interval_secs: u64,
     pub timeouts: Timeouts,
     pub limits: Limits,
 }
@@ -102,6 +106,7 @@ impl Default for Config {
             workers: 0,
             io_driver: IoDriver::Auto,
             backlog: 4096,
+            stats_interval_secs: 10,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
         }
@@ -138,6 +143,8 @@ pub struct Settings {
     pub workers: usize,
     pub io_driver: IoDriver,
     pub backlog: u32,
+    /// `None` when stats lines are off.
+    pub stats_interval: Option<Duration>,
     pub client_handshake_timeout: Duration,
     pub backend_connect_timeout: Duration,
     pub backend_handshake_timeout: Duration,
@@ -291,6 +298,8 @@ impl Config {
             workers,
             io_driver: self.io_driver,
             backlog: self.backlog,
+            stats_interval: (self.stats_interval_secs > 0)
+                .then(|| Duration::from_secs(self.stats_interval_secs)),
             client_handshake_timeout: Duration::from_millis(t.client_handshake_ms),
             backend_connect_timeout: Duration::from_millis(t.backend_connect_ms),
             backend_handshake_timeout: Duration::from_millis(t.backend_handshake_ms),

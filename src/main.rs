@@ -128,7 +128,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 c.io_driver = d;
             }
             let settings = c.validate()?;
+            let interval = settings.stats_interval;
             let running = wslb::start_balancer(settings).context("starting the balancer")?;
+            if let Some(i) = interval {
+                wslb::metrics::log_every(running.stats.clone(), i);
+            }
             running.wait();
         }
         Command::Echo { listen, workers } => {
@@ -180,6 +184,7 @@ fn demo() -> anyhow::Result<()> {
         ..Config::default()
     };
     let lb = wslb::start_balancer(config.validate()?).context("starting the balancer")?;
+    wslb::metrics::log_every(lb.stats.clone(), std::time::Duration::from_secs(10));
     println!(
         "\nwslb demo: balancer on ws://{} -> echo backends {} and {}\n\
          Try it (each new connection goes to the next backend):\n  \

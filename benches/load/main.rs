@@ -162,7 +162,9 @@ fn args() -> Args {
             "--io-driver" => a.io = val(i),
             "--ab-env" => {
                 let kv = val(i);
-                let (k, v) = kv.split_once('=').unwrap_or_else(|| usage(format!("--ab-env wants K=V, not {kv}")));
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| usage(format!("--ab-env wants K=V, not {kv}")));
                 a.ab_env.push((k.into(), v.into()));
                 if !a.targets.contains(&Kind::WslbAb) {
                     a.targets.push(Kind::WslbAb);
@@ -315,12 +317,17 @@ fn idle(t: &Target, a: &Args) -> Sample {
     let rss0 = t.rss_bytes();
     let (slab0, sockmem0) = targets::kernel_memory();
     let pids = t.pids();
+    let log = t.log_path();
     let (tx, rx) = std::sync::mpsc::channel();
     let n = client::idle(t.addrs.clone(), a.idle_conns, move || {
         let rss: u64 = pids.iter().map(|&p| rss_of(p)).sum();
-        let _ = tx.send((rss, targets::kernel_memory()));
+        let stats = log.as_deref().and_then(targets::last_stats);
+        let _ = tx.send((rss, targets::kernel_memory(), stats));
     });
-    let (rss1, (slab1, sockmem1)) = rx.recv().unwrap();
+    let (rss1, (slab1, sockmem1), stats_line) = rx.recv().unwrap();
+    if let Some(line) = stats_line {
+        println!("    {} workers while holding: {line}", t.kind.name());
+    }
     let mut s = Sample::new();
     let per = |a: u64, b: u64| (b as f64 - a as f64) / n as f64;
     if t.kind != Kind::Direct {

@@ -149,6 +149,12 @@ impl Target {
         }
     }
 
+    /// wslb's log file, where its stats lines go.
+    pub fn log_path(&self) -> Option<PathBuf> {
+        let p = self._dir.as_ref()?.0.join("wslb.log");
+        p.exists().then_some(p)
+    }
+
     /// Resident set of all the proxy's processes, in bytes.
     pub fn rss_bytes(&self) -> u64 {
         self.pids().into_iter().map(rss_bytes).sum()
@@ -167,8 +173,15 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
             };
         }
         Kind::Wslb | Kind::WslbAb => {
+            // A stats line every second in the log, to see how SO_REUSEPORT spread the
+            // connections over the workers.
+            let dir = TempDir::new(kind.name());
+            let cfg = dir.0.join("wslb.toml");
+            std::fs::write(&cfg, "stats_interval_secs = 1\n").unwrap();
             let mut args = vec![
                 "run".to_string(),
+                "--config".into(),
+                cfg.display().to_string(),
                 "--listen".into(),
                 listen.to_string(),
                 "--workers".into(),
@@ -180,13 +193,15 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
                 args.extend(["--backend".into(), b.to_string()]);
             }
             let env: &[(String, String)] = if kind == Kind::WslbAb { ab_env } else { &[] };
+            let log = std::fs::File::create(dir.0.join("wslb.log")).unwrap();
             let c = Command::new(wslb_bin())
                 .args(&args)
                 .envs(env.iter().map(|(k, v)| (k, v)))
-                .stderr(Stdio::null())
+                .env("NO_COLOR", "1")
+                .stderr(log)
                 .spawn()
                 .expect("starting wslb");
-            (Proc(c), None)
+            (Proc(c), Some(dir))
         }
         Kind::PollIo => {
             let list: Vec<String> = backends.iter().map(|b| b.to_string()).collect();
@@ -355,4 +370,11 @@ pub fn kernel_memory() -> (u64, u64) {
         })
         .unwrap_or(0);
     (slab, pages * 4096)
+}
+
+/// The latest stats line (per-worker open and accepted connections) in a wslb log.
+pub fn last_stats(log: &Path) -> Option<String> {
+    let log = std::fs::read_to_string(log).ok()?;
+    let line = log.lines().rev().find(|l| l.contains("stats: "))?;
+    Some(line[line.find("stats: ")? + 7..].to_string())
 }
