@@ -35,7 +35,6 @@ use std::cell::{Cell, RefCell};
 use std::task::{Poll, Waker};
 use std::time::Duration;
 
-use fastwebsockets::OpCode;
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
     AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
@@ -45,7 +44,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::buffers::BufferPool;
-use crate::frame::{self, MessageState, Sender, Violation};
+use crate::frame::{self, Sender, Stop, Violation, Walker};
 
 /// What a relay needs from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -240,13 +239,8 @@ struct Pump<'p, Src, Dst: AsyncWriteRent> {
     src: OwnedReadHalf<Src>,
     dst: OwnedWriteHalf<Dst>,
     buf: Vec<u8>,
-    /// Payload bytes of the frame being forwarded that have not arrived yet.
-    pending: u64,
-    msg: MessageState,
-    /// Capacity that would hold the largest frame seen so far (capped at `max_buffer`).
-    /// Growing to it lets the next such frame arrive in one read and leave in one write:
-    /// a 16 KiB message is 16 392 bytes framed, and a 16 KiB buffer would take two of each.
-    want_capacity: usize,
+    /// Frame-level state: payload still to come, fragmentation, largest frame seen.
+    walker: Walker,
     /// A close frame went to the destination: anything further from the source is dropped
     /// (RFC 6455 §5.5.1: no frames after a close), and the source must end its TCP before
     /// `deadline`.
@@ -278,9 +272,7 @@ where
             src,
             dst,
             buf,
-            pending: 0,
-            msg: MessageState::default(),
-            want_capacity: 0,
+            walker: Walker::default(),
             close_sent: false,
             dst_failed: false,
             deadline: None,
@@ -303,7 +295,7 @@ where
                 Read::Ended => return Box::pin(self.source_ended(link)).await,
                 Read::Expired => {
                     let owed = self.take_owed(link);
-                    if let (Some((code, reason)), 0) = (owed, self.pending) {
+                    if let (Some((code, reason)), 0) = (owed, self.walker.pending) {
                         Box::pin(self.send_close(code, reason)).await;
                     }
                     return End::GraceExpired;
@@ -315,7 +307,7 @@ where
     /// Reads more from the source. At a frame boundary it first gives the buffer back and
     /// waits for readability, so that a quiet connection pins no buffer.
     async fn read(&mut self, link: &Link) -> Read {
-        let waited = self.pending == 0 && !self.last_read_full;
+        let waited = self.walker.pending == 0 && !self.last_read_full;
         if waited {
             self.release_buffer();
             let ready = stream_of(&self.src).ready();
@@ -383,7 +375,7 @@ where
     /// Makes sure `buf` is a pool buffer big enough for the largest frame seen, keeping the
     /// partial header it may hold.
     fn take_buffer(&mut self) {
-        let want = self.want_capacity.max(self.buf.len() + 1);
+        let want = self.walker.want_capacity.max(self.buf.len() + 1);
         if self.buf.capacity() >= want && self.buf.capacity() >= MIN_READ {
             return;
         }
@@ -408,65 +400,24 @@ where
     /// Walks the frames in the buffer, writes every complete header and every payload byte
     /// received so far to the destination in one write, and keeps a trailing partial header.
     async fn forward_buffered(&mut self, link: &Link) {
-        let len = self.buf.len();
-        let mut ready = 0; // bytes [0, ready) are forwarded
-        let mut keep_to = len; // bytes [ready, keep_to) stay for the next round
-        let mut violation = None;
-        let mut owed_close = None;
-        while ready < len {
-            if self.pending > 0 {
-                let take = self.pending.min((len - ready) as u64);
-                ready += take as usize;
-                self.pending -= take;
-                continue;
-            }
-            if self.close_sent {
-                keep_to = ready; // after a close, drop the rest
-                break;
-            }
-            let Some(h) = frame::parse_header(&self.buf[ready..len]) else {
-                break;
-            };
-            let max = match self.sender {
-                Sender::Client => self.env.cfg.max_client_frame,
-                Sender::Backend => u64::MAX,
-            };
-            let opcode = match h.check(self.sender, &mut self.msg, max) {
-                Ok(op) => op,
-                Err(v) => {
-                    violation = Some(v);
-                    keep_to = ready;
-                    break;
-                }
-            };
-            if opcode == OpCode::Close {
-                // Close frames are checked whole (at most 139 bytes) before they go out, so
-                // a bad code or reason is answered instead of forwarded.
-                let end = ready + h.len + h.payload_len as usize;
-                if end > len {
-                    break;
-                }
-                if let Err(v) = frame::check_close_payload(&self.buf[ready + h.len..end], h.mask) {
-                    violation = Some(v);
-                    keep_to = ready;
-                    break;
-                }
-                if let Some(owed) = self.take_owed(link) {
-                    // The destination broke the protocol: it gets the code it is owed
-                    // instead of this close reply.
-                    owed_close = Some(owed);
-                    keep_to = ready;
-                    break;
-                }
-                ready = end;
-                self.mark_close_sent();
-                continue;
-            }
-            ready += h.len;
-            self.pending = h.payload_len;
-            let framed =
-                (h.len as u64 + h.payload_len).min(self.env.cfg.max_buffer as u64) as usize;
-            self.want_capacity = self.want_capacity.max(framed);
+        let cfg = &self.env.cfg;
+        let max = match self.sender {
+            Sender::Client => cfg.max_client_frame,
+            Sender::Backend => u64::MAX,
+        };
+        let me = self.me;
+        let owed = || link.close_request[me].get().is_some();
+        let walk = self.walker.walk(
+            &self.buf,
+            self.sender,
+            max,
+            cfg.max_buffer,
+            self.close_sent,
+            owed,
+        );
+        let (ready, keep_to) = (walk.ready, walk.keep_to);
+        if walk.close_forwarded {
+            self.mark_close_sent();
         }
 
         if ready > 0 && !self.dst_failed {
@@ -482,16 +433,22 @@ where
         }
         self.buf.copy_within(ready..keep_to, 0);
         self.buf.truncate(keep_to - ready);
-        if self.want_capacity > self.buf.capacity() {
+        if self.walker.want_capacity > self.buf.capacity() {
             // Only a partial header (<= 138 bytes) is moved by the reallocation.
-            self.buf.reserve_exact(self.want_capacity - self.buf.len());
+            self.buf
+                .reserve_exact(self.walker.want_capacity - self.buf.len());
         }
 
-        if let Some((code, reason)) = owed_close {
-            Box::pin(self.send_close(code, reason)).await;
-        }
-        if let Some(v) = violation {
-            Box::pin(self.on_violation(v, link)).await;
+        match walk.stop {
+            // The destination broke the protocol: it gets the code it is owed instead of
+            // the source's close reply.
+            Some(Stop::OwedClose) => {
+                if let Some((code, reason)) = self.take_owed(link) {
+                    Box::pin(self.send_close(code, reason)).await;
+                }
+            }
+            Some(Stop::Violation(v)) => Box::pin(self.on_violation(v, link)).await,
+            None => {}
         }
     }
 
@@ -553,7 +510,7 @@ where
         let end = if self.close_sent {
             End::Closed
         } else {
-            let mid_frame = self.pending > 0;
+            let mid_frame = self.walker.pending > 0;
             if !mid_frame {
                 let owed = self.take_owed(link);
                 let (code, reason) = owed.unwrap_or_else(|| self.lost_source_close());

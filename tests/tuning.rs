@@ -67,8 +67,15 @@ fn verify_apply_revert_round_trip() {
     let t = host("roundtrip");
     let v = tune(&t, &["verify"]);
     assert_eq!(v.status.code(), Some(1), "{}", text(&v));
-    assert!(text(&v).contains("net.core.somaxconn                   4096"), "{}", text(&v));
-    assert!(text(&v).contains("missing"), "a setting the kernel lacks is reported");
+    assert!(
+        text(&v).contains("net.core.somaxconn                   4096"),
+        "{}",
+        text(&v)
+    );
+    assert!(
+        text(&v).contains("missing"),
+        "a setting the kernel lacks is reported"
+    );
 
     // Without --write: a diff, and nothing changes.
     let dry = tune(&t, &["apply"]);
