@@ -15,7 +15,8 @@
 //! measured in this run only. `--install-peers` runs `apt-get install -y haproxy nginx`.
 //! `pollio` (examples/fastwebsockets_relay, build it first) is the relay design not chosen.
 //! `--ab-env K=V` (repeatable) adds a target `wslb-ab`: wslb started with that environment,
-//! for A/B runs of a change behind an environment switch.
+//! for A/B runs of a change behind an environment switch. `--targets ...,wslb-ab` with
+//! `WSLB_BENCH_AB_BIN=/path/to/other/wslb` runs another build as `wslb-ab` (before/after).
 
 mod client;
 mod targets;

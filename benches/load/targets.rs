@@ -175,26 +175,37 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
         Kind::Wslb | Kind::WslbAb => {
             // A stats line every second in the log, to see how SO_REUSEPORT spread the
             // connections over the workers.
+            // WSLB_BENCH_PROXY_BIN runs another build as the proxy (flamegraphs/profile.sh
+            // uses it for before/after profiles); older builds may not know the stats field.
+            // WSLB_BENCH_AB_BIN does the same for the `wslb-ab` target (same-run before/after).
+            let var = if kind == Kind::WslbAb {
+                "WSLB_BENCH_AB_BIN"
+            } else {
+                "WSLB_BENCH_PROXY_BIN"
+            };
+            let other = std::env::var_os(var).map(PathBuf::from);
             let dir = TempDir::new(kind.name());
             let cfg = dir.0.join("wslb.toml");
             std::fs::write(&cfg, "stats_interval_secs = 1\n").unwrap();
-            let mut args = vec![
-                "run".to_string(),
-                "--config".into(),
-                cfg.display().to_string(),
+            let mut args = vec!["run".to_string()];
+            if other.is_none() {
+                args.extend(["--config".into(), cfg.display().to_string()]);
+            }
+            args.extend([
                 "--listen".into(),
                 listen.to_string(),
                 "--workers".into(),
                 "2".into(),
                 "--io-driver".into(),
                 io.into(),
-            ];
+            ]);
             for b in backends {
                 args.extend(["--backend".into(), b.to_string()]);
             }
             let env: &[(String, String)] = if kind == Kind::WslbAb { ab_env } else { &[] };
             let log = std::fs::File::create(dir.0.join("wslb.log")).unwrap();
-            let c = Command::new(wslb_bin())
+            let bin = other.unwrap_or_else(|| wslb_bin().into());
+            let c = Command::new(bin)
                 .args(&args)
                 .envs(env.iter().map(|(k, v)| (k, v)))
                 .env("NO_COLOR", "1")
