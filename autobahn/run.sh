@@ -5,6 +5,7 @@
 #
 #   autobahn/run.sh            quick: cases 1-10 (no compression cases 12.*, 13.*), ~3 min
 #   autobahn/run.sh --full     every case
+#   WSLB_IO_DRIVER=epoll autobahn/run.sh   the same through wslb on its epoll driver
 #
 # Needs Python 2.7 (autobahntestsuite is Python 2 only); set PYTHON2 or have pyenv's
 # 2.7.18. The virtualenv goes to autobahn/.venv and is reused.
@@ -41,7 +42,8 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 
 "$bin" echo --listen "127.0.0.1:$echo_port" --workers 1 2>"$work/echo.log" & pids+=($!)
-"$bin" run --listen "127.0.0.1:$lb_port" --backend "127.0.0.1:$echo_port" --workers 2 2>"$work/lb.log" & pids+=($!)
+"$bin" run --listen "127.0.0.1:$lb_port" --backend "127.0.0.1:$echo_port" --workers 2 \
+  --io-driver "${WSLB_IO_DRIVER:-auto}" 2>"$work/lb.log" & pids+=($!)
 for port in "$echo_port" "$lb_port"; do
   for _ in $(seq 50); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break
