@@ -128,6 +128,21 @@ pub struct Window {
     pub cpu: (f64, f64),
 }
 
+impl Window {
+    /// After a 500 ms warm-up, counts what `count` gains in `secs` and the proxy's CPU.
+    async fn measure(count: &Cell<u64>, secs: f64, cpu: &impl Fn() -> (f64, f64)) -> Window {
+        monoio::time::sleep(Duration::from_millis(500)).await;
+        let (c0, t0, cpu0) = (count.get(), Instant::now(), cpu());
+        monoio::time::sleep(Duration::from_secs_f64(secs)).await;
+        let (c1, t1, cpu1) = (count.get(), Instant::now(), cpu());
+        Window {
+            count: c1 - c0,
+            elapsed: t1 - t0,
+            cpu: (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1),
+        }
+    }
+}
+
 /// Closed loop: `conns` connections each send a message and wait for its echo, for `secs`.
 /// `cpu` reads the proxy's CPU seconds at the window's edges.
 pub fn closed_loop(
@@ -165,19 +180,12 @@ pub fn closed_loop(
         while ready.get() < conns {
             monoio::time::sleep(Duration::from_millis(5)).await;
         }
-        monoio::time::sleep(Duration::from_millis(500)).await;
-        let (c0, t0, cpu0) = (count.get(), Instant::now(), cpu());
-        monoio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let (c1, t1, cpu1) = (count.get(), Instant::now(), cpu());
+        let w = Window::measure(&count, secs, &cpu).await;
         stop.set(true);
         for t in tasks {
             t.await;
         }
-        Window {
-            count: c1 - c0,
-            elapsed: t1 - t0,
-            cpu: (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1),
-        }
+        w
     })
 }
 
@@ -260,21 +268,13 @@ pub fn handshakes(
                 }
             }));
         }
-        monoio::time::sleep(Duration::from_millis(500)).await;
-        let (c0, f0, t0, cpu0) = (count.get(), failed.get(), Instant::now(), cpu());
-        monoio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let (c1, f1, t1, cpu1) = (count.get(), failed.get(), Instant::now(), cpu());
+        let f0 = failed.get();
+        let w = Window::measure(&count, secs, &cpu).await;
+        let f1 = failed.get();
         for t in tasks {
             t.await;
         }
-        (
-            Window {
-                count: c1 - c0,
-                elapsed: t1 - t0,
-                cpu: (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1),
-            },
-            f1 - f0,
-        )
+        (w, f1 - f0)
     })
 }
 
