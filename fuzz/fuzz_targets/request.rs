@@ -1,0 +1,36 @@
+//! The client's upgrade request: whatever the bytes, parsing never panics; a rejected
+//! request has a complete HTTP answer; an accepted one is rewritten into a request that is
+//! itself a valid upgrade with the same path and key and no extension offer.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use wslb::handshake::{parse_request, MAX_HEADERS};
+
+fuzz_target!(|data: &[u8]| {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match parse_request(data, &mut headers) {
+        Ok(None) => {}
+        Err(reject) => {
+            let r = reject.response();
+            assert!(r.starts_with(b"HTTP/1.1 ") && r.windows(4).any(|w| w == b"\r\n\r\n"));
+        }
+        Ok(Some(up)) => {
+            assert!(up.head_len <= data.len());
+            let fwd = up.forward_head("192.0.2.7".parse().unwrap());
+            let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            // The rewrite adds two headers; at the header limit it may be refused as too
+            // large, which the backend would answer itself. Anything else must re-parse.
+            match parse_request(&fwd, &mut h2) {
+                Ok(Some(again)) => {
+                    assert_eq!(again.path, up.path);
+                    assert_eq!(again.key, up.key);
+                    assert_eq!(again.head_len, fwd.len());
+                    let text = String::from_utf8_lossy(&fwd).to_ascii_lowercase();
+                    assert!(!text.contains("\nsec-websocket-extensions:"));
+                }
+                Err(wslb::handshake::Reject::TooLarge) => {}
+                other => panic!("rewritten request does not re-parse: {other:?}"),
+            }
+        }
+    }
+});
