@@ -30,7 +30,8 @@ fn main() {
         listeners,
         wslb::config::IoDriver::IoUring,
         move |_, l| {
-            wslb::listener::accept_loop(l, move |s, peer| async move {
+            let limit = wslb::listener::ConnectionLimit::unlimited();
+            wslb::listener::accept_loop(l, limit, move |s, peer, _permit| async move {
                 let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let _ = proxy(s, peer, backends[i % backends.len()]).await;
             })

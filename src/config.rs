@@ -82,6 +82,11 @@ pub struct Timeouts {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
+    /// Concurrent client connections per instance, over all workers; a client past it gets
+    /// 503 and the accept loop keeps running. `0` (default): as many as the descriptor
+    /// limit allows, `(RLIMIT_NOFILE - 64) / 2`, since each proxied connection holds two
+    /// descriptors; wslb raises its soft limit to the hard one at startup.
+    pub max_connections: usize,
     /// Largest upgrade request head accepted from a client; larger gets 431.
     /// Default 8 192 (NGINX's `large_client_header_buffers` default is 8 KiB per line;
     /// browsers send about 1 KiB with cookies). Range 1 024..=65 536.
@@ -127,6 +132,7 @@ impl Default for Timeouts {
 impl Default for Limits {
     fn default() -> Self {
         Self {
+            max_connections: 0,
             max_request_bytes: 8192,
             max_frame_bytes: 16 << 20,
             relay_buffer_bytes: 16 << 10,
@@ -149,11 +155,45 @@ pub struct Settings {
     pub backend_connect_timeout: Duration,
     pub backend_handshake_timeout: Duration,
     pub close_grace: Duration,
+    /// Resolved: never 0.
+    pub max_connections: usize,
     pub max_request_bytes: usize,
     /// `u64::MAX` when unlimited.
     pub max_frame_bytes: u64,
     pub relay_buffer_bytes: usize,
     pub relay_buffer_max_bytes: usize,
+}
+
+/// Descriptors this process may open, after raising the soft limit to the hard one.
+#[allow(unsafe_code)]
+pub fn raise_nofile_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the `rlimit` struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
+            return 1024;
+        }
+        if rl.rlim_cur < rl.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: rl.rlim_max,
+                rlim_max: rl.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                rl.rlim_cur = rl.rlim_max;
+            }
+        }
+    }
+    rl.rlim_cur
+}
+
+/// The default connection limit: two descriptors per proxied connection, 64 kept for
+/// listeners, io_uring rings, logs and the like.
+fn connections_for_descriptors() -> usize {
+    let n = raise_nofile_limit().min(usize::MAX as u64 / 2) as usize;
+    (n.saturating_sub(64) / 2).max(1)
 }
 
 /// One problem with one field.
@@ -304,6 +344,10 @@ impl Config {
             backend_connect_timeout: Duration::from_millis(t.backend_connect_ms),
             backend_handshake_timeout: Duration::from_millis(t.backend_handshake_ms),
             close_grace: Duration::from_millis(t.close_grace_ms),
+            max_connections: match l.max_connections {
+                0 => connections_for_descriptors(),
+                n => n,
+            },
             max_request_bytes: l.max_request_bytes,
             max_frame_bytes: if l.max_frame_bytes == 0 {
                 u64::MAX

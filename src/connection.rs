@@ -11,6 +11,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::handshake::{self, Reject};
+use crate::listener::Permit;
 use crate::metrics::OpenGuard;
 use crate::relay;
 use crate::worker::WorkerCtx;
@@ -45,7 +46,7 @@ enum ConnectError {
 
 /// Serves one accepted client until both sides are closed. Never panics on bad input;
 /// every outcome is one log line (debug for the ordinary ones). `open` counts the
-/// connection in its worker's stats until the future ends.
+/// connection in its worker's stats and under the connection limit until the future ends.
 ///
 /// Not an `async fn`, and the handshake runs boxed: the client socket moves straight into
 /// the boxed handshake, so neither it nor the handshake's state takes room in the task an
@@ -54,7 +55,7 @@ pub fn serve(
     client: TcpStream,
     peer: SocketAddr,
     ctx: Rc<WorkerCtx>,
-    open: OpenGuard,
+    open: (OpenGuard, Permit),
 ) -> impl std::future::Future<Output = ()> + 'static {
     let handshake = Box::pin(upgrade(client, peer, ctx.clone()));
     async move {

@@ -67,6 +67,8 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     let listeners = listener::bind(settings.listen, settings.workers, settings.backlog)?;
     let local_addr = local_addr(&listeners, settings.listen);
     let pool = Arc::new(balancer::Pool::new(settings.backends.clone()));
+    let limit = listener::ConnectionLimit::new(settings.max_connections);
+    tracing::info!("connection limit {}", settings.max_connections);
     let io = settings.io_driver;
     let settings = Arc::new(settings);
     let stats = new_stats(listeners.len());
@@ -88,9 +90,10 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
                 ),
             },
         });
+        let limit = limit.clone();
         let stats = worker_stats[id].clone();
-        listener::accept_loop(l, move |stream, peer| {
-            connection::serve(stream, peer, ctx.clone(), stats.track())
+        listener::accept_loop(l, limit.clone(), move |stream, peer, permit| {
+            connection::serve(stream, peer, ctx.clone(), (stats.track(), permit))
         })
     })?;
     tracing::info!("balancing {local_addr}");
@@ -105,13 +108,17 @@ pub fn start_echo(listen: SocketAddr, workers: usize, io: IoDriver) -> Result<Ru
     let worker_stats = stats.clone();
     let started = worker::spawn("echo", listeners, io, move |id, l| {
         let stats = worker_stats[id].clone();
-        listener::accept_loop(l, move |stream, _| {
-            let open = stats.track();
-            async move {
-                echo::serve(stream).await;
-                drop(open);
-            }
-        })
+        listener::accept_loop(
+            l,
+            listener::ConnectionLimit::unlimited(),
+            move |stream, _, p| {
+                let open = (stats.track(), p);
+                async move {
+                    echo::serve(stream).await;
+                    drop(open);
+                }
+            },
+        )
     })?;
     tracing::info!("echo backend on {local_addr}");
     Ok(running(local_addr, started, stats))

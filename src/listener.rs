@@ -2,7 +2,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
+
+use monoio::io::AsyncWriteRentExt;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -72,13 +76,95 @@ fn socket(addr: SocketAddr) -> io::Result<Socket> {
     Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
 }
 
-/// Accepts forever, spawning `serve` for each connection on this worker's runtime.
+/// The instance-wide cap on concurrent connections (`limits.max_connections`).
+///
+/// Shared by all workers: one `fetch_add` and one `fetch_sub` per connection (never per
+/// frame), the second deliberate cross-core write on the connection path after the
+/// round-robin counter. A per-worker share of the limit would avoid it, but would refuse
+/// clients on one worker while another still has room.
+#[derive(Debug)]
+pub struct ConnectionLimit {
+    open: AtomicUsize,
+    max: usize,
+    /// Refusing right now: the warning is logged once per episode, not per client.
+    refusing: AtomicBool,
+}
+
+impl ConnectionLimit {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            max,
+            refusing: AtomicBool::new(false),
+        })
+    }
+
+    pub fn unlimited() -> Arc<Self> {
+        Self::new(usize::MAX)
+    }
+
+    /// A permit for one more connection, or `None` at the limit. `Relaxed`: the count
+    /// protects no other memory; the limit may be overshot by nothing, since the
+    /// increment itself decides.
+    pub fn try_acquire(self: &Arc<Self>) -> Option<Permit> {
+        let before = self.open.fetch_add(1, Ordering::Relaxed);
+        if before >= self.max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            if !self.refusing.swap(true, Ordering::Relaxed) {
+                tracing::warn!(
+                    "connection limit of {} reached; new clients get 503 until some close",
+                    self.max
+                );
+            }
+            return None;
+        }
+        if self.refusing.load(Ordering::Relaxed) {
+            self.refusing.store(false, Ordering::Relaxed);
+            tracing::info!("below the connection limit again; accepting");
+        }
+        Some(Permit(self.clone()))
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's place under the [`ConnectionLimit`], given back on drop.
+#[derive(Debug)]
+pub struct Permit(Arc<ConnectionLimit>);
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What a client over the connection limit gets.
+const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nRetry-After: 1\r\nContent-Length: 33\r\n\r\nconnection limit reached, retry\r\n";
+
+/// Answers 503 and closes. The write is bounded by a second: a client that does not read
+/// must not hold the descriptor the limit is there to protect.
+async fn refuse(mut stream: monoio::net::TcpStream) {
+    let _ = monoio::time::timeout(
+        Duration::from_secs(1),
+        stream.write_all(SERVICE_UNAVAILABLE),
+    )
+    .await;
+}
+
+/// Accepts forever, spawning `serve` for each connection on this worker's runtime, or a
+/// 503 answer for a connection over `limit`.
 /// Errors never stop the loop: out of descriptors (EMFILE/ENFILE) or memory backs off for
 /// 100 ms with one warning per episode instead of spinning; other errors (a client that
 /// reset while queued) are skipped.
-pub async fn accept_loop<F, Fut>(listener: monoio::net::TcpListener, serve: F)
-where
-    F: Fn(monoio::net::TcpStream, SocketAddr) -> Fut,
+pub async fn accept_loop<F, Fut>(
+    listener: monoio::net::TcpListener,
+    limit: Arc<ConnectionLimit>,
+    serve: F,
+) where
+    F: Fn(monoio::net::TcpStream, SocketAddr, Permit) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let mut starved = false;
@@ -88,7 +174,14 @@ where
                 starved = false;
                 // Frames are written whole; Nagle would hold small ones back waiting for ACKs.
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(serve(stream, peer));
+                match limit.try_acquire() {
+                    Some(permit) => {
+                        monoio::spawn(serve(stream, peer, permit));
+                    }
+                    None => {
+                        monoio::spawn(refuse(stream));
+                    }
+                }
             }
             Err(e) if is_resource_exhaustion(&e) => {
                 if !starved {
@@ -121,6 +214,17 @@ mod tests {
             ports[0] != 0 && ports.iter().all(|&p| p == ports[0]),
             "{ports:?}"
         );
+    }
+
+    #[test]
+    fn limit_counts_permits_and_refuses_past_the_max() {
+        let l = ConnectionLimit::new(2);
+        let a = l.try_acquire().unwrap();
+        let _b = l.try_acquire().unwrap();
+        assert!(l.try_acquire().is_none());
+        assert_eq!(l.open(), 2, "a refused attempt leaves no trace");
+        drop(a);
+        assert!(l.try_acquire().is_some());
     }
 
     #[test]

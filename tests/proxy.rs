@@ -230,6 +230,41 @@ fn all_backends_down_answers_502() {
 }
 
 #[test]
+fn connections_over_the_limit_get_503_and_accepting_goes_on() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 2, |c| c.limits.max_connections = 2);
+    let mut a = Peer::connect(lb.local_addr);
+    let mut b = Peer::connect(lb.local_addr);
+    for _ in 0..3 {
+        let mut c = Peer::client(lb.local_addr);
+        let r = c.read_to_end();
+        assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{r}");
+        assert!(r.contains("Retry-After: 1\r\n"), "{r}");
+    }
+    assert_echo(&mut a, 2, b"still served");
+    // A closed connection frees its place.
+    a.send(true, 8, &close_payload(1000, ""));
+    assert_eq!(a.expect_close().0, 1000);
+    assert!(a.sees_eof());
+    // wslb holds the place until the client's own FIN (or the close grace).
+    drop(a);
+    let mut place = None;
+    for _ in 0..100 {
+        let mut c = Peer::client(lb.local_addr);
+        c.send_raw(upgrade_request("/").as_bytes());
+        let head = c.read_head();
+        if head.starts_with("HTTP/1.1 101") {
+            place = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = place.expect("a place frees up once a connection closes");
+    assert_echo(&mut c, 1, "back in".as_bytes());
+    assert_echo(&mut b, 2, b"b too");
+}
+
+#[test]
 fn backend_that_refuses_the_upgrade_is_relayed() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
