@@ -265,6 +265,40 @@ fn connections_over_the_limit_get_503_and_accepting_goes_on() {
 }
 
 #[test]
+fn slowloris_client_trickling_its_request_is_cut_off() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 1, |c| c.timeouts.client_handshake_ms = 300);
+    let mut c = Peer::client(lb.local_addr);
+    let start = std::time::Instant::now();
+    c.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n");
+    // One header byte every 50 ms: each read succeeds, but the whole head must arrive
+    // within the handshake timeout, not within a per-read one.
+    let mut cut = false;
+    for b in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter() {
+        std::thread::sleep(Duration::from_millis(50));
+        if c.stream.write_all(&[*b]).is_err() {
+            cut = true;
+            break;
+        }
+        if start.elapsed() > Duration::from_millis(1500) {
+            break;
+        }
+    }
+    assert!(cut || c.sees_eof(), "still open after {:?}", start.elapsed());
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+}
+
+#[test]
+fn client_that_connects_and_sends_nothing_is_cut_off() {
+    let e = echo();
+    let lb = balancer(&[e.local_addr], 1, |c| c.timeouts.client_handshake_ms = 200);
+    let mut c = Peer::client(lb.local_addr);
+    let start = std::time::Instant::now();
+    assert!(c.sees_eof());
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+}
+
+#[test]
 fn backend_that_refuses_the_upgrade_is_relayed() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
