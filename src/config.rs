@@ -76,6 +76,10 @@ pub struct Timeouts {
     /// the other side gets to finish the close handshake before wslb closes its socket.
     /// Default 5 000 ms.
     pub close_grace_ms: u64,
+    /// On SIGTERM/SIGINT, how long open connections may carry on by themselves after wslb
+    /// stops accepting, before each gets close 1001 (going away). Default 10 000 ms; `0`
+    /// sends the closes at once.
+    pub shutdown_grace_ms: u64,
 }
 
 /// Size limits in bytes.
@@ -125,6 +129,7 @@ impl Default for Timeouts {
             backend_connect_ms: 3_000,
             backend_handshake_ms: 10_000,
             close_grace_ms: 5_000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -155,6 +160,7 @@ pub struct Settings {
     pub backend_connect_timeout: Duration,
     pub backend_handshake_timeout: Duration,
     pub close_grace: Duration,
+    pub shutdown_grace: Duration,
     /// Resolved: never 0.
     pub max_connections: usize,
     pub max_request_bytes: usize,
@@ -344,6 +350,7 @@ impl Config {
             backend_connect_timeout: Duration::from_millis(t.backend_connect_ms),
             backend_handshake_timeout: Duration::from_millis(t.backend_handshake_ms),
             close_grace: Duration::from_millis(t.close_grace_ms),
+            shutdown_grace: Duration::from_millis(t.shutdown_grace_ms),
             max_connections: match l.max_connections {
                 0 => connections_for_descriptors(),
                 n => n,

@@ -197,7 +197,8 @@ pub struct Walker {
     msg: MessageState,
     /// Capacity that would hold the largest frame seen so far (capped by `walk`'s
     /// `max_buffer`), so that such a frame can arrive in one read and leave in one write.
-    pub want_capacity: usize,
+    /// (u32: `max_buffer` is at most 16 MiB, and every idle connection carries two.)
+    pub want_capacity: u32,
 }
 
 impl Walker {
@@ -267,7 +268,7 @@ impl Walker {
             }
             w.ready += h.len;
             self.pending = h.payload_len;
-            let framed = (h.len as u64 + h.payload_len).min(max_buffer as u64) as usize;
+            let framed = (h.len as u64 + h.payload_len).min(max_buffer as u64) as u32;
             self.want_capacity = self.want_capacity.max(framed);
         }
         w

@@ -26,6 +26,7 @@ pub mod balancer;
 pub mod buffers;
 pub mod config;
 pub mod connection;
+pub mod drain;
 pub mod echo;
 pub mod frame;
 pub mod handshake;
@@ -51,9 +52,15 @@ pub struct Running {
     /// Each worker's counters, in worker order.
     pub stats: Vec<Arc<WorkerStats>>,
     threads: Vec<JoinHandle<()>>,
+    drainer: Option<drain::Drainer>,
 }
 
 impl Running {
+    /// The handle that drains this balancer (once; `None` for the echo backend).
+    pub fn drainer(&mut self) -> Option<drain::Drainer> {
+        self.drainer.take()
+    }
+
     /// Blocks until every worker thread exits (they run until the process ends).
     pub fn wait(self) {
         for t in self.threads {
@@ -69,6 +76,15 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     let pool = Arc::new(balancer::Pool::new(settings.backends.clone()));
     let limit = listener::ConnectionLimit::new(settings.max_connections);
     tracing::info!("connection limit {}", settings.max_connections);
+    // Duplicates of the listening sockets, for the drain to shut down (see drain.rs).
+    let dups = listeners
+        .iter()
+        .map(|l| l.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| StartError::Listener { id: 0, source })?;
+    let signal = Arc::new(drain::DrainSignal::default());
+    let worker_signal = signal.clone();
+    let drain_limit = limit.clone();
     let io = settings.io_driver;
     let settings = Arc::new(settings);
     let stats = new_stats(listeners.len());
@@ -88,16 +104,36 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
                     settings.relay_buffer_bytes,
                     settings.relay_buffer_max_bytes,
                 ),
+                drain: drain::WorkerDrain::default(),
             },
         });
         let limit = limit.clone();
         let stats = worker_stats[id].clone();
-        listener::accept_loop(l, limit.clone(), move |stream, peer, permit| {
+        let watcher = ctx.clone();
+        let signal = worker_signal.clone();
+        monoio::spawn(async move { watcher.relay.drain.watch(signal).await });
+        let open = stats.clone();
+        let accept = listener::accept_loop(l, limit, move |stream, peer, permit| {
             connection::serve(stream, peer, ctx.clone(), (stats.track(), permit))
-        })
+        });
+        async move {
+            accept.await;
+            // Draining: the runtime (and with it every connection's task) lives until this
+            // worker's connections have all closed; the main thread enforces the deadline.
+            while open.open() > 0 {
+                monoio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
     })?;
     tracing::info!("balancing {local_addr}");
-    Ok(running(local_addr, started, stats))
+    let mut r = running(local_addr, started, stats.clone());
+    r.drainer = Some(drain::Drainer {
+        admission: drain_limit,
+        listeners: dups,
+        signal,
+        stats,
+    });
+    Ok(r)
 }
 
 /// Starts the echo backend on `listen` with `workers` workers.
@@ -146,5 +182,6 @@ fn running(
         workers,
         stats,
         threads,
+        drainer: None,
     }
 }

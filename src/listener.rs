@@ -88,6 +88,8 @@ pub struct ConnectionLimit {
     max: usize,
     /// Refusing right now: the warning is logged once per episode, not per client.
     refusing: AtomicBool,
+    /// Cleared when the instance drains: accept loops end.
+    accepting: AtomicBool,
 }
 
 impl ConnectionLimit {
@@ -96,6 +98,7 @@ impl ConnectionLimit {
             open: AtomicUsize::new(0),
             max,
             refusing: AtomicBool::new(false),
+            accepting: AtomicBool::new(true),
         })
     }
 
@@ -128,6 +131,15 @@ impl ConnectionLimit {
     pub fn open(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
+
+    /// Ends every accept loop at its next completion (see `drain.rs`).
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Relaxed);
+    }
+
+    pub fn is_accepting(&self) -> bool {
+        self.accepting.load(Ordering::Relaxed)
+    }
 }
 
 /// One connection's place under the [`ConnectionLimit`], given back on drop.
@@ -154,8 +166,8 @@ async fn refuse(mut stream: monoio::net::TcpStream) {
     .await;
 }
 
-/// Accepts forever, spawning `serve` for each connection on this worker's runtime, or a
-/// 503 answer for a connection over `limit`.
+/// Accepts until `limit` stops accepting (a drain), spawning `serve` for each connection on
+/// this worker's runtime, or a 503 answer for a connection over `limit`.
 /// Errors never stop the loop: out of descriptors (EMFILE/ENFILE) or memory backs off for
 /// 100 ms with one warning per episode instead of spinning; other errors (a client that
 /// reset while queued) are skipped.
@@ -191,6 +203,10 @@ pub async fn accept_loop<F, Fut>(
                 monoio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => tracing::debug!("accept: {e}"),
+        }
+        if !limit.is_accepting() {
+            tracing::debug!("accept loop ends: draining");
+            return;
         }
     }
 }

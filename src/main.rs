@@ -129,11 +129,35 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
             let settings = c.validate()?;
             let interval = settings.stats_interval;
-            let running = wslb::start_balancer(settings).context("starting the balancer")?;
+            let (grace, close_grace) = (settings.shutdown_grace, settings.close_grace);
+            // Signal handlers before the workers start, so no signal finds none installed.
+            let mut signals = signal_hook::iterator::Signals::new([
+                signal_hook::consts::SIGTERM,
+                signal_hook::consts::SIGINT,
+            ])
+            .context("installing signal handlers")?;
+            let mut running = wslb::start_balancer(settings).context("starting the balancer")?;
             if let Some(i) = interval {
                 wslb::metrics::log_every(running.stats.clone(), i);
             }
-            running.wait();
+            let drainer = running.drainer().expect("a balancer can be drained");
+            let first = signals.forever().next();
+            tracing::info!("signal {first:?}: draining (a second signal exits at once)");
+            // A second SIGTERM/SIGINT during the drain: exit now.
+            std::thread::spawn(move || {
+                if signals.forever().next().is_some() {
+                    tracing::warn!("second signal: exiting without waiting");
+                    std::process::exit(1);
+                }
+            });
+            let report = drainer.drain(grace, close_grace);
+            tracing::info!(
+                "drained: {} connections open at the signal, {} sent close 1001, {} left open",
+                report.open_at_start,
+                report.sent_going_away,
+                report.left_open
+            );
+            return Ok(ExitCode::SUCCESS);
         }
         Command::Echo { listen, workers } => {
             let n = workers

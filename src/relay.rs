@@ -44,6 +44,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::buffers::BufferPool;
+use crate::drain::WorkerDrain;
 use crate::frame::{self, Sender, Stop, Violation, Walker};
 
 /// What a relay needs from the configuration.
@@ -63,6 +64,8 @@ pub struct RelayConfig {
 pub struct RelayEnv {
     pub cfg: RelayConfig,
     pub pool: BufferPool,
+    /// Tells relays when the instance drains (close 1001 to both sides).
+    pub drain: WorkerDrain,
 }
 
 /// How one direction ended.
@@ -90,13 +93,12 @@ pub struct Outcome {
 /// never read into directly.
 const MIN_READ: usize = 1024;
 
-const UP: usize = 0; // client -> backend
-const DOWN: usize = 1; // backend -> client
+const UP: u8 = 0; // client -> backend
+const DOWN: u8 = 1; // backend -> client
 
 /// The state the two pumps of one connection share. Both run in the same task, so plain
 /// `Cell`/`RefCell` suffice; a borrow is never held across an await.
-#[derive(Default)]
-struct Link {
+struct Link<'p> {
     /// A close owed to this pump's destination (which broke the protocol), to be sent in
     /// place of the source's close reply, or when the source ends or the grace runs out.
     /// Only the code is stored: the reason follows from which side broke the protocol
@@ -106,20 +108,39 @@ struct Link {
     /// first use: only reads that may wait (mid-frame, or after a full buffer) need one,
     /// and each costs a heap allocation an idle connection should not carry.
     readers: [RefCell<Option<Canceller>>; 2],
-    /// Wakes this pump if it is waiting for readability when a close request arrives.
-    waiting: [Cell<Option<Waker>>; 2],
     violation: Cell<Option<(Sender, Violation)>>,
+    /// The relay's task (both pumps run in it): woken when one pump asks the other to
+    /// close, and, through the worker's drain registration, when the instance drains.
+    task: Waker,
+    drain: &'p WorkerDrain,
+    drain_key: u32,
 }
 
-impl Link {
+impl Drop for Link<'_> {
+    fn drop(&mut self) {
+        self.drain.unregister(self.drain_key);
+    }
+}
+
+impl<'p> Link<'p> {
+    fn new(task: Waker, drain: &'p WorkerDrain) -> Self {
+        Self {
+            close_request: Default::default(),
+            readers: Default::default(),
+            violation: Cell::new(None),
+            drain_key: drain.register(task.clone()),
+            task,
+            drain,
+        }
+    }
+
     fn request_close(&self, pump: usize, code: u16) {
         self.close_request[pump].set(Some(code));
         if let Some(c) = self.readers[pump].take() {
             self.readers[pump].replace(Some(c.cancel()));
         }
-        if let Some(w) = self.waiting[pump].take() {
-            w.wake();
-        }
+        // The other pump may have been polled already in this turn of the task.
+        self.task.wake_by_ref();
     }
 
     fn reader(&self, pump: usize) -> monoio::io::CancelHandle {
@@ -129,13 +150,14 @@ impl Link {
             .handle()
     }
 
-    /// Resolves once a close request for `pump` is pending.
-    async fn close_requested(&self, pump: usize) {
-        std::future::poll_fn(|cx| {
-            if self.close_request[pump].get().is_some() {
+    /// Resolves once a close request for `pump` is pending, or, with `watch_drain`, once
+    /// the worker drains. Both wake the relay's task (see `task`), so nothing is stored.
+    async fn close_requested(&self, pump: usize, watch_drain: bool) {
+        std::future::poll_fn(|_| {
+            if self.close_request[pump].get().is_some() || (watch_drain && self.drain.going_away())
+            {
                 Poll::Ready(())
             } else {
-                self.waiting[pump].set(Some(cx.waker().clone()));
                 Poll::Pending
             }
         })
@@ -204,7 +226,8 @@ pub fn run<'p>(
         env,
     );
     async move {
-        let link = Link::default();
+        let task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
+        let link = Link::new(task, &env.drain);
         let (client_to_backend, backend_to_client) = {
             let mut up_fut = std::pin::pin!(up.run(&link));
             let mut down_fut = std::pin::pin!(down.run(&link));
@@ -234,7 +257,8 @@ async fn finish(rest: impl std::future::Future<Output = End>, grace: Duration) -
 
 /// One direction of a connection.
 struct Pump<'p, Src, Dst: AsyncWriteRent> {
-    me: usize,
+    /// UP or DOWN (a u8: every idle connection carries two pumps).
+    me: u8,
     sender: Sender,
     src: OwnedReadHalf<Src>,
     dst: OwnedWriteHalf<Dst>,
@@ -250,6 +274,8 @@ struct Pump<'p, Src, Dst: AsyncWriteRent> {
     deadline: Option<Instant>,
     /// The last read filled the buffer: more is waiting, read again without a poll.
     last_read_full: bool,
+    /// The worker drains and this pump has sent (or tried to send) its close 1001.
+    going_away_sent: bool,
     env: &'p RelayEnv,
 }
 
@@ -259,7 +285,7 @@ where
     Dst: AsyncWriteRent,
 {
     fn new(
-        me: usize,
+        me: u8,
         sender: Sender,
         src: OwnedReadHalf<Src>,
         dst: OwnedWriteHalf<Dst>,
@@ -277,14 +303,22 @@ where
             dst_failed: false,
             deadline: None,
             last_read_full: false,
+            going_away_sent: false,
             env,
         }
     }
 
-    async fn run(&mut self, link: &Link) -> End {
+    async fn run(&mut self, link: &Link<'_>) -> End {
         loop {
             self.forward_buffered(link).await;
-            if link.close_request[self.me].get().is_some() && self.deadline.is_none() {
+            if !self.going_away_sent && self.env.drain.going_away() && self.walker.pending == 0 {
+                // The instance drains: close 1001 to this pump's destination, at a frame
+                // boundary. The peer's close reply is then dropped (a close already went
+                // its way), and its TCP end finishes this pump.
+                self.going_away_sent = true;
+                Box::pin(self.send_close(1001, "going away")).await;
+            }
+            if link.close_request[usize::from(self.me)].get().is_some() && self.deadline.is_none() {
                 self.deadline = Some(Instant::now() + self.env.cfg.close_grace);
             }
             match self.read(link).await {
@@ -306,7 +340,7 @@ where
 
     /// Reads more from the source. At a frame boundary it first gives the buffer back and
     /// waits for readability, so that a quiet connection pins no buffer.
-    async fn read(&mut self, link: &Link) -> Read {
+    async fn read(&mut self, link: &Link<'_>) -> Read {
         let waited = self.walker.pending == 0 && !self.last_read_full;
         if waited {
             self.release_buffer();
@@ -314,7 +348,10 @@ where
             let res = match self.deadline {
                 None => monoio::select! {
                     r = ready => Some(r),
-                    _ = link.close_requested(self.me) => None,
+                    _ = link.close_requested(
+                        usize::from(self.me),
+                        !self.going_away_sent,
+                    ) => None,
                 },
                 Some(d) => match Box::pin(monoio::time::timeout_at(d, ready)).await {
                     Ok(r) => Some(r),
@@ -350,7 +387,10 @@ where
         let read: ReadFut<'_> = if waited {
             Box::pin(self.src.read(slice))
         } else {
-            Box::pin(self.src.cancelable_read(slice, link.reader(self.me)))
+            Box::pin(
+                self.src
+                    .cancelable_read(slice, link.reader(usize::from(self.me))),
+            )
         };
         let (res, slice) = match self.deadline {
             None => read.await,
@@ -375,7 +415,7 @@ where
     /// Makes sure `buf` is a pool buffer big enough for the largest frame seen, keeping the
     /// partial header it may hold.
     fn take_buffer(&mut self) {
-        let want = self.walker.want_capacity.max(self.buf.len() + 1);
+        let want = (self.walker.want_capacity as usize).max(self.buf.len() + 1);
         if self.buf.capacity() >= want && self.buf.capacity() >= MIN_READ {
             return;
         }
@@ -399,13 +439,13 @@ where
 
     /// Walks the frames in the buffer, writes every complete header and every payload byte
     /// received so far to the destination in one write, and keeps a trailing partial header.
-    async fn forward_buffered(&mut self, link: &Link) {
+    async fn forward_buffered(&mut self, link: &Link<'_>) {
         let cfg = &self.env.cfg;
         let max = match self.sender {
             Sender::Client => cfg.max_client_frame,
             Sender::Backend => u64::MAX,
         };
-        let me = self.me;
+        let me = usize::from(self.me);
         let owed = || link.close_request[me].get().is_some();
         let walk = self.walker.walk(
             &self.buf,
@@ -433,10 +473,10 @@ where
         }
         self.buf.copy_within(ready..keep_to, 0);
         self.buf.truncate(keep_to - ready);
-        if self.walker.want_capacity > self.buf.capacity() {
+        let want = self.walker.want_capacity as usize;
+        if want > self.buf.capacity() {
             // Only a partial header (<= 138 bytes) is moved by the reallocation.
-            self.buf
-                .reserve_exact(self.walker.want_capacity - self.buf.len());
+            self.buf.reserve_exact(want - self.buf.len());
         }
 
         match walk.stop {
@@ -454,19 +494,19 @@ where
 
     /// The source broke the protocol: tell the destination the source is gone, and have the
     /// other pump send the source the close code RFC 6455 gives for the violation.
-    async fn on_violation(&mut self, v: Violation, link: &Link) {
+    async fn on_violation(&mut self, v: Violation, link: &Link<'_>) {
         tracing::debug!(from = ?self.sender, "protocol violation: {v}");
         if link.violation.get().is_none() {
             link.violation.set(Some((self.sender, v)));
         }
-        link.request_close(1 - self.me, v.close_code());
+        link.request_close(1 - usize::from(self.me), v.close_code());
         let (code, why) = self.lost_source_close();
         self.send_close(code, why).await;
     }
 
     /// The close owed to this pump's destination, which broke the protocol, if any.
-    fn take_owed(&self, link: &Link) -> Option<(u16, &'static str)> {
-        let code = link.close_request[self.me].take()?;
+    fn take_owed(&self, link: &Link<'_>) -> Option<(u16, &'static str)> {
+        let code = link.close_request[usize::from(self.me)].take()?;
         // This pump's destination is the offender: the backend for client->backend.
         let reason = match self.sender {
             Sender::Client => "backend protocol error",
@@ -506,7 +546,7 @@ where
 
     /// EOF or an error on the source: pass a close on (if none went yet and the destination
     /// is at a frame boundary), then end the destination's write side.
-    async fn source_ended(&mut self, link: &Link) -> End {
+    async fn source_ended(&mut self, link: &Link<'_>) -> End {
         let end = if self.close_sent {
             End::Closed
         } else {
@@ -551,6 +591,7 @@ mod tests {
                     max_buffer: 4096,
                 },
                 pool: BufferPool::new(1024, 4096),
+                drain: WorkerDrain::default(),
             };
             let f = run(a, b, Vec::new(), Vec::new(), &env);
             let size = std::mem::size_of_val(&f);

@@ -284,8 +284,16 @@ fn slowloris_client_trickling_its_request_is_cut_off() {
             break;
         }
     }
-    assert!(cut || c.sees_eof(), "still open after {:?}", start.elapsed());
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        cut || c.sees_eof(),
+        "still open after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
@@ -295,7 +303,11 @@ fn client_that_connects_and_sends_nothing_is_cut_off() {
     let mut c = Peer::client(lb.local_addr);
     let start = std::time::Instant::now();
     assert!(c.sees_eof());
-    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
 }
 
 #[test]
