@@ -12,11 +12,14 @@
 
 use std::cell::RefCell;
 
-/// Free buffers a worker keeps for reuse. 64 covers the reads and writes one worker has in
-/// flight at once under heavy load (measured: a few dozen with 1,000 busy connections) and
-/// holds at most 64 x `relay_buffer_max_bytes` (4 MiB by default) when all traffic stops.
-/// Beyond it, returned buffers are freed.
-const MAX_FREE: usize = 64;
+/// Free buffers a worker keeps for reuse. A buffer is in use only from a completed
+/// readiness wait to the end of the write that forwards what was read, and on loopback both
+/// usually complete within one turn of the event loop, so few are out at once even with
+/// thousands of busy connections; a miss costs one allocation from mimalloc's thread-local
+/// free list. The cap bounds what a worker keeps after a burst: 16 x `relay_buffer_max_bytes`
+/// (1 MiB by default). It is also part of the measured memory per idle connection (its
+/// buffers are allocated during the handshakes), which is why it is not larger.
+const MAX_FREE: usize = 16;
 
 /// A worker's free relay buffers.
 #[derive(Debug)]
