@@ -60,6 +60,51 @@ pub struct Config {
     pub stats_interval_secs: u64,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    pub health: Health,
+}
+
+/// Active health checks, run from one thread per instance (see `balancer/health.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    /// Default true. Off: no checks, and failed connects never take a backend down
+    /// (nothing would bring it back).
+    pub enabled: bool,
+    /// `tcp` (default: a connect) or `http` (`GET path`, passing on 2xx).
+    pub mode: HealthMode,
+    /// Path for `http` checks. Default `/`.
+    pub path: String,
+    /// Time between checks of each backend. Default 2 000 ms.
+    pub interval_ms: u64,
+    /// Time one check may take. Default 1 000 ms.
+    pub timeout_ms: u64,
+    /// Passing checks in a row that bring a down backend back. Default 2.
+    pub rise: u32,
+    /// Failed checks, or failed connects from live traffic, in a row that take a backend
+    /// down. Default 3.
+    pub fall: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthMode {
+    #[default]
+    Tcp,
+    Http,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            mode: HealthMode::Tcp,
+            path: "/".into(),
+            interval_ms: 2_000,
+            timeout_ms: 1_000,
+            rise: 2,
+            fall: 3,
+        }
+    }
 }
 
 /// Timeouts in milliseconds.
@@ -118,6 +163,7 @@ impl Default for Config {
             stats_interval_secs: 10,
             timeouts: Timeouts::default(),
             limits: Limits::default(),
+            health: Health::default(),
         }
     }
 }
@@ -168,6 +214,8 @@ pub struct Settings {
     pub max_frame_bytes: u64,
     pub relay_buffer_bytes: usize,
     pub relay_buffer_max_bytes: usize,
+    /// `None` when health checks are off.
+    pub health: Option<crate::balancer::HealthConfig>,
 }
 
 /// Descriptors this process may open, after raising the soft limit to the hard one.
@@ -307,6 +355,20 @@ impl Config {
                 problem(name, "must be at least 1 ms".into());
             }
         }
+        let h = &self.health;
+        for (name, v) in [
+            ("health.interval_ms", h.interval_ms),
+            ("health.timeout_ms", h.timeout_ms),
+            ("health.rise", h.rise as u64),
+            ("health.fall", h.fall as u64),
+        ] {
+            if v == 0 {
+                problem(name, "must be at least 1".into());
+            }
+        }
+        if h.mode == HealthMode::Http && !h.path.starts_with('/') {
+            problem("health.path", format!("{:?} must start with /", h.path));
+        }
         let l = &self.limits;
         if !(1024..=65536).contains(&l.max_request_bytes) {
             problem(
@@ -363,6 +425,18 @@ impl Config {
             },
             relay_buffer_bytes: l.relay_buffer_bytes,
             relay_buffer_max_bytes: l.relay_buffer_max_bytes,
+            health: h.enabled.then(|| crate::balancer::HealthConfig {
+                interval: Duration::from_millis(h.interval_ms),
+                timeout: Duration::from_millis(h.timeout_ms),
+                rise: h.rise,
+                fall: h.fall,
+                probe: match h.mode {
+                    HealthMode::Tcp => crate::balancer::Probe::Tcp,
+                    HealthMode::Http => crate::balancer::Probe::Http {
+                        path: h.path.clone(),
+                    },
+                },
+            }),
         })
     }
 }

@@ -27,6 +27,8 @@ pub enum HandshakeError {
     ClientClosed,
     #[error("client I/O error: {0}")]
     ClientIo(std::io::Error),
+    #[error("every backend is down (health checks); answered 503")]
+    AllDown,
     #[error("no backend reachable (tried {tried}); answered 502")]
     NoBackend { tried: usize },
     #[error("backend {addr} failed the handshake: {reason}; answered 502")]
@@ -61,7 +63,11 @@ pub fn serve(
     async move {
         let up = match handshake.await {
             Ok(up) => up,
-            Err(e @ (HandshakeError::NoBackend { .. } | HandshakeError::Backend { .. })) => {
+            Err(
+                e @ (HandshakeError::NoBackend { .. }
+                | HandshakeError::Backend { .. }
+                | HandshakeError::AllDown),
+            ) => {
                 tracing::warn!(%peer, "{e}");
                 return drop(open);
             }
@@ -125,7 +131,11 @@ async fn upgrade(
     let (mut backend, addr) = match connect_any(ctx, s.backend_connect_timeout).await {
         Ok(b) => b,
         Err(e) => {
-            let _ = client.write_all(handshake::BAD_GATEWAY).await;
+            let answer = match e {
+                HandshakeError::AllDown => handshake::SERVICE_UNAVAILABLE,
+                _ => handshake::BAD_GATEWAY,
+            };
+            let _ = client.write_all(answer).await;
             return Err(e);
         }
     };
@@ -223,12 +233,21 @@ async fn connect_any(
     timeout: Duration,
 ) -> Result<(TcpStream, SocketAddr), HandshakeError> {
     let mut tried = 0;
-    for addr in ctx.pool.candidates() {
+    for (i, addr) in ctx.pool.candidates() {
         tried += 1;
         match connect(addr, timeout).await {
-            Ok(s) => return Ok((s, addr)),
-            Err(e) => tracing::warn!(backend = %addr, "{e}; trying the next backend"),
+            Ok(s) => {
+                ctx.pool.connected(i);
+                return Ok((s, addr));
+            }
+            Err(e) => {
+                tracing::warn!(backend = %addr, "{e}; trying the next backend");
+                ctx.pool.connect_failed(i);
+            }
         }
+    }
+    if tried == 0 {
+        return Err(HandshakeError::AllDown);
     }
     Err(HandshakeError::NoBackend { tried })
 }

@@ -63,6 +63,10 @@ Content-Length: 29\r\n\r\nthis is a websocket endpoint\n";
 const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
 Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 25\r\n\r\n\
 request header too large\n";
+/// 503: health checks have every backend down; answered at once, without trying them.
+pub const SERVICE_UNAVAILABLE: &[u8] =
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nRetry-After: 1\r\nContent-Length: 22\r\n\r\nno backend is healthy\n";
 /// 502: every backend refused or timed out, or answered something that is not HTTP.
 pub const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n\
 Connection: close\r\nContent-Length: 28\r\n\r\nno backend could be reached\n";

@@ -53,9 +53,17 @@ pub struct Running {
     pub stats: Vec<Arc<WorkerStats>>,
     threads: Vec<JoinHandle<()>>,
     drainer: Option<drain::Drainer>,
+    pool: Option<Arc<balancer::Pool>>,
 }
 
 impl Running {
+    /// Each backend's health (up or down), in config order; empty for the echo backend.
+    pub fn backends_up(&self) -> Vec<bool> {
+        self.pool.as_ref().map_or(Vec::new(), |p| {
+            p.health().iter().map(|h| h.is_up()).collect()
+        })
+    }
+
     /// The handle that drains this balancer (once; `None` for the echo backend).
     pub fn drainer(&mut self) -> Option<drain::Drainer> {
         self.drainer.take()
@@ -73,7 +81,15 @@ impl Running {
 pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     let listeners = listener::bind(settings.listen, settings.workers, settings.backlog)?;
     let local_addr = local_addr(&listeners, settings.listen);
-    let pool = Arc::new(balancer::Pool::new(settings.backends.clone()));
+    // Without health checks nothing would bring a backend back, so failed connects do not
+    // take one down either.
+    let fall = settings.health.as_ref().map_or(u32::MAX, |h| h.fall);
+    let pool = Arc::new(balancer::Pool::with_fall(settings.backends.clone(), fall));
+    let pool_for_status = pool.clone();
+    if let Some(h) = settings.health.clone() {
+        balancer::health::spawn_checker(settings.backends.clone(), pool.health(), h)
+            .map_err(|source| StartError::Listener { id: 0, source })?;
+    }
     let limit = listener::ConnectionLimit::new(settings.max_connections);
     tracing::info!("connection limit {}", settings.max_connections);
     // Duplicates of the listening sockets, for the drain to shut down (see drain.rs).
@@ -127,6 +143,7 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     })?;
     tracing::info!("balancing {local_addr}");
     let mut r = running(local_addr, started, stats.clone());
+    r.pool = Some(pool_for_status);
     r.drainer = Some(drain::Drainer {
         admission: drain_limit,
         listeners: dups,
@@ -183,5 +200,6 @@ fn running(
         stats,
         threads,
         drainer: None,
+        pool: None,
     }
 }

@@ -311,6 +311,72 @@ fn client_that_connects_and_sends_nothing_is_cut_off() {
 }
 
 #[test]
+fn all_backends_down_answers_503_at_once_then_a_recovered_backend_serves() {
+    let addr = dead_addr();
+    let lb = balancer(&[addr], 1, |c| {
+        c.health.enabled = true;
+        c.health.interval_ms = 50;
+        c.health.timeout_ms = 200;
+        c.health.rise = 2;
+        c.health.fall = 1;
+    });
+    // The checker finds the backend down within an interval or two.
+    let mut answer = String::new();
+    for _ in 0..50 {
+        let mut c = Peer::client(lb.local_addr);
+        c.send_raw(upgrade_request("/").as_bytes());
+        answer = c.read_to_end();
+        if answer.starts_with("HTTP/1.1 503") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        answer.starts_with("HTTP/1.1 503 Service Unavailable\r\n"),
+        "{answer}"
+    );
+    assert!(answer.ends_with("no backend is healthy\n"), "{answer}");
+
+    // The backend comes back on the same address: after `rise` passing checks it serves.
+    let _backend = wslb::start_echo(addr, 1, IoDriver::Auto).unwrap();
+    let mut served = None;
+    for _ in 0..100 {
+        let mut c = Peer::client(lb.local_addr);
+        c.send_raw(upgrade_request("/").as_bytes());
+        let head = c.read_head();
+        if head.starts_with("HTTP/1.1 101") {
+            served = Some(c);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut c = served.expect("the recovered backend is used again");
+    assert_echo(&mut c, 1, "back".as_bytes());
+}
+
+#[test]
+fn failed_connects_take_a_backend_out_of_the_rotation() {
+    let e = echo();
+    let dead = dead_addr();
+    // Checks too slow to matter here: only live traffic's failed connects count.
+    let lb = balancer(&[dead, e.local_addr], 2, |c| {
+        c.health.enabled = true;
+        c.health.interval_ms = 60_000;
+        c.health.fall = 2;
+    });
+    // Each connection still succeeds (failover); after two failed connects the dead
+    // backend is down and is not tried at all.
+    for _ in 0..10 {
+        let mut p = Peer::connect(lb.local_addr);
+        assert_echo(&mut p, 2, b"ok");
+    }
+    assert_eq!(lb.backends_up(), vec![false, true]);
+    // The health checker's own connects count too, so at least the ten.
+    let served: u64 = e.stats.iter().map(|s| s.accepted()).sum();
+    assert!(served >= 10, "{served}");
+}
+
+#[test]
 fn backend_that_refuses_the_upgrade_is_relayed() {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();

@@ -1,0 +1,246 @@
+//! Backend health: active checks from one thread, passive marking from failed connects.
+//!
+//! Each backend has an up/down flag that every worker reads on each new connection
+//! (`Relaxed` loads of an `AtomicBool`; a worker acting on a flag a few microseconds stale
+//! costs one failover at most). Only two things change it:
+//! - the checker thread (one per instance, so a backend is not probed once per worker):
+//!   every `interval`, a TCP connect (or an HTTP `GET path` expecting 2xx) within
+//!   `timeout`; `rise` passes in a row bring a down backend up, `fall` failures in a row
+//!   take an up one down;
+//! - passive detection: `fall` connect failures in a row from live traffic take a backend
+//!   down too. It comes back only through passing checks, so a flapping backend does not
+//!   get traffic between failures.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// How a backend is probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Probe {
+    /// A TCP connect.
+    Tcp,
+    /// `GET path HTTP/1.1`, passing on a 2xx status.
+    Http { path: String },
+}
+
+/// Health check settings (see `[health]` in the config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthConfig {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub probe: Probe,
+}
+
+/// One backend's state, shared by all workers and the checker.
+#[derive(Debug)]
+pub struct BackendHealth {
+    up: AtomicBool,
+    /// Consecutive failures (checks or connects) while up.
+    failures: AtomicU32,
+    /// Consecutive passing checks while down.
+    passes: AtomicU32,
+}
+
+impl Default for BackendHealth {
+    fn default() -> Self {
+        // Backends start up: a fresh balancer serves at once, and a dead backend is
+        // found by the first failed connects or checks.
+        Self {
+            up: AtomicBool::new(true),
+            failures: AtomicU32::new(0),
+            passes: AtomicU32::new(0),
+        }
+    }
+}
+
+impl BackendHealth {
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    /// A failed check or connect. Returns true if this took the backend down.
+    pub fn failed(&self, fall: u32) -> bool {
+        self.passes.store(0, Ordering::Relaxed);
+        let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        n >= fall && self.up.swap(false, Ordering::Relaxed)
+    }
+
+    /// A successful connect from live traffic: resets the failure run.
+    pub fn connected(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A passing check. Returns true if this brought the backend up.
+    pub fn passed(&self, rise: u32) -> bool {
+        self.failures.store(0, Ordering::Relaxed);
+        if self.is_up() {
+            return false;
+        }
+        let n = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
+        n >= rise && !self.up.swap(true, Ordering::Relaxed)
+    }
+}
+
+/// Probes one backend once.
+pub fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
+    let deadline = Instant::now() + cfg.timeout;
+    let mut s = TcpStream::connect_timeout(&addr, cfg.timeout).map_err(|e| e.to_string())?;
+    let Probe::Http { path } = &cfg.probe else {
+        return Ok(());
+    };
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    };
+    s.set_write_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
+    // One write: `write!` on a socket would send each formatted piece separately.
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wslb-health\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        s.set_read_timeout(Some(left()))
+            .map_err(|e| e.to_string())?;
+        let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before a status line".into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(_) if resp.code.is_some() => {
+                let code = resp.code.unwrap_or(0);
+                return if (200..300).contains(&code) {
+                    Ok(())
+                } else {
+                    Err(format!("status {code}"))
+                };
+            }
+            Ok(_) if buf.len() < 8192 => continue,
+            Ok(_) => return Err("status line over 8 KiB".into()),
+            Err(e) => return Err(format!("not HTTP: {e}")),
+        }
+    }
+}
+
+/// Starts the checker thread. It runs for the life of the process.
+pub fn spawn_checker(
+    backends: Vec<SocketAddr>,
+    health: Arc<[BackendHealth]>,
+    cfg: HealthConfig,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("wslb-health".into())
+        .spawn(move || {
+            loop {
+                for (addr, h) in backends.iter().zip(health.iter()) {
+                    match probe(*addr, &cfg) {
+                        Ok(()) => {
+                            if h.passed(cfg.rise) {
+                                tracing::warn!(backend = %addr, "backend is up again ({} checks passed)", cfg.rise);
+                            }
+                        }
+                        Err(e) => {
+                            if h.failed(cfg.fall) {
+                                tracing::warn!(backend = %addr, "backend is down: health check failed {} times ({e})", cfg.fall);
+                            } else {
+                                tracing::debug!(backend = %addr, "health check failed: {e}");
+                            }
+                        }
+                    }
+                }
+                std::thread::sleep(cfg.interval);
+            }
+        })
+        .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fall_takes_down_and_only_rise_passes_bring_back() {
+        let h = BackendHealth::default();
+        assert!(!h.failed(3) && !h.failed(3));
+        assert!(h.is_up());
+        assert!(h.failed(3), "the third failure in a row takes it down");
+        assert!(!h.is_up());
+        assert!(!h.failed(3), "already down");
+        assert!(!h.passed(2));
+        h.failed(3); // a failure resets the run of passes
+        assert!(!h.passed(2));
+        assert!(h.passed(2), "two passes in a row bring it up");
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn a_connect_resets_the_failure_run() {
+        let h = BackendHealth::default();
+        h.failed(2);
+        h.connected();
+        assert!(!h.failed(2));
+        assert!(h.is_up());
+    }
+
+    #[test]
+    fn http_probe_wants_2xx() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let cfg = HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            rise: 1,
+            fall: 1,
+            probe: Probe::Http {
+                path: "/health".into(),
+            },
+        };
+        let server = std::thread::spawn(move || {
+            for answer in [
+                "HTTP/1.1 204 No Content\r\n\r\n",
+                "HTTP/1.1 503 Busy\r\n\r\n",
+            ] {
+                let (mut s, _) = l.accept().unwrap();
+                let mut req = Vec::new();
+                let mut b = [0u8; 512];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut b).unwrap();
+                    assert!(n > 0);
+                    req.extend_from_slice(&b[..n]);
+                }
+                assert!(req.starts_with(b"GET /health HTTP/1.1\r\n"));
+                s.write_all(answer.as_bytes()).unwrap();
+            }
+        });
+        assert_eq!(probe(addr, &cfg), Ok(()));
+        assert_eq!(probe(addr, &cfg), Err("status 503".into()));
+        server.join().unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        assert!(
+            probe(
+                dead,
+                &HealthConfig {
+                    probe: Probe::Tcp,
+                    ..cfg
+                }
+            )
+            .is_err()
+        );
+    }
+}
