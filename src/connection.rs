@@ -128,28 +128,19 @@ async fn upgrade(
     });
     let (client_buf, forward) = upgrade.await?;
 
-    let (mut backend, addr) = match connect_any(ctx, s.backend_connect_timeout).await {
-        Ok(b) => b,
-        Err(e) => {
-            let answer = match e {
-                HandshakeError::AllDown => handshake::SERVICE_UNAVAILABLE,
-                _ => handshake::BAD_GATEWAY,
-            };
-            let _ = client.write_all(answer).await;
-            return Err(e);
-        }
-    };
-
-    let backend_buf = ctx.relay.pool.take(s.relay_buffer_bytes);
-    let deadline = Instant::now() + s.backend_handshake_timeout;
-    let (backend_buf, response) = match exchange(&mut backend, forward, backend_buf, deadline).await
-    {
-        Ok(r) => r,
-        Err(reason) => {
-            let _ = client.write_all(handshake::BAD_GATEWAY).await;
-            return Err(HandshakeError::Backend { addr, reason });
-        }
-    };
+    let forward = bytes::Bytes::from(forward);
+    let (mut backend, addr, backend_buf, response, deadline) =
+        match connect_and_forward(ctx, forward).await {
+            Ok(b) => b,
+            Err(e) => {
+                let answer = match e {
+                    HandshakeError::AllDown => handshake::SERVICE_UNAVAILABLE,
+                    _ => handshake::BAD_GATEWAY,
+                };
+                let _ = client.write_all(answer).await;
+                return Err(e);
+            }
+        };
     let (res, mut backend_buf) = client
         .write_all(backend_buf.slice(0..response.head_len))
         .await
@@ -227,22 +218,42 @@ async fn read_upgrade_inner<T>(
     }
 }
 
-/// Connects to the round-robin pick, or failing that to each other backend once.
-async fn connect_any(
+/// Connects to the round-robin pick and forwards the upgrade to it; failing that, to each
+/// other healthy backend once. A backend counts as failed (and the next is tried) when the
+/// connect is refused or times out, or when the connection breaks before the first byte
+/// of a response: the upgrade is a GET the backend has not answered, so sending it
+/// elsewhere is safe. (A backend dying during `kill -9` can accept a connect and reset it.)
+/// A response that is not HTTP, or none within `backend_handshake_ms`, is not retried, so
+/// a client waits at most one handshake timeout.
+async fn connect_and_forward(
     ctx: &WorkerCtx,
-    timeout: Duration,
-) -> Result<(TcpStream, SocketAddr), HandshakeError> {
+    forward: bytes::Bytes,
+) -> Result<(TcpStream, SocketAddr, Vec<u8>, handshake::Response, Instant), HandshakeError> {
+    let s = &ctx.settings;
     let mut tried = 0;
     for (i, addr) in ctx.pool.candidates() {
         tried += 1;
-        match connect(addr, timeout).await {
-            Ok(s) => {
-                ctx.pool.connected(i);
-                return Ok((s, addr));
-            }
+        let mut backend = match connect(addr, s.backend_connect_timeout).await {
+            Ok(b) => b,
             Err(e) => {
                 tracing::warn!(backend = %addr, "{e}; trying the next backend");
                 ctx.pool.connect_failed(i);
+                continue;
+            }
+        };
+        let buf = ctx.relay.pool.take(s.relay_buffer_bytes);
+        let deadline = Instant::now() + s.backend_handshake_timeout;
+        match exchange(&mut backend, forward.clone(), buf, deadline).await {
+            Ok((buf, response)) => {
+                ctx.pool.connected(i);
+                return Ok((backend, addr, buf, response, deadline));
+            }
+            Err(Exchange::Broke(reason)) => {
+                tracing::warn!(backend = %addr, "{reason} before answering; trying the next backend");
+                ctx.pool.connect_failed(i);
+            }
+            Err(Exchange::Bad(reason)) => {
+                return Err(HandshakeError::Backend { addr, reason });
             }
         }
     }
@@ -263,39 +274,56 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Conne
 }
 
 /// Sends the rewritten upgrade and reads the backend's response head into `buf`.
+/// How forwarding the upgrade to one backend failed.
+enum Exchange {
+    /// The connection broke before any response byte: another backend may be tried.
+    Broke(String),
+    /// A bad or late response: answered 502.
+    Bad(String),
+}
+
 async fn exchange(
     backend: &mut TcpStream,
-    forward: Vec<u8>,
+    forward: bytes::Bytes,
     mut buf: Vec<u8>,
     deadline: Instant,
-) -> Result<(Vec<u8>, handshake::Response), String> {
+) -> Result<(Vec<u8>, handshake::Response), Exchange> {
     let io = async move {
-        backend
-            .write_all(forward)
-            .await
-            .0
-            .map_err(|e| e.to_string())?;
+        let broke = |what: String, got: usize| {
+            if got == 0 {
+                Exchange::Broke(what)
+            } else {
+                Exchange::Bad(what)
+            }
+        };
+        if let Err(e) = backend.write_all(forward).await.0 {
+            return Err(Exchange::Broke(e.to_string()));
+        }
         loop {
             let len = buf.len();
             if len == buf.capacity() {
-                return Err("response head larger than the relay buffer".to_string());
+                return Err(Exchange::Bad(
+                    "response head larger than the relay buffer".to_string(),
+                ));
             }
             let cap = buf.capacity();
             let (res, slice) = backend.read(buf.slice_mut(len..cap)).await;
             buf = slice.into_inner();
             match res {
-                Ok(0) => return Err("closed the connection".to_string()),
+                Ok(0) => return Err(broke("closed the connection".to_string(), len)),
                 Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(broke(e.to_string(), len)),
             }
-            if let Some(r) = handshake::parse_response(&buf)? {
-                return Ok((buf, r));
+            match handshake::parse_response(&buf) {
+                Ok(Some(r)) => return Ok((buf, r)),
+                Ok(None) => {}
+                Err(e) => return Err(Exchange::Bad(e.to_string())),
             }
         }
     };
     monoio::time::timeout_at(deadline, io)
         .await
-        .map_err(|_| "no response in time".to_string())?
+        .map_err(|_| Exchange::Bad("no response in time".to_string()))?
 }
 
 /// The backend answered something other than 101 (403, 404, a redirect ...): pass its
