@@ -248,18 +248,8 @@ fn connections_over_the_limit_get_503_and_accepting_goes_on() {
     assert!(a.sees_eof());
     // wslb holds the place until the client's own FIN (or the close grace).
     drop(a);
-    let mut place = None;
-    for _ in 0..100 {
-        let mut c = Peer::client(lb.local_addr);
-        c.send_raw(upgrade_request("/").as_bytes());
-        let head = c.read_head();
-        if head.starts_with("HTTP/1.1 101") {
-            place = Some(c);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut c = place.expect("a place frees up once a connection closes");
+    let mut c =
+        connect_within_2s(lb.local_addr).expect("a place frees up once a connection closes");
     assert_echo(&mut c, 1, "back in".as_bytes());
     assert_echo(&mut b, 2, b"b too");
 }
@@ -339,18 +329,7 @@ fn all_backends_down_answers_503_at_once_then_a_recovered_backend_serves() {
 
     // The backend comes back on the same address: after `rise` passing checks it serves.
     let _backend = wslb::start_echo(addr, 1, IoDriver::Auto).unwrap();
-    let mut served = None;
-    for _ in 0..100 {
-        let mut c = Peer::client(lb.local_addr);
-        c.send_raw(upgrade_request("/").as_bytes());
-        let head = c.read_head();
-        if head.starts_with("HTTP/1.1 101") {
-            served = Some(c);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut c = served.expect("the recovered backend is used again");
+    let mut c = connect_within_2s(lb.local_addr).expect("the recovered backend is used again");
     assert_echo(&mut c, 1, "back".as_bytes());
 }
 

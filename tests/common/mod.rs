@@ -78,6 +78,20 @@ pub fn scripted_backend(handler: impl Fn(Peer) + Send + Sync + 'static) -> Socke
     addr
 }
 
+/// Retries the upgrade every 20 ms for up to 2 s until it gets a 101 (a place under the
+/// connection limit, a backend back up).
+pub fn connect_within_2s(addr: SocketAddr) -> Option<Peer> {
+    for _ in 0..100 {
+        let mut c = Peer::client(addr);
+        c.send_raw(upgrade_request("/").as_bytes());
+        if c.read_head().starts_with("HTTP/1.1 101") {
+            return Some(c);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
 pub fn upgrade_request(path: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
