@@ -18,8 +18,11 @@
 //!  backend <──TCP──┘
 //! ```
 //!
-//! `config.rs` turns the TOML file and flags into validated `Settings`; `echo.rs` is the
-//! built-in echo backend used by tests, benches and `wslb demo`.
+//! `config.rs` turns the TOML file and flags into validated `Settings`; `buffers.rs` is
+//! each worker's pool of relay buffers (an idle connection holds none); `balancer/health.rs`
+//! checks backends from one thread; `drain.rs` runs the SIGTERM/SIGINT drain; `metrics.rs`
+//! keeps per-worker counters and the stats line; `echo.rs` is the built-in echo backend
+//! used by tests, benches and `wslb demo`.
 #![deny(unsafe_code)]
 
 pub mod balancer;
