@@ -96,7 +96,7 @@ fn select(c: &mut Criterion) {
     let backends: Vec<std::net::SocketAddr> = (0..3)
         .map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap())
         .collect();
-    let pool = Arc::new(Pool::new(backends));
+    let pool = Arc::new(Pool::new(backends, 3));
     c.bench_function("select/round-robin", |b| {
         b.iter(|| black_box(pool.candidates().next()))
     });

@@ -218,27 +218,18 @@ pub struct Settings {
     pub health: Option<crate::balancer::HealthConfig>,
 }
 
-/// Descriptors this process may open, after raising the soft limit to the hard one.
+/// Descriptors this process may open (the soft RLIMIT_NOFILE). Only reads it: `wslb`
+/// raises the soft limit to the hard one at startup (`main.rs`), not when a config is
+/// validated, so `wslb check` and tests change nothing.
 #[allow(unsafe_code)]
-pub fn raise_nofile_limit() -> u64 {
+fn nofile_limit() -> u64 {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
-    // SAFETY: getrlimit/setrlimit only read and write the `rlimit` struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) != 0 {
-            return 1024;
-        }
-        if rl.rlim_cur < rl.rlim_max {
-            let raised = libc::rlimit {
-                rlim_cur: rl.rlim_max,
-                rlim_max: rl.rlim_max,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
-                rl.rlim_cur = rl.rlim_max;
-            }
-        }
+    // SAFETY: getrlimit only writes the `rlimit` struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 1024;
     }
     rl.rlim_cur
 }
@@ -246,7 +237,7 @@ pub fn raise_nofile_limit() -> u64 {
 /// The default connection limit: two descriptors per proxied connection, 64 kept for
 /// listeners, io_uring rings, logs and the like.
 fn connections_for_descriptors() -> usize {
-    let n = raise_nofile_limit().min(usize::MAX as u64 / 2) as usize;
+    let n = nofile_limit().min(usize::MAX as u64 / 2) as usize;
     (n.saturating_sub(64) / 2).max(1)
 }
 

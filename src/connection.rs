@@ -61,6 +61,8 @@ pub fn serve(
 ) -> impl std::future::Future<Output = ()> + 'static {
     let handshake = Box::pin(upgrade(client, peer, ctx.clone()));
     async move {
+        // Held until the connection's future ends, whichever way it ends.
+        let _open = open;
         let up = match handshake.await {
             Ok(up) => up,
             Err(
@@ -68,13 +70,9 @@ pub fn serve(
                 | HandshakeError::Backend { .. }
                 | HandshakeError::AllDown),
             ) => {
-                tracing::warn!(%peer, "{e}");
-                return drop(open);
+                return tracing::warn!(%peer, "{e}");
             }
-            Err(e) => {
-                tracing::debug!(%peer, "{e}");
-                return drop(open);
-            }
+            Err(e) => return tracing::debug!(%peer, "{e}"),
         };
         // Logged now rather than carried to the close line: 32 bytes per parked connection.
         tracing::debug!(%peer, backend = %up.addr, "relaying");
@@ -89,7 +87,6 @@ pub fn serve(
         )
         .await;
         tracing::debug!(%peer, ?outcome, "connection closed");
-        drop(open);
     }
 }
 
@@ -273,7 +270,6 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, Conne
     Ok(stream)
 }
 
-/// Sends the rewritten upgrade and reads the backend's response head into `buf`.
 /// How forwarding the upgrade to one backend failed.
 enum Exchange {
     /// The connection broke before any response byte: another backend may be tried.
@@ -282,6 +278,7 @@ enum Exchange {
     Bad(String),
 }
 
+/// Sends the rewritten upgrade and reads the backend's response head into `buf`.
 async fn exchange(
     backend: &mut TcpStream,
     forward: bytes::Bytes,

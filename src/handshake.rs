@@ -63,6 +63,9 @@ Content-Length: 29\r\n\r\nthis is a websocket endpoint\n";
 const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
 Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 25\r\n\r\n\
 request header too large\n";
+/// 503: the instance is at `limits.max_connections`; answered right after accept.
+pub const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nRetry-After: 1\r\nContent-Length: 33\r\n\r\nconnection limit reached, retry\r\n";
 /// 503: health checks have every backend down; answered at once, without trying them.
 pub const SERVICE_UNAVAILABLE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\

@@ -87,11 +87,15 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     // Without health checks nothing would bring a backend back, so failed connects do not
     // take one down either.
     let fall = settings.health.as_ref().map_or(u32::MAX, |h| h.fall);
-    let pool = Arc::new(balancer::Pool::with_fall(settings.backends.clone(), fall));
-    let pool_for_status = pool.clone();
+    let pool = Arc::new(balancer::Pool::new(settings.backends.clone(), fall));
+    let status_pool = pool.clone();
     if let Some(h) = settings.health.clone() {
-        balancer::health::spawn_checker(settings.backends.clone(), pool.health(), h)
-            .map_err(|source| StartError::Listener { id: 0, source })?;
+        balancer::health::spawn_checker(settings.backends.clone(), pool.health(), h).map_err(
+            |source| StartError::Setup {
+                what: "starting the health checker",
+                source,
+            },
+        )?;
     }
     let limit = listener::ConnectionLimit::new(settings.max_connections);
     tracing::info!("connection limit {}", settings.max_connections);
@@ -100,7 +104,10 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
         .iter()
         .map(|l| l.try_clone())
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|source| StartError::Listener { id: 0, source })?;
+        .map_err(|source| StartError::Setup {
+            what: "duplicating the listening sockets for the drain",
+            source,
+        })?;
     let signal = Arc::new(drain::DrainSignal::default());
     let worker_signal = signal.clone();
     let drain_limit = limit.clone();
@@ -146,7 +153,7 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     })?;
     tracing::info!("balancing {local_addr}");
     let mut r = running(local_addr, started, stats.clone());
-    r.pool = Some(pool_for_status);
+    r.pool = Some(status_pool);
     r.drainer = Some(drain::Drainer {
         admission: drain_limit,
         listeners: dups,

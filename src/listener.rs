@@ -152,16 +152,12 @@ impl Drop for Permit {
     }
 }
 
-/// What a client over the connection limit gets.
-const SERVICE_UNAVAILABLE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nRetry-After: 1\r\nContent-Length: 33\r\n\r\nconnection limit reached, retry\r\n";
-
 /// Answers 503 and closes. The write is bounded by a second: a client that does not read
 /// must not hold the descriptor the limit is there to protect.
 async fn refuse(mut stream: monoio::net::TcpStream) {
     let _ = monoio::time::timeout(
         Duration::from_secs(1),
-        stream.write_all(SERVICE_UNAVAILABLE),
+        stream.write_all(crate::handshake::OVER_LIMIT),
     )
     .await;
 }

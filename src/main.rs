@@ -64,6 +64,7 @@ enum Command {
 
 fn main() -> ExitCode {
     disable_transparent_huge_pages();
+    raise_nofile_limit();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -100,6 +101,24 @@ fn disable_transparent_huge_pages() {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a flag of this
     // process's memory map; no Rust-visible state is touched.
     let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+}
+
+/// Soft RLIMIT_NOFILE up to the hard limit, as HAProxy does: each proxied connection holds
+/// two descriptors, and the default connection limit (`limits.max_connections = 0`) is
+/// derived from what is then allowed.
+#[allow(unsafe_code)]
+fn raise_nofile_limit() {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the `rlimit` struct passed in.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
+        }
+    }
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -141,8 +160,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 wslb::metrics::log_every(running.stats.clone(), i);
             }
             let drainer = running.drainer().expect("a balancer can be drained");
-            let first = signals.forever().next();
-            tracing::info!("signal {first:?}: draining (a second signal exits at once)");
+            let first = signals.forever().next().unwrap_or_default();
+            tracing::info!("signal {first}: draining (a second signal exits at once)");
             // A second SIGTERM/SIGINT during the drain: exit now.
             std::thread::spawn(move || {
                 if signals.forever().next().is_some() {

@@ -47,6 +47,11 @@ pub enum StartError {
     Epoll { id: usize, source: std::io::Error },
     #[error("worker {id}: {source}")]
     Listener { id: usize, source: std::io::Error },
+    #[error("{what}: {source}")]
+    Setup {
+        what: &'static str,
+        source: std::io::Error,
+    },
     #[error("worker {id} exited during startup")]
     Died { id: usize },
     #[error(transparent)]

@@ -26,13 +26,11 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// `fall`: connect failures in a row that take a backend down (`u32::MAX`: never).
+    ///
     /// # Panics
     /// If `backends` is empty (config validation guarantees at least one).
-    pub fn new(backends: Vec<SocketAddr>) -> Self {
-        Self::with_fall(backends, 3)
-    }
-
-    pub fn with_fall(backends: Vec<SocketAddr>, fall: u32) -> Self {
+    pub fn new(backends: Vec<SocketAddr>, fall: u32) -> Self {
         assert!(!backends.is_empty(), "a pool needs at least one backend");
         let health = (0..backends.len())
             .map(|_| BackendHealth::default())
@@ -108,7 +106,7 @@ mod tests {
 
     #[test]
     fn rotation_is_exact_over_the_backends_that_are_up() {
-        let p = Pool::with_fall(addrs(3), 1);
+        let p = Pool::new(addrs(3), 1);
         p.connect_failed(1);
         let mut count = [0; 3];
         for _ in 0..30 {
@@ -121,7 +119,7 @@ mod tests {
 
     #[test]
     fn all_down_gives_no_candidates() {
-        let p = Pool::with_fall(addrs(2), 2);
+        let p = Pool::new(addrs(2), 2);
         for i in [0, 0, 1, 1] {
             p.connect_failed(i);
         }

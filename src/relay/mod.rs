@@ -21,9 +21,9 @@
 //! `Vec<u8>` between operations. For a read, the vector moves into the read op as a
 //! `SliceMut` over its spare capacity: the kernel owns it until the completion, and it comes
 //! back in the op's `(result, buf)` with `len` advanced by the bytes received, also on error
-//! and on cancellation (`ECANCELED` through the [`Canceller`]). For a write, the filled
-//! prefix moves into the op as a `Slice` and comes back the same way. Once everything read
-//! is forwarded and the pump stands at a frame boundary, the buffer goes back to the pool;
+//! and on cancellation (`ECANCELED` through a canceller, see `link.rs`). For a write, the
+//! filled prefix moves into the op as a `Slice` and comes back the same way. Once everything
+//! read is forwarded and the pump stands at a frame boundary, the buffer goes back to the pool;
 //! a trailing partial header (at most 13 bytes, or a partial close frame of at most 138)
 //! moves into a small vector of its own size. Mid-frame (payload still to come) and after a
 //! read that filled the buffer (more is surely waiting), the pump keeps the buffer and reads
@@ -31,14 +31,13 @@
 //! cancels the op and keeps the buffer alive until the kernel's completion arrives, then
 //! frees it; the connection is ending, so nothing wants it back.
 
-use std::cell::{Cell, RefCell};
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{
-    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, Canceller,
-    OwnedReadHalf, OwnedWriteHalf, Splitable,
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, CancelableAsyncReadRent, OwnedReadHalf,
+    OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
 use monoio::time::Instant;
@@ -46,6 +45,9 @@ use monoio::time::Instant;
 use crate::buffers::BufferPool;
 use crate::drain::WorkerDrain;
 use crate::frame::{self, Sender, Stop, Violation, Walker};
+
+mod link;
+use link::{Link, Readiness, stream_of};
 
 /// What a relay needs from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -96,99 +98,6 @@ const MIN_READ: usize = 1024;
 const UP: u8 = 0; // client -> backend
 const DOWN: u8 = 1; // backend -> client
 
-/// The state the two pumps of one connection share. Both run in the same task, so plain
-/// `Cell`/`RefCell` suffice; a borrow is never held across an await.
-struct Link<'p> {
-    /// A close owed to this pump's destination (which broke the protocol), to be sent in
-    /// place of the source's close reply, or when the source ends or the grace runs out.
-    /// Only the code is stored: the reason follows from which side broke the protocol
-    /// (see [`Pump::take_owed`]), and every byte here is paid by every idle connection.
-    close_request: [Cell<Option<u16>>; 2],
-    /// Cancels this pump's pending read so that it sees a close request promptly. Made on
-    /// first use: only reads that may wait (mid-frame, or after a full buffer) need one,
-    /// and each costs a heap allocation an idle connection should not carry.
-    readers: [RefCell<Option<Canceller>>; 2],
-    violation: Cell<Option<(Sender, Violation)>>,
-    /// The relay's task (both pumps run in it): woken when one pump asks the other to
-    /// close, and, through the worker's drain registration, when the instance drains.
-    task: Waker,
-    drain: &'p WorkerDrain,
-    drain_key: u32,
-}
-
-impl Drop for Link<'_> {
-    fn drop(&mut self) {
-        self.drain.unregister(self.drain_key);
-    }
-}
-
-impl<'p> Link<'p> {
-    fn new(task: Waker, drain: &'p WorkerDrain) -> Self {
-        Self {
-            close_request: Default::default(),
-            readers: Default::default(),
-            violation: Cell::new(None),
-            drain_key: drain.register(task.clone()),
-            task,
-            drain,
-        }
-    }
-
-    fn request_close(&self, pump: usize, code: u16) {
-        self.close_request[pump].set(Some(code));
-        if let Some(c) = self.readers[pump].take() {
-            self.readers[pump].replace(Some(c.cancel()));
-        }
-        // The other pump may have been polled already in this turn of the task.
-        self.task.wake_by_ref();
-    }
-
-    fn reader(&self, pump: usize) -> monoio::io::CancelHandle {
-        self.readers[pump]
-            .borrow_mut()
-            .get_or_insert_with(Canceller::new)
-            .handle()
-    }
-
-    /// Resolves once a close request for `pump` is pending, or, with `watch_drain`, once
-    /// the worker drains. Both wake the relay's task (see `task`), so nothing is stored.
-    async fn close_requested(&self, pump: usize, watch_drain: bool) {
-        std::future::poll_fn(|_| {
-            if self.close_request[pump].get().is_some() || (watch_drain && self.drain.going_away())
-            {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-        .await
-    }
-}
-
-/// Waiting for a source to become readable without holding a buffer.
-pub trait Readiness {
-    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>>;
-}
-
-impl Readiness for TcpStream {
-    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
-        // relaxed: on the epoll driver a false positive only means one read that waits
-        // holding a buffer, which is cheaper than the extra poll(2) a strict check costs.
-        self.readable(true)
-    }
-}
-
-/// The stream behind a read half, for a readiness wait.
-#[allow(unsafe_code)]
-fn stream_of<T>(half: &OwnedReadHalf<T>) -> &T {
-    // SAFETY: the read half and its write half share the stream through an
-    // `Rc<UnsafeCell<T>>`; monoio's own halves each take `&mut T` from it while their ops
-    // run. `Readiness::ready` only reads the stream's shared fd handle (an `Rc` that
-    // nothing replaces while both halves live) to submit a poll; it never touches state a
-    // concurrent write uses. The reference does not outlive the half.
-    unsafe { &*half.0.get() }
-}
-
 /// What one read step came to.
 enum Read {
     Data,
@@ -216,15 +125,8 @@ pub fn run<'p>(
 ) -> impl std::future::Future<Output = Outcome> + 'p {
     let (client_rd, client_wr) = client.into_split();
     let (backend_rd, backend_wr) = backend.into_split();
-    let mut up = Pump::new(UP, Sender::Client, client_rd, backend_wr, client_buf, env);
-    let mut down = Pump::new(
-        DOWN,
-        Sender::Backend,
-        backend_rd,
-        client_wr,
-        backend_buf,
-        env,
-    );
+    let mut up = Pump::new(UP, client_rd, backend_wr, client_buf, env);
+    let mut down = Pump::new(DOWN, backend_rd, client_wr, backend_buf, env);
     async move {
         let task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let link = Link::new(task, &env.drain);
@@ -257,9 +159,9 @@ async fn finish(rest: impl std::future::Future<Output = End>, grace: Duration) -
 
 /// One direction of a connection.
 struct Pump<'p, Src, Dst: AsyncWriteRent> {
-    /// UP or DOWN (a u8: every idle connection carries two pumps).
+    /// UP or DOWN (a u8: every idle connection carries two pumps). Who sends what this
+    /// pump reads follows from it (see [`Pump::sender`]).
     me: u8,
-    sender: Sender,
     src: OwnedReadHalf<Src>,
     dst: OwnedWriteHalf<Dst>,
     buf: Vec<u8>,
@@ -286,7 +188,6 @@ where
 {
     fn new(
         me: u8,
-        sender: Sender,
         src: OwnedReadHalf<Src>,
         dst: OwnedWriteHalf<Dst>,
         buf: Vec<u8>,
@@ -294,7 +195,6 @@ where
     ) -> Self {
         Self {
             me,
-            sender,
             src,
             dst,
             buf,
@@ -308,6 +208,20 @@ where
         }
     }
 
+    /// This pump's index in the `Link`'s per-pump arrays.
+    fn me(&self) -> usize {
+        usize::from(self.me)
+    }
+
+    /// Who sends the frames this pump reads: the client for UP, the backend for DOWN.
+    fn sender(&self) -> Sender {
+        if self.me == UP {
+            Sender::Client
+        } else {
+            Sender::Backend
+        }
+    }
+
     async fn run(&mut self, link: &Link<'_>) -> End {
         loop {
             self.forward_buffered(link).await;
@@ -318,7 +232,7 @@ where
                 self.going_away_sent = true;
                 Box::pin(self.send_close(1001, "going away")).await;
             }
-            if link.close_request[usize::from(self.me)].get().is_some() && self.deadline.is_none() {
+            if link.close_request[self.me()].get().is_some() && self.deadline.is_none() {
                 self.deadline = Some(Instant::now() + self.env.cfg.close_grace);
             }
             match self.read(link).await {
@@ -349,7 +263,7 @@ where
                 None => monoio::select! {
                     r = ready => Some(r),
                     _ = link.close_requested(
-                        usize::from(self.me),
+                        self.me(),
                         !self.going_away_sent,
                     ) => None,
                 },
@@ -387,10 +301,7 @@ where
         let read: ReadFut<'_> = if waited {
             Box::pin(self.src.read(slice))
         } else {
-            Box::pin(
-                self.src
-                    .cancelable_read(slice, link.reader(usize::from(self.me))),
-            )
+            Box::pin(self.src.cancelable_read(slice, link.reader(self.me())))
         };
         let (res, slice) = match self.deadline {
             None => read.await,
@@ -441,15 +352,15 @@ where
     /// received so far to the destination in one write, and keeps a trailing partial header.
     async fn forward_buffered(&mut self, link: &Link<'_>) {
         let cfg = &self.env.cfg;
-        let max = match self.sender {
+        let max = match self.sender() {
             Sender::Client => cfg.max_client_frame,
             Sender::Backend => u64::MAX,
         };
-        let me = usize::from(self.me);
+        let me = self.me();
         let owed = || link.close_request[me].get().is_some();
         let walk = self.walker.walk(
             &self.buf,
-            self.sender,
+            self.sender(),
             max,
             cfg.max_buffer,
             self.close_sent,
@@ -471,13 +382,10 @@ where
                 self.mark_close_sent();
             }
         }
+        // What stays is a partial header (<= 138 bytes). Growing the buffer to fit the
+        // largest frame seen is `take_buffer`'s job, before the next read.
         self.buf.copy_within(ready..keep_to, 0);
         self.buf.truncate(keep_to - ready);
-        let want = self.walker.want_capacity as usize;
-        if want > self.buf.capacity() {
-            // Only a partial header (<= 138 bytes) is moved by the reallocation.
-            self.buf.reserve_exact(want - self.buf.len());
-        }
 
         match walk.stop {
             // The destination broke the protocol: it gets the code it is owed instead of
@@ -495,20 +403,20 @@ where
     /// The source broke the protocol: tell the destination the source is gone, and have the
     /// other pump send the source the close code RFC 6455 gives for the violation.
     async fn on_violation(&mut self, v: Violation, link: &Link<'_>) {
-        tracing::debug!(from = ?self.sender, "protocol violation: {v}");
+        tracing::debug!(from = ?self.sender(), "protocol violation: {v}");
         if link.violation.get().is_none() {
-            link.violation.set(Some((self.sender, v)));
+            link.violation.set(Some((self.sender(), v)));
         }
-        link.request_close(1 - usize::from(self.me), v.close_code());
+        link.request_close(1 - self.me(), v.close_code());
         let (code, why) = self.lost_source_close();
         self.send_close(code, why).await;
     }
 
     /// The close owed to this pump's destination, which broke the protocol, if any.
     fn take_owed(&self, link: &Link<'_>) -> Option<(u16, &'static str)> {
-        let code = link.close_request[usize::from(self.me)].take()?;
+        let code = link.close_request[self.me()].take()?;
         // This pump's destination is the offender: the backend for client->backend.
-        let reason = match self.sender {
+        let reason = match self.sender() {
             Sender::Client => "backend protocol error",
             Sender::Backend => "client protocol error",
         };
@@ -519,7 +427,7 @@ where
     /// backend whose client left, 1011 (unexpected condition) to a client whose backend
     /// failed.
     fn lost_source_close(&self) -> (u16, &'static str) {
-        match self.sender {
+        match self.sender() {
             Sender::Client => (1001, "client went away"),
             Sender::Backend => (1011, "backend connection lost"),
         }
@@ -531,7 +439,7 @@ where
         }
         self.mark_close_sent();
         // Towards a backend wslb speaks as a client, and client frames must be masked.
-        let frame = frame::encode_close(code, reason, self.sender == Sender::Client);
+        let frame = frame::encode_close(code, reason, self.sender() == Sender::Client);
         if self.dst.write_all(frame).await.0.is_err() {
             self.dst_failed = true;
         }

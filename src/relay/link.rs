@@ -1,0 +1,105 @@
+//! What the two pumps of one relay share: the close requests between them, their read
+//! cancellers, the task waker and the drain registration; and the readiness wait a pump
+//! makes without holding a buffer.
+
+use std::cell::{Cell, RefCell};
+use std::task::{Poll, Waker};
+
+use monoio::io::{Canceller, OwnedReadHalf};
+use monoio::net::TcpStream;
+
+use crate::drain::WorkerDrain;
+use crate::frame::{Sender, Violation};
+
+/// The state the two pumps of one connection share. Both run in the same task, so plain
+/// `Cell`/`RefCell` suffice; a borrow is never held across an await.
+pub(super) struct Link<'p> {
+    /// A close owed to this pump's destination (which broke the protocol), to be sent in
+    /// place of the source's close reply, or when the source ends or the grace runs out.
+    /// Only the code is stored: the reason follows from which side broke the protocol
+    /// (see [`Pump::take_owed`]), and every byte here is paid by every idle connection.
+    pub(super) close_request: [Cell<Option<u16>>; 2],
+    /// Cancels this pump's pending read so that it sees a close request promptly. Made on
+    /// first use: only reads that may wait (mid-frame, or after a full buffer) need one,
+    /// and each costs a heap allocation an idle connection should not carry.
+    pub(super) readers: [RefCell<Option<Canceller>>; 2],
+    pub(super) violation: Cell<Option<(Sender, Violation)>>,
+    /// The relay's task (both pumps run in it): woken when one pump asks the other to
+    /// close, and, through the worker's drain registration, when the instance drains.
+    task: Waker,
+    drain: &'p WorkerDrain,
+    drain_key: u32,
+}
+
+impl Drop for Link<'_> {
+    fn drop(&mut self) {
+        self.drain.unregister(self.drain_key);
+    }
+}
+
+impl<'p> Link<'p> {
+    pub(super) fn new(task: Waker, drain: &'p WorkerDrain) -> Self {
+        Self {
+            close_request: Default::default(),
+            readers: Default::default(),
+            violation: Cell::new(None),
+            drain_key: drain.register(task.clone()),
+            task,
+            drain,
+        }
+    }
+
+    pub(super) fn request_close(&self, pump: usize, code: u16) {
+        self.close_request[pump].set(Some(code));
+        if let Some(c) = self.readers[pump].take() {
+            self.readers[pump].replace(Some(c.cancel()));
+        }
+        // The other pump may have been polled already in this turn of the task.
+        self.task.wake_by_ref();
+    }
+
+    pub(super) fn reader(&self, pump: usize) -> monoio::io::CancelHandle {
+        self.readers[pump]
+            .borrow_mut()
+            .get_or_insert_with(Canceller::new)
+            .handle()
+    }
+
+    /// Resolves once a close request for `pump` is pending, or, with `watch_drain`, once
+    /// the worker drains. Both wake the relay's task (see `task`), so nothing is stored.
+    pub(super) async fn close_requested(&self, pump: usize, watch_drain: bool) {
+        std::future::poll_fn(|_| {
+            if self.close_request[pump].get().is_some() || (watch_drain && self.drain.going_away())
+            {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+/// Waiting for a source to become readable without holding a buffer.
+pub trait Readiness {
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>>;
+}
+
+impl Readiness for TcpStream {
+    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
+        // relaxed: on the epoll driver a false positive only means one read that waits
+        // holding a buffer, which is cheaper than the extra poll(2) a strict check costs.
+        self.readable(true)
+    }
+}
+
+/// The stream behind a read half, for a readiness wait.
+#[allow(unsafe_code)]
+pub(super) fn stream_of<T>(half: &OwnedReadHalf<T>) -> &T {
+    // SAFETY: the read half and its write half share the stream through an
+    // `Rc<UnsafeCell<T>>`; monoio's own halves each take `&mut T` from it while their ops
+    // run. `Readiness::ready` only reads the stream's shared fd handle (an `Rc` that
+    // nothing replaces while both halves live) to submit a poll; it never touches state a
+    // concurrent write uses. The reference does not outlive the half.
+    unsafe { &*half.0.get() }
+}
