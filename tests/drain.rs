@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -11,19 +10,7 @@ use common::*;
 #[test]
 fn drain_stops_accepting_lets_connections_finish_then_sends_going_away_to_both_sides() {
     // A backend that echoes and records the close code it receives.
-    let closes = Arc::new(Mutex::new(Vec::new()));
-    let seen = closes.clone();
-    let backend = scripted_backend(move |mut p| {
-        while let Some((fin, op, payload)) = p.recv() {
-            if op == 8 {
-                let code = u16::from_be_bytes([payload[0], payload[1]]);
-                seen.lock().unwrap().push(code);
-                p.send(true, 8, &payload[..2]);
-                break;
-            }
-            p.send(fin, op, &payload);
-        }
-    });
+    let (backend, closes) = close_recording_backend(true);
     let mut lb = balancer(&[backend], 2, |_| {});
     let addr = lb.local_addr;
     let drainer = lb.drainer().unwrap();

@@ -482,19 +482,7 @@ fn client_gone_without_close_gives_backend_1001() {
 /// client went away (1001), and leaves the worker serving.
 #[test]
 fn bad_client_frames_get_their_close_codes() {
-    let backend_saw = Arc::new(Mutex::new(Vec::new()));
-    let saw = backend_saw.clone();
-    let b = scripted_backend(move |mut p| {
-        while let Some((_, op, payload)) = p.recv() {
-            if op == 8 {
-                saw.lock()
-                    .unwrap()
-                    .push(u16::from_be_bytes([payload[0], payload[1]]));
-                p.send(true, 8, &payload);
-                return;
-            }
-        }
-    });
+    let (b, backend_saw) = close_recording_backend(false);
     let lb = balancer(&[b], 1, |c| c.limits.max_frame_bytes = 1024);
     let m = Some([1, 2, 3, 4]);
     let mut rsv = frame(true, 1, b"x", m);

@@ -92,6 +92,30 @@ pub fn connect_within_2s(addr: SocketAddr) -> Option<Peer> {
     None
 }
 
+/// A backend that records the code of every close frame it receives and answers it; with
+/// `echo`, it also echoes data frames.
+pub fn close_recording_backend(
+    echo: bool,
+) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<u16>>>) {
+    let closes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = closes.clone();
+    let addr = scripted_backend(move |mut p| {
+        while let Some((fin, op, payload)) = p.recv() {
+            if op == 8 {
+                seen.lock()
+                    .unwrap()
+                    .push(u16::from_be_bytes([payload[0], payload[1]]));
+                p.send(true, 8, &payload);
+                return;
+            }
+            if echo {
+                p.send(fin, op, &payload);
+            }
+        }
+    });
+    (addr, closes)
+}
+
 pub fn upgrade_request(path: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
