@@ -12,7 +12,7 @@
 //!                    │  balancer/      round-robin pick over the backend pool, failover
 //!                    │  handshake.rs   forward to the backend, relay its 101
 //!                    ▼
-//!                relay.rs         two pumps (client->backend, backend->client): read with
+//!                relay/           two pumps (client->backend, backend->client): read with
 //!                    │            io_uring, walk frame headers (frame.rs), write the same
 //!                    ▼            bytes on; close handshake and teardown
 //!  backend <──TCP──┘
