@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wslb::balancer::Pool;
-use wslb::frame::{Sender, Walker};
+use wslb::frame::{Limits, Sender, Walker};
 
 fn frame(payload: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut v = vec![0x82];
@@ -52,9 +52,10 @@ fn walk(c: &mut Criterion) {
                     let mut w = Walker::default();
                     let mut forwarded = 0;
                     for chunk in bytes.chunks(64 << 10) {
-                        let r = w.walk(black_box(chunk), sender, u64::MAX, 64 << 10, false, || {
-                            false
-                        });
+                        let r =
+                            w.walk(black_box(chunk), sender, Limits::NONE, false, false, || {
+                                false
+                            });
                         forwarded += r.ready;
                     }
                     assert_eq!(forwarded, bytes.len());
@@ -74,8 +75,8 @@ fn walk(c: &mut Criterion) {
             w.walk(
                 black_box(&many),
                 Sender::Client,
-                u64::MAX,
-                64 << 10,
+                Limits::NONE,
+                false,
                 false,
                 || false,
             )
@@ -97,18 +98,20 @@ fn select(c: &mut Criterion) {
         .map(|i| format!("127.0.0.1:{}", 9000 + i).parse().unwrap())
         .collect();
     let pool = Arc::new(Pool::new(backends, 3));
+    let snap = pool.snapshot();
     c.bench_function("select/round-robin", |b| {
-        b.iter(|| black_box(pool.candidates().next()))
+        b.iter(|| black_box(pool.candidates(&snap).next().map(|b| b.id)))
     });
     let stop = Arc::new(AtomicBool::new(false));
     let (p, s) = (pool.clone(), stop.clone());
+    let snap2 = pool.snapshot();
     let other = std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
-            black_box(p.candidates().next());
+            black_box(p.candidates(&snap2).next().map(|b| b.id));
         }
     });
     c.bench_function("select/round-robin-contended", |b| {
-        b.iter(|| black_box(pool.candidates().next()))
+        b.iter(|| black_box(pool.candidates(&snap).next().map(|b| b.id)))
     });
     stop.store(true, Ordering::Relaxed);
     other.join().unwrap();

@@ -61,6 +61,32 @@ pub struct Config {
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub health: Health,
+    pub keepalive: Keepalive,
+}
+
+/// WebSocket ping keepalive and the idle timeout (see `relay/registry.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Keepalive {
+    /// A peer (client or backend) that has sent nothing for this long gets a ping from
+    /// wslb; its pong is not forwarded. Keeps NAT and firewall state alive and proves the
+    /// peer is there. Default 30 000 ms; `0` sends no pings.
+    pub ping_interval_ms: u64,
+    /// With pings: a peer that has sent nothing, not even the pong, for this long is dead;
+    /// the other side gets a close (1011 to a client whose backend died, 1001 to a backend
+    /// whose client did). A quiet peer that answers pings is never cut. Without pings: a
+    /// connection with no frame in either direction for this long gets close 1001 "idle
+    /// timeout" on both sides. Default 90 000 ms; `0` turns it off.
+    pub idle_timeout_ms: u64,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Self {
+            ping_interval_ms: 30_000,
+            idle_timeout_ms: 90_000,
+        }
+    }
 }
 
 /// Active health checks, run from one thread per instance (see `balancer/health.rs`).
@@ -125,6 +151,10 @@ pub struct Timeouts {
     /// stops accepting, before each gets close 1001 (going away). Default 10 000 ms; `0`
     /// sends the closes at once.
     pub shutdown_grace_ms: u64,
+    /// A backend removed by a reload (SIGHUP) gets no new connections; its open ones carry
+    /// on for this long, then get close 1012 (service restart) on both sides.
+    /// Default 300 000 ms; `0`: they stay until they close by themselves.
+    pub removed_backend_drain_ms: u64,
 }
 
 /// Size limits in bytes.
@@ -143,6 +173,10 @@ pub struct Limits {
     /// Largest payload of one client frame; larger closes the client with 1009.
     /// Default 16 MiB (Autobahn's largest case). `0` disables the check.
     pub max_frame_bytes: u64,
+    /// Largest client message: a data frame's payload and its continuations' together;
+    /// larger closes the client with 1009. wslb never buffers a message (frames stream
+    /// through), so this protects backends, not wslb. Default 64 MiB; `0` disables it.
+    pub max_message_bytes: u64,
     /// Initial relay buffer per direction. Default 16 384 (a 16 KiB message's payload, or
     /// hundreds of small pipelined frames, per read). Range 1 024..=1 048 576.
     pub relay_buffer_bytes: usize,
@@ -164,6 +198,7 @@ impl Default for Config {
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             health: Health::default(),
+            keepalive: Keepalive::default(),
         }
     }
 }
@@ -176,6 +211,7 @@ impl Default for Timeouts {
             backend_handshake_ms: 10_000,
             close_grace_ms: 5_000,
             shutdown_grace_ms: 10_000,
+            removed_backend_drain_ms: 300_000,
         }
     }
 }
@@ -186,6 +222,7 @@ impl Default for Limits {
             max_connections: 0,
             max_request_bytes: 8192,
             max_frame_bytes: 16 << 20,
+            max_message_bytes: 64 << 20,
             relay_buffer_bytes: 16 << 10,
             relay_buffer_max_bytes: 64 << 10,
         }
@@ -212,11 +249,19 @@ pub struct Settings {
     pub max_request_bytes: usize,
     /// `u64::MAX` when unlimited.
     pub max_frame_bytes: u64,
+    /// `u64::MAX` when unlimited.
+    pub max_message_bytes: u64,
+    /// `None`: removed backends' connections stay until they close.
+    pub removed_backend_drain: Option<Duration>,
+    pub keepalive: crate::relay::registry::Keepalive,
     pub relay_buffer_bytes: usize,
     pub relay_buffer_max_bytes: usize,
     /// `None` when health checks are off.
     pub health: Option<crate::balancer::HealthConfig>,
 }
+
+/// Keepalive times are kept in a 32-bit millisecond clock; a day is plenty.
+const MAX_KEEPALIVE_MS: u64 = 86_400_000;
 
 /// Descriptors this process may open (the soft RLIMIT_NOFILE). Only reads it: `wslb`
 /// raises the soft limit to the hard one at startup (`main.rs`), not when a config is
@@ -360,7 +405,40 @@ impl Config {
         if h.mode == HealthMode::Http && !h.path.starts_with('/') {
             problem("health.path", format!("{:?} must start with /", h.path));
         }
+        let k = &self.keepalive;
+        for (name, v) in [
+            ("keepalive.ping_interval_ms", k.ping_interval_ms),
+            ("keepalive.idle_timeout_ms", k.idle_timeout_ms),
+        ] {
+            if v > MAX_KEEPALIVE_MS {
+                problem(name, format!("{v} is more than a day ({MAX_KEEPALIVE_MS})"));
+            }
+        }
+        if k.ping_interval_ms > 0
+            && k.idle_timeout_ms > 0
+            && k.idle_timeout_ms <= k.ping_interval_ms
+        {
+            problem(
+                "keepalive.idle_timeout_ms",
+                format!(
+                    "{} must be longer than ping_interval_ms ({}): a pinged peer needs time to answer",
+                    k.idle_timeout_ms, k.ping_interval_ms
+                ),
+            );
+        }
         let l = &self.limits;
+        if l.max_frame_bytes > 0
+            && l.max_message_bytes > 0
+            && l.max_message_bytes < l.max_frame_bytes
+        {
+            problem(
+                "limits.max_message_bytes",
+                format!(
+                    "{} is less than max_frame_bytes ({}); a message is at least one frame",
+                    l.max_message_bytes, l.max_frame_bytes
+                ),
+            );
+        }
         if !(1024..=65536).contains(&l.max_request_bytes) {
             problem(
                 "limits.max_request_bytes",
@@ -414,6 +492,17 @@ impl Config {
             } else {
                 l.max_frame_bytes
             },
+            max_message_bytes: if l.max_message_bytes == 0 {
+                u64::MAX
+            } else {
+                l.max_message_bytes
+            },
+            removed_backend_drain: (t.removed_backend_drain_ms > 0)
+                .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
+            keepalive: crate::relay::registry::Keepalive {
+                ping_interval_ms: k.ping_interval_ms as u32,
+                idle_timeout_ms: k.idle_timeout_ms as u32,
+            },
             relay_buffer_bytes: l.relay_buffer_bytes,
             relay_buffer_max_bytes: l.relay_buffer_max_bytes,
             health: h.enabled.then(|| crate::balancer::HealthConfig {
@@ -459,6 +548,18 @@ fn resolve(s: &str) -> Result<SocketAddr, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The commented example shows the real defaults and stays valid.
+    #[test]
+    fn example_file_is_valid_and_shows_the_defaults() {
+        let example = Config::from_toml(include_str!("../wslb.example.toml")).unwrap();
+        let defaults = Config {
+            backends: example.backends.clone(),
+            ..Config::default()
+        };
+        assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+        example.validate().unwrap();
+    }
 
     #[test]
     fn defaults_need_only_backends() {

@@ -83,6 +83,7 @@ pub fn serve(
             up.backend,
             up.client_buf,
             up.backend_buf,
+            up.backend_id,
             &ctx.relay,
         )
         .await;
@@ -98,6 +99,7 @@ struct Upgraded {
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
     addr: SocketAddr,
+    backend_id: u32,
 }
 
 /// Reads the client's upgrade, picks and connects a backend, forwards the upgrade and
@@ -126,7 +128,7 @@ async fn upgrade(
     let (client_buf, forward) = upgrade.await?;
 
     let forward = bytes::Bytes::from(forward);
-    let (mut backend, addr, backend_buf, response, deadline) =
+    let (mut backend, (addr, backend_id), backend_buf, response, deadline) =
         match connect_and_forward(ctx, forward).await {
             Ok(b) => b,
             Err(e) => {
@@ -158,6 +160,7 @@ async fn upgrade(
         client_buf,
         backend_buf,
         addr,
+        backend_id,
     })
 }
 
@@ -225,16 +228,27 @@ async fn read_upgrade_inner<T>(
 async fn connect_and_forward(
     ctx: &WorkerCtx,
     forward: bytes::Bytes,
-) -> Result<(TcpStream, SocketAddr, Vec<u8>, handshake::Response, Instant), HandshakeError> {
+) -> Result<
+    (
+        TcpStream,
+        (SocketAddr, u32),
+        Vec<u8>,
+        handshake::Response,
+        Instant,
+    ),
+    HandshakeError,
+> {
     let s = &ctx.settings;
     let mut tried = 0;
-    for (i, addr) in ctx.pool.candidates() {
+    let snap = ctx.pool.current();
+    for b in ctx.pool.pool.candidates(&snap) {
+        let addr = b.addr;
         tried += 1;
         let mut backend = match connect(addr, s.backend_connect_timeout).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(backend = %addr, "{e}; trying the next backend");
-                ctx.pool.connect_failed(i);
+                ctx.pool.pool.connect_failed(b);
                 continue;
             }
         };
@@ -242,12 +256,12 @@ async fn connect_and_forward(
         let deadline = Instant::now() + s.backend_handshake_timeout;
         match exchange(&mut backend, forward.clone(), buf, deadline).await {
             Ok((buf, response)) => {
-                ctx.pool.connected(i);
-                return Ok((backend, addr, buf, response, deadline));
+                ctx.pool.pool.connected(b);
+                return Ok((backend, (addr, b.id), buf, response, deadline));
             }
             Err(Exchange::Broke(reason)) => {
                 tracing::warn!(backend = %addr, "{reason} before answering; trying the next backend");
-                ctx.pool.connect_failed(i);
+                ctx.pool.pool.connect_failed(b);
             }
             Err(Exchange::Bad(reason)) => {
                 return Err(HandshakeError::Backend { addr, reason });

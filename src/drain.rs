@@ -12,15 +12,12 @@
 //!    client and its backend, each at a frame boundary (nothing is cut mid-frame), and the
 //!    close handshakes get `close_grace_ms` to finish. Then the process exits 0.
 //!
-//! The message reaches the workers as an atomic flag; each worker's watcher task turns it
-//! into a worker-local flag and wakes every relay registered with that worker, so an idle
-//! relay (parked in a readiness wait) acts on it at once. Registration is one waker slot
-//! per relay (16 bytes), taken when the relay starts and freed when it ends.
+//! The message reaches the workers as an atomic flag; each worker's watcher task (see
+//! `relay/registry.rs`) turns it into a worker-local flag and wakes every relay registered
+//! with that worker, so an idle relay (parked in a readiness wait) acts on it at once.
 
-use std::cell::{Cell, RefCell};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::listener::ConnectionLimit;
@@ -36,61 +33,6 @@ impl DrainSignal {
     pub fn going_away(&self) -> bool {
         // Relaxed: the flag publishes nothing else; a worker seeing it 50 ms late is fine.
         self.going_away.load(Ordering::Relaxed)
-    }
-}
-
-/// One worker's view: a local flag and the wakers of its open relays.
-#[derive(Debug, Default)]
-pub struct WorkerDrain {
-    going_away: Cell<bool>,
-    wakers: RefCell<Vec<Option<Waker>>>,
-    free: RefCell<Vec<usize>>,
-}
-
-impl WorkerDrain {
-    /// Whether relays should send their going-away closes now.
-    pub fn going_away(&self) -> bool {
-        self.going_away.get()
-    }
-
-    /// Registers a relay's task waker; give the key back with [`Self::unregister`].
-    pub fn register(&self, waker: Waker) -> u32 {
-        let mut wakers = self.wakers.borrow_mut();
-        let key = match self.free.borrow_mut().pop() {
-            Some(k) => {
-                wakers[k] = Some(waker);
-                k
-            }
-            None => {
-                wakers.push(Some(waker));
-                wakers.len() - 1
-            }
-        };
-        key as u32
-    }
-
-    pub fn unregister(&self, key: u32) {
-        self.wakers.borrow_mut()[key as usize] = None;
-        self.free.borrow_mut().push(key as usize);
-    }
-
-    /// Called by the worker's watcher once the instance drains: sets the local flag and
-    /// wakes every registered relay.
-    fn start_going_away(&self) {
-        self.going_away.set(true);
-        let wakers: Vec<Waker> = self.wakers.borrow().iter().flatten().cloned().collect();
-        for w in wakers {
-            w.wake();
-        }
-    }
-
-    /// The worker's watcher: polls the shared flag every 50 ms (a timer per worker, not per
-    /// connection) until it is set.
-    pub async fn watch(&self, signal: Arc<DrainSignal>) {
-        while !signal.going_away() {
-            monoio::time::sleep(Duration::from_millis(50)).await;
-        }
-        self.start_going_away();
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Violation {
     BadLength,
     #[error("frame payload of {0} bytes is over the limit")]
     TooBig(u64),
+    #[error("message of at least {0} bytes is over the limit")]
+    MessageTooBig(u64),
     #[error("close frame with a 1-byte payload")]
     CloseTooShort,
     #[error("close frame with code {0} that may not be sent")]
@@ -65,7 +67,7 @@ impl Violation {
     /// The close code RFC 6455 §7.4.1 gives for this violation.
     pub fn close_code(self) -> u16 {
         match self {
-            Violation::TooBig(_) => 1009,
+            Violation::TooBig(_) | Violation::MessageTooBig(_) => 1009,
             Violation::CloseReasonNotUtf8 => 1007,
             _ => 1002,
         }
@@ -105,10 +107,43 @@ pub fn parse_header(buf: &[u8]) -> Option<Header> {
     })
 }
 
-/// Per-direction message state needed to validate fragmentation.
+/// Per-direction message state needed to validate fragmentation and message size: the
+/// payload bytes of the current message's frames so far (saturating), and in the top bit
+/// whether a fragmented message is under way. One word, as every idle connection carries
+/// two.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct MessageState {
-    in_fragmented_message: bool,
+pub struct MessageState(u64);
+
+const IN_FRAGMENTED: u64 = 1 << 63;
+
+impl MessageState {
+    fn in_fragmented_message(self) -> bool {
+        self.0 & IN_FRAGMENTED != 0
+    }
+
+    fn so_far(self) -> u64 {
+        self.0 & !IN_FRAGMENTED
+    }
+}
+
+/// Size limits applied to one direction's frames (`u64::MAX`: none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest data frame payload.
+    pub frame: u64,
+    /// Largest message: the payloads of a data frame and its continuations together.
+    pub message: u64,
+    /// Buffer capacity a direction may grow to (see [`Walker::want_capacity`]).
+    pub buffer: usize,
+}
+
+impl Limits {
+    /// No size limits, 64 KiB buffers: a backend's frames.
+    pub const NONE: Limits = Limits {
+        frame: u64::MAX,
+        message: u64::MAX,
+        buffer: 64 << 10,
+    };
 }
 
 /// Who sent the frames being checked.
@@ -122,13 +157,13 @@ pub enum Sender {
 
 impl Header {
     /// Validates this header against RFC 6455 for frames from `sender` and returns its
-    /// opcode. `max_payload` applies to data frames. Updates the fragmentation state.
+    /// opcode. `limits` apply to data frames. Updates the fragmentation and size state.
     #[inline]
     pub fn check(
         &self,
         sender: Sender,
         state: &mut MessageState,
-        max_payload: u64,
+        limits: Limits,
     ) -> Result<OpCode, Violation> {
         if self.rsv != 0 {
             return Err(Violation::ReservedBits);
@@ -152,15 +187,25 @@ impl Header {
             }
             return Ok(opcode);
         }
-        match (opcode, state.in_fragmented_message) {
+        match (opcode, state.in_fragmented_message()) {
             (OpCode::Continuation, false) => return Err(Violation::UnexpectedContinuation),
             (OpCode::Text | OpCode::Binary, true) => return Err(Violation::ExpectedContinuation),
             _ => {}
         }
-        if self.payload_len > max_payload {
+        if self.payload_len > limits.frame {
             return Err(Violation::TooBig(self.payload_len));
         }
-        state.in_fragmented_message = !self.fin;
+        let so_far = if opcode == OpCode::Continuation {
+            state.so_far().saturating_add(self.payload_len)
+        } else {
+            self.payload_len
+        };
+        if so_far > limits.message {
+            return Err(Violation::MessageTooBig(so_far));
+        }
+        // `payload_len` < 2^63 (checked above), and the sum saturates below the flag bit.
+        let fragmented = if self.fin { 0 } else { IN_FRAGMENTED };
+        *state = MessageState(so_far.min(!IN_FRAGMENTED) | fragmented);
         Ok(opcode)
     }
 }
@@ -183,6 +228,9 @@ pub struct Walk {
 pub enum Stop {
     /// The source broke the protocol with the frame at `ready`.
     Violation(Violation),
+    /// The pong to wslb's own keepalive ping, this many bytes long, is at `ready`: it is
+    /// dropped, not forwarded (the destination never sent that ping).
+    OwnPong(usize),
     /// A valid close frame is at `ready`, but the destination is owed a close of wslb's own
     /// (it broke the protocol), which goes out instead.
     OwedClose,
@@ -204,15 +252,16 @@ pub struct Walker {
 impl Walker {
     /// One pass over `buf` (which starts at a frame boundary or inside the payload counted
     /// by `pending`). `close_sent`: a close already went to the destination, so nothing
-    /// more is forwarded. `owed` says whether the destination is owed a close of wslb's own.
+    /// more is forwarded. `own_pong`: wslb awaits the pong to its keepalive ping from this
+    /// source. `owed` says whether the destination is owed a close of wslb's own.
     #[inline]
     pub fn walk(
         &mut self,
         buf: &[u8],
         sender: Sender,
-        max_payload: u64,
-        max_buffer: usize,
+        limits: Limits,
         mut close_sent: bool,
+        own_pong: bool,
         owed: impl Fn() -> bool,
     ) -> Walk {
         let len = buf.len();
@@ -236,7 +285,7 @@ impl Walker {
             let Some(h) = parse_header(&buf[w.ready..]) else {
                 break;
             };
-            let opcode = match h.check(sender, &mut self.msg, max_payload) {
+            let opcode = match h.check(sender, &mut self.msg, limits) {
                 Ok(op) => op,
                 Err(v) => {
                     w.stop = Some(Stop::Violation(v));
@@ -266,9 +315,20 @@ impl Walker {
                 close_sent = true;
                 continue;
             }
+            if opcode == OpCode::Pong && own_pong {
+                // Checked whole too (at most 139 bytes): only wslb's own pong is dropped.
+                let end = w.ready + h.len + h.payload_len as usize;
+                if end > len {
+                    break;
+                }
+                if is_own_pong(&buf[w.ready + h.len..end], h.mask) {
+                    w.stop = Some(Stop::OwnPong(end - w.ready));
+                    break;
+                }
+            }
             w.ready += h.len;
             self.pending = h.payload_len;
-            let framed = (h.len as u64 + h.payload_len).min(max_buffer as u64) as u32;
+            let framed = (h.len as u64 + h.payload_len).min(limits.buffer as u64) as u32;
             self.want_capacity = self.want_capacity.max(framed);
         }
         w
@@ -303,23 +363,60 @@ pub fn check_close_payload(
     }
 }
 
-/// Encodes a close frame wslb sends on its own behalf: unmasked towards a client, masked
-/// (as RFC 6455 §5.3 requires of a client) towards a backend.
-pub fn encode_close(code: u16, reason: &str, masked: bool) -> Vec<u8> {
-    let mut frame = Frame::close(code, reason.as_bytes());
+/// The payload of wslb's keepalive pings: its pong is recognised by it and dropped.
+pub const PING_PAYLOAD: &[u8] = b"wslb-keepalive";
+
+fn is_own_pong(payload: &[u8], mask: Option<[u8; 4]>) -> bool {
+    if payload.len() != PING_PAYLOAD.len() {
+        return false;
+    }
+    let mut p = [0u8; PING_PAYLOAD.len()];
+    p.copy_from_slice(payload);
+    if let Some(m) = mask {
+        fastwebsockets::unmask(&mut p, m);
+    }
+    p == PING_PAYLOAD
+}
+
+/// Encodes wslb's keepalive ping: unmasked towards a client, masked towards a backend.
+pub fn encode_ping(masked: bool) -> Vec<u8> {
+    encode(
+        Frame::new(true, OpCode::Ping, None, PING_PAYLOAD.into()),
+        masked,
+    )
+}
+
+fn encode(mut frame: Frame<'_>, masked: bool) -> Vec<u8> {
     if masked {
         frame.mask();
     }
-    let mut out = Vec::with_capacity(4 + 2 + MAX_HEADER_LEN + reason.len());
+    let mut out = Vec::with_capacity(MAX_HEADER_LEN + frame.payload.len());
     let n = frame.write(&mut out).len();
     out.truncate(n);
     out
+}
+
+/// Encodes a close frame wslb sends on its own behalf: unmasked towards a client, masked
+/// (as RFC 6455 §5.3 requires of a client) towards a backend.
+pub fn encode_close(code: u16, reason: &str, masked: bool) -> Vec<u8> {
+    encode(Frame::close(code, reason.as_bytes()), masked)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    const LIM: Limits = Limits {
+        frame: 1 << 20,
+        message: 1 << 21,
+        buffer: 1 << 16,
+    };
+    const LIM1000: Limits = Limits {
+        frame: 1000,
+        message: 1500,
+        buffer: 1 << 16,
+    };
 
     fn encode(fin: bool, opcode: u8, mask: Option<[u8; 4]>, len: u64) -> Vec<u8> {
         let mut v = vec![(fin as u8) << 7 | opcode];
@@ -366,7 +463,7 @@ mod tests {
         let ok = |fin, op, mask, len, s: &mut MessageState, who| {
             parse_header(&encode(fin, op, mask, len))
                 .unwrap()
-                .check(who, s, 1000)
+                .check(who, s, LIM1000)
         };
         let c = Sender::Client;
         let mut s = MessageState::default();
@@ -412,10 +509,25 @@ mod tests {
             ok(true, 0, m, 5, &mut s, c),
             Err(Violation::UnexpectedContinuation)
         );
+        // Message size: the frames of one message add up (LIM1000 allows 1500 in all).
+        assert_eq!(ok(false, 2, m, 1000, &mut s, c), Ok(OpCode::Binary));
+        assert_eq!(ok(true, 10, m, 4, &mut s, c), Ok(OpCode::Pong));
+        assert_eq!(
+            ok(true, 0, m, 600, &mut s, c),
+            Err(Violation::MessageTooBig(1600))
+        );
+        let mut s = MessageState::default();
+        assert_eq!(ok(false, 2, m, 1000, &mut s, c), Ok(OpCode::Binary));
+        assert_eq!(ok(true, 0, m, 500, &mut s, c), Ok(OpCode::Continuation));
+        assert_eq!(
+            ok(true, 2, m, 1000, &mut s, c),
+            Ok(OpCode::Binary),
+            "a new message"
+        );
         let mut rsv = encode(true, 1, m, 5);
         rsv[0] |= 0x40;
         assert_eq!(
-            parse_header(&rsv).unwrap().check(c, &mut s, 1000),
+            parse_header(&rsv).unwrap().check(c, &mut s, LIM1000),
             Err(Violation::ReservedBits)
         );
     }
@@ -473,7 +585,7 @@ mod tests {
             let c = c.clamp(at, stream.len());
             buf.extend_from_slice(&stream[at..c]);
             at = c;
-            let r = w.walk(&buf, Sender::Client, 1 << 20, 1 << 16, close_sent, || false);
+            let r = w.walk(&buf, Sender::Client, LIM, close_sent, false, || false);
             out.extend_from_slice(&buf[..r.ready]);
             buf = buf[r.ready..r.keep_to].to_vec();
             walks.push(r);
@@ -534,7 +646,7 @@ mod tests {
 
         let mut w = Walker::default();
         let close = masked(true, 8, &1000u16.to_be_bytes());
-        let r = w.walk(&close, Sender::Client, 1 << 20, 1 << 16, false, || true);
+        let r = w.walk(&close, Sender::Client, LIM, false, false, || true);
         assert_eq!((r.ready, r.stop), (0, Some(Stop::OwedClose)));
     }
 }

@@ -36,6 +36,7 @@ pub mod handshake;
 pub mod listener;
 pub mod metrics;
 pub mod relay;
+pub mod reload;
 pub mod worker;
 
 use std::net::SocketAddr;
@@ -56,15 +57,27 @@ pub struct Running {
     pub stats: Vec<Arc<WorkerStats>>,
     threads: Vec<JoinHandle<()>>,
     drainer: Option<drain::Drainer>,
-    pool: Option<Arc<balancer::Pool>>,
+    /// The balancer's pool and what a reload needs; `None` for the echo backend.
+    reload: Option<reload::Reloader>,
 }
 
 impl Running {
     /// Each backend's health (up or down), in config order; empty for the echo backend.
     pub fn backends_up(&self) -> Vec<bool> {
-        self.pool.as_ref().map_or(Vec::new(), |p| {
-            p.health().iter().map(|h| h.is_up()).collect()
+        self.reload.as_ref().map_or(Vec::new(), |r| {
+            r.pool()
+                .snapshot()
+                .backends
+                .iter()
+                .map(|b| b.health.is_up())
+                .collect()
         })
+    }
+
+    /// Applies a new configuration to the running balancer (SIGHUP): see `reload.rs`.
+    /// `None` for the echo backend.
+    pub fn reload(&mut self, new: &Settings) -> Option<reload::Applied> {
+        self.reload.as_mut().map(|r| r.apply(new))
     }
 
     /// The handle that drains this balancer (once; `None` for the echo backend).
@@ -88,14 +101,13 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     // take one down either.
     let fall = settings.health.as_ref().map_or(u32::MAX, |h| h.fall);
     let pool = Arc::new(balancer::Pool::new(settings.backends.clone(), fall));
-    let status_pool = pool.clone();
+    let retirements = Arc::new(relay::registry::Retirements::default());
+    let reloader = reload::Reloader::new(&settings, pool.clone(), retirements.clone());
     if let Some(h) = settings.health.clone() {
-        balancer::health::spawn_checker(settings.backends.clone(), pool.health(), h).map_err(
-            |source| StartError::Setup {
-                what: "starting the health checker",
-                source,
-            },
-        )?;
+        balancer::health::spawn_checker(pool.clone(), h).map_err(|source| StartError::Setup {
+            what: "starting the health checker",
+            source,
+        })?;
     }
     let limit = listener::ConnectionLimit::new(settings.max_connections);
     tracing::info!("connection limit {}", settings.max_connections);
@@ -119,25 +131,29 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
         let ctx = Rc::new(WorkerCtx {
             id,
             settings: settings.clone(),
-            pool: pool.clone(),
+            pool: balancer::LocalPool::new(pool.clone()),
             relay: relay::RelayEnv {
                 cfg: relay::RelayConfig {
-                    max_client_frame: settings.max_frame_bytes,
+                    client_limits: frame::Limits {
+                        frame: settings.max_frame_bytes,
+                        message: settings.max_message_bytes,
+                        buffer: settings.relay_buffer_max_bytes,
+                    },
                     close_grace: settings.close_grace,
-                    max_buffer: settings.relay_buffer_max_bytes,
                 },
                 pool: buffers::BufferPool::new(
                     settings.relay_buffer_bytes,
                     settings.relay_buffer_max_bytes,
                 ),
-                drain: drain::WorkerDrain::default(),
+                registry: relay::registry::Registry::new(settings.keepalive),
             },
         });
         let limit = limit.clone();
         let stats = worker_stats[id].clone();
         let watcher = ctx.clone();
         let signal = worker_signal.clone();
-        monoio::spawn(async move { watcher.relay.drain.watch(signal).await });
+        let retired = retirements.clone();
+        monoio::spawn(async move { watcher.relay.registry.watch(signal, retired).await });
         let open = stats.clone();
         let accept = listener::accept_loop(l, limit, move |stream, peer, permit| {
             connection::serve(stream, peer, ctx.clone(), (stats.track(), permit))
@@ -153,7 +169,7 @@ pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     })?;
     tracing::info!("balancing {local_addr}");
     let mut r = running(local_addr, started, stats.clone());
-    r.pool = Some(status_pool);
+    r.reload = Some(reloader);
     r.drainer = Some(drain::Drainer {
         admission: drain_limit,
         listeners: dups,
@@ -210,6 +226,6 @@ fn running(
         stats,
         threads,
         drainer: None,
-        pool: None,
+        reload: None,
     }
 }

@@ -130,29 +130,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             workers,
             io_driver,
         } => {
-            let mut c = match &config {
-                Some(path) => Config::from_file(path)?,
-                None => Config::default(),
+            let flags = Overrides {
+                listen,
+                backends,
+                workers,
+                io_driver,
             };
-            if let Some(l) = listen {
-                c.listen = l;
-            }
-            if !backends.is_empty() {
-                c.backends = backends;
-            }
-            if let Some(w) = workers {
-                c.workers = w;
-            }
-            if let Some(d) = io_driver {
-                c.io_driver = d;
-            }
-            let settings = c.validate()?;
+            let settings = load(config.as_deref(), &flags)?;
             let interval = settings.stats_interval;
             let (grace, close_grace) = (settings.shutdown_grace, settings.close_grace);
             // Signal handlers before the workers start, so no signal finds none installed.
             let mut signals = signal_hook::iterator::Signals::new([
                 signal_hook::consts::SIGTERM,
                 signal_hook::consts::SIGINT,
+                signal_hook::consts::SIGHUP,
             ])
             .context("installing signal handlers")?;
             let mut running = wslb::start_balancer(settings).context("starting the balancer")?;
@@ -160,11 +151,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 wslb::metrics::log_every(running.stats.clone(), i);
             }
             let drainer = running.drainer().expect("a balancer can be drained");
-            let first = signals.forever().next().unwrap_or_default();
+            let mut first = 0;
+            for sig in signals.forever() {
+                if sig != signal_hook::consts::SIGHUP {
+                    first = sig;
+                    break;
+                }
+                reload(&mut running, config.as_deref(), &flags);
+            }
             tracing::info!("signal {first}: draining (a second signal exits at once)");
             // A second SIGTERM/SIGINT during the drain: exit now.
             std::thread::spawn(move || {
-                if signals.forever().next().is_some() {
+                if signals.forever().any(|s| s != signal_hook::consts::SIGHUP) {
                     tracing::warn!("second signal: exiting without waiting");
                     std::process::exit(1);
                 }
@@ -215,6 +213,73 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `wslb run`'s flags, applied over the config file at start and at every reload.
+struct Overrides {
+    listen: Option<String>,
+    backends: Vec<String>,
+    workers: Option<usize>,
+    io_driver: Option<IoDriver>,
+}
+
+fn load(
+    config: Option<&std::path::Path>,
+    flags: &Overrides,
+) -> Result<wslb::config::Settings, ConfigError> {
+    let mut c = match config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(l) = &flags.listen {
+        c.listen = l.clone();
+    }
+    if !flags.backends.is_empty() {
+        c.backends = flags.backends.clone();
+    }
+    if let Some(w) = flags.workers {
+        c.workers = w;
+    }
+    if let Some(d) = flags.io_driver {
+        c.io_driver = d;
+    }
+    c.validate()
+}
+
+/// SIGHUP: re-reads the config file and applies it; an invalid one changes nothing.
+fn reload(running: &mut wslb::Running, config: Option<&std::path::Path>, flags: &Overrides) {
+    let Some(path) = config else {
+        tracing::warn!("SIGHUP: wslb was started without --config; nothing to reload");
+        return;
+    };
+    tracing::info!("SIGHUP: reloading {}", path.display());
+    match load(config, flags) {
+        Ok(new) => {
+            if let Some(applied) = running.reload(&new) {
+                tracing::info!(
+                    "reload done: {} backends added, {} removed{}",
+                    applied.backends.added.len(),
+                    applied.backends.removed.len(),
+                    if applied.needs_restart.is_empty() {
+                        String::new()
+                    } else {
+                        format!(
+                            "; not applied until a restart: {}",
+                            applied.needs_restart.join(", ")
+                        )
+                    }
+                );
+            }
+        }
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!(
+                    "reload rejected, still running on the old config: {}",
+                    line.trim()
+                );
+            }
+        }
+    }
 }
 
 fn demo() -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! One pinned thread = one monoio runtime: io_uring, or epoll where io_uring is unavailable.
 //!
 //! Workers share nothing on the hot path. What they do share is read-only (`Arc<Settings>`,
-//! the backend `Pool` snapshot) except the pool's round-robin counter.
+//! the backend `Pool` snapshot, of which each keeps its own reference) except the pool's
+//! round-robin counter.
 
 use std::future::Future;
 use std::sync::{Arc, mpsc};
@@ -9,14 +10,14 @@ use std::thread::JoinHandle;
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::balancer::Pool;
+use crate::balancer::LocalPool;
 use crate::config::{IoDriver, Settings};
 
 /// What a balancer worker's connections read: configuration and the backend pool.
 pub struct WorkerCtx {
     pub id: usize,
     pub settings: Arc<Settings>,
-    pub pool: Arc<Pool>,
+    pub pool: LocalPool,
     /// Relay settings and this worker's buffer pool (handshakes borrow from it too).
     pub relay: crate::relay::RelayEnv,
 }

@@ -136,17 +136,16 @@ pub fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
 }
 
 /// Starts the checker thread. It runs for the life of the process.
-pub fn spawn_checker(
-    backends: Vec<SocketAddr>,
-    health: Arc<[BackendHealth]>,
-    cfg: HealthConfig,
-) -> std::io::Result<()> {
+pub fn spawn_checker(pool: Arc<super::Pool>, cfg: HealthConfig) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("wslb-health".into())
         .spawn(move || {
             loop {
-                for (addr, h) in backends.iter().zip(health.iter()) {
-                    match probe(*addr, &cfg) {
+                // The current snapshot each round: a reload's added backends are probed
+                // from the next round on, removed ones no longer.
+                for b in pool.snapshot().backends.iter() {
+                    let (addr, h) = (b.addr, &b.health);
+                    match probe(addr, &cfg) {
                         Ok(()) => {
                             if h.passed(cfg.rise) {
                                 tracing::warn!(backend = %addr, "backend is up again ({} checks passed)", cfg.rise);

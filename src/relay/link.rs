@@ -1,6 +1,6 @@
 //! What the two pumps of one relay share: the close requests between them, their read
-//! cancellers, the task waker and the drain registration; and the readiness wait a pump
-//! makes without holding a buffer.
+//! cancellers, the task waker and the worker registration (drain, keepalive, retirement);
+//! and the readiness wait a pump makes without holding a buffer.
 
 use std::cell::{Cell, RefCell};
 use std::task::{Poll, Waker};
@@ -8,8 +8,9 @@ use std::task::{Poll, Waker};
 use monoio::io::{Canceller, OwnedReadHalf};
 use monoio::net::TcpStream;
 
-use crate::drain::WorkerDrain;
 use crate::frame::{Sender, Violation};
+
+use super::registry::{Attention, Registry};
 
 /// The state the two pumps of one connection share. Both run in the same task, so plain
 /// `Cell`/`RefCell` suffice; a borrow is never held across an await.
@@ -25,27 +26,37 @@ pub(super) struct Link<'p> {
     pub(super) readers: [RefCell<Option<Canceller>>; 2],
     pub(super) violation: Cell<Option<(Sender, Violation)>>,
     /// The relay's task (both pumps run in it): woken when one pump asks the other to
-    /// close, and, through the worker's drain registration, when the instance drains.
+    /// close, and, through the worker's registry, when the instance drains, a keepalive
+    /// is due or the backend was retired.
     task: Waker,
-    drain: &'p WorkerDrain,
-    drain_key: u32,
+    pub(super) registry: &'p Registry,
+    pub(super) key: u32,
 }
 
 impl Drop for Link<'_> {
     fn drop(&mut self) {
-        self.drain.unregister(self.drain_key);
+        self.registry.unregister(self.key);
     }
 }
 
 impl<'p> Link<'p> {
-    pub(super) fn new(task: Waker, drain: &'p WorkerDrain) -> Self {
+    pub(super) fn new(task: Waker, registry: &'p Registry, backend: u32) -> Self {
         Self {
             close_request: Default::default(),
             readers: Default::default(),
             violation: Cell::new(None),
-            drain_key: drain.register(task.clone()),
+            key: registry.register(task.clone(), backend),
             task,
-            drain,
+            registry,
+        }
+    }
+
+    /// What the registry has due for pump `me`, minus a going-away close it already sent.
+    #[inline]
+    pub(super) fn attention(&self, me: usize, went_away: bool) -> Option<Attention> {
+        match self.registry.attention(self.key, me)? {
+            Attention::GoAway(..) if went_away => None,
+            a => Some(a),
         }
     }
 
@@ -65,12 +76,26 @@ impl<'p> Link<'p> {
             .handle()
     }
 
-    /// Resolves once a close request for `pump` is pending, or, with `watch_drain`, once
-    /// the worker drains. Both wake the relay's task (see `task`), so nothing is stored.
-    pub(super) async fn close_requested(&self, pump: usize, watch_drain: bool) {
+    /// Resolves once a close request for `pump` is pending, or the registry has something
+    /// due for it. Both wake the relay's task (see `task`), so nothing is stored.
+    pub(super) async fn interrupted(&self, pump: usize, went_away: bool) {
         std::future::poll_fn(|_| {
-            if self.close_request[pump].get().is_some() || (watch_drain && self.drain.going_away())
+            if self.close_request[pump].get().is_some() || self.attention(pump, went_away).is_some()
             {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+impl Link<'_> {
+    /// Resolves once the keepalive finds pump `me`'s source dead.
+    pub(super) async fn source_dead(&self, me: usize) {
+        std::future::poll_fn(|_| {
+            if self.registry.attention(self.key, me) == Some(Attention::SourceDead) {
                 Poll::Ready(())
             } else {
                 Poll::Pending

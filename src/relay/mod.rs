@@ -43,31 +43,33 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::buffers::BufferPool;
-use crate::drain::WorkerDrain;
-use crate::frame::{self, Sender, Stop, Violation, Walker};
+use crate::frame::{self, Limits, Sender, Stop, Violation, Walker};
 
 mod link;
+pub mod registry;
 use link::{Link, Readiness, stream_of};
+use registry::{Attention, Registry};
 
 /// What a relay needs from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayConfig {
-    /// Largest client frame payload; larger closes the client with 1009.
-    pub max_client_frame: u64,
+    /// Largest client frame and message (over: close 1009 to the client); `buffer` is how
+    /// far a pump's buffer grows to fit the largest frame seen.
+    pub client_limits: Limits,
     /// Time a peer gets to finish the close handshake once it is under way.
     pub close_grace: Duration,
-    /// A pump's buffer grows to fit the largest frame seen, up to this many bytes.
-    pub max_buffer: usize,
 }
 
-/// What every relay of a worker shares: the settings and the worker's buffer pool. Pumps
-/// hold a reference to it rather than copies, which keeps each idle connection's task small.
+/// What every relay of a worker shares: the settings, the worker's buffer pool and its
+/// registry of relays. Pumps hold a reference to it rather than copies, which keeps each
+/// idle connection's task small.
 #[derive(Debug)]
 pub struct RelayEnv {
     pub cfg: RelayConfig,
     pub pool: BufferPool,
-    /// Tells relays when the instance drains (close 1001 to both sides).
-    pub drain: WorkerDrain,
+    /// Wakes relays when the instance drains (close 1001 to both sides), a keepalive ping
+    /// or idle close is due, or their backend was removed (close 1012).
+    pub registry: Registry,
 }
 
 /// How one direction ended.
@@ -112,6 +114,7 @@ enum Read {
 /// Relays frames until both sides have closed (or the close grace ran out), then drops both
 /// sockets. `client_buf`/`backend_buf` hold bytes already read past each handshake head
 /// (frames an eager peer sent together with it); their capacity is the relay buffer size.
+/// `backend_id` is the backend's pool id (a reload that removes it may close this relay).
 ///
 /// Not an `async fn`: the sockets are split and the pumps built before the future exists,
 /// so the future does not also keep the arguments' slots (a parked idle connection is this
@@ -121,6 +124,7 @@ pub fn run<'p>(
     backend: TcpStream,
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
+    backend_id: u32,
     env: &'p RelayEnv,
 ) -> impl std::future::Future<Output = Outcome> + 'p {
     let (client_rd, client_wr) = client.into_split();
@@ -129,7 +133,7 @@ pub fn run<'p>(
     let mut down = Pump::new(DOWN, backend_rd, client_wr, backend_buf, env);
     async move {
         let task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        let link = Link::new(task, &env.drain);
+        let link = Link::new(task, &env.registry, backend_id);
         let (client_to_backend, backend_to_client) = {
             let mut up_fut = std::pin::pin!(up.run(&link));
             let mut down_fut = std::pin::pin!(down.run(&link));
@@ -176,7 +180,8 @@ struct Pump<'p, Src, Dst: AsyncWriteRent> {
     deadline: Option<Instant>,
     /// The last read filled the buffer: more is waiting, read again without a poll.
     last_read_full: bool,
-    /// The worker drains and this pump has sent (or tried to send) its close 1001.
+    /// This pump has sent (or tried to send) a close of wslb's own to its destination
+    /// because the instance drains, the connection idled out or its backend was removed.
     going_away_sent: bool,
     env: &'p RelayEnv,
 }
@@ -225,12 +230,26 @@ where
     async fn run(&mut self, link: &Link<'_>) -> End {
         loop {
             self.forward_buffered(link).await;
-            if !self.going_away_sent && self.env.drain.going_away() && self.walker.pending == 0 {
-                // The instance drains: close 1001 to this pump's destination, at a frame
-                // boundary. The peer's close reply is then dropped (a close already went
-                // its way), and its TCP end finishes this pump.
-                self.going_away_sent = true;
-                Box::pin(self.send_close(1001, "going away")).await;
+            match link.attention(self.me(), self.going_away_sent) {
+                // The instance drains (1001), the connection idled out (1001) or its
+                // backend was removed (1012): a close to this pump's destination, at a
+                // frame boundary. The peer's close reply is then dropped (a close already
+                // went its way), and its TCP end finishes this pump.
+                Some(Attention::GoAway(code, reason)) if self.walker.pending == 0 => {
+                    self.going_away_sent = true;
+                    Box::pin(self.send_close(code, reason)).await;
+                }
+                Some(Attention::Ping) if self.walker.pending == 0 => {
+                    Box::pin(self.send_ping(link)).await;
+                }
+                Some(Attention::SourceDead) => {
+                    tracing::info!(
+                        from = ?self.sender(),
+                        "peer did not answer a keepalive ping within the idle timeout"
+                    );
+                    return Box::pin(self.source_ended(link)).await;
+                }
+                _ => {}
             }
             if link.close_request[self.me()].get().is_some() && self.deadline.is_none() {
                 self.deadline = Some(Instant::now() + self.env.cfg.close_grace);
@@ -262,10 +281,7 @@ where
             let res = match self.deadline {
                 None => monoio::select! {
                     r = ready => Some(r),
-                    _ = link.close_requested(
-                        self.me(),
-                        !self.going_away_sent,
-                    ) => None,
+                    _ = link.interrupted(self.me(), self.going_away_sent) => None,
                 },
                 Some(d) => match Box::pin(monoio::time::timeout_at(d, ready)).await {
                     Ok(r) => Some(r),
@@ -290,6 +306,7 @@ where
         // needs no canceller. (With the epoll driver's relaxed readiness a stale positive
         // could make it wait; a close request then waits for the next bytes or for the
         // close grace that bounds the whole pump.)
+        let me = self.me; // a u8: it lives across the await below
         let slice = std::mem::take(&mut self.buf).slice_mut(len..cap);
         type ReadFut<'a> = std::pin::Pin<
             Box<
@@ -304,7 +321,14 @@ where
             Box::pin(self.src.cancelable_read(slice, link.reader(self.me())))
         };
         let (res, slice) = match self.deadline {
-            None => read.await,
+            None if waited => read.await,
+            // A read that may wait (mid-frame) also ends when the keepalive finds the
+            // source dead. Dropping it cancels the op; the buffer is then freed by monoio
+            // once the kernel lets go of it, and the pump ends without it.
+            None => monoio::select! {
+                r = read => r,
+                _ = link.source_dead(usize::from(me)) => return Read::Ended,
+            },
             Some(d) => match Box::pin(monoio::time::timeout_at(d, read)).await {
                 Ok(r) => r,
                 Err(_) => return Read::Expired,
@@ -314,6 +338,7 @@ where
         match res {
             Ok(0) => Read::Ended,
             Ok(n) => {
+                link.registry.heard(link.key, self.me());
                 self.last_read_full = len + n == cap;
                 Read::Data
             }
@@ -351,26 +376,62 @@ where
     /// Walks the frames in the buffer, writes every complete header and every payload byte
     /// received so far to the destination in one write, and keeps a trailing partial header.
     async fn forward_buffered(&mut self, link: &Link<'_>) {
-        let cfg = &self.env.cfg;
-        let max = match self.sender() {
-            Sender::Client => cfg.max_client_frame,
-            Sender::Backend => u64::MAX,
+        // Only small values live across the awaits below: every idle connection's task
+        // carries room for them twice (one per pump).
+        let (keep, stop) = loop {
+            let walk = self.walk(link);
+            if let Some(Stop::OwnPong(n)) = walk.stop {
+                // The pong to wslb's keepalive ping: forward what precedes it, drop it,
+                // walk on.
+                Box::pin(self.forward(walk.ready, walk.close_forwarded)).await;
+                self.buf.drain(..n);
+                link.registry.pong_received(link.key, self.me());
+                continue;
+            }
+            self.forward(walk.ready, walk.close_forwarded).await;
+            break (walk.keep_to - walk.ready, walk.stop);
+        };
+        self.buf.truncate(keep);
+        // What stays is a partial header (<= 138 bytes). Growing the buffer to fit the
+        // largest frame seen is `take_buffer`'s job, before the next read.
+        match stop {
+            // The destination broke the protocol: it gets the code it is owed instead of
+            // the source's close reply.
+            Some(Stop::OwedClose) => {
+                if let Some((code, reason)) = self.take_owed(link) {
+                    Box::pin(self.send_close(code, reason)).await;
+                }
+            }
+            Some(Stop::Violation(v)) => Box::pin(self.on_violation(v, link)).await,
+            Some(Stop::OwnPong(_)) | None => {}
+        }
+    }
+
+    fn walk(&mut self, link: &Link<'_>) -> frame::Walk {
+        let limits = match self.sender() {
+            Sender::Client => self.env.cfg.client_limits,
+            Sender::Backend => Limits {
+                buffer: self.env.cfg.client_limits.buffer,
+                ..Limits::NONE
+            },
         };
         let me = self.me();
-        let owed = || link.close_request[me].get().is_some();
-        let walk = self.walker.walk(
+        self.walker.walk(
             &self.buf,
             self.sender(),
-            max,
-            cfg.max_buffer,
+            limits,
             self.close_sent,
-            owed,
-        );
-        let (ready, keep_to) = (walk.ready, walk.keep_to);
-        if walk.close_forwarded {
+            link.registry.awaits_pong(link.key, me),
+            || link.close_request[me].get().is_some(),
+        )
+    }
+
+    /// Writes the first `ready` bytes of the buffer to the destination and moves the rest
+    /// to the front.
+    async fn forward(&mut self, ready: usize, close_forwarded: bool) {
+        if close_forwarded {
             self.mark_close_sent();
         }
-
         if ready > 0 && !self.dst_failed {
             let buf = std::mem::take(&mut self.buf);
             // Boxed for the same reason as the read.
@@ -382,21 +443,21 @@ where
                 self.mark_close_sent();
             }
         }
-        // What stays is a partial header (<= 138 bytes). Growing the buffer to fit the
-        // largest frame seen is `take_buffer`'s job, before the next read.
-        self.buf.copy_within(ready..keep_to, 0);
-        self.buf.truncate(keep_to - ready);
+        let len = self.buf.len();
+        self.buf.copy_within(ready..len, 0);
+        self.buf.truncate(len - ready);
+    }
 
-        match walk.stop {
-            // The destination broke the protocol: it gets the code it is owed instead of
-            // the source's close reply.
-            Some(Stop::OwedClose) => {
-                if let Some((code, reason)) = self.take_owed(link) {
-                    Box::pin(self.send_close(code, reason)).await;
-                }
-            }
-            Some(Stop::Violation(v)) => Box::pin(self.on_violation(v, link)).await,
-            None => {}
+    /// Sends wslb's keepalive ping to the destination (at a frame boundary).
+    async fn send_ping(&mut self, link: &Link<'_>) {
+        // Marked even when nothing can be sent, so that the ping is not due again at once.
+        link.registry.pinged(link.key, 1 - self.me());
+        if self.close_sent || self.dst_failed {
+            return;
+        }
+        let frame = frame::encode_ping(self.sender() == Sender::Client);
+        if self.dst.write_all(frame).await.0.is_err() {
+            self.dst_failed = true;
         }
     }
 
@@ -494,14 +555,17 @@ mod tests {
             let [a, b] = [a, b].map(|s| TcpStream::from_std(s).unwrap());
             let env = RelayEnv {
                 cfg: RelayConfig {
-                    max_client_frame: 1 << 20,
+                    client_limits: Limits {
+                        frame: 1 << 20,
+                        message: 1 << 20,
+                        buffer: 4096,
+                    },
                     close_grace: Duration::from_secs(1),
-                    max_buffer: 4096,
                 },
                 pool: BufferPool::new(1024, 4096),
-                drain: WorkerDrain::default(),
+                registry: Registry::default(),
             };
-            let f = run(a, b, Vec::new(), Vec::new(), &env);
+            let f = run(a, b, Vec::new(), Vec::new(), 0, &env);
             let size = std::mem::size_of_val(&f);
             eprintln!("relay::run future: {size} bytes");
             assert!(size <= 1024, "relay future grew to {size} bytes");

@@ -1,0 +1,388 @@
+//! A worker's registry of its open relays: what its one timer task needs to wake a relay
+//! when the instance drains, when a peer has been quiet too long (ping keepalive, idle
+//! timeout), or when the relay's backend was removed by a reload and its drain deadline
+//! passed.
+//!
+//! Why not a timer per connection: an idle connection is a parked task, and a monoio
+//! timer entry per connection would cost more than the rest of its state. Instead each
+//! relay has one 32-byte [`Slot`] here, the relay stamps it with a coarse clock each time
+//! it reads, and the worker's watcher task ([`Registry::watch`]) sweeps the slots a few
+//! times per ping interval and wakes only the relays that have something due. The relay
+//! itself then decides what to do (see [`Registry::attention`]): the sweep and the relay
+//! apply the same rule ([`due`]), so a wake is never lost and never repeats for long.
+//!
+//! Cross-thread input (the drain flag, backend retirements) arrives as atomics and a
+//! generation-stamped list that the watcher copies when the generation changes; relays
+//! only ever touch this worker-local registry.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::drain::DrainSignal;
+
+/// Keepalive settings (both in milliseconds, `0` = off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Keepalive {
+    /// A peer quiet for this long gets a WebSocket ping from wslb.
+    pub ping_interval_ms: u32,
+    /// With pings: a peer quiet this long (it did not answer the ping) is dead. Without
+    /// pings: a connection with no frame in either direction this long is closed.
+    pub idle_timeout_ms: u32,
+}
+
+/// What a relay's pump should do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attention {
+    /// Close both sides with this code and reason, at a frame boundary.
+    GoAway(u16, &'static str),
+    /// Send a keepalive ping to this pump's destination.
+    Ping,
+    /// This pump's source has not been heard from within the idle timeout (after a ping):
+    /// treat it as gone.
+    SourceDead,
+}
+
+/// Why the relay was kicked from outside.
+const KICK_NONE: u8 = 0;
+const KICK_RETIRED: u8 = 1;
+
+/// One relay's registration. Index 0/1 of the arrays is the pump (client->backend reads
+/// the client, backend->client reads the backend), so `heard[0]` is when the client last
+/// sent something.
+#[derive(Debug)]
+struct Slot {
+    waker: Option<Waker>,
+    /// Coarse clock (ms since the worker started, wrapping) of the last read per source.
+    heard: [u32; 2],
+    /// The backend this relay is connected to (`balancer::Pool` id), for retirements.
+    backend: u32,
+    /// Bits 0/1: a keepalive ping went to source 0/1 since it was last heard.
+    /// Bits 2/3: a ping went to source 0/1 and its pong has not come back yet (that pong
+    /// is wslb's and is not forwarded).
+    pings: u8,
+    kick: u8,
+}
+
+/// A backend removed by a reload, and when its remaining connections get close 1012.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retirement {
+    pub backend: u32,
+    /// `None`: they may stay until they close.
+    pub deadline: Option<Instant>,
+}
+
+/// The retirements of the whole instance, written by the reload (main thread) and read by
+/// every worker's watcher when `generation` changes.
+#[derive(Debug, Default)]
+pub struct Retirements {
+    generation: std::sync::atomic::AtomicU64,
+    list: std::sync::Mutex<Vec<Retirement>>,
+}
+
+impl Retirements {
+    /// Replaces the list (a backend added back is simply no longer in it).
+    pub fn set(&self, list: Vec<Retirement>) {
+        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = list;
+        // Release pairs with the watcher's Acquire: it then sees the new list.
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    fn snapshot(&self, seen: &mut u64) -> Option<Vec<Retirement>> {
+        let g = self.generation.load(std::sync::atomic::Ordering::Acquire);
+        if g == *seen {
+            return None;
+        }
+        *seen = g;
+        Some(self.list.lock().unwrap_or_else(|e| e.into_inner()).clone())
+    }
+}
+
+/// Whether the keepalive rule has something due for the relay in `s` (see [`Attention`]).
+fn due(s: &Slot, now: u32, k: Keepalive) -> bool {
+    (0..2).any(|p| peer_due(s, p, now, k).is_some()) || idle(s, now, k)
+}
+
+/// What is due about source `p` of a relay: a ping to it, or its death.
+fn peer_due(s: &Slot, p: usize, now: u32, k: Keepalive) -> Option<Attention> {
+    if k.ping_interval_ms == 0 {
+        return None;
+    }
+    let quiet = now.wrapping_sub(s.heard[p]);
+    if k.idle_timeout_ms > 0 && quiet >= k.idle_timeout_ms {
+        return Some(Attention::SourceDead);
+    }
+    (quiet >= k.ping_interval_ms && s.pings & (1 << p) == 0).then_some(Attention::Ping)
+}
+
+/// Without pings: no frame either way for the idle timeout.
+fn idle(s: &Slot, now: u32, k: Keepalive) -> bool {
+    k.ping_interval_ms == 0
+        && k.idle_timeout_ms > 0
+        && now
+            .wrapping_sub(s.heard[0])
+            .min(now.wrapping_sub(s.heard[1]))
+            >= k.idle_timeout_ms
+}
+
+/// One worker's registry (see the module docs).
+#[derive(Debug)]
+pub struct Registry {
+    keepalive: Keepalive,
+    started: Instant,
+    /// The coarse clock relays stamp their reads with, advanced by the watcher every tick:
+    /// no clock read per frame.
+    now: Cell<u32>,
+    going_away: Cell<bool>,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(Keepalive::default())
+    }
+}
+
+/// How often the watcher wakes: the drain flag is noticed within this, and it is the
+/// clock's resolution.
+const TICK: Duration = Duration::from_millis(50);
+
+impl Registry {
+    pub fn new(keepalive: Keepalive) -> Self {
+        Self {
+            keepalive,
+            started: Instant::now(),
+            now: Cell::new(0),
+            going_away: Cell::new(false),
+            slots: RefCell::default(),
+            free: RefCell::default(),
+        }
+    }
+
+    /// Whether relays should send their going-away closes now (the instance drains).
+    pub fn going_away(&self) -> bool {
+        self.going_away.get()
+    }
+
+    /// Registers a relay's task; give the key back with [`Self::unregister`].
+    pub fn register(&self, waker: Waker, backend: u32) -> u32 {
+        let now = self.now.get();
+        let slot = Slot {
+            waker: Some(waker),
+            heard: [now; 2],
+            backend,
+            pings: 0,
+            kick: KICK_NONE,
+        };
+        let mut slots = self.slots.borrow_mut();
+        match self.free.borrow_mut().pop() {
+            Some(k) => {
+                slots[k as usize] = slot;
+                k
+            }
+            None => {
+                slots.push(slot);
+                (slots.len() - 1) as u32
+            }
+        }
+    }
+
+    pub fn unregister(&self, key: u32) {
+        let mut slots = self.slots.borrow_mut();
+        slots[key as usize].waker = None;
+        self.free.borrow_mut().push(key);
+        // A burst of connections that has ended should not pin its slots forever.
+        if self.free.borrow().len() == slots.len() && slots.capacity() > 1024 {
+            slots.clear();
+            slots.shrink_to_fit();
+            self.free.borrow_mut().clear();
+        }
+    }
+
+    /// Source `pump` of relay `key` sent something.
+    #[inline]
+    pub fn heard(&self, key: u32, pump: usize) {
+        let mut slots = self.slots.borrow_mut();
+        let s = &mut slots[key as usize];
+        s.heard[pump] = self.now.get();
+        s.pings &= !(1 << pump);
+    }
+
+    /// A keepalive ping went to source `pump` of relay `key`.
+    pub fn pinged(&self, key: u32, pump: usize) {
+        self.slots.borrow_mut()[key as usize].pings |= (1 | 4) << pump;
+    }
+
+    /// Whether wslb awaits the pong to a ping it sent to source `pump`.
+    #[inline]
+    pub fn awaits_pong(&self, key: u32, pump: usize) -> bool {
+        self.slots.borrow()[key as usize].pings & (4 << pump) != 0
+    }
+
+    /// wslb's pong from source `pump` arrived (and was dropped).
+    pub fn pong_received(&self, key: u32, pump: usize) {
+        self.slots.borrow_mut()[key as usize].pings &= !(4 << pump);
+    }
+
+    /// What pump `me` of relay `key` should do now, if anything.
+    #[inline]
+    pub fn attention(&self, key: u32, me: usize) -> Option<Attention> {
+        if self.going_away.get() {
+            return Some(Attention::GoAway(1001, "going away"));
+        }
+        let slots = self.slots.borrow();
+        let s = &slots[key as usize];
+        if s.kick == KICK_RETIRED {
+            return Some(Attention::GoAway(1012, "service restart"));
+        }
+        let (now, k) = (self.now.get(), self.keepalive);
+        if idle(s, now, k) {
+            return Some(Attention::GoAway(1001, "idle timeout"));
+        }
+        if peer_due(s, me, now, k) == Some(Attention::SourceDead) {
+            return Some(Attention::SourceDead);
+        }
+        // Pump `me` writes to the peer the other pump reads.
+        (peer_due(s, 1 - me, now, k) == Some(Attention::Ping)).then_some(Attention::Ping)
+    }
+
+    fn wake_all(&self, pick: impl Fn(&Slot) -> bool) {
+        let wakers: Vec<Waker> = self
+            .slots
+            .borrow()
+            .iter()
+            .filter(|s| pick(s))
+            .filter_map(|s| s.waker.clone())
+            .collect();
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    /// The worker's watcher task, for the life of the worker: advances the clock every
+    /// tick, turns the instance's drain flag into close 1001s, sweeps for keepalive work a
+    /// few times per interval, and closes the relays of retired backends at their
+    /// deadlines with 1012.
+    pub async fn watch(&self, signal: Arc<DrainSignal>, retirements: Arc<Retirements>) {
+        let k = self.keepalive;
+        let shortest = [k.ping_interval_ms, k.idle_timeout_ms]
+            .into_iter()
+            .filter(|&v| v > 0)
+            .min();
+        // A ping goes out at most an eighth of the interval late.
+        let sweep_every = shortest.map(|ms| (ms / 8).clamp(TICK.as_millis() as u32, 1000));
+        let mut last_sweep = 0u32;
+        let mut generation = 0u64;
+        let mut retired: Vec<Retirement> = Vec::new();
+        loop {
+            monoio::time::sleep(TICK).await;
+            let now = self.started.elapsed().as_millis() as u32;
+            self.now.set(now);
+            if !self.going_away.get() && signal.going_away() {
+                self.going_away.set(true);
+                self.wake_all(|_| true);
+            }
+            if let Some(list) = retirements.snapshot(&mut generation) {
+                retired = list;
+                let keep: Vec<u32> = retired.iter().map(|r| r.backend).collect();
+                // A backend added back: its relays are no longer marked.
+                for s in self.slots.borrow_mut().iter_mut() {
+                    if s.kick == KICK_RETIRED && !keep.contains(&s.backend) {
+                        s.kick = KICK_NONE;
+                    }
+                }
+            }
+            let expired: Vec<u32> = retired
+                .iter()
+                .filter(|r| r.deadline.is_some_and(|d| Instant::now() >= d))
+                .map(|r| r.backend)
+                .collect();
+            if !expired.is_empty() {
+                let mut hit = 0;
+                for s in self.slots.borrow_mut().iter_mut() {
+                    if s.waker.is_some() && s.kick == KICK_NONE && expired.contains(&s.backend) {
+                        s.kick = KICK_RETIRED;
+                        hit += 1;
+                    }
+                }
+                if hit > 0 {
+                    tracing::info!(
+                        "{hit} connections to removed backends passed their drain deadline: close 1012"
+                    );
+                    self.wake_all(|s| s.kick == KICK_RETIRED);
+                }
+            }
+            if let Some(every) = sweep_every
+                && now.wrapping_sub(last_sweep) >= every
+            {
+                last_sweep = now;
+                self.wake_all(|s| due(s, now, k));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slot(heard: [u32; 2], pings: u8) -> Slot {
+        Slot {
+            waker: None,
+            heard,
+            backend: 0,
+            pings,
+            kick: KICK_NONE,
+        }
+    }
+
+    const PINGS: Keepalive = Keepalive {
+        ping_interval_ms: 1000,
+        idle_timeout_ms: 3000,
+    };
+
+    #[test]
+    fn a_quiet_peer_is_pinged_once_then_declared_dead() {
+        let s = slot([0, 0], 0);
+        assert_eq!(peer_due(&s, 0, 999, PINGS), None);
+        assert_eq!(peer_due(&s, 0, 1000, PINGS), Some(Attention::Ping));
+        let s = slot([0, 0], 0b0101);
+        assert_eq!(peer_due(&s, 0, 2000, PINGS), None, "one ping per silence");
+        assert_eq!(peer_due(&s, 0, 3000, PINGS), Some(Attention::SourceDead));
+        assert!(due(&s, 3000, PINGS));
+    }
+
+    #[test]
+    fn only_the_quiet_side_is_pinged() {
+        // The backend pushes (heard at 2500); the client is quiet since 0.
+        let s = slot([0, 2500], 0);
+        assert_eq!(peer_due(&s, 0, 2600, PINGS), Some(Attention::Ping));
+        assert_eq!(peer_due(&s, 1, 2600, PINGS), None);
+    }
+
+    #[test]
+    fn without_pings_only_silence_both_ways_is_idle() {
+        let k = Keepalive {
+            ping_interval_ms: 0,
+            idle_timeout_ms: 1000,
+        };
+        assert!(!idle(&slot([0, 900], 0), 1500, k), "one side still talks");
+        assert!(idle(&slot([0, 400], 0), 1500, k));
+        assert_eq!(peer_due(&slot([0, 0], 0), 0, 5000, k), None);
+        assert!(
+            !due(&slot([0, 0], 0), 5000, Keepalive::default()),
+            "all off"
+        );
+    }
+
+    #[test]
+    fn the_clock_may_wrap() {
+        let s = slot([u32::MAX - 100, u32::MAX - 100], 0);
+        // 101 ms before the wrap + 898 after = 999 ms.
+        assert_eq!(peer_due(&s, 0, 898, PINGS), None);
+        assert_eq!(peer_due(&s, 0, 899, PINGS), Some(Attention::Ping));
+    }
+}
