@@ -1,0 +1,246 @@
+//! Reload (SIGHUP): added backends take new connections, removed ones get none while their
+//! connections carry on until the drain deadline (then close 1012), nobody is dropped, and
+//! an invalid config changes nothing.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use wslb::config::Config;
+
+/// An echo backend that counts the connections it accepted and records close codes.
+struct Backend {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+    closes: Arc<Mutex<Vec<u16>>>,
+}
+
+fn backend() -> Backend {
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let closes = Arc::new(Mutex::new(Vec::new()));
+    let (a, c) = (accepted.clone(), closes.clone());
+    let addr = scripted_backend(move |mut p| {
+        a.fetch_add(1, Ordering::SeqCst);
+        while let Some((fin, op, payload)) = p.recv() {
+            if op == 8 {
+                c.lock()
+                    .unwrap()
+                    .push(u16::from_be_bytes([payload[0], payload[1]]));
+                return p.send(true, 8, &payload);
+            }
+            p.send(fin, op, &payload);
+        }
+    });
+    Backend {
+        addr,
+        accepted,
+        closes,
+    }
+}
+
+/// How one client under load ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ended {
+    /// Still echoing when the test stopped it.
+    Running { echoed: usize },
+    /// Got a close frame with this code (after echoing this many).
+    Closed { code: u16, echoed: usize },
+}
+
+/// A client that echoes a numbered message every 10 ms until `stop`, checking each echo,
+/// and answers a close. Panics on a lost or wrong message, or a dropped connection.
+fn load_client(lb: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<Ended> {
+    let mut c = Peer::connect(lb);
+    std::thread::spawn(move || {
+        let mut echoed = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let msg = format!("message {echoed}");
+            c.send(true, 1, msg.as_bytes());
+            let (_, op, p) = c.recv().expect("connection dropped without a close frame");
+            if op == 8 {
+                let code = u16::from_be_bytes([p[0], p[1]]);
+                c.send(true, 8, &p);
+                assert!(c.sees_eof(), "no TCP close after the close handshake");
+                return Ended::Closed { code, echoed };
+            }
+            assert_eq!(p, msg.as_bytes(), "echo {echoed} lost or changed");
+            echoed += 1;
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ended::Running { echoed }
+    })
+}
+
+#[test]
+fn reload_under_load_moves_new_connections_and_drains_removed_backends_without_loss() {
+    let (a, b, c) = (backend(), backend(), backend());
+    let mut lb = balancer(&[a.addr, b.addr], 2, |cfg| {
+        cfg.timeouts.removed_backend_drain_ms = 800;
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let before: Vec<_> = (0..20)
+        .map(|_| load_client(lb.local_addr, stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 10);
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 10);
+
+    // Remove a, add c.
+    let mut new = Config {
+        listen: "127.0.0.1:0".into(),
+        backends: vec![b.addr.to_string(), c.addr.to_string()],
+        workers: 2,
+        ..Config::default()
+    };
+    new.timeouts.removed_backend_drain_ms = 800;
+    new.timeouts.backend_connect_ms = 1000;
+    new.timeouts.close_grace_ms = 2000;
+    new.health.enabled = false;
+    let reloaded_at = Instant::now();
+    let applied = lb.reload(&new.validate().unwrap()).unwrap();
+    assert_eq!(applied.backends.added, vec![c.addr]);
+    assert_eq!(applied.backends.removed.len(), 1);
+    assert_eq!(applied.needs_restart, Vec::<&str>::new());
+
+    // New connections go to b and c only, half each.
+    let after: Vec<_> = (0..20)
+        .map(|_| load_client(lb.local_addr, stop.clone()))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    stop.store(true, Ordering::Relaxed);
+    let before: Vec<Ended> = before.into_iter().map(|t| t.join().unwrap()).collect();
+    let after: Vec<Ended> = after.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        a.accepted.load(Ordering::SeqCst),
+        10,
+        "a got new connections"
+    );
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 20);
+    assert_eq!(c.accepted.load(Ordering::SeqCst), 10);
+
+    // The 10 on a kept echoing for the drain deadline, then got 1012; the 10 on b never
+    // noticed; every connection opened after the reload is still running.
+    let closed: Vec<&Ended> = before
+        .iter()
+        .filter(|e| matches!(e, Ended::Closed { .. }))
+        .collect();
+    assert_eq!(closed.len(), 10, "{before:?}");
+    for e in &closed {
+        let Ended::Closed { code, echoed } = e else {
+            unreachable!()
+        };
+        assert_eq!(*code, 1012);
+        // About 30 echoes before the reload and 800 ms / 10 ms after it.
+        assert!(*echoed >= 40, "drained too early: {e:?}");
+    }
+    assert!(reloaded_at.elapsed() >= Duration::from_millis(800));
+    assert!(after.iter().all(|e| matches!(e, Ended::Running { .. })));
+    assert_eq!(a.closes.lock().unwrap().as_slice(), [1012; 10]);
+    // (b's clients were stopped just now, so b may see their 1001s, but never a 1012.)
+    assert!(!b.closes.lock().unwrap().contains(&1012));
+}
+
+/// Runs the real binary, as a user would, collecting its log.
+struct Wslb {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Wslb {
+    fn start(config: &std::path::Path) -> Wslb {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wslb"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Wslb { child, log }
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits up to 5 s for a log line containing `text`.
+    fn wait_for(&self, text: &str) -> String {
+        for _ in 0..250 {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return l.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no log line with {text:?}: {:#?}", self.log.lock().unwrap());
+    }
+}
+
+impl Drop for Wslb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
+    let (a, b) = (backend(), backend());
+    let port = dead_addr().port();
+    let dir = std::env::temp_dir().join(format!("wslb-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("wslb.toml");
+    let config = |backends: &[SocketAddr]| {
+        let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nworkers = 1\nbackends = [{}]\n[health]\nenabled = false\n",
+            list.join(", ")
+        )
+    };
+    std::fs::write(&path, config(&[a.addr])).unwrap();
+    let wslb = Wslb::start(&path);
+    wslb.wait_for("balancing");
+    let lb: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut long_lived = Peer::connect(lb);
+    assert_echo(&mut long_lived, 1, b"on a");
+
+    // Invalid: every problem is logged, nothing changes, nobody is dropped.
+    std::fs::write(
+        &path,
+        "listen = \"nowhere\"\nbackends = []\n[keepalive]\nping_interval_ms = 5\nidle_timeout_ms = 5\n",
+    )
+    .unwrap();
+    wslb.signal(libc::SIGHUP);
+    wslb.wait_for("reload rejected");
+    for field in ["listen", "backends", "keepalive.idle_timeout_ms"] {
+        wslb.wait_for(&format!("{field}:"));
+    }
+    assert_echo(&mut long_lived, 1, b"still on a");
+    assert_echo(&mut Peer::connect(lb), 1, b"new, on a");
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 2);
+
+    // Valid: b replaces a for new connections; the open one on a carries on.
+    std::fs::write(&path, config(&[b.addr])).unwrap();
+    wslb.signal(libc::SIGHUP);
+    wslb.wait_for("reload done: 1 backends added, 1 removed");
+    assert_echo(&mut Peer::connect(lb), 1, b"new, on b");
+    assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
+    assert_eq!(a.accepted.load(Ordering::SeqCst), 2);
+    assert_echo(&mut long_lived, 1, b"the old one still flows");
+    let _ = std::fs::remove_dir_all(&dir);
+}
