@@ -58,6 +58,10 @@ pub struct Config {
     /// and how evenly SO_REUSEPORT spread them). Logged only when something changed.
     /// Default 10; `0` turns them off.
     pub stats_interval_secs: u64,
+    /// Unix socket path where this wslb offers its listening sockets to a new process
+    /// started with `wslb run --takeover` (zero-downtime binary upgrade, see
+    /// `handover.rs`). Default empty: no upgrades.
+    pub upgrade_socket: String,
     pub timeouts: Timeouts,
     pub limits: Limits,
     pub health: Health,
@@ -195,6 +199,7 @@ impl Default for Config {
             io_driver: IoDriver::Auto,
             backlog: 4096,
             stats_interval_secs: 10,
+            upgrade_socket: String::new(),
             timeouts: Timeouts::default(),
             limits: Limits::default(),
             health: Health::default(),
@@ -239,6 +244,8 @@ pub struct Settings {
     pub backlog: u32,
     /// `None` when stats lines are off.
     pub stats_interval: Option<Duration>,
+    /// `None`: no binary upgrades.
+    pub upgrade_socket: Option<std::path::PathBuf>,
     pub client_handshake_timeout: Duration,
     pub backend_connect_timeout: Duration,
     pub backend_handshake_timeout: Duration,
@@ -377,6 +384,16 @@ impl Config {
                 format!("{} is more than 1024; use 0 for one per core", self.workers),
             );
         }
+        // sun_path holds 108 bytes with the terminating NUL.
+        if self.upgrade_socket.len() > 107 {
+            problem(
+                "upgrade_socket",
+                format!(
+                    "{:?} is longer than a Unix socket path may be (107 bytes)",
+                    self.upgrade_socket
+                ),
+            );
+        }
         if self.backlog == 0 {
             problem("backlog", "must be at least 1".into());
         }
@@ -475,6 +492,8 @@ impl Config {
             workers,
             io_driver: self.io_driver,
             backlog: self.backlog,
+            upgrade_socket: (!self.upgrade_socket.is_empty())
+                .then(|| self.upgrade_socket.clone().into()),
             stats_interval: (self.stats_interval_secs > 0)
                 .then(|| Duration::from_secs(self.stats_interval_secs)),
             client_handshake_timeout: Duration::from_millis(t.client_handshake_ms),

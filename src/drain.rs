@@ -73,11 +73,23 @@ impl Drainer {
     /// Runs the three steps; returns when every connection is closed or the hard deadline
     /// (`grace + close_grace + 1 s`) has passed.
     pub fn drain(self, grace: Duration, close_grace: Duration) -> DrainReport {
+        self.run(grace, close_grace, true)
+    }
+
+    /// The drain after a binary upgrade: the same, except that the listening sockets,
+    /// which the new process now accepts on, are left as they are; only this process's
+    /// accept loops stop (their pending accepts are cancelled).
+    pub fn drain_after_handover(self, grace: Duration, close_grace: Duration) -> DrainReport {
+        self.run(grace, close_grace, false)
+    }
+
+    fn run(self, grace: Duration, close_grace: Duration, shut_listeners: bool) -> DrainReport {
         let open_at_start = self.open();
         self.admission.stop_accepting();
-        for l in &self.listeners {
-            // Wakes the worker's pending accept (it returns EINVAL). These are duplicates of
-            // the workers' descriptors, so the socket is shut down even if a worker already
+        for l in self.listeners.iter().filter(|_| shut_listeners) {
+            // Resets what waits in the accept queues at once (a client then retries
+            // elsewhere instead of waiting for the exit). These are duplicates of the
+            // workers' descriptors, so the socket is shut down even if a worker already
             // dropped its own, and no reused descriptor number can be hit.
             let _ = socket2::SockRef::from(l).shutdown(std::net::Shutdown::Read);
         }

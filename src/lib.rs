@@ -32,6 +32,7 @@ pub mod connection;
 pub mod drain;
 pub mod echo;
 pub mod frame;
+pub mod handover;
 pub mod handshake;
 pub mod listener;
 pub mod metrics;
@@ -80,6 +81,13 @@ impl Running {
         self.reload.as_mut().map(|r| r.apply(new))
     }
 
+    /// Duplicates of the listening sockets, to hand over to a new process (binary upgrade).
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        self.drainer.as_ref().map_or(Ok(Vec::new()), |d| {
+            d.listeners.iter().map(|l| l.try_clone()).collect()
+        })
+    }
+
     /// The handle that drains this balancer (once; `None` for the echo backend).
     pub fn drainer(&mut self) -> Option<drain::Drainer> {
         self.drainer.take()
@@ -96,6 +104,15 @@ impl Running {
 /// Binds the listeners and starts the balancer's workers.
 pub fn start_balancer(settings: Settings) -> Result<Running, StartError> {
     let listeners = listener::bind(settings.listen, settings.workers, settings.backlog)?;
+    start_balancer_on(settings, listeners)
+}
+
+/// Starts the balancer's workers on listening sockets it already has, one worker per
+/// socket: those taken over from an old process in a binary upgrade (`handover.rs`).
+pub fn start_balancer_on(
+    settings: Settings,
+    listeners: Vec<std::net::TcpListener>,
+) -> Result<Running, StartError> {
     let local_addr = local_addr(&listeners, settings.listen);
     // Without health checks nothing would bring a backend back, so failed connects do not
     // take one down either.

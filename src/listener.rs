@@ -1,7 +1,9 @@
 //! One SO_REUSEPORT listening socket per worker on the same address, and the accept loop.
 
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -176,8 +178,27 @@ pub async fn accept_loop<F, Fut>(
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let mut starved = false;
+    // The accept loop ends when the instance stops accepting (a drain, a handover): a
+    // watcher cancels the pending accept, since the socket itself may stay open (a new
+    // process accepts on it after a handover). An accept that completes before the cancel
+    // is served as usual.
+    let canceller = Rc::new(RefCell::new(Some(monoio::io::Canceller::new())));
+    let stop = canceller.clone();
+    let watched = limit.clone();
+    monoio::spawn(async move {
+        while watched.is_accepting() {
+            monoio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if let Some(c) = stop.borrow_mut().take() {
+            c.cancel();
+        }
+    });
     loop {
-        match listener.accept().await {
+        let Some(handle) = canceller.borrow().as_ref().map(|c| c.handle()) else {
+            tracing::debug!("accept loop ends: stopped accepting");
+            return;
+        };
+        match listener.cancelable_accept(handle).await {
             Ok((stream, peer)) => {
                 starved = false;
                 // Frames are written whole; Nagle would hold small ones back waiting for ACKs.

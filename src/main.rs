@@ -43,6 +43,11 @@ enum Command {
         /// io driver: auto (io_uring, else epoll), io-uring, epoll.
         #[arg(long, value_name = "auto|io-uring|epoll")]
         io_driver: Option<IoDriver>,
+        /// Binary upgrade: take over the listening sockets of the wslb running with the
+        /// same `upgrade_socket`, which then drains and exits. Runs one worker per socket
+        /// taken over.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Run a WebSocket echo backend.
     Echo {
@@ -129,6 +134,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             backends,
             workers,
             io_driver,
+            takeover,
         } => {
             let flags = Overrides {
                 listen,
@@ -137,44 +143,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 io_driver,
             };
             let settings = load(config.as_deref(), &flags)?;
-            let interval = settings.stats_interval;
-            let (grace, close_grace) = (settings.shutdown_grace, settings.close_grace);
-            // Signal handlers before the workers start, so no signal finds none installed.
-            let mut signals = signal_hook::iterator::Signals::new([
-                signal_hook::consts::SIGTERM,
-                signal_hook::consts::SIGINT,
-                signal_hook::consts::SIGHUP,
-            ])
-            .context("installing signal handlers")?;
-            let mut running = wslb::start_balancer(settings).context("starting the balancer")?;
-            if let Some(i) = interval {
-                wslb::metrics::log_every(running.stats.clone(), i);
-            }
-            let drainer = running.drainer().expect("a balancer can be drained");
-            let mut first = 0;
-            for sig in signals.forever() {
-                if sig != signal_hook::consts::SIGHUP {
-                    first = sig;
-                    break;
-                }
-                reload(&mut running, config.as_deref(), &flags);
-            }
-            tracing::info!("signal {first}: draining (a second signal exits at once)");
-            // A second SIGTERM/SIGINT during the drain: exit now.
-            std::thread::spawn(move || {
-                if signals.forever().any(|s| s != signal_hook::consts::SIGHUP) {
-                    tracing::warn!("second signal: exiting without waiting");
-                    std::process::exit(1);
-                }
-            });
-            let report = drainer.drain(grace, close_grace);
-            tracing::info!(
-                "drained: {} connections open at the signal, {} sent close 1001, {} left open",
-                report.open_at_start,
-                report.sent_going_away,
-                report.left_open
-            );
-            return Ok(ExitCode::SUCCESS);
+            serve(settings, config.as_deref(), &flags, takeover)?;
         }
         Command::Echo { listen, workers } => {
             let n = workers
@@ -213,6 +182,117 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the main thread of `wslb run` waits for.
+enum Event {
+    Signal(i32),
+    /// A new process took over the listening sockets (binary upgrade).
+    HandedOver,
+}
+
+/// `wslb run`: start (or take over), then reload on SIGHUP until SIGTERM/SIGINT or a
+/// handover, then drain and return.
+fn serve(
+    settings: wslb::config::Settings,
+    config: Option<&std::path::Path>,
+    flags: &Overrides,
+    takeover: bool,
+) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let interval = settings.stats_interval;
+    let (grace, close_grace) = (settings.shutdown_grace, settings.close_grace);
+    let upgrade_path = settings.upgrade_socket.clone();
+    // Signal handlers before the workers start, so no signal finds none installed.
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("installing signal handlers")?;
+    let (events, rx) = std::sync::mpsc::channel();
+    let tx = events.clone();
+    std::thread::spawn(move || {
+        for s in signals.forever() {
+            if tx.send(Event::Signal(s)).is_err() {
+                return;
+            }
+        }
+    });
+
+    let mut running = if takeover {
+        let path = upgrade_path
+            .as_deref()
+            .context("--takeover needs upgrade_socket in the config (the old wslb's)")?;
+        let (listeners, handover) = wslb::handover::take_over(path)?;
+        if listeners.len() != settings.workers {
+            tracing::warn!(
+                "took over {} listening sockets: running {} workers, not the {} configured \
+                 (a cold restart changes the worker count)",
+                listeners.len(),
+                listeners.len(),
+                settings.workers
+            );
+        }
+        let running = wslb::start_balancer_on(settings, listeners)
+            .context("starting the balancer on the sockets taken over")?;
+        handover.ready()?;
+        tracing::info!("binary upgrade: serving; the old process drains");
+        running
+    } else {
+        wslb::start_balancer(settings).context("starting the balancer")?
+    };
+    if let Some(path) = &upgrade_path {
+        let upgrade = if takeover {
+            wslb::handover::rebind(path)?
+        } else {
+            wslb::handover::bind(path)?
+        };
+        let tx = events.clone();
+        let sockets = running
+            .listening_sockets()
+            .context("duplicating the listening sockets for upgrades")?;
+        wslb::handover::offer(upgrade, sockets, move || {
+            let _ = tx.send(Event::HandedOver);
+        })
+        .context("starting the upgrade socket thread")?;
+        tracing::info!(
+            "binary upgrades: offering the listening sockets on {}",
+            path.display()
+        );
+    }
+    if let Some(i) = interval {
+        wslb::metrics::log_every(running.stats.clone(), i);
+    }
+    let drainer = running.drainer().expect("a balancer can be drained");
+    let handed_over = loop {
+        match rx.recv() {
+            Ok(Event::Signal(SIGHUP)) => reload(&mut running, config, flags),
+            Ok(Event::Signal(s)) => {
+                tracing::info!("signal {s}: draining (a second signal exits at once)");
+                break false;
+            }
+            Ok(Event::HandedOver) => break true,
+            Err(_) => break false,
+        }
+    };
+    // A second SIGTERM/SIGINT during the drain: exit now.
+    std::thread::spawn(move || {
+        while let Ok(e) = rx.recv() {
+            if matches!(e, Event::Signal(s) if s != SIGHUP) {
+                tracing::warn!("second signal: exiting without waiting");
+                std::process::exit(1);
+            }
+        }
+    });
+    let report = if handed_over {
+        drainer.drain_after_handover(grace, close_grace)
+    } else {
+        drainer.drain(grace, close_grace)
+    };
+    tracing::info!(
+        "drained: {} connections open at the start, {} sent close 1001, {} left open",
+        report.open_at_start,
+        report.sent_going_away,
+        report.left_open
+    );
+    Ok(())
 }
 
 /// `wslb run`'s flags, applied over the config file at start and at every reload.

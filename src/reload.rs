@@ -111,6 +111,7 @@ fn fixed_fields_changed(old: &Settings, new: &Settings) -> Vec<&'static str> {
     check("workers", old.workers != new.workers);
     check("io_driver", old.io_driver != new.io_driver);
     check("backlog", old.backlog != new.backlog);
+    check("upgrade_socket", old.upgrade_socket != new.upgrade_socket);
     check(
         "stats_interval_secs",
         old.stats_interval != new.stats_interval,

@@ -4,9 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -146,58 +144,6 @@ fn reload_under_load_moves_new_connections_and_drains_removed_backends_without_l
     assert!(!b.closes.lock().unwrap().contains(&1012));
 }
 
-/// Runs the real binary, as a user would, collecting its log.
-struct Wslb {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
-}
-
-impl Wslb {
-    fn start(config: &std::path::Path) -> Wslb {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wslb"))
-            .args(["run", "--config"])
-            .arg(config)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let l = log.clone();
-        let err = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                l.lock().unwrap().push(line);
-            }
-        });
-        Wslb { child, log }
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::kill(self.child.id() as i32, sig);
-        }
-    }
-
-    /// Waits up to 5 s for a log line containing `text`.
-    fn wait_for(&self, text: &str) -> String {
-        for _ in 0..250 {
-            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(text)) {
-                return l.clone();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("no log line with {text:?}: {:#?}", self.log.lock().unwrap());
-    }
-}
-
-impl Drop for Wslb {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
     let (a, b) = (backend(), backend());
@@ -213,7 +159,7 @@ fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
         )
     };
     std::fs::write(&path, config(&[a.addr])).unwrap();
-    let wslb = Wslb::start(&path);
+    let wslb = Wslb::start(&path, &[]);
     wslb.wait_for("balancing");
     let lb: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut long_lived = Peer::connect(lb);

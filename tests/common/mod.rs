@@ -2,9 +2,12 @@
 //! WebSocket peer (either role) for the cases that need exact bytes on the wire.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::sync::Once;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wslb::Running;
@@ -320,4 +323,57 @@ pub fn assert_echo(p: &mut Peer, opcode: u8, payload: &[u8]) {
         back.len(),
         payload.len()
     );
+}
+
+/// Runs the real binary, as a user would, collecting its log.
+pub struct Wslb {
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Wslb {
+    /// `wslb run --config <config> <extra...>`.
+    pub fn start(config: &std::path::Path, extra: &[&str]) -> Wslb {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_wslb"))
+            .args(["run", "--config"])
+            .arg(config)
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let l = log.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                l.lock().unwrap().push(line);
+            }
+        });
+        Wslb { child, log }
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.child.id() as i32, sig);
+        }
+    }
+
+    /// Waits up to 5 s for a log line containing `text`.
+    pub fn wait_for(&self, text: &str) -> String {
+        for _ in 0..250 {
+            if let Some(l) = self.log.lock().unwrap().iter().find(|l| l.contains(text)) {
+                return l.clone();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("no log line with {text:?}: {:#?}", self.log.lock().unwrap());
+    }
+}
+
+impl Drop for Wslb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
