@@ -334,13 +334,37 @@ pub struct Wslb {
 impl Wslb {
     /// `wslb run --config <config> <extra...>`.
     pub fn start(config: &std::path::Path, extra: &[&str]) -> Wslb {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_wslb"))
-            .args(["run", "--config"])
-            .arg(config)
-            .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        Self::spawn(
+            Command::new(env!("CARGO_BIN_EXE_wslb"))
+                .args(["run", "--config"])
+                .arg(config)
+                .args(extra),
+        )
+    }
+
+    /// Like `start`, with RLIMIT_NOFILE (soft and hard) set to `nofile` in the child.
+    pub fn start_with_nofile(config: &std::path::Path, nofile: u64) -> Wslb {
+        use std::os::unix::process::CommandExt;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wslb"));
+        cmd.args(["run", "--config"]).arg(config);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
+        unsafe {
+            cmd.pre_exec(move || {
+                let rl = libc::rlimit {
+                    rlim_cur: nofile,
+                    rlim_max: nofile,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &rl) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Self::spawn(&mut cmd)
+    }
+
+    fn spawn(cmd: &mut Command) -> Wslb {
+        let mut child = cmd.stderr(Stdio::piped()).spawn().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let l = log.clone();
         let err = child.stderr.take().unwrap();
