@@ -399,6 +399,47 @@ fn bad_requests_get_their_status_codes() {
             "400",
         ),
         ("GET / HTTP/1.1\r\nHost x\r\n\r\n".into(), "400"),
+        // Malformed request lines.
+        ("GET\r\n\r\n".into(), "400"),
+        ("GET /  HTTP/1.1 extra\r\nHost: x\r\n\r\n".into(), "400"),
+        ("GET / HTTP/9.9\r\nHost: x\r\n\r\n".into(), "400"),
+        // Missing or duplicate upgrade headers.
+        (good.replace("Upgrade: websocket\r\n", ""), "426"),
+        (
+            good.replace(
+                "Upgrade: websocket\r\n",
+                "Upgrade: websocket\r\nUpgrade: websocket\r\n",
+            ),
+            "400",
+        ),
+        (
+            good.replace("\r\n\r\n", &format!("\r\nSec-WebSocket-Key: {KEY}\r\n\r\n")),
+            "400",
+        ),
+        (
+            good.replace("\r\n\r\n", "\r\nSec-WebSocket-Version: 13\r\n\r\n"),
+            "426",
+        ),
+        (good.replace("Sec-WebSocket-Key", "X-Key"), "400"),
+        // A body on an upgrade: a huge Content-Length (request smuggling bait), chunked.
+        (
+            good.replace(
+                "\r\n\r\n",
+                "\r\nContent-Length: 18446744073709551616\r\n\r\n",
+            ),
+            "400",
+        ),
+        (
+            good.replace("\r\n\r\n", "\r\nContent-Length: 5\r\n\r\nhello"),
+            "400",
+        ),
+        (
+            good.replace("\r\n\r\n", "\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            "400",
+        ),
+        // Other methods.
+        (good.replacen("GET", "PUT", 1), "405"),
+        (good.replacen("GET", "CONNECT", 1), "405"),
         (
             good.replace(
                 "\r\n\r\n",
@@ -407,6 +448,8 @@ fn bad_requests_get_their_status_codes() {
             "431",
         ),
     ];
+    // A client already relaying on the same worker is not disturbed by any of them.
+    let mut bystander = Peer::connect(lb.local_addr);
     for (req, status) in cases {
         let mut c = Peer::client(lb.local_addr);
         c.send_raw(req.as_bytes());
@@ -420,6 +463,7 @@ fn bad_requests_get_their_status_codes() {
         }
     }
     // The worker keeps serving.
+    assert_echo(&mut bystander, 1, b"undisturbed");
     assert_echo(&mut Peer::connect(lb.local_addr), 1, b"fine");
 }
 
@@ -483,7 +527,10 @@ fn client_gone_without_close_gives_backend_1001() {
 #[test]
 fn bad_client_frames_get_their_close_codes() {
     let (b, backend_saw) = close_recording_backend(false);
-    let lb = balancer(&[b], 1, |c| c.limits.max_frame_bytes = 1024);
+    let lb = balancer(&[b], 1, |c| {
+        c.limits.max_frame_bytes = 1024;
+        c.limits.max_message_bytes = 2048;
+    });
     let m = Some([1, 2, 3, 4]);
     let mut rsv = frame(true, 1, b"x", m);
     rsv[0] |= 0x40;
@@ -505,7 +552,27 @@ fn bad_client_frames_get_their_close_codes() {
         ),
         ("stray continuation", frame(true, 0, b"x", m), 1002),
         ("too big", frame(true, 2, &[0; 1025], m), 1009),
+        (
+            "new message inside a fragmented one",
+            {
+                let mut v = frame(false, 1, b"a", m);
+                v.extend(frame(true, 1, b"b", m));
+                v
+            },
+            1002,
+        ),
+        (
+            "message too big in fragments",
+            {
+                let mut v = frame(false, 2, &[0; 1000], m);
+                v.extend(frame(false, 0, &[0; 1000], m));
+                v.extend(frame(true, 0, &[0; 49], m));
+                v
+            },
+            1009,
+        ),
     ];
+    let mut bystander = Peer::connect(lb.local_addr);
     for (name, bytes, code) in &cases {
         let mut c = Peer::connect(lb.local_addr);
         c.send(true, 1, b"fine so far");
@@ -516,6 +583,45 @@ fn bad_client_frames_get_their_close_codes() {
     }
     let saw = backend_saw.lock().unwrap().clone();
     assert_eq!(saw, vec![1001; cases.len()]);
+    // The connection opened before all of them still works.
+    bystander.send(true, 1, b"still here");
+    bystander.send(true, 8, &close_payload(1000, ""));
+    assert_eq!(bystander.expect_close().0, 1000);
+}
+
+/// RFC 6455 §5.5.1: after sending a close, an endpoint sends no more data frames. Data a
+/// client sends after its close is dropped, not forwarded; the close handshake completes.
+#[test]
+fn data_after_close_is_dropped() {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    let b = scripted_backend(move |mut p| {
+        while let Some((_, op, payload)) = p.recv() {
+            g.lock().unwrap().push((op, payload.clone()));
+            if op == 8 {
+                // Answer the close only after the late frame had time to arrive.
+                std::thread::sleep(Duration::from_millis(200));
+                p.send(true, 8, &payload);
+                while let Some((_, op, payload)) = p.recv() {
+                    g.lock().unwrap().push((op, payload));
+                }
+                return;
+            }
+        }
+    });
+    let lb = balancer(&[b], 1, |_| {});
+    let mut c = Peer::connect(lb.local_addr);
+    let m = Some([5, 6, 7, 8]);
+    let mut bytes = frame(true, 1, b"before", m);
+    bytes.extend(frame(true, 8, &close_payload(1000, "bye"), m));
+    bytes.extend(frame(true, 1, b"after the close", m));
+    bytes.extend(frame(true, 9, b"ping after close", m));
+    c.send_raw(&bytes);
+    assert_eq!(c.expect_close(), (1000, "bye".to_string()));
+    assert!(c.sees_eof());
+    let got = got.lock().unwrap().clone();
+    let ops: Vec<u8> = got.iter().map(|(op, _)| *op).collect();
+    assert_eq!(ops, [1, 8], "{got:?}");
 }
 
 #[test]
