@@ -20,7 +20,10 @@
 //!
 //! `config.rs` turns the TOML file and flags into validated `Settings`; `buffers.rs` is
 //! each worker's pool of relay buffers (an idle connection holds none); `balancer/health.rs`
-//! checks backends from one thread; `drain.rs` runs the SIGTERM/SIGINT drain; `metrics.rs`
+//! checks backends from one thread; `drain.rs` runs the SIGTERM/SIGINT drain, `reload.rs`
+//! the SIGHUP reload and `handover.rs` the binary upgrade; `relay/registry.rs` is each
+//! worker's registry of open relays (drain, keepalive pings, idle and retired-backend
+//! closes, all from one timer task per worker); `metrics.rs`
 //! keeps per-worker counters and the stats line; `echo.rs` is the built-in echo backend
 //! used by tests, benches and `wslb demo`.
 #![deny(unsafe_code)]
