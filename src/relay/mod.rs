@@ -129,11 +129,11 @@ pub fn run<'p>(
 ) -> impl std::future::Future<Output = Outcome> + 'p {
     let (client_rd, client_wr) = client.into_split();
     let (backend_rd, backend_wr) = backend.into_split();
-    let mut up = Pump::new(UP, client_rd, backend_wr, client_buf, env);
-    let mut down = Pump::new(DOWN, backend_rd, client_wr, backend_buf, env);
+    let mut up = Pump::new(UP, client_rd, backend_wr, client_buf);
+    let mut down = Pump::new(DOWN, backend_rd, client_wr, backend_buf);
     async move {
         let task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        let link = Link::new(task, &env.registry, backend_id);
+        let link = Link::new(task, env, backend_id);
         let (client_to_backend, backend_to_client) = {
             let mut up_fut = std::pin::pin!(up.run(&link));
             let mut down_fut = std::pin::pin!(down.run(&link));
@@ -162,7 +162,7 @@ async fn finish(rest: impl std::future::Future<Output = End>, grace: Duration) -
 }
 
 /// One direction of a connection.
-struct Pump<'p, Src, Dst: AsyncWriteRent> {
+struct Pump<Src, Dst: AsyncWriteRent> {
     /// UP or DOWN (a u8: every idle connection carries two pumps). Who sends what this
     /// pump reads follows from it (see [`Pump::sender`]).
     me: u8,
@@ -183,21 +183,14 @@ struct Pump<'p, Src, Dst: AsyncWriteRent> {
     /// This pump has sent (or tried to send) a close of wslb's own to its destination
     /// because the instance drains, the connection idled out or its backend was removed.
     going_away_sent: bool,
-    env: &'p RelayEnv,
 }
 
-impl<'p, Src, Dst> Pump<'p, Src, Dst>
+impl<Src, Dst> Pump<Src, Dst>
 where
     Src: CancelableAsyncReadRent + Readiness,
     Dst: AsyncWriteRent,
 {
-    fn new(
-        me: u8,
-        src: OwnedReadHalf<Src>,
-        dst: OwnedWriteHalf<Dst>,
-        buf: Vec<u8>,
-        env: &'p RelayEnv,
-    ) -> Self {
+    fn new(me: u8, src: OwnedReadHalf<Src>, dst: OwnedWriteHalf<Dst>, buf: Vec<u8>) -> Self {
         Self {
             me,
             src,
@@ -209,7 +202,6 @@ where
             deadline: None,
             last_read_full: false,
             going_away_sent: false,
-            env,
         }
     }
 
@@ -237,7 +229,7 @@ where
                 // went its way), and its TCP end finishes this pump.
                 Some(Attention::GoAway(code, reason)) if self.walker.pending == 0 => {
                     self.going_away_sent = true;
-                    Box::pin(self.send_close(code, reason)).await;
+                    Box::pin(self.send_close(link, code, reason)).await;
                 }
                 Some(Attention::Ping) if self.walker.pending == 0 => {
                     Box::pin(self.send_ping(link)).await;
@@ -252,7 +244,7 @@ where
                 _ => {}
             }
             if link.close_request[self.me()].get().is_some() && self.deadline.is_none() {
-                self.deadline = Some(Instant::now() + self.env.cfg.close_grace);
+                self.deadline = Some(Instant::now() + link.env.cfg.close_grace);
             }
             match self.read(link).await {
                 Read::Data | Read::Interrupted => {}
@@ -263,7 +255,7 @@ where
                 Read::Expired => {
                     let owed = self.take_owed(link);
                     if let (Some((code, reason)), 0) = (owed, self.walker.pending) {
-                        Box::pin(self.send_close(code, reason)).await;
+                        Box::pin(self.send_close(link, code, reason)).await;
                     }
                     return End::GraceExpired;
                 }
@@ -276,7 +268,7 @@ where
     async fn read(&mut self, link: &Link<'_>) -> Read {
         let waited = self.walker.pending == 0 && !self.last_read_full;
         if waited {
-            self.release_buffer();
+            self.release_buffer(link);
             let ready = stream_of(&self.src).ready();
             let res = match self.deadline {
                 None => monoio::select! {
@@ -294,7 +286,7 @@ where
                 Some(Ok(())) => {}
             }
         }
-        self.take_buffer();
+        self.take_buffer(link);
 
         let len = self.buf.len();
         let cap = self.buf.capacity();
@@ -338,7 +330,7 @@ where
         match res {
             Ok(0) => Read::Ended,
             Ok(n) => {
-                link.registry.heard(link.key, self.me());
+                link.env.registry.heard(link.key, self.me());
                 self.last_read_full = len + n == cap;
                 Read::Data
             }
@@ -350,18 +342,18 @@ where
 
     /// Makes sure `buf` is a pool buffer big enough for the largest frame seen, keeping the
     /// partial header it may hold.
-    fn take_buffer(&mut self) {
+    fn take_buffer(&mut self, link: &Link<'_>) {
         let want = (self.walker.want_capacity as usize).max(self.buf.len() + 1);
         if self.buf.capacity() >= want && self.buf.capacity() >= MIN_READ {
             return;
         }
-        let mut b = self.env.pool.take(want);
+        let mut b = link.env.pool.take(want);
         b.extend_from_slice(&self.buf);
-        self.env.pool.give(std::mem::replace(&mut self.buf, b));
+        link.env.pool.give(std::mem::replace(&mut self.buf, b));
     }
 
     /// Gives the buffer back to the pool; a partial header moves to a vector of its size.
-    fn release_buffer(&mut self) {
+    fn release_buffer(&mut self, link: &Link<'_>) {
         if self.buf.capacity() == 0 {
             return;
         }
@@ -370,7 +362,7 @@ where
         } else {
             self.buf.to_vec()
         };
-        self.env.pool.give(std::mem::replace(&mut self.buf, rest));
+        link.env.pool.give(std::mem::replace(&mut self.buf, rest));
     }
 
     /// Walks the frames in the buffer, writes every complete header and every payload byte
@@ -383,12 +375,12 @@ where
             if let Some(Stop::OwnPong(n)) = walk.stop {
                 // The pong to wslb's keepalive ping: forward what precedes it, drop it,
                 // walk on.
-                Box::pin(self.forward(walk.ready, walk.close_forwarded)).await;
+                Box::pin(self.forward(link, walk.ready, walk.close_forwarded)).await;
                 self.buf.drain(..n);
-                link.registry.pong_received(link.key, self.me());
+                link.env.registry.pong_received(link.key, self.me());
                 continue;
             }
-            self.forward(walk.ready, walk.close_forwarded).await;
+            self.forward(link, walk.ready, walk.close_forwarded).await;
             break (walk.keep_to - walk.ready, walk.stop);
         };
         self.buf.truncate(keep);
@@ -399,7 +391,7 @@ where
             // the source's close reply.
             Some(Stop::OwedClose) => {
                 if let Some((code, reason)) = self.take_owed(link) {
-                    Box::pin(self.send_close(code, reason)).await;
+                    Box::pin(self.send_close(link, code, reason)).await;
                 }
             }
             Some(Stop::Violation(v)) => Box::pin(self.on_violation(v, link)).await,
@@ -409,9 +401,9 @@ where
 
     fn walk(&mut self, link: &Link<'_>) -> frame::Walk {
         let limits = match self.sender() {
-            Sender::Client => self.env.cfg.client_limits,
+            Sender::Client => link.env.cfg.client_limits,
             Sender::Backend => Limits {
-                buffer: self.env.cfg.client_limits.buffer,
+                buffer: link.env.cfg.client_limits.buffer,
                 ..Limits::NONE
             },
         };
@@ -421,16 +413,16 @@ where
             self.sender(),
             limits,
             self.close_sent,
-            link.registry.awaits_pong(link.key, me),
+            link.env.registry.awaits_pong(link.key, me),
             || link.close_request[me].get().is_some(),
         )
     }
 
     /// Writes the first `ready` bytes of the buffer to the destination and moves the rest
     /// to the front.
-    async fn forward(&mut self, ready: usize, close_forwarded: bool) {
+    async fn forward(&mut self, link: &Link<'_>, ready: usize, close_forwarded: bool) {
         if close_forwarded {
-            self.mark_close_sent();
+            self.mark_close_sent(link);
         }
         if ready > 0 && !self.dst_failed {
             let buf = std::mem::take(&mut self.buf);
@@ -440,7 +432,7 @@ where
             if res.is_err() {
                 // The other pump reads from this destination and will see it fail too.
                 self.dst_failed = true;
-                self.mark_close_sent();
+                self.mark_close_sent(link);
             }
         }
         let len = self.buf.len();
@@ -451,7 +443,7 @@ where
     /// Sends wslb's keepalive ping to the destination (at a frame boundary).
     async fn send_ping(&mut self, link: &Link<'_>) {
         // Marked even when nothing can be sent, so that the ping is not due again at once.
-        link.registry.pinged(link.key, 1 - self.me());
+        link.env.registry.pinged(link.key, 1 - self.me());
         if self.close_sent || self.dst_failed {
             return;
         }
@@ -470,7 +462,7 @@ where
         }
         link.request_close(1 - self.me(), v.close_code());
         let (code, why) = self.lost_source_close();
-        self.send_close(code, why).await;
+        self.send_close(link, code, why).await;
     }
 
     /// The close owed to this pump's destination, which broke the protocol, if any.
@@ -494,11 +486,11 @@ where
         }
     }
 
-    async fn send_close(&mut self, code: u16, reason: &'static str) {
+    async fn send_close(&mut self, link: &Link<'_>, code: u16, reason: &'static str) {
         if self.close_sent || self.dst_failed {
             return;
         }
-        self.mark_close_sent();
+        self.mark_close_sent(link);
         // Towards a backend wslb speaks as a client, and client frames must be masked.
         let frame = frame::encode_close(code, reason, self.sender() == Sender::Client);
         if self.dst.write_all(frame).await.0.is_err() {
@@ -506,10 +498,10 @@ where
         }
     }
 
-    fn mark_close_sent(&mut self) {
+    fn mark_close_sent(&mut self, link: &Link<'_>) {
         self.close_sent = true;
         if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + self.env.cfg.close_grace);
+            self.deadline = Some(Instant::now() + link.env.cfg.close_grace);
         }
     }
 
@@ -523,7 +515,7 @@ where
             if !mid_frame {
                 let owed = self.take_owed(link);
                 let (code, reason) = owed.unwrap_or_else(|| self.lost_source_close());
-                self.send_close(code, reason).await;
+                self.send_close(link, code, reason).await;
             }
             End::SourceLost { mid_frame }
         };

@@ -65,6 +65,67 @@ struct Slot {
     kick: u8,
 }
 
+/// The slots, in chunks of [`CHUNK`]: growing never copies or frees a large block (a
+/// doubling `Vec` leaves its old buffers behind in the allocator's pages), so the cost
+/// stays 32 bytes per connection at the most connections this worker has had.
+#[derive(Debug, Default)]
+struct Slots {
+    chunks: Vec<Box<[Slot]>>,
+    /// Slots handed out so far (in use or on the free list).
+    len: usize,
+}
+
+const CHUNK: usize = 1024;
+
+impl Slots {
+    fn push(&mut self, slot: Slot) -> u32 {
+        if self.len == self.chunks.len() * CHUNK {
+            self.chunks
+                .push((0..CHUNK).map(|_| Slot::empty()).collect());
+        }
+        let k = self.len;
+        self.len += 1;
+        self[k as u32] = slot;
+        k as u32
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Slot> {
+        self.chunks.iter().flat_map(|c| c.iter()).take(self.len)
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = &mut Slot> {
+        self.chunks
+            .iter_mut()
+            .flat_map(|c| c.iter_mut())
+            .take(self.len)
+    }
+}
+
+impl std::ops::Index<u32> for Slots {
+    type Output = Slot;
+    fn index(&self, k: u32) -> &Slot {
+        &self.chunks[k as usize / CHUNK][k as usize % CHUNK]
+    }
+}
+
+impl std::ops::IndexMut<u32> for Slots {
+    fn index_mut(&mut self, k: u32) -> &mut Slot {
+        &mut self.chunks[k as usize / CHUNK][k as usize % CHUNK]
+    }
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Slot {
+            waker: None,
+            heard: [0; 2],
+            backend: 0,
+            pings: 0,
+            kick: KICK_NONE,
+        }
+    }
+}
+
 /// A backend removed by a reload, and when its remaining connections get close 1012.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retirement {
@@ -136,7 +197,7 @@ pub struct Registry {
     /// no clock read per frame.
     now: Cell<u32>,
     going_away: Cell<bool>,
-    slots: RefCell<Vec<Slot>>,
+    slots: RefCell<Slots>,
     free: RefCell<Vec<u32>>,
 }
 
@@ -180,25 +241,22 @@ impl Registry {
         let mut slots = self.slots.borrow_mut();
         match self.free.borrow_mut().pop() {
             Some(k) => {
-                slots[k as usize] = slot;
+                slots[k] = slot;
                 k
             }
-            None => {
-                slots.push(slot);
-                (slots.len() - 1) as u32
-            }
+            None => slots.push(slot),
         }
     }
 
     pub fn unregister(&self, key: u32) {
         let mut slots = self.slots.borrow_mut();
-        slots[key as usize].waker = None;
-        self.free.borrow_mut().push(key);
+        slots[key].waker = None;
+        let mut free = self.free.borrow_mut();
+        free.push(key);
         // A burst of connections that has ended should not pin its slots forever.
-        if self.free.borrow().len() == slots.len() && slots.capacity() > 1024 {
-            slots.clear();
-            slots.shrink_to_fit();
-            self.free.borrow_mut().clear();
+        if free.len() == slots.len && slots.chunks.len() > 1 {
+            *slots = Slots::default();
+            *free = Vec::new();
         }
     }
 
@@ -206,25 +264,25 @@ impl Registry {
     #[inline]
     pub fn heard(&self, key: u32, pump: usize) {
         let mut slots = self.slots.borrow_mut();
-        let s = &mut slots[key as usize];
+        let s = &mut slots[key];
         s.heard[pump] = self.now.get();
         s.pings &= !(1 << pump);
     }
 
     /// A keepalive ping went to source `pump` of relay `key`.
     pub fn pinged(&self, key: u32, pump: usize) {
-        self.slots.borrow_mut()[key as usize].pings |= (1 | 4) << pump;
+        self.slots.borrow_mut()[key].pings |= (1 | 4) << pump;
     }
 
     /// Whether wslb awaits the pong to a ping it sent to source `pump`.
     #[inline]
     pub fn awaits_pong(&self, key: u32, pump: usize) -> bool {
-        self.slots.borrow()[key as usize].pings & (4 << pump) != 0
+        self.slots.borrow()[key].pings & (4 << pump) != 0
     }
 
     /// wslb's pong from source `pump` arrived (and was dropped).
     pub fn pong_received(&self, key: u32, pump: usize) {
-        self.slots.borrow_mut()[key as usize].pings &= !(4 << pump);
+        self.slots.borrow_mut()[key].pings &= !(4 << pump);
     }
 
     /// What pump `me` of relay `key` should do now, if anything.
@@ -234,7 +292,7 @@ impl Registry {
             return Some(Attention::GoAway(1001, "going away"));
         }
         let slots = self.slots.borrow();
-        let s = &slots[key as usize];
+        let s = &slots[key];
         if s.kick == KICK_RETIRED {
             return Some(Attention::GoAway(1012, "service restart"));
         }
@@ -376,6 +434,30 @@ mod tests {
             !due(&slot([0, 0], 0), 5000, Keepalive::default()),
             "all off"
         );
+    }
+
+    #[test]
+    fn slots_are_reused_grow_in_chunks_and_are_freed_after_a_burst() {
+        let r = Registry::default();
+        let w = || std::task::Waker::noop().clone();
+        let keys: Vec<u32> = (0..2500).map(|i| r.register(w(), i)).collect();
+        assert_eq!(r.slots.borrow().chunks.len(), 3);
+        assert_eq!(r.slots.borrow()[2100].backend, 2100);
+        r.unregister(7);
+        assert_eq!(r.register(w(), 99), 7, "a freed slot is reused");
+        assert_eq!(
+            r.slots
+                .borrow()
+                .iter()
+                .filter(|s| s.waker.is_some())
+                .count(),
+            2500
+        );
+        for k in keys {
+            r.unregister(k);
+        }
+        assert_eq!(r.slots.borrow().chunks.len(), 0, "all free: the chunks go");
+        assert_eq!(r.register(w(), 1), 0);
     }
 
     #[test]
