@@ -264,6 +264,9 @@ async fn connect_and_forward(
                 ctx.pool.pool.connect_failed(b);
             }
             Err(Exchange::Bad(reason)) => {
+                // Not retried (see above), but counted: a backend answering garbage or
+                // nothing goes down like one that refuses connects.
+                ctx.pool.pool.connect_failed(b);
                 return Err(HandshakeError::Backend { addr, reason });
             }
         }

@@ -4,7 +4,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -353,6 +353,36 @@ fn failed_connects_take_a_backend_out_of_the_rotation() {
     // The health checker's own connects count too, so at least the ten.
     let served: u64 = e.stats.iter().map(|s| s.accepted()).sum();
     assert!(served >= 10, "{served}");
+}
+
+/// Passive detection counts failed handshakes too: a backend that accepts connections but
+/// answers garbage goes down after `fall` of them (an HTTP refusal such as 403 does not
+/// count: that backend works, it said no).
+#[test]
+fn failed_handshakes_take_a_backend_out_of_the_rotation() {
+    let garbage = scripted_backend_raw(|mut s| {
+        let mut b = [0u8; 1024];
+        let _ = s.read(&mut b);
+        let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\n\r\n");
+    });
+    let e = echo();
+    let lb = balancer(&[garbage, e.local_addr], 1, |c| {
+        c.health.enabled = true;
+        c.health.interval_ms = 60_000;
+        c.health.fall = 2;
+    });
+    let mut statuses = Vec::new();
+    for _ in 0..6 {
+        let mut c = Peer::client(lb.local_addr);
+        c.send_raw(upgrade_request("/").as_bytes());
+        statuses.push(c.read_head().lines().next().unwrap_or("").to_string());
+    }
+    let bad = statuses
+        .iter()
+        .filter(|s| s.starts_with("HTTP/1.1 502"))
+        .count();
+    assert_eq!(bad, 2, "{statuses:#?}");
+    assert_eq!(lb.backends_up(), vec![false, true]);
 }
 
 #[test]

@@ -7,8 +7,8 @@
 //!   every `interval`, a TCP connect (or an HTTP `GET path` expecting 2xx) within
 //!   `timeout`; `rise` passes in a row bring a down backend up, `fall` failures in a row
 //!   take an up one down;
-//! - passive detection: `fall` connect failures in a row from live traffic take a backend
-//!   down too. It comes back only through passing checks, so a flapping backend does not
+//! - passive detection: `fall` failed connects or upgrade exchanges in a row from live
+//!   traffic take a backend down too. It comes back only through passing checks, so a flapping backend does not
 //!   get traffic between failures.
 
 use std::io::{Read, Write};

@@ -153,12 +153,13 @@ impl Pool {
             .filter(move |b| up > 0 && b.health.is_up())
     }
 
-    /// A connect to `b` failed; `fall` in a row take it down.
+    /// A connect to `b`, or the upgrade's exchange with it, failed; `fall` in a row take
+    /// it down.
     pub fn connect_failed(&self, b: &Backend) {
         if b.health.failed(self.fall) {
             tracing::warn!(
                 backend = %b.addr,
-                "backend is down: {} connects failed in a row; it returns after passing health checks",
+                "backend is down: {} connects or handshakes failed in a row; it returns after passing health checks",
                 self.fall
             );
         }

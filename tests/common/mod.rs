@@ -64,6 +64,16 @@ pub fn dead_addr() -> SocketAddr {
 
 /// A backend that runs `handler` on its own thread for every accepted, upgraded connection.
 pub fn scripted_backend(handler: impl Fn(Peer) + Send + Sync + 'static) -> SocketAddr {
+    scripted_backend_raw(move |s| {
+        if let Some(p) = Peer::accept(s) {
+            handler(p)
+        }
+    })
+}
+
+/// A backend that runs `handler` on its own thread for every accepted TCP connection,
+/// with no upgrade done for it.
+pub fn scripted_backend_raw(handler: impl Fn(TcpStream) + Send + Sync + 'static) -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let handler = std::sync::Arc::new(handler);
@@ -71,11 +81,7 @@ pub fn scripted_backend(handler: impl Fn(Peer) + Send + Sync + 'static) -> Socke
         for s in l.incoming() {
             let Ok(s) = s else { continue };
             let h = handler.clone();
-            std::thread::spawn(move || {
-                if let Some(p) = Peer::accept(s) {
-                    h(p)
-                }
-            });
+            std::thread::spawn(move || h(s));
         }
     });
     addr
