@@ -353,11 +353,18 @@ impl Registry {
                     }
                 }
             }
-            let expired: Vec<u32> = retired
-                .iter()
-                .filter(|r| r.deadline.is_some_and(|d| Instant::now() >= d))
-                .map(|r| r.backend)
-                .collect();
+            // Each retirement closes its relays once, then leaves the list (its backend gets
+            // no new connections), so the slots are scanned only when one is due.
+            let expired: Vec<u32> = if retired.is_empty() {
+                Vec::new()
+            } else {
+                let now = Instant::now();
+                let (due, pending): (Vec<Retirement>, Vec<Retirement>) = retired
+                    .iter()
+                    .partition(|r| r.deadline.is_some_and(|d| now >= d));
+                retired = pending;
+                due.iter().map(|r| r.backend).collect()
+            };
             if !expired.is_empty() {
                 let mut hit = 0;
                 for s in self.slots.borrow_mut().iter_mut() {
