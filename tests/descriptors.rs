@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -21,10 +21,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn out_of_descriptors_logs_once_backs_off_and_recovers() {
     let backend = echo();
-    let port = dead_addr().port();
-    let lb: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let dir = std::env::temp_dir().join(format!("wslb-emfile-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let lb = dead_addr();
+    let dir = test_dir("emfile");
     let path = dir.join("wslb.toml");
     // max_connections high, so the descriptor limit (not wslb's own) is what runs out.
     std::fs::write(

@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -27,10 +26,8 @@ fn exit_code(w: &mut Wslb) -> Option<i32> {
 #[test]
 fn a_new_process_takes_over_the_sockets_without_refusing_anyone() {
     let backend = echo();
-    let port = dead_addr().port();
-    let lb: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let dir = std::env::temp_dir().join(format!("wslb-handover-it-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let lb = dead_addr();
+    let dir = test_dir("handover-it");
     let (path, sock) = (dir.join("wslb.toml"), dir.join("upgrade.sock"));
     std::fs::write(
         &path,
@@ -123,8 +120,7 @@ fn a_new_process_takes_over_the_sockets_without_refusing_anyone() {
 
 #[test]
 fn takeover_without_a_running_wslb_fails_clearly() {
-    let dir = std::env::temp_dir().join(format!("wslb-handover-none-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("handover-none");
     let path = dir.join("wslb.toml");
     std::fs::write(
         &path,

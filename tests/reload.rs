@@ -148,8 +148,7 @@ fn reload_under_load_moves_new_connections_and_drains_removed_backends_without_l
 fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
     let (a, b) = (backend(), backend());
     let port = dead_addr().port();
-    let dir = std::env::temp_dir().join(format!("wslb-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = test_dir("reload");
     let path = dir.join("wslb.toml");
     let config = |backends: &[SocketAddr]| {
         let list: Vec<String> = backends.iter().map(|b| format!("\"{b}\"")).collect();

@@ -56,6 +56,13 @@ pub fn balancer(
     wslb::start_balancer(c.validate().unwrap()).unwrap()
 }
 
+/// A fresh directory for one test's files (config, sockets) under the system temp dir.
+pub fn test_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wslb-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// An address nothing listens on (connections are refused).
 pub fn dead_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
