@@ -6,12 +6,24 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
+use wslb::config::IoDriver;
 
 #[test]
 fn drain_stops_accepting_lets_connections_finish_then_sends_going_away_to_both_sides() {
+    drain_scenario(IoDriver::Auto);
+}
+
+/// Regression: on the epoll driver an idle relay parked in a read that a stale readiness
+/// let through, so the going-away close never went out and the drain hit its deadline.
+#[test]
+fn drain_sends_going_away_on_the_epoll_driver_too() {
+    drain_scenario(IoDriver::Epoll);
+}
+
+fn drain_scenario(io: IoDriver) {
     // A backend that echoes and records the close code it receives.
     let (backend, closes) = close_recording_backend(true);
-    let mut lb = balancer(&[backend], 2, |_| {});
+    let mut lb = balancer(&[backend], 2, |c| c.io_driver = io);
     let addr = lb.local_addr;
     let drainer = lb.drainer().unwrap();
     let mut stays = Peer::connect(addr);

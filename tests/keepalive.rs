@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use wslb::config::Config;
+use wslb::config::{Config, IoDriver};
 
 fn keepalive(ping_ms: u64, idle_ms: u64) -> impl FnOnce(&mut Config) {
     move |c| {
@@ -58,8 +58,22 @@ fn answer_pings_for(c: &mut Peer, how_long: Duration) -> usize {
 
 #[test]
 fn a_quiet_client_that_answers_pings_is_never_cut_and_pongs_stay_with_wslb() {
+    quiet_client(IoDriver::Auto);
+}
+
+/// The same on the epoll driver, where an idle relay once missed its wake-ups (see
+/// `Readiness` in relay/link.rs).
+#[test]
+fn keepalive_pings_go_out_on_the_epoll_driver_too() {
+    quiet_client(IoDriver::Epoll);
+}
+
+fn quiet_client(io: IoDriver) {
     let (backend, got) = recording_backend();
-    let lb = balancer(&[backend], 1, keepalive(200, 600));
+    let lb = balancer(&[backend], 1, |c| {
+        keepalive(200, 600)(c);
+        c.io_driver = io;
+    });
     let mut c = Peer::connect(lb.local_addr);
     assert_echo(&mut c, 1, b"hello");
     // Over three idle timeouts with no data from either side.

@@ -120,9 +120,13 @@ pub trait Readiness {
 
 impl Readiness for TcpStream {
     fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
-        // relaxed: on the epoll driver a false positive only means one read that waits
-        // holding a buffer, which is cheaper than the extra poll(2) a strict check costs.
-        self.readable(true)
+        // Strict (`relaxed = false`): on the epoll driver a relaxed check answers from the
+        // readiness cached since the last event, so after a read that did not drain the
+        // socket to EAGAIN it says "readable" on an idle socket. The pump then parked in a
+        // plain read that nothing interrupts, and a drain's 1001, a keepalive ping or an
+        // idle close never went out (regression test: tests/drain.rs, epoll). The strict
+        // check costs a poll(2) per wait on epoll; io_uring ignores the flag.
+        self.readable(false)
     }
 }
 

@@ -295,9 +295,7 @@ where
         // readability) should not carry room for it. One small allocation per read from
         // mimalloc's thread-local free list costs far less than the read itself.
         // After a readiness wait the data is there and the read completes at once, so it
-        // needs no canceller. (With the epoll driver's relaxed readiness a stale positive
-        // could make it wait; a close request then waits for the next bytes or for the
-        // close grace that bounds the whole pump.)
+        // needs no canceller (the wait is strict on epoll too, see `Readiness`).
         let me = self.me; // a u8: it lives across the await below
         let slice = std::mem::take(&mut self.buf).slice_mut(len..cap);
         type ReadFut<'a> = std::pin::Pin<
