@@ -12,7 +12,7 @@ use monoio::time::Instant;
 
 use crate::handshake::{self, Reject};
 use crate::listener::Permit;
-use crate::metrics::OpenGuard;
+use crate::metrics::{Event, OpenGuard};
 use crate::relay;
 use crate::worker::WorkerCtx;
 
@@ -132,10 +132,13 @@ async fn upgrade(
         match connect_and_forward(ctx, forward).await {
             Ok(b) => b,
             Err(e) => {
-                let answer = match e {
-                    HandshakeError::AllDown => handshake::SERVICE_UNAVAILABLE,
-                    _ => handshake::BAD_GATEWAY,
+                let (answer, event) = match e {
+                    HandshakeError::AllDown => {
+                        (handshake::SERVICE_UNAVAILABLE, Event::AllBackendsDown)
+                    }
+                    _ => (handshake::BAD_GATEWAY, Event::BadGateway),
                 };
+                ctx.relay.stats.count(event);
                 let _ = client.write_all(answer).await;
                 return Err(e);
             }

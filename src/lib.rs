@@ -148,6 +148,7 @@ pub fn start_balancer_on(
     let stats = new_stats(listeners.len());
     let worker_stats = stats.clone();
     let started = worker::spawn("balancer", listeners, io, move |id, l| {
+        let stats = worker_stats[id].clone();
         let ctx = Rc::new(WorkerCtx {
             id,
             settings: settings.clone(),
@@ -166,10 +167,10 @@ pub fn start_balancer_on(
                     settings.relay_buffer_max_bytes,
                 ),
                 registry: relay::registry::Registry::new(settings.keepalive),
+                stats: stats.clone(),
             },
         });
         let limit = limit.clone();
-        let stats = worker_stats[id].clone();
         let watcher = ctx.clone();
         let signal = worker_signal.clone();
         let retired = retirements.clone();

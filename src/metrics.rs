@@ -2,15 +2,71 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Things that happen to connections, counted per worker for the stats line and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// wslb sent a keepalive ping to a quiet peer.
+    KeepalivePing,
+    /// A peer answered nothing within the idle timeout and was given up.
+    DeadPeer,
+    /// A connection silent both ways was closed (idle timeout without pings).
+    IdleClose,
+    /// A connection to a backend removed by a reload got close 1012 at its deadline.
+    RemovedBackendClose,
+    /// A client broke the protocol (bad frame).
+    ClientProtocolError,
+    /// A backend broke the protocol.
+    BackendProtocolError,
+    /// A client got 503 because every backend was down.
+    AllBackendsDown,
+    /// A client got 502: no backend could be reached, or one failed the handshake.
+    BadGateway,
+}
+
+impl Event {
+    const ALL: [Event; 8] = [
+        Event::KeepalivePing,
+        Event::DeadPeer,
+        Event::IdleClose,
+        Event::RemovedBackendClose,
+        Event::ClientProtocolError,
+        Event::BackendProtocolError,
+        Event::AllBackendsDown,
+        Event::BadGateway,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Event::KeepalivePing => "pings",
+            Event::DeadPeer => "dead peers",
+            Event::IdleClose => "idle closes",
+            Event::RemovedBackendClose => "removed-backend closes",
+            Event::ClientProtocolError => "client protocol errors",
+            Event::BackendProtocolError => "backend protocol errors",
+            Event::AllBackendsDown => "503 all down",
+            Event::BadGateway => "502",
+        }
+    }
+}
+
 /// One worker's connection counters. Each is written by one thread only (its worker), so
 /// the cache line is never contended; `Relaxed` because readers only want a snapshot.
 #[derive(Debug, Default)]
 pub struct WorkerStats {
     accepted: AtomicU64,
     open: AtomicU64,
+    events: [AtomicU64; Event::ALL.len()],
 }
 
 impl WorkerStats {
+    pub fn count(&self, e: Event) {
+        self.events[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn events(&self, e: Event) -> u64 {
+        self.events[e as usize].load(Ordering::Relaxed)
+    }
+
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
@@ -38,9 +94,10 @@ impl Drop for OpenGuard {
 }
 
 /// One line summing the workers' counters, e.g.
-/// `open 9900 (4951 4949), accepted 10000 (5003 4997), spread 1.00`. The spread is the
-/// busiest worker's accepted count over the mean: how evenly SO_REUSEPORT's hash placed
-/// connections (1.00 is perfect; with N workers it cannot exceed N).
+/// `open 9900 (4951 4949), accepted 10000 (5003 4997), spread 1.00; pings 12, dead peers 1`.
+/// The spread is the busiest worker's accepted count over the mean: how evenly
+/// SO_REUSEPORT's hash placed connections (1.00 is perfect; with N workers it cannot exceed
+/// N). Events (see [`Event`]) follow, totals since start, only those that happened.
 pub fn summary(stats: &[std::sync::Arc<WorkerStats>]) -> String {
     let open: Vec<u64> = stats.iter().map(|s| s.open()).collect();
     let accepted: Vec<u64> = stats.iter().map(|s| s.accepted()).collect();
@@ -51,12 +108,20 @@ pub fn summary(stats: &[std::sync::Arc<WorkerStats>]) -> String {
     } else {
         *accepted.iter().max().unwrap() as f64 * accepted.len() as f64 / total as f64
     };
+    let events: Vec<String> = Event::ALL
+        .iter()
+        .map(|&e| (e, stats.iter().map(|s| s.events(e)).sum::<u64>()))
+        .filter(|&(_, n)| n > 0)
+        .map(|(e, n)| format!("{} {n}", e.name()))
+        .collect();
     format!(
-        "open {} ({}), accepted {} ({}), spread {spread:.2}",
+        "open {} ({}), accepted {} ({}), spread {spread:.2}{}{}",
         open.iter().sum::<u64>(),
         list(&open),
         total,
         list(&accepted),
+        if events.is_empty() { "" } else { "; " },
+        events.join(", ")
     )
 }
 
@@ -94,5 +159,12 @@ mod tests {
         assert_eq!(summary(&w), "open 4 (3 1), accepted 4 (3 1), spread 1.50");
         drop(guards);
         assert_eq!(summary(&w), "open 0 (0 0), accepted 4 (3 1), spread 1.50");
+        w[0].count(Event::KeepalivePing);
+        w[1].count(Event::KeepalivePing);
+        w[1].count(Event::BadGateway);
+        assert_eq!(
+            summary(&w),
+            "open 0 (0 0), accepted 4 (3 1), spread 1.50; pings 2, 502 1"
+        );
     }
 }

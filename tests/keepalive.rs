@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use wslb::config::{Config, IoDriver};
+use wslb::metrics::Event;
 
 fn keepalive(ping_ms: u64, idle_ms: u64) -> impl FnOnce(&mut Config) {
     move |c| {
@@ -80,6 +81,12 @@ fn quiet_client(io: IoDriver) {
     let pings = answer_pings_for(&mut c, Duration::from_millis(2000));
     assert!(pings >= 3, "only {pings} pings in 2 s at a 200 ms interval");
     assert_echo(&mut c, 1, b"still here");
+    let pings: u64 = lb
+        .stats
+        .iter()
+        .map(|w| w.events(Event::KeepalivePing))
+        .sum();
+    assert!(pings >= 6, "{pings} pings counted (client and backend)");
     let got = got.lock().unwrap().clone();
     assert!(
         got.contains(&9),
@@ -106,6 +113,7 @@ fn a_client_that_stops_answering_is_found_dead_and_the_backend_told() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(closes.lock().unwrap()[0], 1001);
+    assert_eq!(lb.stats[0].events(Event::DeadPeer), 1);
     let took = start.elapsed();
     assert!(
         took >= Duration::from_millis(550),

@@ -140,6 +140,12 @@ fn reload_under_load_moves_new_connections_and_drains_removed_backends_without_l
     assert!(reloaded_at.elapsed() >= Duration::from_millis(800));
     assert!(after.iter().all(|e| matches!(e, Ended::Running { .. })));
     assert_eq!(a.closes.lock().unwrap().as_slice(), [1012; 10]);
+    let counted: u64 = lb
+        .stats
+        .iter()
+        .map(|w| w.events(wslb::metrics::Event::RemovedBackendClose))
+        .sum();
+    assert_eq!(counted, 10);
     // (b's clients were stopped just now, so b may see their 1001s, but never a 1012.)
     assert!(!b.closes.lock().unwrap().contains(&1012));
 }

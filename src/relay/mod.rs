@@ -44,6 +44,7 @@ use monoio::time::Instant;
 
 use crate::buffers::BufferPool;
 use crate::frame::{self, Limits, Sender, Stop, Violation, Walker};
+use crate::metrics::Event;
 
 mod link;
 pub mod registry;
@@ -70,6 +71,8 @@ pub struct RelayEnv {
     /// Wakes relays when the instance drains (close 1001 to both sides), a keepalive ping
     /// or idle close is due, or their backend was removed (close 1012).
     pub registry: Registry,
+    /// The worker's counters (pings, dead peers, protocol errors ...).
+    pub stats: std::sync::Arc<crate::metrics::WorkerStats>,
 }
 
 /// How one direction ended.
@@ -229,12 +232,21 @@ where
                 // went its way), and its TCP end finishes this pump.
                 Some(Attention::GoAway(code, reason)) if self.walker.pending == 0 => {
                     self.going_away_sent = true;
+                    // Counted once per connection, by the client->backend pump.
+                    match (code, self.me) {
+                        (1012, UP) => link.env.stats.count(Event::RemovedBackendClose),
+                        (_, UP) if reason == "idle timeout" => {
+                            link.env.stats.count(Event::IdleClose)
+                        }
+                        _ => {}
+                    }
                     Box::pin(self.send_close(link, code, reason)).await;
                 }
                 Some(Attention::Ping) if self.walker.pending == 0 => {
                     Box::pin(self.send_ping(link)).await;
                 }
                 Some(Attention::SourceDead) => {
+                    link.env.stats.count(Event::DeadPeer);
                     tracing::info!(
                         from = ?self.sender(),
                         "peer did not answer a keepalive ping within the idle timeout"
@@ -445,6 +457,7 @@ where
         if self.close_sent || self.dst_failed {
             return;
         }
+        link.env.stats.count(Event::KeepalivePing);
         let frame = frame::encode_ping(self.sender() == Sender::Client);
         if self.dst.write_all(frame).await.0.is_err() {
             self.dst_failed = true;
@@ -455,6 +468,10 @@ where
     /// other pump send the source the close code RFC 6455 gives for the violation.
     async fn on_violation(&mut self, v: Violation, link: &Link<'_>) {
         tracing::debug!(from = ?self.sender(), "protocol violation: {v}");
+        link.env.stats.count(match self.sender() {
+            Sender::Client => Event::ClientProtocolError,
+            Sender::Backend => Event::BackendProtocolError,
+        });
         if link.violation.get().is_none() {
             link.violation.set(Some((self.sender(), v)));
         }
@@ -554,6 +571,7 @@ mod tests {
                 },
                 pool: BufferPool::new(1024, 4096),
                 registry: Registry::default(),
+                stats: Default::default(),
             };
             let f = run(a, b, Vec::new(), Vec::new(), 0, &env);
             let size = std::mem::size_of_val(&f);
