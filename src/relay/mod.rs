@@ -5,8 +5,10 @@
 //! `frame.rs`), and writes the same bytes to the destination: payloads are never copied,
 //! unmasked or re-encoded, and client frames stay masked on their way to the backend.
 //!
-//! Each destination has exactly one writer (its pump), so wslb's own close frames are only
-//! ever written by that pump, at a frame boundary. When a source breaks the protocol, its
+//! Each destination has exactly one writer (its pump), so wslb's own frames (closes, and
+//! keepalive pings, see `registry.rs`) are only ever written by that pump, at a frame
+//! boundary; the pong a peer sends back to wslb's ping is taken out of the stream by the
+//! pump reading that peer. When a source breaks the protocol, its
 //! pump sends the destination a close and asks the opposite pump, through [`Link`], for the
 //! close code owed to the offender. That pump keeps forwarding what the other peer still
 //! sends (answers to messages the offender sent before its bad frame arrive, as they would
