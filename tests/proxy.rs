@@ -732,3 +732,34 @@ fn tiny_relay_buffers_still_carry_everything() {
         );
     }
 }
+
+/// A peer that never finishes the close handshake does not hold the connection: after
+/// `close_grace_ms` wslb closes both sockets.
+#[test]
+fn a_client_that_never_answers_a_close_is_cut_after_the_close_grace() {
+    let b = scripted_backend(|mut p| {
+        let _ = p.recv();
+        p.send(true, 8, &close_payload(1000, "done"));
+        // Stay connected, silent, until wslb closes.
+        while p.recv().is_some() {}
+    });
+    let lb = balancer(&[b], 1, |c| c.timeouts.close_grace_ms = 400);
+    let mut c = Peer::connect(lb.local_addr);
+    c.send(true, 1, b"hi");
+    assert_eq!(c.expect_close(), (1000, "done".to_string()));
+    // The client neither answers the close nor closes its TCP.
+    let start = std::time::Instant::now();
+    assert!(c.sees_eof(), "wslb never closed");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
+    for _ in 0..100 {
+        if lb.stats.iter().map(|w| w.open()).sum::<u64>() == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the connection is still counted open");
+}

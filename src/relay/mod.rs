@@ -42,7 +42,6 @@ use monoio::io::{
     OwnedWriteHalf, Splitable,
 };
 use monoio::net::TcpStream;
-use monoio::time::Instant;
 
 use crate::buffers::BufferPool;
 use crate::frame::{self, Limits, Sender, Stop, Violation, Walker};
@@ -182,7 +181,9 @@ struct Pump<Src, Dst: AsyncWriteRent> {
     close_sent: bool,
     /// The destination's socket failed; nothing more is written to it.
     dst_failed: bool,
-    deadline: Option<Instant>,
+    /// On the worker registry's 32-bit millisecond clock (see `Registry::deadline_in`):
+    /// half the size of an `Instant`, in a struct every idle connection carries twice.
+    deadline: Option<u32>,
     /// The last read filled the buffer: more is waiting, read again without a poll.
     last_read_full: bool,
     /// This pump has sent (or tried to send) a close of wslb's own to its destination
@@ -258,7 +259,7 @@ where
                 _ => {}
             }
             if link.close_request[self.me()].get().is_some() && self.deadline.is_none() {
-                self.deadline = Some(Instant::now() + link.env.cfg.close_grace);
+                self.deadline = Some(link.env.registry.deadline_in(link.env.cfg.close_grace));
             }
             match self.read(link).await {
                 Read::Data | Read::Interrupted => {}
@@ -289,7 +290,12 @@ where
                     r = ready => Some(r),
                     _ = link.interrupted(self.me(), self.going_away_sent) => None,
                 },
-                Some(d) => match Box::pin(monoio::time::timeout_at(d, ready)).await {
+                Some(d) => match Box::pin(monoio::time::timeout_at(
+                    link.env.registry.instant_of(d),
+                    ready,
+                ))
+                .await
+                {
                     Ok(r) => Some(r),
                     Err(_) => return Read::Expired,
                 },
@@ -333,7 +339,12 @@ where
                 r = read => r,
                 _ = link.source_dead(usize::from(me)) => return Read::Ended,
             },
-            Some(d) => match Box::pin(monoio::time::timeout_at(d, read)).await {
+            Some(d) => match Box::pin(monoio::time::timeout_at(
+                link.env.registry.instant_of(d),
+                read,
+            ))
+            .await
+            {
                 Ok(r) => r,
                 Err(_) => return Read::Expired,
             },
@@ -518,7 +529,7 @@ where
     fn mark_close_sent(&mut self, link: &Link<'_>) {
         self.close_sent = true;
         if self.deadline.is_none() {
-            self.deadline = Some(Instant::now() + link.env.cfg.close_grace);
+            self.deadline = Some(link.env.registry.deadline_in(link.env.cfg.close_grace));
         }
     }
 

@@ -223,6 +223,21 @@ impl Registry {
         }
     }
 
+    /// A deadline `after` from now as 32-bit milliseconds since this worker started (it
+    /// wraps after 49 days; [`Self::instant_of`] handles that for deadlines under 24 days
+    /// ahead, and close graces are seconds).
+    pub fn deadline_in(&self, after: Duration) -> u32 {
+        (self.started.elapsed() + after).as_millis() as u32
+    }
+
+    /// The instant of a deadline made by [`Self::deadline_in`] (now, if it has passed).
+    pub fn instant_of(&self, deadline: u32) -> monoio::time::Instant {
+        let now = Instant::now();
+        let lo = now.duration_since(self.started).as_millis() as u32;
+        let left = deadline.wrapping_sub(lo) as i32;
+        monoio::time::Instant::from_std(now + Duration::from_millis(left.max(0) as u64))
+    }
+
     /// Whether relays should send their going-away closes now (the instance drains).
     pub fn going_away(&self) -> bool {
         self.going_away.get()
@@ -465,6 +480,16 @@ mod tests {
         }
         assert_eq!(r.slots.borrow().chunks.len(), 0, "all free: the chunks go");
         assert_eq!(r.register(w(), 1), 0);
+    }
+
+    #[test]
+    fn deadlines_round_trip() {
+        let r = Registry::default();
+        let d = r.deadline_in(Duration::from_millis(500));
+        let left = r.instant_of(d).into_std().duration_since(Instant::now());
+        assert!(left > Duration::from_millis(400) && left <= Duration::from_millis(500));
+        let past = r.deadline_in(Duration::ZERO).wrapping_sub(10);
+        assert!(r.instant_of(past).into_std() <= Instant::now());
     }
 
     #[test]
