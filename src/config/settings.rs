@@ -1,0 +1,288 @@
+//! [`Config::validate`]: every field checked (all problems reported at once), addresses
+//! resolved, defaults that depend on the machine (cores, descriptor limit) filled in.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use super::{Config, ConfigError, HealthMode, IoDriver, Problem};
+
+/// The validated, resolved configuration the workers run on.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub backends: Vec<SocketAddr>,
+    pub workers: usize,
+    pub io_driver: IoDriver,
+    pub backlog: u32,
+    /// `None` when stats lines are off.
+    pub stats_interval: Option<Duration>,
+    /// `None`: no binary upgrades.
+    pub upgrade_socket: Option<std::path::PathBuf>,
+    pub client_handshake_timeout: Duration,
+    pub backend_connect_timeout: Duration,
+    pub backend_handshake_timeout: Duration,
+    pub close_grace: Duration,
+    pub shutdown_grace: Duration,
+    /// Resolved: never 0.
+    pub max_connections: usize,
+    pub max_request_bytes: usize,
+    /// `u64::MAX` when unlimited.
+    pub max_frame_bytes: u64,
+    /// `u64::MAX` when unlimited.
+    pub max_message_bytes: u64,
+    /// `None`: removed backends' connections stay until they close.
+    pub removed_backend_drain: Option<Duration>,
+    pub keepalive: crate::relay::registry::Keepalive,
+    pub relay_buffer_bytes: usize,
+    pub relay_buffer_max_bytes: usize,
+    /// `None` when health checks are off.
+    pub health: Option<crate::balancer::HealthConfig>,
+}
+
+/// Keepalive times are kept in a 32-bit millisecond clock; a day is plenty.
+const MAX_KEEPALIVE_MS: u64 = 86_400_000;
+
+/// Descriptors this process may open (the soft RLIMIT_NOFILE). Only reads it: `wslb`
+/// raises the soft limit to the hard one at startup (`main.rs`), not when a config is
+/// validated, so `wslb check` and tests change nothing.
+#[allow(unsafe_code)]
+fn nofile_limit() -> u64 {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the `rlimit` struct passed in.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 1024;
+    }
+    rl.rlim_cur
+}
+
+/// The default connection limit: two descriptors per proxied connection, 64 kept for
+/// listeners, io_uring rings, logs and the like.
+fn connections_for_descriptors() -> usize {
+    let n = nofile_limit().min(usize::MAX as u64 / 2) as usize;
+    (n.saturating_sub(64) / 2).max(1)
+}
+
+/// One problem with one field.
+impl Config {
+    /// Checks every field and resolves addresses. Returns all problems, not just the first.
+    pub fn validate(&self) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+        let mut problem = |field: &str, message: String| {
+            problems.push(Problem {
+                field: field.to_string(),
+                message,
+            })
+        };
+
+        let listen = match resolve(&self.listen) {
+            Ok(a) => Some(a),
+            Err(e) => {
+                problem("listen", e);
+                None
+            }
+        };
+        if self.backends.is_empty() {
+            problem(
+                "backends",
+                "at least one backend address is required".into(),
+            );
+        }
+        let mut backends = Vec::with_capacity(self.backends.len());
+        for (i, b) in self.backends.iter().enumerate() {
+            match resolve(b) {
+                Ok(a) if a.port() == 0 => problem(
+                    &format!("backends[{i}]"),
+                    format!("{b:?}: backend port must not be 0"),
+                ),
+                Ok(a) => backends.push(a),
+                Err(e) => problem(&format!("backends[{i}]"), e),
+            }
+        }
+        if self.workers > 1024 {
+            problem(
+                "workers",
+                format!("{} is more than 1024; use 0 for one per core", self.workers),
+            );
+        }
+        // sun_path holds 108 bytes with the terminating NUL.
+        if self.upgrade_socket.len() > 107 {
+            problem(
+                "upgrade_socket",
+                format!(
+                    "{:?} is longer than a Unix socket path may be (107 bytes)",
+                    self.upgrade_socket
+                ),
+            );
+        }
+        if self.backlog == 0 {
+            problem("backlog", "must be at least 1".into());
+        }
+        let t = &self.timeouts;
+        for (name, v) in [
+            ("timeouts.client_handshake_ms", t.client_handshake_ms),
+            ("timeouts.backend_connect_ms", t.backend_connect_ms),
+            ("timeouts.backend_handshake_ms", t.backend_handshake_ms),
+            ("timeouts.close_grace_ms", t.close_grace_ms),
+        ] {
+            if v == 0 {
+                problem(name, "must be at least 1 ms".into());
+            }
+        }
+        let h = &self.health;
+        for (name, v) in [
+            ("health.interval_ms", h.interval_ms),
+            ("health.timeout_ms", h.timeout_ms),
+            ("health.rise", h.rise as u64),
+            ("health.fall", h.fall as u64),
+        ] {
+            if v == 0 {
+                problem(name, "must be at least 1".into());
+            }
+        }
+        if h.mode == HealthMode::Http && !h.path.starts_with('/') {
+            problem("health.path", format!("{:?} must start with /", h.path));
+        }
+        let k = &self.keepalive;
+        for (name, v) in [
+            ("keepalive.ping_interval_ms", k.ping_interval_ms),
+            ("keepalive.idle_timeout_ms", k.idle_timeout_ms),
+        ] {
+            if v > MAX_KEEPALIVE_MS {
+                problem(name, format!("{v} is more than a day ({MAX_KEEPALIVE_MS})"));
+            }
+        }
+        if k.ping_interval_ms > 0
+            && k.idle_timeout_ms > 0
+            && k.idle_timeout_ms <= k.ping_interval_ms
+        {
+            problem(
+                "keepalive.idle_timeout_ms",
+                format!(
+                    "{} must be longer than ping_interval_ms ({}): a pinged peer needs time to answer",
+                    k.idle_timeout_ms, k.ping_interval_ms
+                ),
+            );
+        }
+        let l = &self.limits;
+        if l.max_frame_bytes > 0
+            && l.max_message_bytes > 0
+            && l.max_message_bytes < l.max_frame_bytes
+        {
+            problem(
+                "limits.max_message_bytes",
+                format!(
+                    "{} is less than max_frame_bytes ({}); a message is at least one frame",
+                    l.max_message_bytes, l.max_frame_bytes
+                ),
+            );
+        }
+        if !(1024..=65536).contains(&l.max_request_bytes) {
+            problem(
+                "limits.max_request_bytes",
+                format!("{} is outside 1024..=65536", l.max_request_bytes),
+            );
+        }
+        if !(1024..=1 << 20).contains(&l.relay_buffer_bytes) {
+            problem(
+                "limits.relay_buffer_bytes",
+                format!("{} is outside 1024..=1048576", l.relay_buffer_bytes),
+            );
+        }
+        if !(l.relay_buffer_bytes..=16 << 20).contains(&l.relay_buffer_max_bytes) {
+            problem(
+                "limits.relay_buffer_max_bytes",
+                format!(
+                    "{} is outside relay_buffer_bytes ({})..=16777216",
+                    l.relay_buffer_max_bytes, l.relay_buffer_bytes
+                ),
+            );
+        }
+
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let workers = if self.workers == 0 {
+            available_cores()
+        } else {
+            self.workers
+        };
+        Ok(Settings {
+            listen: listen.expect("checked above"),
+            backends,
+            workers,
+            io_driver: self.io_driver,
+            backlog: self.backlog,
+            upgrade_socket: (!self.upgrade_socket.is_empty())
+                .then(|| self.upgrade_socket.clone().into()),
+            stats_interval: (self.stats_interval_secs > 0)
+                .then(|| Duration::from_secs(self.stats_interval_secs)),
+            client_handshake_timeout: Duration::from_millis(t.client_handshake_ms),
+            backend_connect_timeout: Duration::from_millis(t.backend_connect_ms),
+            backend_handshake_timeout: Duration::from_millis(t.backend_handshake_ms),
+            close_grace: Duration::from_millis(t.close_grace_ms),
+            shutdown_grace: Duration::from_millis(t.shutdown_grace_ms),
+            max_connections: match l.max_connections {
+                0 => connections_for_descriptors(),
+                n => n,
+            },
+            max_request_bytes: l.max_request_bytes,
+            max_frame_bytes: if l.max_frame_bytes == 0 {
+                u64::MAX
+            } else {
+                l.max_frame_bytes
+            },
+            max_message_bytes: if l.max_message_bytes == 0 {
+                u64::MAX
+            } else {
+                l.max_message_bytes
+            },
+            removed_backend_drain: (t.removed_backend_drain_ms > 0)
+                .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
+            keepalive: crate::relay::registry::Keepalive {
+                ping_interval_ms: k.ping_interval_ms as u32,
+                idle_timeout_ms: k.idle_timeout_ms as u32,
+            },
+            relay_buffer_bytes: l.relay_buffer_bytes,
+            relay_buffer_max_bytes: l.relay_buffer_max_bytes,
+            health: h.enabled.then(|| crate::balancer::HealthConfig {
+                interval: Duration::from_millis(h.interval_ms),
+                timeout: Duration::from_millis(h.timeout_ms),
+                rise: h.rise,
+                fall: h.fall,
+                probe: match h.mode {
+                    HealthMode::Tcp => crate::balancer::Probe::Tcp,
+                    HealthMode::Http => crate::balancer::Probe::Http {
+                        path: h.path.clone(),
+                    },
+                },
+            }),
+        })
+    }
+}
+
+/// Number of cores this process may run on (respects taskset/cgroup cpusets).
+pub fn available_cores() -> usize {
+    core_affinity::get_core_ids()
+        .map(|c| c.len())
+        .filter(|&n| n > 0)
+        .unwrap_or(1)
+}
+
+/// `ip:port` directly, or `host:port` through the system resolver (once, at startup).
+fn resolve(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    if !s.contains(':') {
+        return Err(format!("{s:?} is not host:port (the port is missing)"));
+    }
+    match s.to_socket_addrs() {
+        Ok(mut it) => it
+            .next()
+            .ok_or_else(|| format!("{s:?} resolved to no address")),
+        Err(e) => Err(format!("{s:?} is not a valid host:port: {e}")),
+    }
+}
