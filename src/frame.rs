@@ -12,6 +12,9 @@
 
 use fastwebsockets::{CloseCode, Frame, OpCode};
 
+mod walker;
+pub use walker::{Stop, Walk, Walker};
+
 /// Longest possible header: 2 + 8 (64-bit length) + 4 (mask).
 pub const MAX_HEADER_LEN: usize = 14;
 /// Control frames carry at most 125 payload bytes (RFC 6455 §5.5).
@@ -210,143 +213,14 @@ impl Header {
     }
 }
 
-/// Where one pass over a relay buffer stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Walk {
-    /// Bytes `[0, ready)` are whole headers and payload bytes to forward as they are.
-    pub ready: usize,
-    /// Bytes `[ready, keep_to)` (a partial header, or a close frame not yet whole) stay for
-    /// the next pass; bytes past `keep_to` are dropped (after a close, or a violation).
-    pub keep_to: usize,
-    /// A close frame from the source is among the forwarded bytes.
-    pub close_forwarded: bool,
-    pub stop: Option<Stop>,
-}
-
-/// Why a pass stopped before the end of the buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stop {
-    /// The source broke the protocol with the frame at `ready`.
-    Violation(Violation),
-    /// The pong to wslb's own keepalive ping, this many bytes long, is at `ready`: it is
-    /// dropped, not forwarded (the destination never sent that ping).
-    OwnPong(usize),
-    /// A valid close frame is at `ready`, but the destination is owed a close of wslb's own
-    /// (it broke the protocol), which goes out instead.
-    OwedClose,
-}
-
-/// The frame-level state of one relay direction: walks the frames in each buffer that
-/// arrives, validating headers, without touching payloads.
-#[derive(Debug, Default, Clone)]
-pub struct Walker {
-    /// Payload bytes of the frame being forwarded that have not arrived yet.
-    pub pending: u64,
-    msg: MessageState,
-    /// Capacity that would hold the largest frame seen so far (capped by `walk`'s
-    /// `max_buffer`), so that such a frame can arrive in one read and leave in one write.
-    /// (u32: `max_buffer` is at most 16 MiB, and every idle connection carries two.)
-    pub want_capacity: u32,
-}
-
-impl Walker {
-    /// One pass over `buf` (which starts at a frame boundary or inside the payload counted
-    /// by `pending`). `close_sent`: a close already went to the destination, so nothing
-    /// more is forwarded. `own_pong`: wslb awaits the pong to its keepalive ping from this
-    /// source. `owed` says whether the destination is owed a close of wslb's own.
-    #[inline]
-    pub fn walk(
-        &mut self,
-        buf: &[u8],
-        sender: Sender,
-        limits: Limits,
-        mut close_sent: bool,
-        own_pong: bool,
-        owed: impl Fn() -> bool,
-    ) -> Walk {
-        let len = buf.len();
-        let mut w = Walk {
-            ready: 0,
-            keep_to: len,
-            close_forwarded: false,
-            stop: None,
-        };
-        while w.ready < len {
-            if self.pending > 0 {
-                let take = self.pending.min((len - w.ready) as u64);
-                w.ready += take as usize;
-                self.pending -= take;
-                continue;
-            }
-            if close_sent {
-                w.keep_to = w.ready; // after a close, drop the rest (RFC 6455 §5.5.1)
-                break;
-            }
-            let Some(h) = parse_header(&buf[w.ready..]) else {
-                break;
-            };
-            let opcode = match h.check(sender, &mut self.msg, limits) {
-                Ok(op) => op,
-                Err(v) => {
-                    w.stop = Some(Stop::Violation(v));
-                    w.keep_to = w.ready;
-                    break;
-                }
-            };
-            if opcode == OpCode::Close {
-                // Close frames are checked whole (at most 139 bytes) before they go out, so
-                // a bad code or reason is answered instead of forwarded.
-                let end = w.ready + h.len + h.payload_len as usize;
-                if end > len {
-                    break;
-                }
-                if let Err(v) = check_close_payload(&buf[w.ready + h.len..end], h.mask) {
-                    w.stop = Some(Stop::Violation(v));
-                    w.keep_to = w.ready;
-                    break;
-                }
-                if owed() {
-                    w.stop = Some(Stop::OwedClose);
-                    w.keep_to = w.ready;
-                    break;
-                }
-                w.ready = end;
-                w.close_forwarded = true;
-                close_sent = true;
-                continue;
-            }
-            if opcode == OpCode::Pong && own_pong {
-                // Checked whole too (at most 139 bytes): only wslb's own pong is dropped.
-                let end = w.ready + h.len + h.payload_len as usize;
-                if end > len {
-                    break;
-                }
-                if is_own_pong(&buf[w.ready + h.len..end], h.mask) {
-                    w.stop = Some(Stop::OwnPong(end - w.ready));
-                    break;
-                }
-            }
-            w.ready += h.len;
-            self.pending = h.payload_len;
-            let framed = (h.len as u64 + h.payload_len).min(limits.buffer as u64) as u32;
-            self.want_capacity = self.want_capacity.max(framed);
-        }
-        w
-    }
-}
-
 /// Validates a close frame's payload (still masked if `mask` is set) and returns its code
-/// (`None` for an empty close). At most 125 bytes are copied to the stack to unmask them.
+/// (`None` for an empty close).
 pub fn check_close_payload(
     payload: &[u8],
     mask: Option<[u8; 4]>,
 ) -> Result<Option<u16>, Violation> {
     let mut tmp = [0u8; MAX_CONTROL_PAYLOAD as usize];
-    let p = &mut tmp[..payload.len()];
-    p.copy_from_slice(payload);
-    if let Some(m) = mask {
-        fastwebsockets::unmask(p, m);
-    }
+    let p = unmasked(payload, mask, &mut tmp);
     match p.len() {
         0 => Ok(None),
         1 => Err(Violation::CloseTooShort),
@@ -367,15 +241,19 @@ pub fn check_close_payload(
 pub const PING_PAYLOAD: &[u8] = b"wslb-keepalive";
 
 fn is_own_pong(payload: &[u8], mask: Option<[u8; 4]>) -> bool {
-    if payload.len() != PING_PAYLOAD.len() {
-        return false;
-    }
-    let mut p = [0u8; PING_PAYLOAD.len()];
+    let mut tmp = [0u8; PING_PAYLOAD.len()];
+    payload.len() == PING_PAYLOAD.len() && unmasked(payload, mask, &mut tmp) == PING_PAYLOAD
+}
+
+/// A control frame's payload (at most 125 bytes, `tmp` at least as long), unmasked in a
+/// copy on the stack: the relay forwards the original bytes as they are.
+fn unmasked<'t>(payload: &[u8], mask: Option<[u8; 4]>, tmp: &'t mut [u8]) -> &'t [u8] {
+    let p = &mut tmp[..payload.len()];
     p.copy_from_slice(payload);
     if let Some(m) = mask {
-        fastwebsockets::unmask(&mut p, m);
+        fastwebsockets::unmask(p, m);
     }
-    p == PING_PAYLOAD
+    p
 }
 
 /// Encodes wslb's keepalive ping: unmasked towards a client, masked towards a backend.
@@ -403,11 +281,11 @@ pub fn encode_close(code: u16, reason: &str, masked: bool) -> Vec<u8> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const LIM: Limits = Limits {
+    pub(crate) const LIM: Limits = Limits {
         frame: 1 << 20,
         message: 1 << 21,
         buffer: 1 << 16,
@@ -418,7 +296,8 @@ mod tests {
         buffer: 1 << 16,
     };
 
-    fn encode(fin: bool, opcode: u8, mask: Option<[u8; 4]>, len: u64) -> Vec<u8> {
+    /// A frame header with these fields.
+    pub(crate) fn encode(fin: bool, opcode: u8, mask: Option<[u8; 4]>, len: u64) -> Vec<u8> {
         let mut v = vec![(fin as u8) << 7 | opcode];
         let m = if mask.is_some() { 0x80 } else { 0 };
         if len < 126 {
@@ -573,80 +452,5 @@ mod tests {
         let h = parse_header(&f).unwrap();
         assert!(h.mask.is_some());
         assert_eq!(check_close_payload(&f[h.len..], h.mask), Ok(Some(1001)));
-    }
-
-    /// Feeds `stream` to a walker in pieces cut at `cuts`, the way reads deliver it, and
-    /// returns the forwarded bytes and the walks.
-    fn feed(stream: &[u8], cuts: &[usize], close_sent: bool) -> (Vec<u8>, Vec<Walk>) {
-        let mut w = Walker::default();
-        let (mut buf, mut out, mut walks) = (Vec::new(), Vec::new(), Vec::new());
-        let mut at = 0;
-        for &c in cuts.iter().chain([&stream.len()]) {
-            let c = c.clamp(at, stream.len());
-            buf.extend_from_slice(&stream[at..c]);
-            at = c;
-            let r = w.walk(&buf, Sender::Client, LIM, close_sent, false, || false);
-            out.extend_from_slice(&buf[..r.ready]);
-            buf = buf[r.ready..r.keep_to].to_vec();
-            walks.push(r);
-            if r.stop.is_some() {
-                break;
-            }
-        }
-        (out, walks)
-    }
-
-    fn masked(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-        let k = [9, 8, 7, 6];
-        let mut v = encode(fin, op, Some(k), payload.len() as u64);
-        v.extend(payload.iter().enumerate().map(|(i, b)| b ^ k[i % 4]));
-        v
-    }
-
-    proptest! {
-        #[test]
-        fn walker_forwards_every_byte_of_valid_frames_however_they_are_cut(
-            sizes in proptest::collection::vec(0usize..3000, 1..8),
-            cuts in proptest::collection::vec(0usize..30000, 0..12),
-        ) {
-            let mut stream = Vec::new();
-            for (i, n) in sizes.iter().enumerate() {
-                // Binary messages, with pings (control frames: at most 125 bytes) between.
-                let op = if i % 2 == 1 && *n <= 125 { 9 } else { 2 };
-                stream.extend(masked(true, op, &vec![i as u8; *n]));
-            }
-            let mut cuts = cuts;
-            cuts.sort();
-            let (out, walks) = feed(&stream, &cuts, false);
-            prop_assert_eq!(out, stream);
-            prop_assert!(walks.iter().all(|w| w.stop.is_none()));
-        }
-    }
-
-    #[test]
-    fn walker_drops_what_follows_a_close_and_stops_at_violations() {
-        let mut s = masked(true, 1, b"hi");
-        s.extend(masked(true, 8, &1000u16.to_be_bytes()));
-        let after = s.len();
-        s.extend(masked(true, 1, b"late"));
-        let (out, walks) = feed(&s, &[], false);
-        assert_eq!(out, &s[..after]);
-        assert!(walks[0].close_forwarded);
-        assert_eq!(
-            walks[0].keep_to, walks[0].ready,
-            "bytes after the close are dropped"
-        );
-
-        let mut bad = masked(true, 2, b"ok");
-        let ok_len = bad.len();
-        bad.extend(encode(true, 2, None, 0)); // unmasked client frame
-        let (out, walks) = feed(&bad, &[], false);
-        assert_eq!(out, &bad[..ok_len]);
-        assert_eq!(walks[0].stop, Some(Stop::Violation(Violation::Unmasked)));
-
-        let mut w = Walker::default();
-        let close = masked(true, 8, &1000u16.to_be_bytes());
-        let r = w.walk(&close, Sender::Client, LIM, false, false, || true);
-        assert_eq!((r.ready, r.stop), (0, Some(Stop::OwedClose)));
     }
 }
