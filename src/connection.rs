@@ -244,14 +244,14 @@ async fn connect_and_forward(
     let s = &ctx.settings;
     let mut tried = 0;
     let snap = ctx.pool.current();
-    for b in ctx.pool.pool.candidates(&snap) {
+    for b in ctx.pool.candidates(&snap) {
         let addr = b.addr;
         tried += 1;
         let mut backend = match connect(addr, s.backend_connect_timeout).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(backend = %addr, "{e}; trying the next backend");
-                ctx.pool.pool.connect_failed(b);
+                ctx.pool.failed(b);
                 continue;
             }
         };
@@ -259,17 +259,17 @@ async fn connect_and_forward(
         let deadline = Instant::now() + s.backend_handshake_timeout;
         match exchange(&mut backend, forward.clone(), buf, deadline).await {
             Ok((buf, response)) => {
-                ctx.pool.pool.connected(b);
+                ctx.pool.connected(b);
                 return Ok((backend, (addr, b.id), buf, response, deadline));
             }
             Err(Exchange::Broke(reason)) => {
                 tracing::warn!(backend = %addr, "{reason} before answering; trying the next backend");
-                ctx.pool.pool.connect_failed(b);
+                ctx.pool.failed(b);
             }
             Err(Exchange::Bad(reason)) => {
                 // Not retried (see above), but counted: a backend answering garbage or
                 // nothing goes down like one that refuses connects.
-                ctx.pool.pool.connect_failed(b);
+                ctx.pool.failed(b);
                 return Err(HandshakeError::Backend { addr, reason });
             }
         }

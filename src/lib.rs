@@ -154,14 +154,14 @@ pub fn start_balancer_on(
             settings: settings.clone(),
             pool: balancer::LocalPool::new(pool.clone()),
             relay: relay::RelayEnv {
-                cfg: relay::RelayConfig {
-                    client_limits: frame::Limits {
+                cfg: relay::RelayConfig::new(
+                    frame::Limits {
                         frame: settings.max_frame_bytes,
                         message: settings.max_message_bytes,
                         buffer: settings.relay_buffer_max_bytes,
                     },
-                    close_grace: settings.close_grace,
-                },
+                    settings.close_grace,
+                ),
                 pool: buffers::BufferPool::new(
                     settings.relay_buffer_bytes,
                     settings.relay_buffer_max_bytes,

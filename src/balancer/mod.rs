@@ -155,7 +155,7 @@ impl Pool {
 
     /// A connect to `b`, or the upgrade's exchange with it, failed; `fall` in a row take
     /// it down.
-    pub fn connect_failed(&self, b: &Backend) {
+    pub fn failed(&self, b: &Backend) {
         if b.health.failed(self.fall) {
             tracing::warn!(
                 backend = %b.addr,
@@ -176,10 +176,10 @@ impl Pool {
 }
 
 /// A worker's view of the pool: its own reference to the current snapshot, refreshed when
-/// the pool's generation moves.
+/// the pool's generation moves. Derefs to the shared [`Pool`] for selection and health.
 #[derive(Debug)]
 pub struct LocalPool {
-    pub pool: Arc<Pool>,
+    pool: Arc<Pool>,
     /// A worker-local copy of the snapshot (its `Vec` of shared backends), so that taking
     /// a reference per connection is an `Rc` count, not a count on a line every worker
     /// writes.
@@ -207,6 +207,13 @@ impl LocalPool {
     }
 }
 
+impl std::ops::Deref for LocalPool {
+    type Target = Pool;
+    fn deref(&self) -> &Pool {
+        &self.pool
+    }
+}
+
 fn local_copy(pool: &Pool) -> Rc<Snapshot> {
     Rc::new(Snapshot {
         backends: pool.snapshot().backends.clone(),
@@ -227,7 +234,7 @@ mod tests {
     fn rotation_is_exact_over_the_backends_that_are_up() {
         let p = Pool::new(addrs(3), 1);
         let snap = p.snapshot();
-        p.connect_failed(&snap.backends[1]);
+        p.failed(&snap.backends[1]);
         let mut count = [0; 3];
         for _ in 0..30 {
             let picks: Vec<u32> = p.candidates(&snap).map(|b| b.id).collect();
@@ -242,7 +249,7 @@ mod tests {
         let p = Pool::new(addrs(2), 2);
         let snap = p.snapshot();
         for i in [0, 0, 1, 1] {
-            p.connect_failed(&snap.backends[i]);
+            p.failed(&snap.backends[i]);
         }
         assert_eq!(p.candidates(&snap).count(), 0);
         snap.backends[1].health.passed(1);
@@ -257,7 +264,7 @@ mod tests {
         let a = addrs(3);
         let p = Pool::new(vec![a[0], a[1]], 1);
         let old = p.snapshot();
-        p.connect_failed(&old.backends[1]); // a[1] is down
+        p.failed(&old.backends[1]); // a[1] is down
         let change = p.set_backends(&[a[1], a[2], a[2]]);
         assert_eq!(
             change,

@@ -50,16 +50,33 @@ use crate::metrics::Event;
 mod link;
 pub mod registry;
 use link::{Link, Readiness, stream_of};
-use registry::{Attention, Registry};
+use registry::{Attention, GoAway, Registry};
 
 /// What a relay needs from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayConfig {
-    /// Largest client frame and message (over: close 1009 to the client); `buffer` is how
-    /// far a pump's buffer grows to fit the largest frame seen.
-    pub client_limits: Limits,
+    /// The limits on each pump's source, by pump index (see [`RelayConfig::new`]).
+    limits: [Limits; 2],
     /// Time a peer gets to finish the close handshake once it is under way.
     pub close_grace: Duration,
+}
+
+impl RelayConfig {
+    /// `client`: the largest client frame and message (over: close 1009 to the client),
+    /// and how far a pump's buffer grows to fit the largest frame seen. A backend's
+    /// frames get the same buffer cap and no size limit.
+    pub fn new(client: Limits, close_grace: Duration) -> Self {
+        let backend = Limits {
+            buffer: client.buffer,
+            ..Limits::NONE
+        };
+        let mut limits = [client; 2];
+        limits[usize::from(DOWN)] = backend;
+        Self {
+            limits,
+            close_grace,
+        }
+    }
 }
 
 /// What every relay of a worker shares: the settings, the worker's buffer pool and its
@@ -233,16 +250,18 @@ where
                 // backend was removed (1012): a close to this pump's destination, at a
                 // frame boundary. The peer's close reply is then dropped (a close already
                 // went its way), and its TCP end finishes this pump.
-                Some(Attention::GoAway(code, reason)) if self.walker.pending == 0 => {
+                Some(Attention::GoAway(why)) if self.walker.pending == 0 => {
                     self.going_away_sent = true;
                     // Counted once per connection, by the client->backend pump.
-                    match (code, self.me) {
-                        (1012, UP) => link.env.stats.count(Event::RemovedBackendClose),
-                        (_, UP) if reason == "idle timeout" => {
-                            link.env.stats.count(Event::IdleClose)
-                        }
-                        _ => {}
+                    let event = match why {
+                        GoAway::Idle => Some(Event::IdleClose),
+                        GoAway::RemovedBackend => Some(Event::RemovedBackendClose),
+                        GoAway::Drain => None,
+                    };
+                    if let (Some(e), UP) = (event, self.me) {
+                        link.env.stats.count(e);
                     }
+                    let (code, reason) = why.close();
                     Box::pin(self.send_close(link, code, reason)).await;
                 }
                 Some(Attention::Ping) if self.walker.pending == 0 => {
@@ -393,20 +412,20 @@ where
     async fn forward_buffered(&mut self, link: &Link<'_>) {
         // Only small values live across the awaits below: every idle connection's task
         // carries room for them twice (one per pump).
-        let (keep, stop) = loop {
-            let walk = self.walk(link);
-            if let Some(Stop::OwnPong(n)) = walk.stop {
+        let stop = loop {
+            let w = self.walk(link);
+            if let Some(Stop::OwnPong(n)) = w.stop {
                 // The pong to wslb's keepalive ping: forward what precedes it, drop it,
                 // walk on.
-                Box::pin(self.forward(link, walk.ready, walk.close_forwarded)).await;
+                Box::pin(self.forward(link, w.ready, w.keep_to, w.close_forwarded)).await;
                 self.buf.drain(..n);
                 link.env.registry.pong_received(link.key, self.me());
                 continue;
             }
-            self.forward(link, walk.ready, walk.close_forwarded).await;
-            break (walk.keep_to - walk.ready, walk.stop);
+            self.forward(link, w.ready, w.keep_to, w.close_forwarded)
+                .await;
+            break w.stop;
         };
-        self.buf.truncate(keep);
         // What stays is a partial header (<= 138 bytes). Growing the buffer to fit the
         // largest frame seen is `take_buffer`'s job, before the next read.
         match stop {
@@ -423,27 +442,26 @@ where
     }
 
     fn walk(&mut self, link: &Link<'_>) -> frame::Walk {
-        let limits = match self.sender() {
-            Sender::Client => link.env.cfg.client_limits,
-            Sender::Backend => Limits {
-                buffer: link.env.cfg.client_limits.buffer,
-                ..Limits::NONE
-            },
-        };
         let me = self.me();
         self.walker.walk(
             &self.buf,
             self.sender(),
-            limits,
+            link.env.cfg.limits[me],
             self.close_sent,
             link.env.registry.awaits_pong(link.key, me),
             || link.close_request[me].get().is_some(),
         )
     }
 
-    /// Writes the first `ready` bytes of the buffer to the destination and moves the rest
-    /// to the front.
-    async fn forward(&mut self, link: &Link<'_>, ready: usize, close_forwarded: bool) {
+    /// Writes the first `ready` bytes of the buffer to the destination and keeps
+    /// `ready..keep_to` at the front (what follows `keep_to` is dropped).
+    async fn forward(
+        &mut self,
+        link: &Link<'_>,
+        ready: usize,
+        keep_to: usize,
+        close_forwarded: bool,
+    ) {
         if close_forwarded {
             self.mark_close_sent(link);
         }
@@ -458,9 +476,8 @@ where
                 self.mark_close_sent(link);
             }
         }
-        let len = self.buf.len();
-        self.buf.copy_within(ready..len, 0);
-        self.buf.truncate(len - ready);
+        self.buf.copy_within(ready..keep_to, 0);
+        self.buf.truncate(keep_to - ready);
     }
 
     /// Sends wslb's keepalive ping to the destination (at a frame boundary).
@@ -574,14 +591,14 @@ mod tests {
             let b = l.accept().unwrap().0;
             let [a, b] = [a, b].map(|s| TcpStream::from_std(s).unwrap());
             let env = RelayEnv {
-                cfg: RelayConfig {
-                    client_limits: Limits {
+                cfg: RelayConfig::new(
+                    Limits {
                         frame: 1 << 20,
                         message: 1 << 20,
                         buffer: 4096,
                     },
-                    close_grace: Duration::from_secs(1),
-                },
+                    Duration::from_secs(1),
+                ),
                 pool: BufferPool::new(1024, 4096),
                 registry: Registry::default(),
                 stats: Default::default(),

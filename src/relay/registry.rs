@@ -35,13 +35,35 @@ pub struct Keepalive {
 /// What a relay's pump should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Attention {
-    /// Close both sides with this code and reason, at a frame boundary.
-    GoAway(u16, &'static str),
+    /// Close both sides, at a frame boundary, for this reason.
+    GoAway(GoAway),
     /// Send a keepalive ping to this pump's destination.
     Ping,
     /// This pump's source has not been heard from within the idle timeout (after a ping):
     /// treat it as gone.
     SourceDead,
+}
+
+/// Why wslb closes both sides of a connection on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoAway {
+    /// The instance drains (SIGTERM/SIGINT, or after a binary upgrade).
+    Drain,
+    /// No frame either way for the idle timeout (pings off).
+    Idle,
+    /// The backend was removed by a reload and its drain deadline passed.
+    RemovedBackend,
+}
+
+impl GoAway {
+    /// The close code and reason sent to both sides.
+    pub fn close(self) -> (u16, &'static str) {
+        match self {
+            GoAway::Drain => (1001, "going away"),
+            GoAway::Idle => (1001, "idle timeout"),
+            GoAway::RemovedBackend => (1012, "service restart"),
+        }
+    }
 }
 
 /// Why the relay was kicked from outside.
@@ -304,16 +326,16 @@ impl Registry {
     #[inline]
     pub fn attention(&self, key: u32, me: usize) -> Option<Attention> {
         if self.going_away.get() {
-            return Some(Attention::GoAway(1001, "going away"));
+            return Some(Attention::GoAway(GoAway::Drain));
         }
         let slots = self.slots.borrow();
         let s = &slots[key];
         if s.kick == KICK_RETIRED {
-            return Some(Attention::GoAway(1012, "service restart"));
+            return Some(Attention::GoAway(GoAway::RemovedBackend));
         }
         let (now, k) = (self.now.get(), self.keepalive);
         if idle(s, now, k) {
-            return Some(Attention::GoAway(1001, "idle timeout"));
+            return Some(Attention::GoAway(GoAway::Idle));
         }
         if peer_due(s, me, now, k) == Some(Attention::SourceDead) {
             return Some(Attention::SourceDead);
