@@ -14,7 +14,7 @@ use crate::handshake::{self, Reject};
 use crate::listener::Permit;
 use crate::metrics::{Event, OpenGuard};
 use crate::relay;
-use crate::worker::WorkerCtx;
+use crate::worker::WorkerEnv;
 
 /// Why a connection ended before the relay started. Each variant names the side at fault.
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +56,7 @@ enum ConnectError {
 pub fn serve(
     client: TcpStream,
     peer: SocketAddr,
-    ctx: Rc<WorkerCtx>,
+    ctx: Rc<WorkerEnv>,
     open: (OpenGuard, Permit),
 ) -> impl std::future::Future<Output = ()> + 'static {
     let handshake = Box::pin(upgrade(client, peer, ctx.clone()));
@@ -84,7 +84,7 @@ pub fn serve(
             up.client_buf,
             up.backend_buf,
             up.backend_id,
-            &ctx.relay,
+            &ctx,
         )
         .await;
         tracing::debug!(%peer, ?outcome, "connection closed");
@@ -107,7 +107,7 @@ struct Upgraded {
 async fn upgrade(
     mut client: TcpStream,
     peer: SocketAddr,
-    ctx: Rc<WorkerCtx>,
+    ctx: Rc<WorkerEnv>,
 ) -> Result<Upgraded, HandshakeError> {
     let ctx = &*ctx;
     let s = &ctx.settings;
@@ -120,7 +120,7 @@ async fn upgrade(
         Ok(Err(e)) => return Err(HandshakeError::ClientIo(e)),
         Err(_) => return Err(HandshakeError::ClientTimeout),
     }
-    let buf = ctx.relay.pool.take(s.max_request_bytes);
+    let buf = ctx.buffers.take(s.max_request_bytes);
     let limit = s.max_request_bytes;
     let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| {
         u.forward_head(peer.ip())
@@ -138,7 +138,7 @@ async fn upgrade(
                     }
                     _ => (handshake::BAD_GATEWAY, Event::BadGateway),
                 };
-                ctx.relay.stats.count(event);
+                ctx.stats.count(event);
                 let _ = client.write_all(answer).await;
                 return Err(e);
             }
@@ -229,7 +229,7 @@ async fn read_upgrade_inner<T>(
 /// A response that is not HTTP, or none within `backend_handshake_ms`, is not retried, so
 /// a client waits at most one handshake timeout.
 async fn connect_and_forward(
-    ctx: &WorkerCtx,
+    ctx: &WorkerEnv,
     forward: bytes::Bytes,
 ) -> Result<
     (
@@ -243,33 +243,33 @@ async fn connect_and_forward(
 > {
     let s = &ctx.settings;
     let mut tried = 0;
-    let snap = ctx.pool.current();
-    for b in ctx.pool.candidates(&snap) {
+    let snap = ctx.backends.current();
+    for b in ctx.backends.candidates(&snap) {
         let addr = b.addr;
         tried += 1;
         let mut backend = match connect(addr, s.backend_connect_timeout).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(backend = %addr, "{e}; trying the next backend");
-                ctx.pool.failed(b);
+                ctx.backends.failed(b);
                 continue;
             }
         };
-        let buf = ctx.relay.pool.take(s.relay_buffer_bytes);
+        let buf = ctx.buffers.take(s.relay_buffer_bytes);
         let deadline = Instant::now() + s.backend_handshake_timeout;
         match exchange(&mut backend, forward.clone(), buf, deadline).await {
             Ok((buf, response)) => {
-                ctx.pool.connected(b);
+                ctx.backends.connected(b);
                 return Ok((backend, (addr, b.id), buf, response, deadline));
             }
             Err(Exchange::Broke(reason)) => {
                 tracing::warn!(backend = %addr, "{reason} before answering; trying the next backend");
-                ctx.pool.failed(b);
+                ctx.backends.failed(b);
             }
             Err(Exchange::Bad(reason)) => {
                 // Not retried (see above), but counted: a backend answering garbage or
                 // nothing goes down like one that refuses connects.
-                ctx.pool.failed(b);
+                ctx.backends.failed(b);
                 return Err(HandshakeError::Backend { addr, reason });
             }
         }

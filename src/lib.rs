@@ -50,7 +50,7 @@ use std::thread::JoinHandle;
 
 use config::{IoDriver, Settings};
 use metrics::WorkerStats;
-use worker::{StartError, WorkerCtx, WorkerInfo};
+use worker::{StartError, WorkerEnv, WorkerInfo};
 
 /// A running set of workers (a balancer or an echo backend).
 pub struct Running {
@@ -149,32 +149,17 @@ pub fn start_balancer_on(
     let worker_stats = stats.clone();
     let started = worker::spawn("balancer", listeners, io, move |id, l| {
         let stats = worker_stats[id].clone();
-        let ctx = Rc::new(WorkerCtx {
+        let ctx = Rc::new(WorkerEnv::new(
             id,
-            settings: settings.clone(),
-            pool: balancer::LocalPool::new(pool.clone()),
-            relay: relay::RelayEnv {
-                cfg: relay::RelayConfig::new(
-                    frame::Limits {
-                        frame: settings.max_frame_bytes,
-                        message: settings.max_message_bytes,
-                        buffer: settings.relay_buffer_max_bytes,
-                    },
-                    settings.close_grace,
-                ),
-                pool: buffers::BufferPool::new(
-                    settings.relay_buffer_bytes,
-                    settings.relay_buffer_max_bytes,
-                ),
-                registry: relay::registry::Registry::new(settings.keepalive),
-                stats: stats.clone(),
-            },
-        });
+            settings.clone(),
+            pool.clone(),
+            stats.clone(),
+        ));
         let limit = limit.clone();
         let watcher = ctx.clone();
         let signal = worker_signal.clone();
         let retired = retirements.clone();
-        monoio::spawn(async move { watcher.relay.registry.watch(signal, retired).await });
+        monoio::spawn(async move { watcher.registry.watch(signal, retired).await });
         let open = stats.clone();
         let accept = listener::accept_loop(l, limit, move |stream, peer, permit| {
             connection::serve(stream, peer, ctx.clone(), (stats.track(), permit))

@@ -10,16 +10,59 @@ use std::thread::JoinHandle;
 
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::balancer::LocalPool;
+use crate::balancer::{LocalPool, Pool};
+use crate::buffers::BufferPool;
 use crate::config::{IoDriver, Settings};
+use crate::frame::Limits;
+use crate::metrics::WorkerStats;
+use crate::relay::RelayConfig;
+use crate::relay::registry::Registry;
 
-/// What a balancer worker's connections read: configuration and the backend pool.
-pub struct WorkerCtx {
+/// Everything one balancer worker's connections share, from the handshake to the relay:
+/// settings, the worker's view of the backend pool, its relay buffers, its registry of open
+/// relays and its counters. One per worker, owned by its thread (connections hold an `Rc`,
+/// relays a reference), so nothing here is written by another core.
+#[derive(Debug)]
+pub struct WorkerEnv {
     pub id: usize,
     pub settings: Arc<Settings>,
-    pub pool: LocalPool,
-    /// Relay settings and this worker's buffer pool (handshakes borrow from it too).
-    pub relay: crate::relay::RelayEnv,
+    pub backends: LocalPool,
+    /// The relay's limits and close grace, resolved once from `settings`.
+    pub relay: RelayConfig,
+    /// Relay buffers (handshake reads borrow from here too).
+    pub buffers: BufferPool,
+    /// Wakes relays when the instance drains (close 1001 to both sides), a keepalive ping
+    /// or idle close is due, or their backend was removed (close 1012).
+    pub registry: Registry,
+    /// This worker's counters (pings, dead peers, protocol errors ...).
+    pub stats: Arc<WorkerStats>,
+}
+
+impl WorkerEnv {
+    pub fn new(
+        id: usize,
+        settings: Arc<Settings>,
+        pool: Arc<Pool>,
+        stats: Arc<WorkerStats>,
+    ) -> Self {
+        let relay = RelayConfig::new(
+            Limits {
+                frame: settings.max_frame_bytes,
+                message: settings.max_message_bytes,
+                buffer: settings.relay_buffer_max_bytes,
+            },
+            settings.close_grace,
+        );
+        Self {
+            id,
+            backends: LocalPool::new(pool),
+            relay,
+            buffers: BufferPool::new(settings.relay_buffer_bytes, settings.relay_buffer_max_bytes),
+            registry: Registry::new(settings.keepalive),
+            stats,
+            settings,
+        }
+    }
 }
 
 /// The io driver a worker actually runs on (as reported by monoio, not as requested).

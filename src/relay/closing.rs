@@ -80,7 +80,7 @@ where
     pub(super) fn mark_close_sent(&mut self, link: &Link<'_>) {
         self.close_sent = true;
         if self.deadline.is_none() {
-            self.deadline = Some(link.env.registry.deadline_in(link.env.cfg.close_grace));
+            self.deadline = Some(link.env.registry.deadline_in(link.env.relay.close_grace));
         }
     }
 

@@ -10,8 +10,8 @@ use monoio::net::TcpStream;
 
 use crate::frame::{Sender, Violation};
 
-use super::RelayEnv;
 use super::registry::Attention;
+use crate::worker::WorkerEnv;
 
 /// The state the two pumps of one connection share. Both run in the same task, so plain
 /// `Cell`/`RefCell` suffice; a borrow is never held across an await.
@@ -32,7 +32,7 @@ pub(super) struct Link<'p> {
     task: Waker,
     /// The worker's relay settings, buffer pool and registry (here rather than in each
     /// pump: one reference per connection instead of two).
-    pub(super) env: &'p RelayEnv,
+    pub(super) env: &'p WorkerEnv,
     pub(super) key: u32,
 }
 
@@ -43,7 +43,7 @@ impl Drop for Link<'_> {
 }
 
 impl<'p> Link<'p> {
-    pub(super) fn new(task: Waker, env: &'p RelayEnv, backend: u32) -> Self {
+    pub(super) fn new(task: Waker, env: &'p WorkerEnv, backend: u32) -> Self {
         Self {
             close_request: Default::default(),
             readers: Default::default(),

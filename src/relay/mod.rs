@@ -19,7 +19,7 @@
 //! # Buffer ownership
 //! An idle connection holds no relay buffer. A pump at a frame boundary first waits for its
 //! source to become readable (io_uring `POLL_ADD`; the epoll driver's readiness), and only
-//! then takes a buffer from its worker's [`BufferPool`] and reads. The pump owns that
+//! then takes a buffer from its worker's `BufferPool` and reads. The pump owns that
 //! `Vec<u8>` between operations. For a read, the vector moves into the read op as a
 //! `SliceMut` over its spare capacity: the kernel owns it until the completion, and it comes
 //! back in the op's `(result, buf)` with `len` advanced by the bytes received, also on error
@@ -43,15 +43,15 @@ use monoio::io::{
 };
 use monoio::net::TcpStream;
 
-use crate::buffers::BufferPool;
 use crate::frame::{self, Limits, Sender, Stop, Violation, Walker};
 use crate::metrics::Event;
+use crate::worker::WorkerEnv;
 
 mod closing;
 mod link;
 pub mod registry;
 use link::{Link, Readiness, stream_of};
-use registry::{Attention, GoAway, Registry};
+use registry::{Attention, GoAway};
 
 /// What a relay needs from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -78,20 +78,6 @@ impl RelayConfig {
             close_grace,
         }
     }
-}
-
-/// What every relay of a worker shares: the settings, the worker's buffer pool and its
-/// registry of relays. Pumps hold a reference to it rather than copies, which keeps each
-/// idle connection's task small.
-#[derive(Debug)]
-pub struct RelayEnv {
-    pub cfg: RelayConfig,
-    pub pool: BufferPool,
-    /// Wakes relays when the instance drains (close 1001 to both sides), a keepalive ping
-    /// or idle close is due, or their backend was removed (close 1012).
-    pub registry: Registry,
-    /// The worker's counters (pings, dead peers, protocol errors ...).
-    pub stats: std::sync::Arc<crate::metrics::WorkerStats>,
 }
 
 /// How one direction ended.
@@ -147,7 +133,7 @@ pub fn run<'p>(
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
     backend_id: u32,
-    env: &'p RelayEnv,
+    env: &'p WorkerEnv,
 ) -> impl std::future::Future<Output = Outcome> + 'p {
     let (client_rd, client_wr) = client.into_split();
     let (backend_rd, backend_wr) = backend.into_split();
@@ -163,12 +149,12 @@ pub fn run<'p>(
             // that its future is dropped (see "Buffer ownership") and both sockets close with
             // the halves.
             monoio::select! {
-                a = &mut up_fut => (a, Box::pin(finish(down_fut, env.cfg.close_grace)).await),
-                b = &mut down_fut => (Box::pin(finish(up_fut, env.cfg.close_grace)).await, b),
+                a = &mut up_fut => (a, Box::pin(finish(down_fut, env.relay.close_grace)).await),
+                b = &mut down_fut => (Box::pin(finish(up_fut, env.relay.close_grace)).await, b),
             }
         };
-        env.pool.give(std::mem::take(&mut up.buf));
-        env.pool.give(std::mem::take(&mut down.buf));
+        env.buffers.give(std::mem::take(&mut up.buf));
+        env.buffers.give(std::mem::take(&mut down.buf));
         Outcome {
             client_to_backend,
             backend_to_client,
@@ -279,7 +265,7 @@ where
                 _ => {}
             }
             if link.close_request[self.me()].get().is_some() && self.deadline.is_none() {
-                self.deadline = Some(link.env.registry.deadline_in(link.env.cfg.close_grace));
+                self.deadline = Some(link.env.registry.deadline_in(link.env.relay.close_grace));
             }
             match self.read(link).await {
                 Read::Data | Read::Interrupted => {}
@@ -390,9 +376,9 @@ where
         if self.buf.capacity() >= want && self.buf.capacity() >= MIN_READ {
             return;
         }
-        let mut b = link.env.pool.take(want);
+        let mut b = link.env.buffers.take(want);
         b.extend_from_slice(&self.buf);
-        link.env.pool.give(std::mem::replace(&mut self.buf, b));
+        link.env.buffers.give(std::mem::replace(&mut self.buf, b));
     }
 
     /// Gives the buffer back to the pool; a partial header moves to a vector of its size.
@@ -405,7 +391,9 @@ where
         } else {
             self.buf.to_vec()
         };
-        link.env.pool.give(std::mem::replace(&mut self.buf, rest));
+        link.env
+            .buffers
+            .give(std::mem::replace(&mut self.buf, rest));
     }
 
     /// Walks the frames in the buffer, writes every complete header and every payload byte
@@ -447,7 +435,7 @@ where
         self.walker.walk(
             &self.buf,
             self.sender(),
-            link.env.cfg.limits[me],
+            link.env.relay.limits[me],
             self.close_sent,
             link.env.registry.awaits_pong(link.key, me),
             || link.close_request[me].get().is_some(),
@@ -483,6 +471,18 @@ where
 }
 
 #[cfg(test)]
+pub(crate) fn test_env() -> WorkerEnv {
+    let settings = crate::config::Config {
+        backends: vec!["127.0.0.1:1".into()],
+        ..Default::default()
+    }
+    .validate()
+    .unwrap();
+    let pool = std::sync::Arc::new(crate::balancer::Pool::new(settings.backends.clone(), 1));
+    WorkerEnv::new(0, std::sync::Arc::new(settings), pool, Default::default())
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -501,19 +501,7 @@ mod tests {
             let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let b = l.accept().unwrap().0;
             let [a, b] = [a, b].map(|s| TcpStream::from_std(s).unwrap());
-            let env = RelayEnv {
-                cfg: RelayConfig::new(
-                    Limits {
-                        frame: 1 << 20,
-                        message: 1 << 20,
-                        buffer: 4096,
-                    },
-                    Duration::from_secs(1),
-                ),
-                pool: BufferPool::new(1024, 4096),
-                registry: Registry::default(),
-                stats: Default::default(),
-            };
+            let env = test_env();
             let f = run(a, b, Vec::new(), Vec::new(), 0, &env);
             let size = std::mem::size_of_val(&f);
             eprintln!("relay::run future: {size} bytes");
