@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use wslb::balancer::Pool;
-use wslb::frame::{Limits, Sender, Walker};
+use wslb::frame::{Limits, Rules, Side, Walker};
 
 fn frame(payload: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
     let mut v = vec![0x82];
@@ -42,8 +42,8 @@ fn walk(c: &mut Criterion) {
     let mut g = c.benchmark_group("walk");
     for &size in &[64usize, 1024, 16 << 10, 1 << 20] {
         for (name, mask, sender) in [
-            ("masked", Some([1, 2, 3, 4]), Sender::Client),
-            ("unmasked", None, Sender::Backend),
+            ("masked", Some([1, 2, 3, 4]), Side::Client),
+            ("unmasked", None, Side::Backend),
         ] {
             let bytes = frame(size, mask);
             g.throughput(Throughput::Bytes(size as u64));
@@ -52,10 +52,11 @@ fn walk(c: &mut Criterion) {
                     let mut w = Walker::default();
                     let mut forwarded = 0;
                     for chunk in bytes.chunks(64 << 10) {
-                        let r =
-                            w.walk(black_box(chunk), sender, Limits::NONE, false, false, || {
-                                false
-                            });
+                        let rules = Rules {
+                            from: sender,
+                            limits: Limits::NONE,
+                        };
+                        let r = w.walk(black_box(chunk), &rules);
                         forwarded += r.ready;
                     }
                     assert_eq!(forwarded, bytes.len());
@@ -74,11 +75,10 @@ fn walk(c: &mut Criterion) {
             let mut w = Walker::default();
             w.walk(
                 black_box(&many),
-                Sender::Client,
-                Limits::NONE,
-                false,
-                false,
-                || false,
+                &Rules {
+                    from: Side::Client,
+                    limits: Limits::NONE,
+                },
             )
         })
     });

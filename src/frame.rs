@@ -149,22 +149,50 @@ impl Limits {
     };
 }
 
-/// Who sent the frames being checked.
+/// One peer of a relay: the one encoding of a direction in wslb. Frames are checked by
+/// the side that sent them, and each relay direction (pump) is named by the side it reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sender {
+pub enum Side {
     /// Frames from the client must be masked.
     Client,
     /// Frames from the backend must not be masked.
     Backend,
 }
 
+impl Side {
+    pub const BOTH: [Side; 2] = [Side::Client, Side::Backend];
+
+    /// The peer across the relay.
+    #[inline]
+    pub fn other(self) -> Side {
+        match self {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        }
+    }
+
+    /// Index into per-side arrays (`[T; 2]`, client first).
+    #[inline]
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What one direction's frames must obey: who sends them (and so whether they are
+/// masked) and the size limits. Built once per worker and shared by its relays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rules {
+    pub from: Side,
+    pub limits: Limits,
+}
+
 impl Header {
-    /// Validates this header against RFC 6455 for frames from `sender` and returns its
+    /// Validates this header against RFC 6455 for frames from `from` and returns its
     /// opcode. `limits` apply to data frames. Updates the fragmentation and size state.
     #[inline]
     pub fn check(
         &self,
-        sender: Sender,
+        from: Side,
         state: &mut MessageState,
         limits: Limits,
     ) -> Result<OpCode, Violation> {
@@ -173,9 +201,9 @@ impl Header {
         }
         let opcode = OpCode::try_from(self.raw_opcode)
             .map_err(|_| Violation::ReservedOpcode(self.raw_opcode))?;
-        match (sender, self.mask.is_some()) {
-            (Sender::Client, false) => return Err(Violation::Unmasked),
-            (Sender::Backend, true) => return Err(Violation::Masked),
+        match (from, self.mask.is_some()) {
+            (Side::Client, false) => return Err(Violation::Unmasked),
+            (Side::Backend, true) => return Err(Violation::Masked),
             _ => {}
         }
         if self.payload_len >> 63 != 0 {
@@ -344,12 +372,12 @@ pub(crate) mod tests {
                 .unwrap()
                 .check(who, s, LIM1000)
         };
-        let c = Sender::Client;
+        let c = Side::Client;
         let mut s = MessageState::default();
         assert_eq!(ok(true, 1, m, 5, &mut s, c), Ok(OpCode::Text));
         assert_eq!(ok(true, 1, None, 5, &mut s, c), Err(Violation::Unmasked));
         assert_eq!(
-            ok(true, 1, m, 5, &mut s, Sender::Backend),
+            ok(true, 1, m, 5, &mut s, Side::Backend),
             Err(Violation::Masked)
         );
         assert_eq!(

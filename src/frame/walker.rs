@@ -4,33 +4,32 @@
 use fastwebsockets::OpCode;
 
 use super::{
-    Limits, MessageState, Sender, Violation, check_close_payload, is_own_pong, parse_header,
+    MessageState, PING_PAYLOAD, Rules, Violation, check_close_payload, is_own_pong, parse_header,
 };
 
 /// Where one pass over a relay buffer stopped.
+///
+/// Bytes `[0, ready)` are whole headers and payload bytes to forward as they are. With no
+/// `stop`, the bytes from `ready` on (a partial header, or a close or keepalive pong not yet
+/// whole) are to be kept for the next pass.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Walk {
-    /// Bytes `[0, ready)` are whole headers and payload bytes to forward as they are.
     pub ready: usize,
-    /// Bytes `[ready, keep_to)` (a partial header, or a close frame not yet whole) stay for
-    /// the next pass; bytes past `keep_to` are dropped (after a close, or a violation).
-    pub keep_to: usize,
-    /// A close frame from the source is among the forwarded bytes.
-    pub close_forwarded: bool,
     pub stop: Option<Stop>,
 }
 
-/// Why a pass stopped before the end of the buffer.
+/// A frame at `ready` that the walk leaves to its caller. What to do with it (forward it,
+/// drop it, answer it) is the caller's policy; the walker only reports what the frame is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
-    /// The source broke the protocol with the frame at `ready`.
+    /// The frame at `ready` breaks the protocol. Nothing from `ready` on is valid.
     Violation(Violation),
-    /// The pong to wslb's own keepalive ping, this many bytes long, is at `ready`: it is
-    /// dropped, not forwarded (the destination never sent that ping).
-    OwnPong(usize),
-    /// A valid close frame is at `ready`, but the destination is owed a close of wslb's own
-    /// (it broke the protocol), which goes out instead.
-    OwedClose,
+    /// A whole, valid close frame this many bytes long. Nothing valid follows a close
+    /// (RFC 6455 §5.5.1): the walk is over for this direction.
+    Close(usize),
+    /// A whole pong frame this many bytes long carrying [`PING_PAYLOAD`], the payload of
+    /// wslb's keepalive pings. The walk may go on after it.
+    KeepalivePong(usize),
 }
 
 /// The frame-level state of one relay direction: walks the frames in each buffer that
@@ -40,107 +39,88 @@ pub struct Walker {
     /// Payload bytes of the frame being forwarded that have not arrived yet.
     pub pending: u64,
     msg: MessageState,
-    /// Capacity that would hold the largest frame seen so far (capped by `walk`'s
-    /// `max_buffer`), so that such a frame can arrive in one read and leave in one write.
-    /// (u32: `max_buffer` is at most 16 MiB, and every idle connection carries two.)
+    /// Capacity that would hold the largest frame seen so far (capped by the rules'
+    /// `limits.buffer`), so that such a frame can arrive in one read and leave in one
+    /// write. (u32: the cap is at most 16 MiB, and every idle connection carries two.)
     pub want_capacity: u32,
 }
 
 impl Walker {
-    /// One pass over `buf` (which starts at a frame boundary or inside the payload counted
-    /// by `pending`). `close_sent`: a close already went to the destination, so nothing
-    /// more is forwarded. `own_pong`: wslb awaits the pong to its keepalive ping from this
-    /// source. `owed` says whether the destination is owed a close of wslb's own.
+    /// One pass over `buf`, which starts at a frame boundary or inside the payload counted
+    /// by `pending`.
     #[inline]
-    pub fn walk(
-        &mut self,
-        buf: &[u8],
-        sender: Sender,
-        limits: Limits,
-        mut close_sent: bool,
-        own_pong: bool,
-        owed: impl Fn() -> bool,
-    ) -> Walk {
+    pub fn walk(&mut self, buf: &[u8], rules: &Rules) -> Walk {
         let len = buf.len();
-        let mut w = Walk {
-            ready: 0,
-            keep_to: len,
-            close_forwarded: false,
-            stop: None,
-        };
-        while w.ready < len {
+        let mut ready = 0;
+        while ready < len {
             if self.pending > 0 {
-                let take = self.pending.min((len - w.ready) as u64);
-                w.ready += take as usize;
+                let take = self.pending.min((len - ready) as u64);
+                ready += take as usize;
                 self.pending -= take;
                 continue;
             }
-            if close_sent {
-                w.keep_to = w.ready; // after a close, drop the rest (RFC 6455 §5.5.1)
-                break;
-            }
-            let Some(h) = parse_header(&buf[w.ready..]) else {
+            let Some(h) = parse_header(&buf[ready..]) else {
                 break;
             };
-            let opcode = match h.check(sender, &mut self.msg, limits) {
+            let opcode = match h.check(rules.from, &mut self.msg, rules.limits) {
                 Ok(op) => op,
                 Err(v) => {
-                    w.stop = Some(Stop::Violation(v));
-                    w.keep_to = w.ready;
-                    break;
+                    return Walk {
+                        ready,
+                        stop: Some(Stop::Violation(v)),
+                    };
                 }
             };
-            if opcode == OpCode::Close {
-                // Close frames are checked whole (at most 139 bytes) before they go out, so
-                // a bad code or reason is answered instead of forwarded.
-                let end = w.ready + h.len + h.payload_len as usize;
-                if end > len {
+            let whole = h.len + h.payload_len as usize;
+            let is_close = opcode == OpCode::Close;
+            // Closes and possible keepalive pongs are checked whole (at most 139 bytes)
+            // before anything is decided about them.
+            if is_close || (opcode == OpCode::Pong && h.payload_len == PING_PAYLOAD.len() as u64) {
+                if ready + whole > len {
                     break;
                 }
-                if let Err(v) = check_close_payload(&buf[w.ready + h.len..end], h.mask) {
-                    w.stop = Some(Stop::Violation(v));
-                    w.keep_to = w.ready;
-                    break;
-                }
-                if owed() {
-                    w.stop = Some(Stop::OwedClose);
-                    w.keep_to = w.ready;
-                    break;
-                }
-                w.ready = end;
-                w.close_forwarded = true;
-                close_sent = true;
-                continue;
+                let payload = &buf[ready + h.len..ready + whole];
+                let stop = if is_close {
+                    match check_close_payload(payload, h.mask) {
+                        Ok(_) => Stop::Close(whole),
+                        Err(v) => Stop::Violation(v),
+                    }
+                } else if is_own_pong(payload, h.mask) {
+                    Stop::KeepalivePong(whole)
+                } else {
+                    ready += whole;
+                    continue;
+                };
+                return Walk {
+                    ready,
+                    stop: Some(stop),
+                };
             }
-            if opcode == OpCode::Pong && own_pong {
-                // Checked whole too (at most 139 bytes): only wslb's own pong is dropped.
-                let end = w.ready + h.len + h.payload_len as usize;
-                if end > len {
-                    break;
-                }
-                if is_own_pong(&buf[w.ready + h.len..end], h.mask) {
-                    w.stop = Some(Stop::OwnPong(end - w.ready));
-                    break;
-                }
-            }
-            w.ready += h.len;
+            ready += h.len;
             self.pending = h.payload_len;
-            let framed = (h.len as u64 + h.payload_len).min(limits.buffer as u64) as u32;
+            let framed = (h.len as u64 + h.payload_len).min(rules.limits.buffer as u64) as u32;
             self.want_capacity = self.want_capacity.max(framed);
         }
-        w
+        Walk { ready, stop: None }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::frame::Side;
     use crate::frame::tests::{LIM, encode};
     use proptest::prelude::*;
 
+    const CLIENT: Rules = Rules {
+        from: Side::Client,
+        limits: LIM,
+    };
+
     /// Feeds `stream` to a walker in pieces cut at `cuts`, the way reads deliver it, and
-    /// returns the forwarded bytes and the walks.
-    fn feed(stream: &[u8], cuts: &[usize], close_sent: bool) -> (Vec<u8>, Vec<Walk>) {
+    /// returns the forwarded bytes and the walks. Like the relay, it forwards through a
+    /// keepalive pong and stops at anything else.
+    fn feed(stream: &[u8], cuts: &[usize]) -> (Vec<u8>, Vec<Walk>) {
         let mut w = Walker::default();
         let (mut buf, mut out, mut walks) = (Vec::new(), Vec::new(), Vec::new());
         let mut at = 0;
@@ -148,9 +128,9 @@ mod tests {
             let c = c.clamp(at, stream.len());
             buf.extend_from_slice(&stream[at..c]);
             at = c;
-            let r = w.walk(&buf, Sender::Client, LIM, close_sent, false, || false);
+            let r = w.walk(&buf, &CLIENT);
             out.extend_from_slice(&buf[..r.ready]);
-            buf = buf[r.ready..r.keep_to].to_vec();
+            buf = buf[r.ready..].to_vec();
             walks.push(r);
             if r.stop.is_some() {
                 break;
@@ -180,41 +160,45 @@ mod tests {
             }
             let mut cuts = cuts;
             cuts.sort();
-            let (out, walks) = feed(&stream, &cuts, false);
+            let (out, walks) = feed(&stream, &cuts);
             prop_assert_eq!(out, stream);
             prop_assert!(walks.iter().all(|w| w.stop.is_none()));
         }
     }
 
     #[test]
-    fn walker_drops_what_follows_a_close_and_stops_at_violations() {
+    fn walker_stops_at_a_close_and_at_violations() {
         let mut s = masked(true, 1, b"hi");
-        s.extend(masked(true, 8, &1000u16.to_be_bytes()));
-        let after = s.len();
+        let before = s.len();
+        let close = masked(true, 8, &1000u16.to_be_bytes());
+        s.extend(&close);
         s.extend(masked(true, 1, b"late"));
-        let (out, walks) = feed(&s, &[], false);
-        assert_eq!(out, &s[..after]);
-        assert!(walks[0].close_forwarded);
-        assert_eq!(
-            walks[0].keep_to, walks[0].ready,
-            "bytes after the close are dropped"
-        );
+        let (out, walks) = feed(&s, &[]);
+        assert_eq!(out, &s[..before]);
+        assert_eq!(walks[0].stop, Some(Stop::Close(close.len())));
+        // A close cut short is kept whole for the next read.
+        let (out, walks) = feed(&s, &[before + 3]);
+        assert_eq!(out, &s[..before]);
+        assert_eq!(walks[0].stop, None);
+        assert_eq!(walks[1].stop, Some(Stop::Close(close.len())));
 
         let mut bad = masked(true, 2, b"ok");
         let ok_len = bad.len();
         bad.extend(encode(true, 2, None, 0)); // unmasked client frame
-        let (out, walks) = feed(&bad, &[], false);
+        let (out, walks) = feed(&bad, &[]);
         assert_eq!(out, &bad[..ok_len]);
         assert_eq!(walks[0].stop, Some(Stop::Violation(Violation::Unmasked)));
 
-        let mut w = Walker::default();
-        let close = masked(true, 8, &1000u16.to_be_bytes());
-        let r = w.walk(&close, Sender::Client, LIM, false, false, || true);
-        assert_eq!((r.ready, r.stop), (0, Some(Stop::OwedClose)));
+        let bad_close = masked(true, 8, &1005u16.to_be_bytes());
+        let (_, walks) = feed(&bad_close, &[]);
+        assert_eq!(
+            walks[0].stop,
+            Some(Stop::Violation(Violation::BadCloseCode(1005)))
+        );
     }
 
     #[test]
-    fn walker_drops_only_wslbs_own_pong_and_only_when_awaited() {
+    fn walker_reports_only_pongs_with_the_keepalive_payload() {
         let own = masked(true, 10, crate::frame::PING_PAYLOAD);
         let other = masked(true, 10, b"someone else's");
         let mut s = masked(true, 1, b"a");
@@ -222,16 +206,21 @@ mod tests {
         s.extend(&own);
         s.extend(masked(true, 1, b"b"));
         let mut w = Walker::default();
-        let r = w.walk(&s, Sender::Client, LIM, false, true, || false);
-        assert_eq!((r.ready, r.stop), (before, Some(Stop::OwnPong(own.len()))));
-        // Not awaited, or another payload: forwarded like any pong.
-        let r = Walker::default().walk(&s, Sender::Client, LIM, false, false, || false);
-        assert_eq!((r.ready, r.stop), (s.len(), None));
-        let r = Walker::default().walk(&other, Sender::Client, LIM, false, true, || false);
+        let r = w.walk(&s, &CLIENT);
+        assert_eq!(
+            (r.ready, r.stop),
+            (before, Some(Stop::KeepalivePong(own.len())))
+        );
+        // The walk goes on after it.
+        let r = w.walk(&s[before + own.len()..], &CLIENT);
+        assert_eq!((r.ready, r.stop), (s.len() - before - own.len(), None));
+        // Another payload of the same length: forwarded like any pong.
+        assert_eq!(other.len(), own.len());
+        let r = Walker::default().walk(&other, &CLIENT);
         assert_eq!((r.ready, r.stop), (other.len(), None));
-        // Awaited and cut short: kept whole for the next read, like a close.
+        // Cut short: kept whole for the next read, like a close.
         let cut = own.len() - 3; // the header and part of the payload
-        let r = Walker::default().walk(&own[..cut], Sender::Client, LIM, false, true, || false);
-        assert_eq!((r.ready, r.keep_to, r.stop), (0, cut, None));
+        let r = Walker::default().walk(&own[..cut], &CLIENT);
+        assert_eq!((r.ready, r.stop), (0, None));
     }
 }

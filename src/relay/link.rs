@@ -1,39 +1,48 @@
-//! What the two pumps of one relay share: the close requests between them, their read
-//! cancellers, the task waker and the worker registration (drain, keepalive, retirement);
-//! and the readiness wait a pump makes without holding a buffer.
+//! What the two pumps of one relay share, and the one way a pump waits: the relay's close
+//! deadline, the closes owed between the pumps, the task waker, and the relay's place in
+//! its worker's registry (keepalive, drain, retirement).
 
 use std::cell::Cell;
+use std::future::Future;
+use std::pin::Pin;
 use std::task::{Poll, Waker};
 
-use monoio::io::{Canceller, OwnedReadHalf};
-use monoio::net::TcpStream;
-
-use crate::frame::{Sender, Violation};
-
-use super::registry::Attention;
+use crate::buffers::BufferPool;
+use crate::frame::{Rules, Side, Violation};
+use crate::metrics::Event;
+use crate::relay::registry::Attention;
 use crate::worker::WorkerEnv;
 
+/// How a wait of a pump ended (see [`Link::wait`]).
+pub(super) enum Waited<T> {
+    Done(T),
+    /// The interruption given to the wait happened first.
+    Interrupted,
+    /// The relay's close deadline passed.
+    Expired,
+}
+
 /// The state the two pumps of one connection share. Both run in the same task, so plain
-/// `Cell`/`RefCell` suffice; a borrow is never held across an await.
-pub(super) struct Link<'p> {
-    /// A close owed to this pump's destination (which broke the protocol), to be sent in
-    /// place of the source's close reply, or when the source ends or the grace runs out.
-    /// Only the code is stored: the reason follows from which side broke the protocol
-    /// (see [`Pump::take_owed`]), and every byte here is paid by every idle connection.
-    pub(super) close_request: [Cell<Option<u16>>; 2],
-    /// Cancels this pump's pending read so that it sees a close request promptly. Made on
-    /// first use: only reads that may wait (mid-frame, or after a full buffer) need one,
-    /// and each costs a heap allocation an idle connection should not carry.
-    pub(super) readers: [Cell<Option<Canceller>>; 2],
-    pub(super) violation: Cell<Option<(Sender, Violation)>>,
-    /// The relay's task (both pumps run in it): woken when one pump asks the other to
-    /// close, and, through the worker's registry, when the instance drains, a keepalive
-    /// is due or the backend was retired.
+/// `Cell`s suffice; nothing is borrowed across an await.
+pub(super) struct Link<'e> {
+    /// The relay's one close grace: `None` while frames flow; set (on the registry's
+    /// 32-bit millisecond clock, see `Registry::deadline_in`) when closing begins: the first
+    /// close sent either way, a close owed, or a side ended. Every wait of either pump is
+    /// bounded by it from then on, so the relay is over by this deadline whatever the peers
+    /// do.
+    deadline: Cell<Option<u32>>,
+    /// A close owed to the destination of the pump that reads `Side` (that destination
+    /// broke the protocol), by [`Side::index`]: sent in place of the source's close reply,
+    /// or when the source ends or the deadline passes. Only the code is stored: the reason
+    /// follows from which side broke the protocol.
+    owed: [Cell<Option<u16>>; 2],
+    violation: Cell<Option<(Side, Violation)>>,
+    /// The relay's task (both pumps run in it): woken when closing begins or a close is
+    /// owed, and, through the worker's registry, when the instance drains, a keepalive is
+    /// due or the backend was retired.
     task: Waker,
-    /// The worker's relay settings, buffer pool and registry (here rather than in each
-    /// pump: one reference per connection instead of two).
-    pub(super) env: &'p WorkerEnv,
-    pub(super) key: u32,
+    env: &'e WorkerEnv,
+    key: u32,
 }
 
 impl Drop for Link<'_> {
@@ -42,11 +51,11 @@ impl Drop for Link<'_> {
     }
 }
 
-impl<'p> Link<'p> {
-    pub(super) fn new(task: Waker, env: &'p WorkerEnv, backend: u32) -> Self {
+impl<'e> Link<'e> {
+    pub(super) fn new(task: Waker, env: &'e WorkerEnv, backend: u32) -> Self {
         Self {
-            close_request: Default::default(),
-            readers: Default::default(),
+            deadline: Cell::new(None),
+            owed: Default::default(),
             violation: Cell::new(None),
             key: env.registry.register(task.clone(), backend),
             task,
@@ -54,46 +63,97 @@ impl<'p> Link<'p> {
         }
     }
 
-    /// What the registry has due for pump `me`, minus a going-away close it already sent.
+    pub(super) fn rules(&self, from: Side) -> &Rules {
+        self.env.relay.rules(from)
+    }
+
+    pub(super) fn buffers(&self) -> &BufferPool {
+        &self.env.buffers
+    }
+
+    pub(super) fn count(&self, e: Event) {
+        self.env.stats.count(e);
+    }
+
+    /// Closing has begun: starts the close deadline unless it runs already.
+    pub(super) fn start_closing(&self) {
+        if self.deadline.get().is_none() {
+            let grace = self.env.relay.close_grace;
+            self.deadline
+                .set(Some(self.env.registry.deadline_in(grace)));
+            // The other pump may have been polled already in this turn of the task.
+            self.task.wake_by_ref();
+        }
+    }
+
+    /// The pump reading `from` broke nothing, but its destination did: it owes that
+    /// destination `code`.
+    pub(super) fn owe_close(&self, from: Side, code: u16) {
+        self.owed[from.index()].set(Some(code));
+        self.start_closing();
+    }
+
+    /// The close owed to the destination of the pump reading `from`, if any, with its
+    /// reason; taken once.
+    pub(super) fn take_owed(&self, from: Side) -> Option<(u16, &'static str)> {
+        let code = self.owed[from.index()].take()?;
+        // That destination is the offender: the backend for the pump reading the client.
+        let reason = match from {
+            Side::Client => "backend protocol error",
+            Side::Backend => "client protocol error",
+        };
+        Some((code, reason))
+    }
+
+    pub(super) fn has_owed(&self, from: Side) -> bool {
+        self.owed[from.index()].get().is_some()
+    }
+
+    /// Records the first protocol violation of the relay (for its outcome).
+    pub(super) fn violated(&self, by: Side, v: Violation) {
+        if self.violation.get().is_none() {
+            self.violation.set(Some((by, v)));
+        }
+    }
+
+    pub(super) fn violation(&self) -> Option<(Side, Violation)> {
+        self.violation.get()
+    }
+
+    pub(super) fn heard(&self, from: Side) {
+        self.env.registry.heard(self.key, from);
+    }
+
+    pub(super) fn pinged(&self, to: Side) {
+        self.env.registry.pinged(self.key, to);
+    }
+
+    pub(super) fn awaits_pong(&self, from: Side) -> bool {
+        self.env.registry.awaits_pong(self.key, from)
+    }
+
+    pub(super) fn pong_received(&self, from: Side) {
+        self.env.registry.pong_received(self.key, from);
+    }
+
+    /// What the registry has due for the pump reading `from`. A going-away close is due
+    /// only to a pump whose destination is still `open` (no close went there yet).
     #[inline]
-    pub(super) fn attention(&self, me: usize, went_away: bool) -> Option<Attention> {
-        match self.env.registry.attention(self.key, me)? {
-            Attention::GoAway(..) if went_away => None,
+    pub(super) fn attention(&self, from: Side, open: bool) -> Option<Attention> {
+        match self.env.registry.attention(self.key, from)? {
+            Attention::GoAway(..) if !open => None,
             a => Some(a),
         }
     }
 
-    pub(super) fn request_close(&self, pump: usize, code: u16) {
-        self.close_request[pump].set(Some(code));
-        if let Some(c) = self.readers[pump].take() {
-            self.readers[pump].set(Some(c.cancel()));
-        }
-        // The other pump may have been polled already in this turn of the task.
-        self.task.wake_by_ref();
-    }
-
-    pub(super) fn reader(&self, pump: usize) -> monoio::io::CancelHandle {
-        // A `Cell` rather than a `RefCell`: 8 bytes less per pump, and taken out and put
-        // back is all it needs.
-        let c = self.readers[pump].take().unwrap_or_default();
-        let h = c.handle();
-        self.readers[pump].set(Some(c));
-        h
-    }
-
-    /// Resolves once a close request for `pump` is pending, or the registry has something
-    /// due for it. Both wake the relay's task (see `task`), so nothing is stored.
+    /// Resolves once the registry has something due for the pump reading `from`. The
+    /// registry wakes the relay's task for it (see `task`), so nothing is stored.
     ///
     /// Not an `async fn`: that would keep its arguments next to the `poll_fn` that holds
     /// them too, and every idle connection parks two of these.
-    pub(super) fn interrupted(
-        &self,
-        pump: usize,
-        went_away: bool,
-    ) -> impl std::future::Future<Output = ()> + '_ {
+    pub(super) fn interrupted(&self, from: Side, open: bool) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |_| {
-            if self.close_request[pump].get().is_some() || self.attention(pump, went_away).is_some()
-            {
+            if self.attention(from, open).is_some() {
                 Poll::Ready(())
             } else {
                 Poll::Pending
@@ -101,25 +161,66 @@ impl<'p> Link<'p> {
         })
     }
 
-    /// Resolves once the keepalive finds pump `me`'s source dead.
-    pub(super) fn source_dead(&self, me: usize) -> impl std::future::Future<Output = ()> + '_ {
+    /// Resolves once the keepalive finds the pump's source dead.
+    pub(super) fn source_dead(&self, from: Side) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |_| {
-            if self.env.registry.attention(self.key, me) == Some(Attention::SourceDead) {
+            if self.env.registry.attention(self.key, from) == Some(Attention::SourceDead) {
                 Poll::Ready(())
             } else {
                 Poll::Pending
+            }
+        })
+    }
+
+    /// The one way a pump waits: runs `io` until it completes, or until `interrupt`
+    /// resolves first (then `io` is dropped). Once closing has begun, even while `io` is
+    /// under way, the wait is also bounded by the close deadline (an in-flight op carries
+    /// on under the deadline rather than being dropped, so no bytes it moves are lost).
+    ///
+    /// Dropping an io_uring op cancels it, and monoio keeps its buffer until the kernel's
+    /// completion arrives, then frees it (see "Buffer ownership" in `mod.rs`).
+    ///
+    /// A hand-written future rather than an `async fn` with `select!`: the readiness wait
+    /// is what every idle connection parks in, twice, and this state is the two references,
+    /// the interrupt's few bytes and the timer's pointer. `io` is pinned by the caller for
+    /// the same reason (moved in, it would take room twice). The timer is made, boxed, only
+    /// once closing has begun.
+    pub(super) fn wait<'a, F: Future>(
+        &'a self,
+        mut io: Pin<&'a mut F>,
+        mut interrupt: impl Future<Output = ()> + Unpin + 'a,
+    ) -> impl Future<Output = Waited<F::Output>> + 'a {
+        let mut timer: Option<Pin<Box<monoio::time::Sleep>>> = None;
+        std::future::poll_fn(move |cx| {
+            if let Poll::Ready(r) = io.as_mut().poll(cx) {
+                return Poll::Ready(Waited::Done(r));
+            }
+            if Pin::new(&mut interrupt).poll(cx).is_ready() {
+                return Poll::Ready(Waited::Interrupted);
+            }
+            let Some(d) = self.deadline.get() else {
+                return Poll::Pending;
+            };
+            let timer = timer.get_or_insert_with(|| {
+                Box::pin(monoio::time::sleep_until(self.env.registry.instant_of(d)))
+            });
+            match timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Waited::Expired),
+                Poll::Pending => Poll::Pending,
             }
         })
     }
 }
 
-/// Waiting for a source to become readable without holding a buffer.
+/// Waiting for a source to become readable without holding a buffer. Asked of the stream,
+/// not of its socket: a stream that keeps bytes of its own (a TLS stream's decrypted
+/// plaintext) is readable while its socket is quiet.
 pub trait Readiness {
-    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>>;
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>>;
 }
 
-impl Readiness for TcpStream {
-    fn ready(&self) -> impl std::future::Future<Output = std::io::Result<()>> {
+impl Readiness for monoio::net::TcpStream {
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>> {
         // Strict (`relaxed = false`): on the epoll driver a relaxed check answers from the
         // readiness cached since the last event, so after a read that did not drain the
         // socket to EAGAIN it says "readable" on an idle socket. The pump then parked in a
@@ -130,13 +231,21 @@ impl Readiness for TcpStream {
     }
 }
 
-/// The stream behind a read half, for a readiness wait.
+/// Waits until the stream behind a read half is readable (see [`Readiness`]).
 #[allow(unsafe_code)]
-pub(super) fn stream_of<T>(half: &OwnedReadHalf<T>) -> &T {
-    // SAFETY: the read half and its write half share the stream through an
-    // `Rc<UnsafeCell<T>>`; monoio's own halves each take `&mut T` from it while their ops
-    // run. `Readiness::ready` only reads the stream's shared fd handle (an `Rc` that
-    // nothing replaces while both halves live) to submit a poll; it never touches state a
-    // concurrent write uses. The reference does not outlive the half.
-    unsafe { &*half.0.get() }
+pub(super) fn ready<T: Readiness>(
+    half: &monoio::io::OwnedReadHalf<T>,
+) -> impl Future<Output = std::io::Result<()>> + '_ {
+    // SAFETY: the halves share the stream through an `Rc<UnsafeCell<T>>`, and monoio's own
+    // halves each make a `&mut T` from it for every op they start (the contract of its
+    // `unsafe trait Split`: reads and writes of such a stream are independent and may run
+    // concurrently). The `&T` made here is used only while the readiness future is first
+    // polled, to submit the poll with its own handle of the descriptor, and not after:
+    // `Readiness::ready` for `TcpStream` is monoio's `readable`, which holds nothing of the
+    // stream but the op it made. The pump polls this future at once, in the same turn of
+    // the task, before the other pump (the write half's only user) runs again, so no
+    // `&mut T` is made while the `&T` is in use. A `Readiness` impl for another stream
+    // type must likewise touch the stream only in its first poll.
+    let stream = unsafe { &*half.0.get() };
+    stream.ready()
 }

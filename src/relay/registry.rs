@@ -21,6 +21,7 @@ use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use crate::drain::DrainSignal;
+use crate::frame::Side;
 
 /// Keepalive settings (both in milliseconds, `0` = off).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -42,6 +43,19 @@ pub enum Attention {
     /// This pump's source has not been heard from within the idle timeout (after a ping):
     /// treat it as gone.
     SourceDead,
+}
+
+/// Where wslb's keepalive stands with one peer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Ping {
+    /// No ping of wslb's is outstanding.
+    #[default]
+    None,
+    /// A ping went to the peer and nothing was heard from it since: one ping per silence.
+    Sent,
+    /// The peer was heard from since the ping, but wslb's pong has not come back yet (it is
+    /// still taken out of the stream when it does).
+    PongDue,
 }
 
 /// Why wslb closes both sides of a connection on its own.
@@ -70,20 +84,16 @@ impl GoAway {
 const KICK_NONE: u8 = 0;
 const KICK_RETIRED: u8 = 1;
 
-/// One relay's registration. Index 0/1 of the arrays is the pump (client->backend reads
-/// the client, backend->client reads the backend), so `heard[0]` is when the client last
-/// sent something.
+/// One relay's registration. The per-peer arrays are indexed by [`Side::index`].
 #[derive(Debug)]
 struct Slot {
     waker: Option<Waker>,
-    /// Coarse clock (ms since the worker started, wrapping) of the last read per source.
+    /// Coarse clock (ms since the worker started, wrapping) of the last read per peer.
     heard: [u32; 2],
     /// The backend this relay is connected to (`balancer::Pool` id), for retirements.
     backend: u32,
-    /// Bits 0/1: a keepalive ping went to source 0/1 since it was last heard.
-    /// Bits 2/3: a ping went to source 0/1 and its pong has not come back yet (that pong
-    /// is wslb's and is not forwarded).
-    pings: u8,
+    /// wslb's keepalive with each peer (one byte each: the slot stays 32 bytes).
+    pings: [Ping; 2],
     kick: u8,
 }
 
@@ -142,7 +152,7 @@ impl Slot {
             waker: None,
             heard: [0; 2],
             backend: 0,
-            pings: 0,
+            pings: [Ping::None; 2],
             kick: KICK_NONE,
         }
     }
@@ -185,19 +195,22 @@ impl Retirements {
 
 /// Whether the keepalive rule has something due for the relay in `s` (see [`Attention`]).
 fn due(s: &Slot, now: u32, k: Keepalive) -> bool {
-    (0..2).any(|p| peer_due(s, p, now, k).is_some()) || idle(s, now, k)
+    Side::BOTH
+        .into_iter()
+        .any(|p| peer_due(s, p, now, k).is_some())
+        || idle(s, now, k)
 }
 
-/// What is due about source `p` of a relay: a ping to it, or its death.
-fn peer_due(s: &Slot, p: usize, now: u32, k: Keepalive) -> Option<Attention> {
+/// What is due about peer `p` of a relay: a ping to it, or its death.
+fn peer_due(s: &Slot, p: Side, now: u32, k: Keepalive) -> Option<Attention> {
     if k.ping_interval_ms == 0 {
         return None;
     }
-    let quiet = now.wrapping_sub(s.heard[p]);
+    let quiet = now.wrapping_sub(s.heard[p.index()]);
     if k.idle_timeout_ms > 0 && quiet >= k.idle_timeout_ms {
         return Some(Attention::SourceDead);
     }
-    (quiet >= k.ping_interval_ms && s.pings & (1 << p) == 0).then_some(Attention::Ping)
+    (quiet >= k.ping_interval_ms && s.pings[p.index()] != Ping::Sent).then_some(Attention::Ping)
 }
 
 /// Without pings: no frame either way for the idle timeout.
@@ -272,7 +285,7 @@ impl Registry {
             waker: Some(waker),
             heard: [now; 2],
             backend,
-            pings: 0,
+            pings: [Ping::None; 2],
             kick: KICK_NONE,
         };
         let mut slots = self.slots.borrow_mut();
@@ -297,34 +310,36 @@ impl Registry {
         }
     }
 
-    /// Source `pump` of relay `key` sent something.
+    /// Peer `from` of relay `key` sent something.
     #[inline]
-    pub fn heard(&self, key: u32, pump: usize) {
+    pub fn heard(&self, key: u32, from: Side) {
         let mut slots = self.slots.borrow_mut();
         let s = &mut slots[key];
-        s.heard[pump] = self.now.get();
-        s.pings &= !(1 << pump);
+        s.heard[from.index()] = self.now.get();
+        if s.pings[from.index()] == Ping::Sent {
+            s.pings[from.index()] = Ping::PongDue;
+        }
     }
 
-    /// A keepalive ping went to source `pump` of relay `key`.
-    pub fn pinged(&self, key: u32, pump: usize) {
-        self.slots.borrow_mut()[key].pings |= (1 | 4) << pump;
+    /// A keepalive ping went to peer `to` of relay `key`.
+    pub fn pinged(&self, key: u32, to: Side) {
+        self.slots.borrow_mut()[key].pings[to.index()] = Ping::Sent;
     }
 
-    /// Whether wslb awaits the pong to a ping it sent to source `pump`.
+    /// Whether wslb awaits the pong to a ping it sent to peer `from`.
     #[inline]
-    pub fn awaits_pong(&self, key: u32, pump: usize) -> bool {
-        self.slots.borrow()[key].pings & (4 << pump) != 0
+    pub fn awaits_pong(&self, key: u32, from: Side) -> bool {
+        self.slots.borrow()[key].pings[from.index()] != Ping::None
     }
 
-    /// wslb's pong from source `pump` arrived (and was dropped).
-    pub fn pong_received(&self, key: u32, pump: usize) {
-        self.slots.borrow_mut()[key].pings &= !(4 << pump);
+    /// wslb's pong from peer `from` arrived (and was dropped).
+    pub fn pong_received(&self, key: u32, from: Side) {
+        self.slots.borrow_mut()[key].pings[from.index()] = Ping::None;
     }
 
-    /// What pump `me` of relay `key` should do now, if anything.
+    /// What the pump of relay `key` that reads peer `from` should do now, if anything.
     #[inline]
-    pub fn attention(&self, key: u32, me: usize) -> Option<Attention> {
+    pub fn attention(&self, key: u32, from: Side) -> Option<Attention> {
         if self.going_away.get() {
             return Some(Attention::GoAway(GoAway::Drain));
         }
@@ -337,11 +352,11 @@ impl Registry {
         if idle(s, now, k) {
             return Some(Attention::GoAway(GoAway::Idle));
         }
-        if peer_due(s, me, now, k) == Some(Attention::SourceDead) {
+        if peer_due(s, from, now, k) == Some(Attention::SourceDead) {
             return Some(Attention::SourceDead);
         }
-        // Pump `me` writes to the peer the other pump reads.
-        (peer_due(s, 1 - me, now, k) == Some(Attention::Ping)).then_some(Attention::Ping)
+        // This pump writes to the other peer: it is the one that pings it.
+        (peer_due(s, from.other(), now, k) == Some(Attention::Ping)).then_some(Attention::Ping)
     }
 
     fn wake_all(&self, pick: impl Fn(&Slot) -> bool) {
@@ -431,7 +446,7 @@ impl Registry {
 mod tests {
     use super::*;
 
-    fn slot(heard: [u32; 2], pings: u8) -> Slot {
+    fn slot(heard: [u32; 2], pings: [Ping; 2]) -> Slot {
         Slot {
             waker: None,
             heard,
@@ -441,28 +456,57 @@ mod tests {
         }
     }
 
+    const NONE: [Ping; 2] = [Ping::None; 2];
+
     const PINGS: Keepalive = Keepalive {
         ping_interval_ms: 1000,
         idle_timeout_ms: 3000,
     };
 
     #[test]
+    fn a_ping_is_awaited_until_its_pong_even_after_the_peer_spoke() {
+        let r = Registry::default();
+        let k = r.register(std::task::Waker::noop().clone(), 0);
+        r.pinged(k, Side::Client);
+        assert!(r.awaits_pong(k, Side::Client));
+        assert!(!r.awaits_pong(k, Side::Backend));
+        r.heard(k, Side::Client); // a data frame before the pong
+        assert_eq!(r.slots.borrow()[k].pings[0], Ping::PongDue);
+        assert!(r.awaits_pong(k, Side::Client));
+        r.pong_received(k, Side::Client);
+        assert!(!r.awaits_pong(k, Side::Client));
+    }
+
+    #[test]
     fn a_quiet_peer_is_pinged_once_then_declared_dead() {
-        let s = slot([0, 0], 0);
-        assert_eq!(peer_due(&s, 0, 999, PINGS), None);
-        assert_eq!(peer_due(&s, 0, 1000, PINGS), Some(Attention::Ping));
-        let s = slot([0, 0], 0b0101);
-        assert_eq!(peer_due(&s, 0, 2000, PINGS), None, "one ping per silence");
-        assert_eq!(peer_due(&s, 0, 3000, PINGS), Some(Attention::SourceDead));
+        let s = slot([0, 0], NONE);
+        assert_eq!(peer_due(&s, Side::Client, 999, PINGS), None);
+        assert_eq!(
+            peer_due(&s, Side::Client, 1000, PINGS),
+            Some(Attention::Ping)
+        );
+        let s = slot([0, 0], [Ping::Sent; 2]);
+        assert_eq!(
+            peer_due(&s, Side::Client, 2000, PINGS),
+            None,
+            "one ping per silence"
+        );
+        assert_eq!(
+            peer_due(&s, Side::Client, 3000, PINGS),
+            Some(Attention::SourceDead)
+        );
         assert!(due(&s, 3000, PINGS));
     }
 
     #[test]
     fn only_the_quiet_side_is_pinged() {
         // The backend pushes (heard at 2500); the client is quiet since 0.
-        let s = slot([0, 2500], 0);
-        assert_eq!(peer_due(&s, 0, 2600, PINGS), Some(Attention::Ping));
-        assert_eq!(peer_due(&s, 1, 2600, PINGS), None);
+        let s = slot([0, 2500], NONE);
+        assert_eq!(
+            peer_due(&s, Side::Client, 2600, PINGS),
+            Some(Attention::Ping)
+        );
+        assert_eq!(peer_due(&s, Side::Backend, 2600, PINGS), None);
     }
 
     #[test]
@@ -471,11 +515,14 @@ mod tests {
             ping_interval_ms: 0,
             idle_timeout_ms: 1000,
         };
-        assert!(!idle(&slot([0, 900], 0), 1500, k), "one side still talks");
-        assert!(idle(&slot([0, 400], 0), 1500, k));
-        assert_eq!(peer_due(&slot([0, 0], 0), 0, 5000, k), None);
         assert!(
-            !due(&slot([0, 0], 0), 5000, Keepalive::default()),
+            !idle(&slot([0, 900], NONE), 1500, k),
+            "one side still talks"
+        );
+        assert!(idle(&slot([0, 400], NONE), 1500, k));
+        assert_eq!(peer_due(&slot([0, 0], NONE), Side::Client, 5000, k), None);
+        assert!(
+            !due(&slot([0, 0], NONE), 5000, Keepalive::default()),
             "all off"
         );
     }
@@ -507,18 +554,24 @@ mod tests {
     #[test]
     fn deadlines_round_trip() {
         let r = Registry::default();
+        let before = Instant::now();
         let d = r.deadline_in(Duration::from_millis(500));
-        let left = r.instant_of(d).into_std().duration_since(Instant::now());
-        assert!(left > Duration::from_millis(400) && left <= Duration::from_millis(500));
+        let at = r.instant_of(d).into_std();
+        // Ordering only, whatever the machine's speed: the clock keeps whole milliseconds.
+        assert!(at + Duration::from_millis(1) >= before + Duration::from_millis(500));
+        assert!(at <= Instant::now() + Duration::from_millis(500));
         let past = r.deadline_in(Duration::ZERO).wrapping_sub(10);
         assert!(r.instant_of(past).into_std() <= Instant::now());
     }
 
     #[test]
     fn the_clock_may_wrap() {
-        let s = slot([u32::MAX - 100, u32::MAX - 100], 0);
+        let s = slot([u32::MAX - 100, u32::MAX - 100], NONE);
         // 101 ms before the wrap + 898 after = 999 ms.
-        assert_eq!(peer_due(&s, 0, 898, PINGS), None);
-        assert_eq!(peer_due(&s, 0, 899, PINGS), Some(Attention::Ping));
+        assert_eq!(peer_due(&s, Side::Client, 898, PINGS), None);
+        assert_eq!(
+            peer_due(&s, Side::Client, 899, PINGS),
+            Some(Attention::Ping)
+        );
     }
 }

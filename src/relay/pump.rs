@@ -1,0 +1,280 @@
+//! One direction of a relay: wait for the source, read, walk the frames, write the same
+//! bytes on. What it does at the ends of a connection lives in `close.rs`.
+
+use monoio::buf::{IoBuf, IoBufMut};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
+
+use super::End;
+use super::close::CloseState;
+use super::link::{Link, Readiness, Waited, ready};
+use crate::frame::{Side, Stop, Walker};
+use crate::metrics::Event;
+use crate::relay::registry::{Attention, GoAway};
+
+/// A read gets at least this much room: a partial header moved into a small vector is
+/// never read into directly.
+const MIN_READ: usize = 1024;
+
+/// What one read step came to.
+enum Read {
+    Data,
+    /// Something to act on at a frame boundary arrived while waiting (closing began, or
+    /// the registry has something due); the loop handles it.
+    Interrupted,
+    /// EOF or an error on the source.
+    Ended,
+    /// The close deadline passed.
+    Expired,
+}
+
+/// One direction of a connection.
+pub(super) struct Pump<Src, Dst: AsyncWriteRent> {
+    /// The side this pump reads (its destination is the other one).
+    pub(super) from: Side,
+    pub(super) close: CloseState,
+    /// The last read filled the buffer: more is waiting, read again without a poll.
+    last_read_full: bool,
+    src: OwnedReadHalf<Src>,
+    pub(super) dst: OwnedWriteHalf<Dst>,
+    pub(super) buf: Vec<u8>,
+    /// Frame-level state: payload still to come, fragmentation, largest frame seen.
+    pub(super) walker: Walker,
+}
+
+impl<Src, Dst> Pump<Src, Dst>
+where
+    Src: AsyncReadRent + Readiness,
+    Dst: AsyncWriteRent,
+{
+    pub(super) fn new(
+        from: Side,
+        src: OwnedReadHalf<Src>,
+        dst: OwnedWriteHalf<Dst>,
+        buf: Vec<u8>,
+    ) -> Self {
+        Self {
+            from,
+            close: CloseState::Open,
+            last_read_full: false,
+            src,
+            dst,
+            buf,
+            walker: Walker::default(),
+        }
+    }
+
+    pub(super) async fn run(&mut self, link: &Link<'_>) -> End {
+        loop {
+            self.forward_buffered(link).await;
+            let at_boundary = self.walker.pending == 0;
+            match link.attention(self.from, self.close == CloseState::Open) {
+                // The instance drains (1001), the connection idled out (1001) or its
+                // backend was removed (1012): a close to this pump's destination, at a
+                // frame boundary. The peer's close reply is then dropped (a close already
+                // went its way), and its TCP end finishes this pump.
+                Some(Attention::GoAway(why)) if at_boundary => {
+                    // Counted once per connection, by the pump reading the client.
+                    let event = match why {
+                        GoAway::Idle => Some(Event::IdleClose),
+                        GoAway::RemovedBackend => Some(Event::RemovedBackendClose),
+                        GoAway::Drain => None,
+                    };
+                    if let (Some(e), Side::Client) = (event, self.from) {
+                        link.count(e);
+                    }
+                    let (code, reason) = why.close();
+                    // Boxed, like every close path: an idle connection is a parked task the
+                    // size of this future, and room for the rarely taken paths would be paid
+                    // by every connection.
+                    Box::pin(self.send_close(link, code, reason)).await;
+                }
+                Some(Attention::Ping) if at_boundary => Box::pin(self.send_ping(link)).await,
+                Some(Attention::SourceDead) => {
+                    link.count(Event::DeadPeer);
+                    tracing::info!(
+                        from = ?self.from,
+                        "peer did not answer a keepalive ping within the idle timeout"
+                    );
+                    return Box::pin(self.source_ended(link)).await;
+                }
+                _ => {}
+            }
+            match self.read(link).await {
+                Read::Data | Read::Interrupted => {}
+                Read::Ended => return Box::pin(self.source_ended(link)).await,
+                Read::Expired => return Box::pin(self.expired(link)).await,
+            }
+        }
+    }
+
+    /// Reads more from the source. At a frame boundary it first gives the buffer back and
+    /// waits for readability, so that a quiet connection pins no buffer.
+    async fn read(&mut self, link: &Link<'_>) -> Read {
+        let waited = self.walker.pending == 0 && !self.last_read_full;
+        if waited {
+            self.release_buffer(link);
+            let open = self.close == CloseState::Open;
+            let ready = std::pin::pin!(ready(&self.src));
+            match link.wait(ready, link.interrupted(self.from, open)).await {
+                Waited::Done(Ok(())) => {}
+                Waited::Done(Err(_)) => return Read::Ended,
+                Waited::Interrupted => return Read::Interrupted,
+                Waited::Expired => return Read::Expired,
+            }
+        }
+        self.take_buffer(link);
+
+        let len = self.buf.len();
+        let cap = self.buf.capacity();
+        debug_assert!(len < cap, "a partial header never fills the buffer");
+        let from = self.from; // one byte: it lives across the await below
+        // Boxed: monoio's read future is 256 bytes, and an idle pump (waiting for
+        // readability) should not carry room for it. One small allocation per read from
+        // mimalloc's thread-local free list costs far less than the read itself.
+        // The buffer: the kernel owns its spare capacity (a `SliceMut`) until the read
+        // completes; it comes back in `(result, slice)` with `len` advanced by what
+        // arrived. A read that may wait (mid-frame, or after a full buffer) also ends when
+        // the keepalive finds the source dead; after a readiness wait the data is there and
+        // the read completes at once.
+        let mut read = Box::pin(
+            self.src
+                .read(std::mem::take(&mut self.buf).slice_mut(len..cap)),
+        );
+        let (res, slice) = if waited {
+            match link.wait(read.as_mut(), std::future::pending()).await {
+                Waited::Done(r) => r,
+                Waited::Interrupted => unreachable!("never interrupted"),
+                Waited::Expired => return Read::Expired,
+            }
+        } else {
+            match link.wait(read.as_mut(), link.source_dead(from)).await {
+                Waited::Done(r) => r,
+                // The read was dropped (cancelled): its buffer goes with it, and the pump
+                // ends without it.
+                Waited::Interrupted => return Read::Ended,
+                Waited::Expired => return Read::Expired,
+            }
+        };
+        self.buf = slice.into_inner();
+        match res {
+            Ok(0) | Err(_) => Read::Ended,
+            Ok(n) => {
+                link.heard(self.from);
+                self.last_read_full = len + n == cap;
+                Read::Data
+            }
+        }
+    }
+
+    /// Makes sure `buf` is a pool buffer big enough for the largest frame seen, keeping the
+    /// partial header it may hold.
+    fn take_buffer(&mut self, link: &Link<'_>) {
+        let want = (self.walker.want_capacity as usize).max(self.buf.len() + 1);
+        if self.buf.capacity() >= want && self.buf.capacity() >= MIN_READ {
+            return;
+        }
+        let mut b = link.buffers().take(want);
+        b.extend_from_slice(&self.buf);
+        link.buffers().give(std::mem::replace(&mut self.buf, b));
+    }
+
+    /// Gives the buffer back to the pool; a partial header moves to a vector of its size.
+    fn release_buffer(&mut self, link: &Link<'_>) {
+        if self.buf.capacity() == 0 {
+            return;
+        }
+        let rest = if self.buf.is_empty() {
+            Vec::new()
+        } else {
+            self.buf.to_vec()
+        };
+        link.buffers().give(std::mem::replace(&mut self.buf, rest));
+    }
+
+    /// Walks the frames in the buffer, writes every complete header and every payload byte
+    /// received so far to the destination in one write, and keeps a trailing partial header.
+    async fn forward_buffered(&mut self, link: &Link<'_>) {
+        if self.close != CloseState::Open {
+            // A close already went to the destination: nothing more may follow it (RFC 6455
+            // §5.5.1), so what the source still sends is dropped; its TCP end finishes
+            // this pump. Payload of a frame under way when the destination failed goes
+            // nowhere either.
+            self.walker.pending = 0;
+            self.buf.clear();
+            return;
+        }
+        // Only small values live across the awaits below: every idle connection's task
+        // carries room for them twice (one per pump).
+        loop {
+            let w = self.walker.walk(&self.buf, link.rules(self.from));
+            let Some(stop) = w.stop else {
+                self.forward(link, w.ready).await;
+                return;
+            };
+            match stop {
+                Stop::KeepalivePong(n) => {
+                    // wslb's pong, if it awaits one from this source, is taken out of the
+                    // stream (the destination never sent that ping); any other is
+                    // forwarded. The walk goes on after it.
+                    let own = link.awaits_pong(self.from);
+                    let upto = if own { w.ready } else { w.ready + n };
+                    Box::pin(self.forward(link, upto)).await;
+                    if own {
+                        self.buf.drain(..n);
+                        link.pong_received(self.from);
+                    }
+                    if self.close != CloseState::Open {
+                        return self.buf.clear();
+                    }
+                }
+                Stop::Close(n) => {
+                    // The destination broke the protocol: it gets the code it is owed
+                    // instead of the source's close reply.
+                    if link.has_owed(self.from) {
+                        self.forward(link, w.ready).await;
+                        self.buf.clear();
+                        return Box::pin(self.send_owed_close(link)).await;
+                    }
+                    self.buf.truncate(w.ready + n);
+                    self.forward(link, w.ready + n).await;
+                    self.close_sent(link);
+                    return;
+                }
+                Stop::Violation(v) => {
+                    self.forward(link, w.ready).await;
+                    self.buf.clear();
+                    return Box::pin(self.on_violation(v, link)).await;
+                }
+            }
+        }
+    }
+
+    /// Writes the first `upto` bytes of the buffer to the destination and keeps the rest
+    /// at the front.
+    async fn forward(&mut self, link: &Link<'_>, upto: usize) {
+        if upto > 0 && self.close != CloseState::DstFailed {
+            // The filled prefix moves into the write op as a `Slice`: the kernel owns it
+            // until the write completes, and it comes back with the op's result. Boxed for
+            // the same reason as the read.
+            let buf = std::mem::take(&mut self.buf);
+            let mut write = Box::pin(self.dst.write_all(buf.slice(0..upto)));
+            let ok = match link.wait(write.as_mut(), std::future::pending()).await {
+                Waited::Done((res, slice)) => {
+                    self.buf = slice.into_inner();
+                    res.is_ok()
+                }
+                // The destination did not take the bytes before the deadline; the op and
+                // the buffer went with it, and so does the connection.
+                Waited::Expired | Waited::Interrupted => false,
+            };
+            drop(write);
+            if !ok {
+                self.dst_failed(link);
+                if self.buf.capacity() == 0 {
+                    return;
+                }
+            }
+        }
+        self.buf.drain(..upto);
+    }
+}
