@@ -100,18 +100,18 @@ fn select(c: &mut Criterion) {
     let pool = Arc::new(Pool::new(backends, 3));
     let snap = pool.snapshot();
     c.bench_function("select/round-robin", |b| {
-        b.iter(|| black_box(pool.candidates(&snap).next().map(|b| b.id)))
+        b.iter(|| black_box(snap.select(&[]).next().map(|b| b.id)))
     });
     let stop = Arc::new(AtomicBool::new(false));
-    let (p, s) = (pool.clone(), stop.clone());
+    let s = stop.clone();
     let snap2 = pool.snapshot();
     let other = std::thread::spawn(move || {
         while !s.load(Ordering::Relaxed) {
-            black_box(p.candidates(&snap2).next().map(|b| b.id));
+            black_box(snap2.select(&[]).next().map(|b| b.id));
         }
     });
     c.bench_function("select/round-robin-contended", |b| {
-        b.iter(|| black_box(pool.candidates(&snap).next().map(|b| b.id)))
+        b.iter(|| black_box(snap.select(&[]).next().map(|b| b.id)))
     });
     stop.store(true, Ordering::Relaxed);
     other.join().unwrap();

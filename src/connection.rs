@@ -1,19 +1,22 @@
 //! One client connection's life, top to bottom: read the upgrade, pick and connect a backend,
-//! forward the upgrade, relay the `101`, then hand both sockets to the frame relay.
+//! forward the upgrade, relay the `101`, then hand both streams to the frame relay. Generic
+//! over the client's stream (`stream.rs`: plain TCP today, TLS next).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use crate::balancer::Snapshot;
 use crate::handshake::{self, Reject};
 use crate::listener::Permit;
 use crate::metrics::{Event, OpenGuard};
 use crate::relay;
+use crate::stream::ClientStream;
 use crate::worker::WorkerEnv;
 
 /// Why a connection ended before the relay started. Each variant names the side at fault.
@@ -46,15 +49,17 @@ enum ConnectError {
     Io(std::io::Error),
 }
 
-/// Serves one accepted client until both sides are closed. Never panics on bad input;
-/// every outcome is one log line (debug for the ordinary ones). `open` counts the
-/// connection in its worker's stats and under the connection limit until the future ends.
+/// Serves one accepted client until both sides are closed. Never panics on bad input; a
+/// connection that fails before the relay logs why (warn when a backend is at fault, debug
+/// otherwise), a relayed one logs when it starts and how it ended, at debug. `open` counts
+/// the connection in its worker's stats and under the connection limit until the future
+/// ends.
 ///
 /// Not an `async fn`, and the handshake runs boxed: the client socket moves straight into
 /// the boxed handshake, so neither it nor the handshake's state takes room in the task an
 /// idle connection parks, which is then only as large as the relay's future (about 1 KiB).
-pub fn serve(
-    client: TcpStream,
+pub fn serve<C: ClientStream>(
+    client: C,
     peer: SocketAddr,
     ctx: Rc<WorkerEnv>,
     open: (OpenGuard, Permit),
@@ -93,8 +98,8 @@ pub fn serve(
 
 /// A connection whose upgrade went through: both sockets, and the bytes each side sent
 /// right behind its handshake head.
-struct Upgraded {
-    client: TcpStream,
+struct Upgraded<C> {
+    client: C,
     backend: TcpStream,
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
@@ -104,32 +109,37 @@ struct Upgraded {
 
 /// Reads the client's upgrade, picks and connects a backend, forwards the upgrade and
 /// relays the backend's answer.
-async fn upgrade(
-    mut client: TcpStream,
+async fn upgrade<C: ClientStream>(
+    mut client: C,
     peer: SocketAddr,
     ctx: Rc<WorkerEnv>,
-) -> Result<Upgraded, HandshakeError> {
+) -> Result<Upgraded<C>, HandshakeError> {
     let ctx = &*ctx;
     let s = &ctx.settings;
     let deadline = Instant::now() + s.client_handshake_timeout;
     // A client that connects and sends nothing holds no buffer: wait until its request
     // starts to arrive. One pool buffer then serves the request head and, unchanged, the
     // client->backend relay (which gives it back once it stands at a frame boundary).
-    match monoio::time::timeout_at(deadline, client.readable(true)).await {
+    match monoio::time::timeout_at(deadline, client.ready()).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(HandshakeError::ClientIo(e)),
         Err(_) => return Err(HandshakeError::ClientTimeout),
     }
     let buf = ctx.buffers.take(s.max_request_bytes);
     let limit = s.max_request_bytes;
+    // The parsed request reaches the pick here, while its bytes are at hand: the key the
+    // selector is asked with comes from it (the client's address for now; round robin
+    // ignores it), and nothing of the request is copied for later.
     let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| {
-        u.forward_head(peer.ip())
+        let snap = ctx.backends.current();
+        let first = snap.pick(&selection_key(peer.ip()));
+        (u.forward_head(peer.ip(), C::SCHEME), (snap, first))
     });
-    let (client_buf, forward) = upgrade.await?;
+    let (client_buf, (forward, pick)) = upgrade.await?;
 
     let forward = bytes::Bytes::from(forward);
     let (mut backend, (addr, backend_id), backend_buf, response, deadline) =
-        match connect_and_forward(ctx, forward).await {
+        match connect_and_forward(ctx, &pick.0, pick.1, forward).await {
             Ok(b) => b,
             Err(e) => {
                 let (answer, event) = match e {
@@ -171,8 +181,8 @@ async fn upgrade(
 /// Returns the buffer holding only the bytes the client sent after the head (its first
 /// frames, kept for the relay), and what `respond` made. A rejected request is answered
 /// here with its status.
-pub(crate) async fn read_upgrade<T>(
-    client: &mut TcpStream,
+pub(crate) async fn read_upgrade<C: AsyncReadRent + AsyncWriteRent, T>(
+    client: &mut C,
     buf: Vec<u8>,
     deadline: Instant,
     limit: usize,
@@ -185,8 +195,8 @@ pub(crate) async fn read_upgrade<T>(
     res
 }
 
-async fn read_upgrade_inner<T>(
-    client: &mut TcpStream,
+async fn read_upgrade_inner<C: AsyncReadRent, T>(
+    client: &mut C,
     mut buf: Vec<u8>,
     deadline: Instant,
     limit: usize,
@@ -221,8 +231,17 @@ async fn read_upgrade_inner<T>(
     }
 }
 
-/// Connects to the round-robin pick and forwards the upgrade to it; failing that, to each
-/// other healthy backend once. A backend counts as failed (and the next is tried) when the
+/// The key a connection is selected by: the client's address (IPv4 as IPv6-mapped, so
+/// every key is 16 bytes), on the stack.
+fn selection_key(ip: IpAddr) -> [u8; 16] {
+    match ip {
+        IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
+        IpAddr::V6(a) => a.octets(),
+    }
+}
+
+/// Connects to the selector's pick (`first`) and forwards the upgrade to it; failing that,
+/// to each other healthy backend once. A backend counts as failed (and the next is tried) when the
 /// connect is refused or times out, or when the connection breaks before the first byte
 /// of a response: the upgrade is a GET the backend has not answered, so sending it
 /// elsewhere is safe. (A backend dying during `kill -9` can accept a connect and reset it.)
@@ -230,6 +249,8 @@ async fn read_upgrade_inner<T>(
 /// a client waits at most one handshake timeout.
 async fn connect_and_forward(
     ctx: &WorkerEnv,
+    snap: &Snapshot,
+    first: Option<usize>,
     forward: bytes::Bytes,
 ) -> Result<
     (
@@ -243,8 +264,7 @@ async fn connect_and_forward(
 > {
     let s = &ctx.settings;
     let mut tried = 0;
-    let snap = ctx.backends.current();
-    for b in ctx.backends.candidates(&snap) {
+    for b in snap.failover(first) {
         let addr = b.addr;
         tried += 1;
         let mut backend = match connect(addr, s.backend_connect_timeout).await {
@@ -345,8 +365,8 @@ async fn exchange(
 
 /// The backend answered something other than 101 (403, 404, a redirect ...): pass its
 /// body on to the client (up to `Content-Length`, at most 64 KiB), then close both.
-async fn relay_refusal(
-    client: &mut TcpStream,
+async fn relay_refusal<C: AsyncWriteRent>(
+    client: &mut C,
     backend: &mut TcpStream,
     mut buf: Vec<u8>,
     response: handshake::Response,

@@ -8,6 +8,8 @@
 
 use std::net::IpAddr;
 
+use crate::stream::Scheme;
+
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
@@ -79,7 +81,10 @@ Connection: close\r\nContent-Length: 28\r\n\r\nno backend could be reached\n";
 pub struct Upgrade<'b, 'h> {
     /// Bytes of the request head including the final CRLFCRLF; bytes after it are frames.
     pub head_len: usize,
+    /// The request target as sent: path and query.
     pub path: &'b str,
+    /// The `Host` header's value (exactly one is required).
+    pub host: &'b [u8],
     pub key: &'b [u8],
     headers: &'h [httparse::Header<'b>],
 }
@@ -121,7 +126,8 @@ pub fn parse_request<'b, 'h>(
         return Err(Reject::Malformed("websocket needs HTTP/1.1"));
     }
 
-    let mut host = 0;
+    let mut hosts = 0;
+    let mut host: &[u8] = b"";
     let mut upgrade: Option<&[u8]> = None;
     let mut upgrades = 0;
     let mut connection_upgrade = false;
@@ -132,7 +138,8 @@ pub fn parse_request<'b, 'h>(
     for h in headers {
         let n = h.name;
         if eq(n, "host") {
-            host += 1;
+            hosts += 1;
+            host = h.value.trim_ascii();
         } else if eq(n, "upgrade") {
             upgrades += 1;
             upgrade = Some(h.value);
@@ -152,7 +159,7 @@ pub fn parse_request<'b, 'h>(
             return Err(Reject::Malformed("upgrade request with a body"));
         }
     }
-    if host != 1 {
+    if hosts != 1 {
         return Err(Reject::Malformed("need exactly one Host header"));
     }
     match upgrade {
@@ -176,6 +183,7 @@ pub fn parse_request<'b, 'h>(
     Ok(Some(Upgrade {
         head_len,
         path,
+        host,
         key,
         headers,
     }))
@@ -203,8 +211,9 @@ impl Upgrade<'_, '_> {
     /// - `Sec-WebSocket-Extensions` is dropped, so no extension (permessage-deflate) is
     ///   negotiated: RSV bits stay zero and payloads can be relayed untouched. Both peers
     ///   fall back to uncompressed frames, as RFC 6455 §9.1 lets them.
-    /// - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` is set.
-    pub fn forward_head(&self, client_ip: IpAddr) -> Vec<u8> {
+    /// - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` is set
+    ///   to the scheme the client reached wslb with.
+    pub fn forward_head(&self, client_ip: IpAddr, scheme: Scheme) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head_len + 64);
         out.extend_from_slice(b"GET ");
         out.extend_from_slice(self.path.as_bytes());
@@ -227,8 +236,28 @@ impl Upgrade<'_, '_> {
         out.extend_from_slice(b"X-Forwarded-For: ");
         out.extend_from_slice(&xff);
         out.extend_from_slice(client_ip.to_string().as_bytes());
-        out.extend_from_slice(b"\r\nX-Forwarded-Proto: http\r\n\r\n");
+        out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+        out.extend_from_slice(scheme.as_str().as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
         out
+    }
+
+    /// The path without the query.
+    pub fn path_only(&self) -> &str {
+        self.path.split_once('?').map_or(self.path, |(p, _)| p)
+    }
+
+    /// The query (after `?`), if any.
+    pub fn query(&self) -> Option<&str> {
+        self.path.split_once('?').map(|(_, q)| q)
+    }
+
+    /// The value of the first header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|h| eq(h.name, name))
+            .map(|h| h.value)
     }
 
     /// The `101 Switching Protocols` a WebSocket server (the echo backend) answers with.
@@ -341,13 +370,25 @@ mod tests {
         );
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let u = parse_request(r.as_bytes(), &mut h).unwrap().unwrap();
-        let f = String::from_utf8(u.forward_head("127.0.0.9".parse().unwrap())).unwrap();
+        let f =
+            String::from_utf8(u.forward_head("127.0.0.9".parse().unwrap(), Scheme::Http)).unwrap();
         assert!(f.starts_with("GET /chat?room=1 HTTP/1.1\r\n"), "{f}");
         assert!(f.contains("Sec-WebSocket-Protocol: chat\r\n"));
         assert!(f.contains("Cookie: a=b\r\n"));
         assert!(f.contains(&format!("Sec-WebSocket-Key: {KEY}\r\n")));
         assert!(!f.to_ascii_lowercase().contains("extensions"));
         assert!(f.contains("X-Forwarded-For: 10.0.0.1, 127.0.0.9\r\n"));
+        assert_eq!(
+            (u.host, u.path_only(), u.query()),
+            (&b"x"[..], "/chat", Some("room=1"))
+        );
+        assert_eq!(u.header("cookie"), Some(&b"a=b"[..]));
+        let tls =
+            String::from_utf8(u.forward_head("127.0.0.9".parse().unwrap(), Scheme::Https)).unwrap();
+        assert!(
+            tls.contains("X-Forwarded-Proto: https\r\n"),
+            "follows the listener"
+        );
         assert!(f.contains("X-Forwarded-Proto: http\r\n") && !f.contains("https"));
         assert!(f.ends_with("\r\n\r\n"));
         let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];

@@ -41,6 +41,7 @@ pub mod listener;
 pub mod metrics;
 pub mod relay;
 pub mod reload;
+pub mod stream;
 pub mod worker;
 
 use std::net::SocketAddr;

@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Some(up)) => {
             assert!(up.head_len <= data.len());
-            let fwd = up.forward_head("192.0.2.7".parse().unwrap());
+            let fwd = up.forward_head("192.0.2.7".parse().unwrap(), wslb::stream::Scheme::Http);
             let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
             // The rewrite adds two headers; at the header limit it may be refused as too
             // large, which the backend would answer itself. Anything else must re-parse.

@@ -1,5 +1,5 @@
-//! The backend pool and how a connection's backend is chosen (round robin first), and
-//! backend health (`health.rs`).
+//! The backend pool and how a connection's backend is chosen (`selection.rs`: round robin
+//! first), and backend health (`health.rs`).
 //!
 //! The backends new connections may go to are an immutable [`Snapshot`], replaced whole by
 //! a reload ([`Pool::set_backends`], SIGHUP). Each worker keeps its own copy ([`LocalPool`])
@@ -10,15 +10,17 @@
 
 pub mod health;
 mod round_robin;
+pub mod selection;
 
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use health::{BackendHealth, HealthConfig, Probe};
 pub use round_robin::RoundRobin;
+pub use selection::{Selection, Selector};
 
 /// One backend: its id (stable for the life of the instance, also across reloads that
 /// remove and add it back), address and health.
@@ -29,10 +31,49 @@ pub struct Backend {
     pub health: BackendHealth,
 }
 
-/// The backends of one configuration, in config order.
-#[derive(Debug)]
+/// The backends of one configuration, in config order, and their selector, built once
+/// for them (see `selection.rs`).
+#[derive(Debug, Clone)]
 pub struct Snapshot {
     pub backends: Vec<Arc<Backend>>,
+    pub selector: Selector,
+}
+
+impl Snapshot {
+    /// The backends to try for one new connection, in order: the selector's pick for
+    /// `key` among the backends that are up, then each other backend that is up once
+    /// (failover when a connect is refused or times out). Empty when every backend is
+    /// down. `key` is what the connection path extracted from the request for the
+    /// selector (round robin ignores it).
+    pub fn select(&self, key: &[u8]) -> impl Iterator<Item = &Backend> {
+        self.failover(self.pick(key))
+    }
+
+    /// The selector's pick for `key` (an index into `backends`), `None` if none is up.
+    pub fn pick(&self, key: &[u8]) -> Option<usize> {
+        self.selector.first(&self.backends, key)
+    }
+
+    /// `first`, then each other backend that is up, in snapshot order from it.
+    pub fn failover(&self, first: Option<usize>) -> impl Iterator<Item = &Backend> {
+        let all = &self.backends;
+        let n = all.len();
+        (0..n)
+            .map(move |k| &*all[(first.unwrap_or(0) + k) % n])
+            .filter(move |b| first.is_some() && b.health.is_up())
+    }
+}
+
+/// Hands out backend ids. One per instance, shared by all its pools, so that an id names
+/// one backend across every pool (retirements and per-backend counts key on it).
+#[derive(Debug, Default)]
+pub struct BackendIds(AtomicU32);
+
+impl BackendIds {
+    fn next(&self) -> u32 {
+        // Relaxed: a unique number is all that is asked; ids are made on reloads only.
+        self.0.fetch_add(1, Ordering::Relaxed)
+    }
 }
 
 /// What a reload changed.
@@ -50,12 +91,15 @@ pub struct Pool {
     current: Mutex<Arc<Snapshot>>,
     /// Moves when `current` is replaced; workers compare it on each new connection.
     generation: AtomicU64,
-    /// Every backend configured so far, by id (index). A removed backend stays here: an
-    /// address added back gets its id and health state back.
+    /// Every backend configured so far. A removed backend stays here: an address added
+    /// back gets its id and health state back.
     known: Mutex<Vec<Arc<Backend>>>,
+    ids: Arc<BackendIds>,
     /// Connect failures in a row that take a backend down (the health config's `fall`).
     fall: u32,
-    rr: RoundRobin,
+    /// The pool's round-robin counter: it outlives snapshots, so a reload does not
+    /// restart the rotation.
+    rr: Arc<RoundRobin>,
 }
 
 impl Pool {
@@ -64,15 +108,26 @@ impl Pool {
     /// # Panics
     /// If `backends` is empty (config validation guarantees at least one).
     pub fn new(backends: Vec<SocketAddr>, fall: u32) -> Self {
+        Self::with_ids(backends, fall, Arc::default())
+    }
+
+    /// A pool whose backend ids come from `ids`, shared with the instance's other pools.
+    ///
+    /// # Panics
+    /// If `backends` is empty (config validation guarantees at least one).
+    pub fn with_ids(backends: Vec<SocketAddr>, fall: u32, ids: Arc<BackendIds>) -> Self {
         assert!(!backends.is_empty(), "a pool needs at least one backend");
+        let rr = Arc::new(RoundRobin::new());
         let pool = Self {
             current: Mutex::new(Arc::new(Snapshot {
                 backends: Vec::new(),
+                selector: Selector::round_robin(rr.clone()),
             })),
             generation: AtomicU64::new(0),
             known: Mutex::new(Vec::new()),
+            ids,
             fall: fall.max(1),
-            rr: RoundRobin::new(),
+            rr,
         };
         pool.set_backends(&backends);
         pool
@@ -102,7 +157,7 @@ impl Pool {
                 Some(b) => b.clone(),
                 None => {
                     let b = Arc::new(Backend {
-                        id: known.len() as u32,
+                        id: self.ids.next(),
                         addr,
                         health: BackendHealth::default(),
                     });
@@ -120,37 +175,14 @@ impl Pool {
                 change.removed.push((c.id, c.addr));
             }
         }
-        *current = Arc::new(Snapshot { backends });
+        *current = Arc::new(Snapshot {
+            backends,
+            selector: Selector::round_robin(self.rr.clone()),
+        });
         // Release pairs with `LocalPool::current`'s Acquire load: a worker that sees the
         // new generation then reads the new snapshot under the lock anyway.
         self.generation.fetch_add(1, Ordering::Release);
         change
-    }
-
-    /// The backends to try for one new client connection, in order: the round-robin pick
-    /// among the backends that are up first, then each other backend that is up once
-    /// (failover when a connect is refused or times out). Empty when every backend is down.
-    ///
-    /// The pick counts only backends that are up, so the rotation stays exact over the
-    /// healthy ones (with one down of three, the other two get half each, not one of them
-    /// double).
-    pub fn candidates<'a>(&'a self, snap: &'a Snapshot) -> impl Iterator<Item = &'a Backend> {
-        let all = &snap.backends;
-        let n = all.len();
-        let up = all.iter().filter(|b| b.health.is_up()).count();
-        let first = if up == 0 {
-            0
-        } else {
-            let t = self.rr.next(up);
-            // The index of the t-th backend that is up.
-            (0..n)
-                .filter(|&i| all[i].health.is_up())
-                .nth(t)
-                .unwrap_or(0)
-        };
-        (0..n)
-            .map(move |k| &*all[(first + k) % n])
-            .filter(move |b| up > 0 && b.health.is_up())
     }
 
     /// A connect to `b`, or the upgrade's exchange with it, failed; `fall` in a row take
@@ -215,9 +247,7 @@ impl std::ops::Deref for LocalPool {
 }
 
 fn local_copy(pool: &Pool) -> Rc<Snapshot> {
-    Rc::new(Snapshot {
-        backends: pool.snapshot().backends.clone(),
-    })
+    Rc::new(Snapshot::clone(&pool.snapshot()))
 }
 
 #[cfg(test)]
@@ -237,7 +267,7 @@ mod tests {
         p.failed(&snap.backends[1]);
         let mut count = [0; 3];
         for _ in 0..30 {
-            let picks: Vec<u32> = p.candidates(&snap).map(|b| b.id).collect();
+            let picks: Vec<u32> = snap.select(&[]).map(|b| b.id).collect();
             assert_eq!(picks.len(), 2, "only the two that are up");
             count[picks[0] as usize] += 1;
         }
@@ -251,10 +281,10 @@ mod tests {
         for i in [0, 0, 1, 1] {
             p.failed(&snap.backends[i]);
         }
-        assert_eq!(p.candidates(&snap).count(), 0);
+        assert_eq!(snap.select(&[]).count(), 0);
         snap.backends[1].health.passed(1);
         assert_eq!(
-            p.candidates(&snap).map(|b| b.addr).collect::<Vec<_>>(),
+            snap.select(&[]).map(|b| b.addr).collect::<Vec<_>>(),
             vec![addrs(2)[1]]
         );
     }
@@ -285,6 +315,27 @@ mod tests {
         // Added back: the old id again.
         p.set_backends(&[a[0]]);
         assert_eq!(p.snapshot().backends[0].id, 0);
+    }
+
+    #[test]
+    fn pools_sharing_an_id_source_never_share_an_id() {
+        let ids = Arc::new(BackendIds::default());
+        let a = Pool::with_ids(addrs(2), 1, ids.clone());
+        // The same addresses in a second pool are other backends there, with other ids.
+        let b = Pool::with_ids(addrs(2), 1, ids.clone());
+        a.set_backends(&addrs(3));
+        let mut all: Vec<u32> = [&a, &b]
+            .iter()
+            .flat_map(|p| {
+                p.snapshot()
+                    .backends
+                    .iter()
+                    .map(|b| b.id)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort();
+        assert_eq!(all, [0, 1, 2, 3, 4]);
     }
 
     #[test]

@@ -1,6 +1,9 @@
 //! The global round-robin counter: the one deliberate cross-core write on the connection path.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{Backend, Selection};
 
 /// Hands out indexes `0, 1, .., n-1, 0, ..` to all workers together, so the distribution is
 /// exact however the kernel spreads accepts over the workers' SO_REUSEPORT sockets.
@@ -25,6 +28,24 @@ impl RoundRobin {
     pub fn next(&self, n: usize) -> usize {
         debug_assert!(n > 0);
         self.next.fetch_add(1, Ordering::Relaxed) % n
+    }
+}
+
+impl Selection for RoundRobin {
+    /// The next backend in the rotation over those that are up; the key plays no part.
+    ///
+    /// The rotation counts only backends that are up, so it stays exact over the healthy
+    /// ones (with one down of three, the other two get half each, not one of them double).
+    fn first(&self, backends: &[Arc<Backend>], _key: &[u8]) -> Option<usize> {
+        let up = backends.iter().filter(|b| b.health.is_up()).count();
+        if up == 0 {
+            return None;
+        }
+        let t = self.next(up);
+        // The index of the t-th backend that is up.
+        (0..backends.len())
+            .filter(|&i| backends[i].health.is_up())
+            .nth(t)
     }
 }
 

@@ -5,10 +5,11 @@
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::End;
-use super::link::{Link, Readiness, Waited};
+use super::link::{Link, Waited};
 use super::pump::Pump;
 use crate::frame::{self, Side, Violation};
 use crate::metrics::Event;
+use crate::stream::Readiness;
 
 /// How long the close owed to an offender may take once the close deadline has passed.
 const LAST_WRITE: std::time::Duration = std::time::Duration::from_secs(1);

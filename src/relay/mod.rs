@@ -42,10 +42,11 @@
 use std::task::Poll;
 use std::time::Duration;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, Split, Splitable};
+use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
 use crate::frame::{Limits, Rules, Side, Violation};
+use crate::stream::ClientStream;
 use crate::worker::WorkerEnv;
 
 mod close;
@@ -53,7 +54,6 @@ mod link;
 mod pump;
 pub mod registry;
 use link::Link;
-pub use link::Readiness;
 use pump::Pump;
 
 /// What a relay needs from the configuration.
@@ -114,13 +114,6 @@ pub struct Outcome {
     /// The first protocol violation seen from either side, if any.
     pub violation: Option<(Side, Violation)>,
 }
-
-/// A client stream the relay can carry: split into a read and a write half that work
-/// concurrently, and able to say when it is readable without a buffer ([`Readiness`]).
-/// Plain TCP today; a TLS stream implements the same.
-pub trait ClientStream: Split + AsyncReadRent + AsyncWriteRent + Readiness + 'static {}
-
-impl<T: Split + AsyncReadRent + AsyncWriteRent + Readiness + 'static> ClientStream for T {}
 
 /// Relays frames until both sides have closed (or the close deadline passed), then drops
 /// both sockets. `client_buf`/`backend_buf` hold bytes already read past each handshake

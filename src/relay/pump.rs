@@ -6,10 +6,11 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf
 
 use super::End;
 use super::close::CloseState;
-use super::link::{Link, Readiness, Waited, ready};
+use super::link::{Link, Waited};
 use crate::frame::{Side, Stop, Walker};
 use crate::metrics::Event;
 use crate::relay::registry::{Attention, GoAway};
+use crate::stream::{Readiness, ready};
 
 /// A read gets at least this much room: a partial header moved into a small vector is
 /// never read into directly.

@@ -1,0 +1,74 @@
+//! The client stream seam: what one connection's path (handshake, relay) needs of a
+//! client's stream. Plain TCP today; a TLS stream implements the same traits.
+
+use std::future::Future;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, Split};
+use monoio::net::TcpStream;
+
+/// The scheme a client reached wslb with, as `X-Forwarded-Proto` tells the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
+
+/// Waiting for a stream to become readable without holding a buffer. Asked of the stream,
+/// not of its socket: a stream that keeps bytes of its own (a TLS stream's decrypted
+/// plaintext) is readable while its socket is quiet.
+///
+/// An implementation may touch the stream only while its future is first polled (see
+/// [`ready`], which relies on it).
+pub trait Readiness {
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>>;
+}
+
+impl Readiness for TcpStream {
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>> {
+        // Strict (`relaxed = false`): on the epoll driver a relaxed check answers from the
+        // readiness cached since the last event, so after a read that did not drain the
+        // socket to EAGAIN it says "readable" on an idle socket. The pump then parked in a
+        // plain read that nothing interrupts, and a drain's 1001, a keepalive ping or an
+        // idle close never went out (regression test: tests/drain.rs, epoll). The strict
+        // check costs a poll(2) per wait on epoll; io_uring ignores the flag.
+        self.readable(false)
+    }
+}
+
+/// A client stream the connection path can carry: read and written through owned
+/// buffers, split into halves that work concurrently for the relay, readable-without-a-
+/// buffer ([`Readiness`]), and reached through a known [`Scheme`].
+pub trait ClientStream: Split + AsyncReadRent + AsyncWriteRent + Readiness + 'static {
+    const SCHEME: Scheme;
+}
+
+impl ClientStream for TcpStream {
+    const SCHEME: Scheme = Scheme::Http;
+}
+
+/// Waits until the stream behind a read half is readable (see [`Readiness`]).
+#[allow(unsafe_code)]
+pub fn ready<T: Readiness>(
+    half: &OwnedReadHalf<T>,
+) -> impl Future<Output = std::io::Result<()>> + '_ {
+    // SAFETY: the halves share the stream through an `Rc<UnsafeCell<T>>`, and monoio's own
+    // halves each make a `&mut T` from it for every op they start (the contract of its
+    // `unsafe trait Split`: reads and writes of such a stream are independent and may run
+    // concurrently). The `&T` made here is used only while the readiness future is first
+    // polled (the `Readiness` contract: for `TcpStream` it is monoio's `readable`, which
+    // then holds nothing of the stream but the poll op it submitted, with its own handle
+    // of the descriptor). The relay's pump polls this future at once, in the same turn of
+    // the task and before the other pump (the write half's only user) runs again, so no
+    // `&mut T` is made while the `&T` is in use, and it is not used after one is.
+    let stream = unsafe { &*half.0.get() };
+    stream.ready()
+}
