@@ -1,4 +1,4 @@
-//! Backend health: active checks from one checker thread (each round probes concurrently), passive marking from failed connects.
+//! Backend health: active checks (each round probes all backends at once) and passive marking.
 //!
 //! Each backend has an up/down flag that every worker reads on each new connection
 //! (`Relaxed` loads of an `AtomicBool`; a worker acting on a flag a few microseconds stale
