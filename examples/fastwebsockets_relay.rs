@@ -2,7 +2,12 @@
 //! `WebSocketRead`/`WebSocketWrite` on monoio's poll-io bridge (readiness + recv/send, not
 //! io_uring ops), client frames unmasked for validation and remasked in place with the same
 //! key. Same handshake, workers and SO_REUSEPORT listeners as wslb; only the frame relay
-//! differs. `cargo bench --bench load -- --compare-pollio` runs it beside wslb.
+//! differs. The load bench runs it beside wslb as the target `pollio`:
+//!
+//!   cargo build --release --example fastwebsockets_relay
+//!   cargo bench --bench load -- --targets wslb,pollio
+//!
+//! or on its own:
 //!
 //!   cargo run --release --example fastwebsockets_relay -- LISTEN BACKEND[,BACKEND...] WORKERS
 

@@ -69,8 +69,9 @@ impl BufferPool {
         }
     }
 
-    /// Buffers waiting for reuse (for tests and the stats line).
-    pub fn free_count(&self) -> usize {
+    /// Buffers waiting for reuse.
+    #[cfg(test)]
+    fn free_count(&self) -> usize {
         self.free.borrow().len()
     }
 }

@@ -21,7 +21,8 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn out_of_descriptors_logs_once_backs_off_and_recovers() {
     let backend = echo();
-    let lb = dead_addr();
+    let reserved = reserve_addr();
+    let lb = reserved.addr;
     let dir = test_dir("emfile");
     let path = dir.join("wslb.toml");
     // max_connections high, so the descriptor limit (not wslb's own) is what runs out.

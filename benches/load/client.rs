@@ -301,11 +301,16 @@ async fn one_handshake(addr: SocketAddr, close: &Bytes) -> std::io::Result<()> {
         .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
 }
 
-/// Opens `n` connections (at most 200 handshakes at a time), checks one 32-byte echo on
-/// each, then calls `hold` while they sit idle, then closes them all.
-pub fn idle(addrs: Vec<SocketAddr>, n: usize, hold: impl FnOnce() + Send + 'static) -> usize {
+/// Opens `n` connections (at most 200 handshakes at a time), checks one `size`-byte echo
+/// on each, then calls `hold` while they sit idle, then closes them all.
+pub fn idle(
+    addrs: Vec<SocketAddr>,
+    n: usize,
+    size: usize,
+    hold: impl FnOnce() + Send + 'static,
+) -> usize {
     on_runtime(move || async move {
-        let payload = Rc::new(payload(32));
+        let payload = Rc::new(payload(size));
         let frame = Bytes::from(encode_masked(&payload, 2));
         let mut held = Vec::with_capacity(n);
         let mut next = 0;
@@ -314,7 +319,7 @@ pub fn idle(addrs: Vec<SocketAddr>, n: usize, hold: impl FnOnce() + Send + 'stat
                 .map(|i| {
                     let (f, p, a) = (frame.clone(), payload.clone(), spread(&addrs, i));
                     monoio::spawn(async move {
-                        let (mut s, buf) = upgrade(a, 256).await.expect("upgrade");
+                        let (mut s, buf) = upgrade(a, p.len() + 256).await.expect("upgrade");
                         round_trip(&mut s, &f, &p, buf).await.expect("echo");
                         s
                     })

@@ -9,6 +9,8 @@
 //!   latency      100 conns x 100 msg/s of 64 B, p50/p99/p999 from the scheduled send time
 //!   handshake    50 concurrent connect-upgrade-close loops: handshakes/s
 //!   idle         hold N upgraded connections, each used once: RSS and kernel memory per conn
+//!   idle-busy    the same, but each connection first echoes 64 KiB (more than a relay
+//!                buffer, so the relay reads mid-frame) and then idles
 //!
 //! Every echoed payload is compared byte for byte; a mismatch panics. Each round runs every
 //! scenario against every target in turn, starting one target later each round; the table gives medians over rounds and ratios
@@ -40,11 +42,21 @@ struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Scenario {
-    Tput { conns: usize, size: usize },
+    Tput {
+        conns: usize,
+        size: usize,
+    },
     Latency,
     Handshake,
-    Idle,
+    /// Idle connections; `busy`: each first echoed a 64 KiB message, else 32 bytes.
+    Idle {
+        busy: bool,
+    },
 }
+
+/// The message each idle-busy connection echoes before it idles: larger than the relay
+/// buffers (16 KiB, growing to at most 64 KiB by default) with its header.
+const IDLE_BUSY_BYTES: usize = 64 << 10;
 
 impl Scenario {
     fn all() -> Vec<Scenario> {
@@ -63,7 +75,8 @@ impl Scenario {
             },
             Scenario::Latency,
             Scenario::Handshake,
-            Scenario::Idle,
+            Scenario::Idle { busy: false },
+            Scenario::Idle { busy: true },
         ]
     }
 
@@ -85,7 +98,8 @@ impl Scenario {
             }],
             "latency" => vec![Scenario::Latency],
             "handshake" => vec![Scenario::Handshake],
-            "idle" => vec![Scenario::Idle],
+            "idle" => vec![Scenario::Idle { busy: false }],
+            "idle-busy" => vec![Scenario::Idle { busy: true }],
             _ => return None,
         })
     }
@@ -98,7 +112,12 @@ impl Scenario {
             Scenario::Tput { conns, size } => format!("closed loop, {conns} conns x {size} B"),
             Scenario::Latency => "paced, 100 conns x 100 msg/s x 64 B (latency in us)".into(),
             Scenario::Handshake => "handshakes, 50 concurrent connect-upgrade-close loops".into(),
-            Scenario::Idle => format!("idle, {} connections held", a.idle_conns),
+            Scenario::Idle { busy: false } => format!("idle, {} connections held", a.idle_conns),
+            Scenario::Idle { busy: true } => format!(
+                "idle after busy, {} connections held, each first echoed {} KiB",
+                a.idle_conns,
+                IDLE_BUSY_BYTES / 1024
+            ),
         }
     }
 }
@@ -226,7 +245,8 @@ fn main() {
             .join(", "),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    // Long-running targets for the load scenarios; `idle` starts a fresh process each time.
+    // Long-running targets for the load scenarios; the idle ones start a fresh process each
+    // time.
     let running: Vec<Target> = a
         .targets
         .iter()
@@ -242,9 +262,9 @@ fn main() {
             for ti in (0..n).map(|j| (j + round) % n) {
                 let t = &running[ti];
                 let s = match sc {
-                    Scenario::Idle => {
+                    Scenario::Idle { busy } => {
                         let fresh = targets::start(t.kind, &backends, &a.io, &a.ab_env);
-                        idle(&fresh, &a)
+                        idle(&fresh, &a, if busy { IDLE_BUSY_BYTES } else { 32 })
                     }
                     _ => measure(sc, t, &a),
                 };
@@ -268,6 +288,8 @@ fn main() {
 fn short(sc: Scenario) -> String {
     match sc {
         Scenario::Tput { conns, size } => format!("tput-{conns}x{size}"),
+        Scenario::Idle { busy: false } => "idle".into(),
+        Scenario::Idle { busy: true } => "idle-busy".into(),
         other => format!("{other:?}").to_lowercase(),
     }
 }
@@ -302,7 +324,7 @@ fn measure(sc: Scenario, t: &Target, a: &Args) -> Sample {
             s.insert("hs/s", w.count as f64 / w.elapsed.as_secs_f64());
             cpu_figures(&mut s, t, w.count, w.cpu);
         }
-        Scenario::Idle => unreachable!("idle runs on a fresh process"),
+        Scenario::Idle { .. } => unreachable!("idle runs on a fresh process"),
     }
     s
 }
@@ -319,13 +341,14 @@ fn cpu_figures(s: &mut Sample, t: &Target, count: u64, cpu: (f64, f64)) {
     }
 }
 
-fn idle(t: &Target, a: &Args) -> Sample {
+/// Holds `a.idle_conns` connections, each used once with a `size`-byte echo.
+fn idle(t: &Target, a: &Args, size: usize) -> Sample {
     let rss0 = t.rss_bytes();
     let (slab0, sockmem0) = targets::kernel_memory();
     let pids = t.pids();
     let log = t.log_path();
     let (tx, rx) = std::sync::mpsc::channel();
-    let n = client::idle(t.addrs.clone(), a.idle_conns, move || {
+    let n = client::idle(t.addrs.clone(), a.idle_conns, size, move || {
         let rss: u64 = pids.iter().map(|&p| rss_of(p)).sum();
         let stats = log.as_deref().and_then(targets::last_stats);
         let _ = tx.send((rss, targets::kernel_memory(), stats));
@@ -457,7 +480,7 @@ fn table(
                 );
             }
         }
-        Scenario::Idle => {
+        Scenario::Idle { .. } => {
             println!(
                 "| target | user-space RSS / conn | RSS at hold | kernel slab / conn | TCP buffers / conn |"
             );

@@ -1,12 +1,13 @@
-//! Backend health: active checks from one thread, passive marking from failed connects.
+//! Backend health: active checks (each round probes all backends at once) and passive marking.
 //!
 //! Each backend has an up/down flag that every worker reads on each new connection
 //! (`Relaxed` loads of an `AtomicBool`; a worker acting on a flag a few microseconds stale
 //! costs one failover at most). Only two things change it:
 //! - the checker thread (one per instance, so a backend is not probed once per worker):
-//!   every `interval`, a TCP connect (or an HTTP `GET path` expecting 2xx) within
-//!   `timeout`; `rise` passes in a row bring a down backend up, `fall` failures in a row
-//!   take an up one down;
+//!   every `interval`, a round of probes, one thread per backend so that a round takes
+//!   about one `timeout` however many backends are dead: a TCP connect (or an HTTP
+//!   `GET path` expecting 2xx) within `timeout`; `rise` passes in a row bring a down
+//!   backend up, `fall` failures in a row take an up one down;
 //! - passive detection: `fall` failed connects or upgrade exchanges in a row from live
 //!   traffic take a backend down too. It comes back only through passing checks, so a flapping backend does not
 //!   get traffic between failures.
@@ -135,31 +136,73 @@ pub fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
     }
 }
 
+/// Backends probed at once in a round: one short-lived thread each. More backends are
+/// probed in waves of this many, so a round over n dead backends takes about
+/// `ceil(n / 64)` timeouts and the checker never has more than 64 threads out.
+const PARALLEL_PROBES: usize = 64;
+
+/// Probes every address once, concurrently (see [`PARALLEL_PROBES`]), and returns the
+/// results in the same order. Each probe gives up at `cfg.timeout`, so this returns after
+/// about one timeout per wave. If a thread cannot be started, that probe runs on the
+/// calling thread instead.
+pub fn probe_all(addrs: &[SocketAddr], cfg: &HealthConfig) -> Vec<Result<(), String>> {
+    let mut out = Vec::with_capacity(addrs.len());
+    for wave in addrs.chunks(PARALLEL_PROBES) {
+        std::thread::scope(|scope| {
+            let running: Vec<_> = wave
+                .iter()
+                .map(|&addr| {
+                    let spawned = std::thread::Builder::new()
+                        .name("wslb-probe".into())
+                        .spawn_scoped(scope, move || probe(addr, cfg));
+                    (addr, spawned)
+                })
+                .collect();
+            for (addr, spawned) in running {
+                out.push(match spawned {
+                    Ok(t) => t
+                        .join()
+                        .unwrap_or_else(|_| Err("the probe panicked".into())),
+                    Err(_) => probe(addr, cfg),
+                });
+            }
+        });
+    }
+    out
+}
+
+/// One round of checks over the pool's current snapshot: a reload's added backends are
+/// probed from the next round on, removed ones no longer. Probes run concurrently; the
+/// results are applied afterwards, in config order.
+fn check_round(pool: &super::Pool, cfg: &HealthConfig) {
+    let snapshot = pool.snapshot();
+    let addrs: Vec<SocketAddr> = snapshot.backends.iter().map(|b| b.addr).collect();
+    for (b, result) in snapshot.backends.iter().zip(probe_all(&addrs, cfg)) {
+        let (addr, h) = (b.addr, &b.health);
+        match result {
+            Ok(()) => {
+                if h.passed(cfg.rise) {
+                    tracing::warn!(backend = %addr, "backend is up again ({} checks passed)", cfg.rise);
+                }
+            }
+            Err(e) => {
+                if h.failed(cfg.fall) {
+                    tracing::warn!(backend = %addr, "backend is down: health check failed {} times ({e})", cfg.fall);
+                } else {
+                    tracing::debug!(backend = %addr, "health check failed: {e}");
+                }
+            }
+        }
+    }
+}
+
 /// Starts the checker thread. It runs for the life of the process.
 pub fn spawn_checker(pool: Arc<super::Pool>, cfg: HealthConfig) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("wslb-health".into())
         .spawn(move || {
             loop {
-                // The current snapshot each round: a reload's added backends are probed
-                // from the next round on, removed ones no longer.
-                for b in pool.snapshot().backends.iter() {
-                    let (addr, h) = (b.addr, &b.health);
-                    match probe(addr, &cfg) {
-                        Ok(()) => {
-                            if h.passed(cfg.rise) {
-                                tracing::warn!(backend = %addr, "backend is up again ({} checks passed)", cfg.rise);
-                            }
-                        }
-                        Err(e) => {
-                            if h.failed(cfg.fall) {
-                                tracing::warn!(backend = %addr, "backend is down: health check failed {} times ({e})", cfg.fall);
-                            } else {
-                                tracing::debug!(backend = %addr, "health check failed: {e}");
-                            }
-                        }
-                    }
-                }
+                check_round(&pool, &cfg);
                 std::thread::sleep(cfg.interval);
             }
         })
@@ -192,6 +235,92 @@ mod tests {
         h.connected();
         assert!(!h.failed(2));
         assert!(h.is_up());
+    }
+
+    /// Regression: the checker probed backends one after another, so with n black-holed
+    /// backends a round took n timeouts. Each scripted backend here holds its probe
+    /// unanswered until all n probes are connected at once; only then do they all get 200.
+    /// Probed one at a time, the first would wait for the others until its timeout, and the
+    /// most ever connected at once would be 1.
+    #[test]
+    fn a_round_probes_all_backends_at_the_same_time() {
+        use std::sync::{Condvar, Mutex};
+        const N: usize = 5;
+        // (connected now, most ever connected at once)
+        let state = Arc::new((Mutex::new((0usize, 0usize)), Condvar::new()));
+        let addrs: Vec<SocketAddr> = (0..N)
+            .map(|_| {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                let addr = l.local_addr().unwrap();
+                let state = state.clone();
+                std::thread::spawn(move || {
+                    let (mut s, _) = l.accept().unwrap();
+                    let (lock, cv) = &*state;
+                    let mut g = lock.lock().unwrap();
+                    g.0 += 1;
+                    g.1 = g.1.max(g.0);
+                    cv.notify_all();
+                    let (mut g, _) = cv
+                        .wait_timeout_while(g, Duration::from_secs(3), |g| g.1 < N)
+                        .unwrap();
+                    let all_at_once = g.1 == N;
+                    g.0 -= 1;
+                    drop(g);
+                    if all_at_once {
+                        let _ = s.write_all(b"HTTP/1.1 200 OK\r\n\r\n");
+                    }
+                });
+                addr
+            })
+            .collect();
+        let cfg = HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(3),
+            rise: 1,
+            fall: 1,
+            probe: Probe::Http {
+                path: "/health".into(),
+            },
+        };
+        let results = probe_all(&addrs, &cfg);
+        assert_eq!(
+            state.0.lock().unwrap().1,
+            N,
+            "most probes connected at once"
+        );
+        assert_eq!(results, vec![Ok(()); N]);
+    }
+
+    /// An address that refuses connections while the returned socket lives: bound, never
+    /// listening (freeing a port instead would let a parallel test take it).
+    fn refusing() -> (socket2::Socket, SocketAddr) {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+            .unwrap();
+        let addr = s.local_addr().unwrap().as_socket().unwrap();
+        (s, addr)
+    }
+
+    #[test]
+    fn a_round_applies_results_in_config_order() {
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let (_held, dead) = refusing();
+        let pool = super::super::Pool::new(vec![dead, live.local_addr().unwrap()], 1);
+        let cfg = HealthConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            rise: 1,
+            fall: 1,
+            probe: Probe::Tcp,
+        };
+        check_round(&pool, &cfg);
+        let up: Vec<bool> = pool
+            .snapshot()
+            .backends
+            .iter()
+            .map(|b| b.health.is_up())
+            .collect();
+        assert_eq!(up, [false, true]);
     }
 
     #[test]
@@ -227,10 +356,7 @@ mod tests {
         assert_eq!(probe(addr, &cfg), Ok(()));
         assert_eq!(probe(addr, &cfg), Err("status 503".into()));
         server.join().unwrap();
-        let dead = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        let (_held, dead) = refusing();
         assert!(
             probe(
                 dead,

@@ -63,10 +63,39 @@ pub fn test_dir(name: &str) -> std::path::PathBuf {
     dir
 }
 
-/// An address nothing listens on (connections are refused).
+/// A port on 127.0.0.1 held for one test: connections to it are refused until someone
+/// listens there, and only this test can make that happen.
+///
+/// The socket is bound and never listens, so a connect gets a reset (refused). It has
+/// SO_REUSEADDR and SO_REUSEPORT, so a wslb (balancer, echo backend, the binary: same user,
+/// both options too) can bind the port while the reservation is held, and a bind to port 0
+/// elsewhere never picks it (the kernel skips ports in use for those). Freeing the port
+/// instead (bind, read the port, close) raced with parallel tests: another test's `:0` bind
+/// could get the port in between and listen on it.
+pub struct Reserved {
+    pub addr: SocketAddr,
+    _socket: socket2::Socket,
+}
+
+/// Reserves a port on 127.0.0.1 (see [`Reserved`]); drop the guard to free it.
+pub fn reserve_addr() -> Reserved {
+    use socket2::{Domain, Socket, Type};
+    let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    s.set_reuse_port(true).unwrap();
+    s.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .unwrap();
+    let addr = s.local_addr().unwrap().as_socket().unwrap();
+    Reserved { addr, _socket: s }
+}
+
+/// An address nothing listens on (connections are refused), reserved like
+/// [`reserve_addr`] for the rest of the test process (the guard is leaked).
 pub fn dead_addr() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    let r = reserve_addr();
+    let addr = r.addr;
+    std::mem::forget(r);
+    addr
 }
 
 /// A backend that runs `handler` on its own thread for every accepted, upgraded connection.
