@@ -11,10 +11,10 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::balancer::Snapshot;
+use crate::balancer::{Backend, Failure, Lease, Snapshot};
 use crate::handshake::{self, Reject};
 use crate::listener::Permit;
-use crate::metrics::{Event, OpenGuard};
+use crate::metrics::{Event, OpenGuard, Rejected};
 use crate::relay;
 use crate::stream::ClientStream;
 use crate::worker::WorkerEnv;
@@ -64,23 +64,28 @@ pub fn serve<C: ClientStream>(
     ctx: Rc<WorkerEnv>,
     open: (OpenGuard, Permit),
 ) -> impl std::future::Future<Output = ()> + 'static {
+    let accepted = Instant::now();
     let handshake = Box::pin(upgrade(client, peer, ctx.clone()));
     async move {
         // Held until the connection's future ends, whichever way it ends.
         let _open = open;
         let up = match handshake.await {
             Ok(up) => up,
-            Err(
-                e @ (HandshakeError::NoBackend { .. }
-                | HandshakeError::Backend { .. }
-                | HandshakeError::AllDown),
-            ) => {
-                return tracing::warn!(%peer, "{e}");
+            Err(e) => {
+                ctx.stats.rejected(e.reason());
+                return match e {
+                    HandshakeError::NoBackend { .. }
+                    | HandshakeError::Backend { .. }
+                    | HandshakeError::AllDown => tracing::warn!(%peer, "{e}"),
+                    _ => tracing::debug!(%peer, "{e}"),
+                };
             }
-            Err(e) => return tracing::debug!(%peer, "{e}"),
         };
+        ctx.stats.handshake_done(accepted.elapsed().as_secs_f64());
+        // Counted among the backend's open connections while the relay runs.
+        let lease = up.lease;
         // Logged now rather than carried to the close line: 32 bytes per parked connection.
-        tracing::debug!(%peer, backend = %up.addr, "relaying");
+        tracing::debug!(%peer, backend = %lease.backend().addr, "relaying");
         // Awaited in place: a future first bound to a local and then awaited takes room
         // twice in the enclosing future (rust-lang/rust#62958).
         let outcome = relay::run(
@@ -88,11 +93,28 @@ pub fn serve<C: ClientStream>(
             up.backend,
             up.client_buf,
             up.backend_buf,
-            up.backend_id,
+            lease.backend().id,
             &ctx,
         )
         .await;
         tracing::debug!(%peer, ?outcome, "connection closed");
+        drop(lease);
+    }
+}
+
+impl HandshakeError {
+    /// The `wslb_connections_rejected_total` reason.
+    fn reason(&self) -> Rejected {
+        match self {
+            HandshakeError::ClientRejected(r) => Rejected::bad_request(r.status()),
+            HandshakeError::ClientTimeout => Rejected::ClientTimeout,
+            HandshakeError::ClientClosed | HandshakeError::ClientIo(_) => Rejected::ClientGone,
+            HandshakeError::AllDown => Rejected::AllBackendsDown,
+            HandshakeError::NoBackend { .. } | HandshakeError::Backend { .. } => {
+                Rejected::BackendFailed
+            }
+            HandshakeError::BackendRefused { .. } => Rejected::BackendRefused,
+        }
     }
 }
 
@@ -103,8 +125,7 @@ struct Upgraded<C> {
     backend: TcpStream,
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
-    addr: SocketAddr,
-    backend_id: u32,
+    lease: Lease,
 }
 
 /// Reads the client's upgrade, picks and connects a backend, forwards the upgrade and
@@ -138,7 +159,7 @@ async fn upgrade<C: ClientStream>(
     let (client_buf, (forward, pick)) = upgrade.await?;
 
     let forward = bytes::Bytes::from(forward);
-    let (mut backend, (addr, backend_id), backend_buf, response, deadline) =
+    let (mut backend, chosen, backend_buf, response, deadline) =
         match connect_and_forward(ctx, &pick.0, pick.1, forward).await {
             Ok(b) => b,
             Err(e) => {
@@ -161,7 +182,7 @@ async fn upgrade<C: ClientStream>(
     if response.status != 101 {
         relay_refusal(&mut client, &mut backend, backend_buf, response, deadline).await;
         return Err(HandshakeError::BackendRefused {
-            addr,
+            addr: chosen.addr,
             status: response.status,
         });
     }
@@ -172,8 +193,7 @@ async fn upgrade<C: ClientStream>(
         backend,
         client_buf,
         backend_buf,
-        addr,
-        backend_id,
+        lease: Lease::new(chosen),
     })
 }
 
@@ -255,7 +275,7 @@ async fn connect_and_forward(
 ) -> Result<
     (
         TcpStream,
-        (SocketAddr, u32),
+        std::sync::Arc<Backend>,
         Vec<u8>,
         handshake::Response,
         Instant,
@@ -267,11 +287,12 @@ async fn connect_and_forward(
     for b in snap.failover(first) {
         let addr = b.addr;
         tried += 1;
+        ctx.backends.selected(b);
         let mut backend = match connect(addr, s.backend_connect_timeout).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(backend = %addr, "{e}; trying the next backend");
-                ctx.backends.failed(b);
+                ctx.backends.failed(b, Failure::Connect);
                 continue;
             }
         };
@@ -280,16 +301,16 @@ async fn connect_and_forward(
         match exchange(&mut backend, forward.clone(), buf, deadline).await {
             Ok((buf, response)) => {
                 ctx.backends.connected(b);
-                return Ok((backend, (addr, b.id), buf, response, deadline));
+                return Ok((backend, b.clone(), buf, response, deadline));
             }
             Err(Exchange::Broke(reason)) => {
                 tracing::warn!(backend = %addr, "{reason} before answering; trying the next backend");
-                ctx.backends.failed(b);
+                ctx.backends.failed(b, Failure::Handshake);
             }
             Err(Exchange::Bad(reason)) => {
                 // Not retried (see above), but counted: a backend answering garbage or
                 // nothing goes down like one that refuses connects.
-                ctx.backends.failed(b);
+                ctx.backends.failed(b, Failure::Handshake);
                 return Err(HandshakeError::Backend { addr, reason });
             }
         }

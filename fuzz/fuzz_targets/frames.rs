@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
                     }
                     buf.drain(..r.ready + n);
                 }
-                Some(Stop::Close(n)) => {
+                Some(Stop::Close { len: n, .. }) => {
                     assert!(r.ready + n <= buf.len() && n <= 14 + 125);
                     return;
                 }

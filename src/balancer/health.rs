@@ -186,6 +186,7 @@ fn check_round(pool: &super::Pool, cfg: &HealthConfig) {
                 }
             }
             Err(e) => {
+                b.stats.failed(super::Failure::HealthCheck);
                 if h.failed(cfg.fall) {
                     tracing::warn!(backend = %addr, "backend is down: health check failed {} times ({e})", cfg.fall);
                 } else {

@@ -23,12 +23,76 @@ pub use round_robin::RoundRobin;
 pub use selection::{Selection, Selector};
 
 /// One backend: its id (stable for the life of the instance, also across reloads that
-/// remove and add it back), address and health.
+/// remove and add it back), address, health and counters.
 #[derive(Debug)]
 pub struct Backend {
     pub id: u32,
     pub addr: SocketAddr,
     pub health: BackendHealth,
+    pub stats: BackendStats,
+}
+
+/// How using a backend failed (`wslb_backend_failures_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Connect,
+    /// The upgrade exchange: no answer, a broken connection or something not HTTP.
+    Handshake,
+    HealthCheck,
+}
+
+/// A backend's counters: the one place its open-connection count lives.
+///
+/// Written by every worker, once or twice per connection (never per frame): a backend's
+/// open count must be one number across workers (least-connections will read it, and it is
+/// what `/backends` shows). Aligned to 128 bytes, like `WorkerStats`, so two backends'
+/// counters never share a cache line (or an adjacent-line pair).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct BackendStats {
+    open: AtomicU64,
+    selected: AtomicU64,
+    failures: [AtomicU64; 3],
+}
+
+impl BackendStats {
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub fn selected(&self) -> u64 {
+        self.selected.load(Ordering::Relaxed)
+    }
+
+    pub fn failures(&self) -> [u64; 3] {
+        self.failures.each_ref().map(|c| c.load(Ordering::Relaxed))
+    }
+
+    pub fn failed(&self, kind: Failure) {
+        self.failures[kind as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// One relayed connection to a backend, counted in its open connections until dropped.
+#[derive(Debug)]
+pub struct Lease(Arc<Backend>);
+
+impl Lease {
+    pub fn new(b: Arc<Backend>) -> Self {
+        // Relaxed: a count; it publishes nothing else.
+        b.stats.open.fetch_add(1, Ordering::Relaxed);
+        Lease(b)
+    }
+
+    pub fn backend(&self) -> &Backend {
+        &self.0
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.0.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// The backends of one configuration, in config order, and their selector, built once
@@ -45,7 +109,7 @@ impl Snapshot {
     /// (failover when a connect is refused or times out). Empty when every backend is
     /// down. `key` is what the connection path extracted from the request for the
     /// selector (round robin ignores it).
-    pub fn select(&self, key: &[u8]) -> impl Iterator<Item = &Backend> {
+    pub fn select(&self, key: &[u8]) -> impl Iterator<Item = &Arc<Backend>> {
         self.failover(self.pick(key))
     }
 
@@ -55,11 +119,11 @@ impl Snapshot {
     }
 
     /// `first`, then each other backend that is up, in snapshot order from it.
-    pub fn failover(&self, first: Option<usize>) -> impl Iterator<Item = &Backend> {
+    pub fn failover(&self, first: Option<usize>) -> impl Iterator<Item = &Arc<Backend>> {
         let all = &self.backends;
         let n = all.len();
         (0..n)
-            .map(move |k| &*all[(first.unwrap_or(0) + k) % n])
+            .map(move |k| &all[(first.unwrap_or(0) + k) % n])
             .filter(move |b| first.is_some() && b.health.is_up())
     }
 }
@@ -160,6 +224,7 @@ impl Pool {
                         id: self.ids.next(),
                         addr,
                         health: BackendHealth::default(),
+                        stats: BackendStats::default(),
                     });
                     known.push(b.clone());
                     b
@@ -185,9 +250,15 @@ impl Pool {
         change
     }
 
+    /// `b` was tried for a new connection (first pick or failover).
+    pub fn selected(&self, b: &Backend) {
+        b.stats.selected.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A connect to `b`, or the upgrade's exchange with it, failed; `fall` in a row take
     /// it down.
-    pub fn failed(&self, b: &Backend) {
+    pub fn failed(&self, b: &Backend, kind: Failure) {
+        b.stats.failed(kind);
         if b.health.failed(self.fall) {
             tracing::warn!(
                 backend = %b.addr,
@@ -264,7 +335,7 @@ mod tests {
     fn rotation_is_exact_over_the_backends_that_are_up() {
         let p = Pool::new(addrs(3), 1);
         let snap = p.snapshot();
-        p.failed(&snap.backends[1]);
+        p.failed(&snap.backends[1], Failure::Connect);
         let mut count = [0; 3];
         for _ in 0..30 {
             let picks: Vec<u32> = snap.select(&[]).map(|b| b.id).collect();
@@ -279,7 +350,7 @@ mod tests {
         let p = Pool::new(addrs(2), 2);
         let snap = p.snapshot();
         for i in [0, 0, 1, 1] {
-            p.failed(&snap.backends[i]);
+            p.failed(&snap.backends[i], Failure::Connect);
         }
         assert_eq!(snap.select(&[]).count(), 0);
         snap.backends[1].health.passed(1);
@@ -294,7 +365,7 @@ mod tests {
         let a = addrs(3);
         let p = Pool::new(vec![a[0], a[1]], 1);
         let old = p.snapshot();
-        p.failed(&old.backends[1]); // a[1] is down
+        p.failed(&old.backends[1], Failure::Connect); // a[1] is down
         let change = p.set_backends(&[a[1], a[2], a[2]]);
         assert_eq!(
             change,

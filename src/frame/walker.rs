@@ -16,6 +16,8 @@ use super::{
 pub struct Walk {
     pub ready: usize,
     pub stop: Option<Stop>,
+    /// Frame headers in `[0, ready)`.
+    pub frames: u32,
 }
 
 /// A frame at `ready` that the walk leaves to its caller. What to do with it (forward it,
@@ -24,9 +26,10 @@ pub struct Walk {
 pub enum Stop {
     /// The frame at `ready` breaks the protocol. Nothing from `ready` on is valid.
     Violation(Violation),
-    /// A whole, valid close frame this many bytes long. Nothing valid follows a close
-    /// (RFC 6455 §5.5.1): the walk is over for this direction.
-    Close(usize),
+    /// A whole, valid close frame `len` bytes long, with its code (`None`: no payload).
+    /// Nothing valid follows a close (RFC 6455 §5.5.1): the walk is over for this
+    /// direction.
+    Close { len: usize, code: Option<u16> },
     /// A whole pong frame this many bytes long carrying [`PING_PAYLOAD`], the payload of
     /// wslb's keepalive pings. The walk may go on after it.
     KeepalivePong(usize),
@@ -52,6 +55,7 @@ impl Walker {
     pub fn walk(&mut self, buf: &[u8], rules: &Rules) -> Walk {
         let len = buf.len();
         let mut ready = 0;
+        let mut frames = 0;
         while ready < len {
             if self.pending > 0 {
                 let take = self.pending.min((len - ready) as u64);
@@ -68,6 +72,7 @@ impl Walker {
                     return Walk {
                         ready,
                         stop: Some(Stop::Violation(v)),
+                        frames,
                     };
                 }
             };
@@ -82,26 +87,33 @@ impl Walker {
                 let payload = &buf[ready + h.len..ready + whole];
                 let stop = if is_close {
                     match check_close_payload(payload, h.mask) {
-                        Ok(_) => Stop::Close(whole),
+                        Ok(code) => Stop::Close { len: whole, code },
                         Err(v) => Stop::Violation(v),
                     }
                 } else if is_own_pong(payload, h.mask) {
                     Stop::KeepalivePong(whole)
                 } else {
                     ready += whole;
+                    frames += 1;
                     continue;
                 };
                 return Walk {
                     ready,
                     stop: Some(stop),
+                    frames,
                 };
             }
             ready += h.len;
+            frames += 1;
             self.pending = h.payload_len;
             let framed = (h.len as u64 + h.payload_len).min(rules.limits.buffer as u64) as u32;
             self.want_capacity = self.want_capacity.max(framed);
         }
-        Walk { ready, stop: None }
+        Walk {
+            ready,
+            stop: None,
+            frames,
+        }
     }
 }
 
@@ -163,6 +175,8 @@ mod tests {
             let (out, walks) = feed(&stream, &cuts);
             prop_assert_eq!(out, stream);
             prop_assert!(walks.iter().all(|w| w.stop.is_none()));
+            // Every frame counted once, in the pass that forwarded its header.
+            prop_assert_eq!(walks.iter().map(|w| w.frames as usize).sum::<usize>(), sizes.len());
         }
     }
 
@@ -175,12 +189,16 @@ mod tests {
         s.extend(masked(true, 1, b"late"));
         let (out, walks) = feed(&s, &[]);
         assert_eq!(out, &s[..before]);
-        assert_eq!(walks[0].stop, Some(Stop::Close(close.len())));
+        let at_close = Some(Stop::Close {
+            len: close.len(),
+            code: Some(1000),
+        });
+        assert_eq!((walks[0].stop, walks[0].frames), (at_close, 1));
         // A close cut short is kept whole for the next read.
         let (out, walks) = feed(&s, &[before + 3]);
         assert_eq!(out, &s[..before]);
         assert_eq!(walks[0].stop, None);
-        assert_eq!(walks[1].stop, Some(Stop::Close(close.len())));
+        assert_eq!(walks[1].stop, at_close);
 
         let mut bad = masked(true, 2, b"ok");
         let ok_len = bad.len();

@@ -8,7 +8,7 @@ use super::End;
 use super::link::{Link, Waited};
 use super::pump::Pump;
 use crate::frame::{self, Side, Violation};
-use crate::metrics::Event;
+use crate::metrics::{ClosedBy, Event};
 use crate::stream::Readiness;
 
 /// How long the close owed to an offender may take once the close deadline has passed.
@@ -82,6 +82,9 @@ where
         let to = self.from.other();
         self.send_own(link, frame::encode_close(code, reason, to == Side::Backend))
             .await;
+        if self.close != CloseState::DstFailed {
+            link.closed(ClosedBy::Wslb, Some(code));
+        }
     }
 
     /// Sends the close owed to the destination (which broke the protocol), if any.
@@ -148,7 +151,10 @@ where
             // write before the kernel ran it. A close frame (at most 139 bytes) fits any
             // socket buffer at once unless the peer stopped reading; this bounds that peer.
             let frame = frame::encode_close(code, reason, self.from.other() == Side::Backend);
-            let _ = monoio::time::timeout(LAST_WRITE, self.dst.write_all(frame)).await;
+            let sent = monoio::time::timeout(LAST_WRITE, self.dst.write_all(frame)).await;
+            if matches!(sent, Ok((Ok(_), _))) {
+                link.closed(ClosedBy::Wslb, Some(code));
+            }
         }
         End::GraceExpired
     }

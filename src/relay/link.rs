@@ -9,7 +9,7 @@ use std::task::{Poll, Waker};
 
 use crate::buffers::BufferPool;
 use crate::frame::{Rules, Side, Violation};
-use crate::metrics::Event;
+use crate::metrics::{ClosedBy, Event};
 use crate::relay::registry::Attention;
 use crate::worker::WorkerEnv;
 
@@ -37,6 +37,12 @@ pub(super) struct Link<'e> {
     /// follows from which side broke the protocol.
     owed: [Cell<Option<u16>>; 2],
     violation: Cell<Option<(Side, Violation)>>,
+    /// Bytes and frames forwarded, by the side that sent them (for the access log; the
+    /// worker's totals are counted alongside).
+    bytes: [Cell<u64>; 2],
+    frames: [Cell<u32>; 2],
+    /// The first close frame of the connection: who sent it and its code.
+    first_close: Cell<Option<(ClosedBy, Option<u16>)>>,
     /// The relay's task (both pumps run in it): woken when closing begins or a close is
     /// owed, and, through the worker's registry, when the instance drains, a keepalive is
     /// due or the backend was retired.
@@ -57,6 +63,9 @@ impl<'e> Link<'e> {
             deadline: Cell::new(None),
             owed: Default::default(),
             violation: Cell::new(None),
+            bytes: Default::default(),
+            frames: Default::default(),
+            first_close: Cell::new(None),
             key: env.registry.register(task.clone(), backend),
             task,
             env,
@@ -73,6 +82,34 @@ impl<'e> Link<'e> {
 
     pub(super) fn count(&self, e: Event) {
         self.env.stats.count(e);
+    }
+
+    /// `bytes` from `from` were forwarded, holding `frames` frame headers.
+    #[inline]
+    pub(super) fn relayed(&self, from: Side, bytes: usize, frames: u32) {
+        let i = from.index();
+        self.bytes[i].set(self.bytes[i].get() + bytes as u64);
+        self.frames[i].set(self.frames[i].get().saturating_add(frames));
+        self.env
+            .stats
+            .relayed(from, bytes as u64, u64::from(frames));
+    }
+
+    /// A close frame went out, sent by `by`.
+    pub(super) fn closed(&self, by: ClosedBy, code: Option<u16>) {
+        self.env.stats.close(by, code);
+        if self.first_close.get().is_none() {
+            self.first_close.set(Some((by, code)));
+        }
+    }
+
+    /// What the relay moved, for its outcome.
+    pub(super) fn traffic(&self) -> super::Traffic {
+        super::Traffic {
+            bytes: self.bytes.each_ref().map(Cell::get),
+            frames: self.frames.each_ref().map(Cell::get),
+            first_close: self.first_close.get(),
+        }
     }
 
     /// Closing has begun: starts the close deadline unless it runs already.

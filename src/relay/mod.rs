@@ -46,6 +46,7 @@ use monoio::io::Splitable;
 use monoio::net::TcpStream;
 
 use crate::frame::{Limits, Rules, Side, Violation};
+use crate::metrics::ClosedBy;
 use crate::stream::ClientStream;
 use crate::worker::WorkerEnv;
 
@@ -106,13 +107,25 @@ pub enum End {
     GraceExpired,
 }
 
-/// How both directions ended, for the connection's log line and for tests.
+/// How both directions ended, for the connection's log lines and for tests.
 #[derive(Debug, Clone, Copy)]
 pub struct Outcome {
     pub client_to_backend: End,
     pub backend_to_client: End,
     /// The first protocol violation seen from either side, if any.
     pub violation: Option<(Side, Violation)>,
+    pub traffic: Traffic,
+}
+
+/// What one relay moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes forwarded (frame headers included), by the side that sent them
+    /// ([`Side::index`]); wslb's own frames are not counted.
+    pub bytes: [u64; 2],
+    pub frames: [u32; 2],
+    /// The connection's first close frame: who sent it, and its code.
+    pub first_close: Option<(ClosedBy, Option<u16>)>,
 }
 
 /// Relays frames until both sides have closed (or the close deadline passed), then drops
@@ -161,6 +174,7 @@ pub fn run<'e, C: ClientStream>(
             client_to_backend,
             backend_to_client,
             violation: link.violation(),
+            traffic: link.traffic(),
         }
     }
 }

@@ -209,7 +209,7 @@ where
         loop {
             let w = self.walker.walk(&self.buf, link.rules(self.from));
             let Some(stop) = w.stop else {
-                self.forward(link, w.ready).await;
+                self.forward(link, w.ready, w.frames).await;
                 return;
             };
             match stop {
@@ -218,8 +218,12 @@ where
                     // stream (the destination never sent that ping); any other is
                     // forwarded. The walk goes on after it.
                     let own = link.awaits_pong(self.from);
-                    let upto = if own { w.ready } else { w.ready + n };
-                    Box::pin(self.forward(link, upto)).await;
+                    let (upto, frames) = if own {
+                        (w.ready, w.frames)
+                    } else {
+                        (w.ready + n, w.frames + 1)
+                    };
+                    Box::pin(self.forward(link, upto, frames)).await;
                     if own {
                         self.buf.drain(..n);
                         link.pong_received(self.from);
@@ -228,21 +232,24 @@ where
                         return self.buf.clear();
                     }
                 }
-                Stop::Close(n) => {
+                Stop::Close { len, code } => {
                     // The destination broke the protocol: it gets the code it is owed
                     // instead of the source's close reply.
                     if link.has_owed(self.from) {
-                        self.forward(link, w.ready).await;
+                        self.forward(link, w.ready, w.frames).await;
                         self.buf.clear();
                         return Box::pin(self.send_owed_close(link)).await;
                     }
-                    self.buf.truncate(w.ready + n);
-                    self.forward(link, w.ready + n).await;
+                    self.buf.truncate(w.ready + len);
+                    self.forward(link, w.ready + len, w.frames + 1).await;
+                    if self.close != CloseState::DstFailed {
+                        link.closed(self.from.into(), code);
+                    }
                     self.close_sent(link);
                     return;
                 }
                 Stop::Violation(v) => {
-                    self.forward(link, w.ready).await;
+                    self.forward(link, w.ready, w.frames).await;
                     self.buf.clear();
                     return Box::pin(self.on_violation(v, link)).await;
                 }
@@ -250,9 +257,9 @@ where
         }
     }
 
-    /// Writes the first `upto` bytes of the buffer to the destination and keeps the rest
-    /// at the front.
-    async fn forward(&mut self, link: &Link<'_>, upto: usize) {
+    /// Writes the first `upto` bytes of the buffer (holding `frames` frame headers) to the
+    /// destination and keeps the rest at the front.
+    async fn forward(&mut self, link: &Link<'_>, upto: usize, frames: u32) {
         if upto > 0 && self.close != CloseState::DstFailed {
             // The filled prefix moves into the write op as a `Slice`: the kernel owns it
             // until the write completes, and it comes back with the op's result. Boxed for
@@ -262,6 +269,9 @@ where
             let ok = match link.wait(write.as_mut(), std::future::pending()).await {
                 Waited::Done((res, slice)) => {
                     self.buf = slice.into_inner();
+                    if res.is_ok() {
+                        link.relayed(self.from, upto, frames);
+                    }
                     res.is_ok()
                 }
                 // The destination did not take the bytes before the deadline; the op and
