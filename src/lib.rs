@@ -30,6 +30,7 @@
 
 pub mod balancer;
 pub mod buffers;
+pub mod access_log;
 pub mod config;
 pub mod connection;
 pub mod drain;
