@@ -235,8 +235,9 @@ impl Default for Limits {
 
 /// The validated, resolved configuration: see `config/settings.rs`.
 mod settings;
-pub use settings::{Settings, available_cores};
+pub use settings::{Fixed, Settings, available_cores};
 
+/// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub field: String,

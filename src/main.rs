@@ -1,4 +1,5 @@
 //! Command line: `wslb run | echo | demo | check`.
+#![deny(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -98,31 +99,22 @@ fn main() -> ExitCode {
 /// from huge pages: its working set is small and TLB misses are not what costs here.
 /// This is what `MIMALLOC_ALLOW_THP=0` does, made the default; `WSLB_ALLOW_THP=1` keeps
 /// THP on.
-#[allow(unsafe_code)]
 fn disable_transparent_huge_pages() {
     if std::env::var_os("WSLB_ALLOW_THP").is_some_and(|v| v == "1") {
         return;
     }
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes a flag of this
-    // process's memory map; no Rust-visible state is touched.
-    let _ = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
+    let _ = nix::sys::prctl::set_thp_disable(true);
 }
 
 /// Soft RLIMIT_NOFILE up to the hard limit, as HAProxy does: each proxied connection holds
 /// two descriptors, and the default connection limit (`limits.max_connections = 0`) is
 /// derived from what is then allowed.
-#[allow(unsafe_code)]
 fn raise_nofile_limit() {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit only read and write the `rlimit` struct passed in.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) == 0 && rl.rlim_cur < rl.rlim_max {
-            rl.rlim_cur = rl.rlim_max;
-            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &rl);
-        }
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
 }
 

@@ -58,7 +58,7 @@ impl Reloader {
 
     /// Applies `new` (already validated) and logs what changed.
     pub fn apply(&mut self, new: &Settings) -> Applied {
-        let needs_restart = fixed_fields_changed(&self.running, new);
+        let needs_restart = self.running.fixed.changes(&new.fixed);
         for field in &needs_restart {
             tracing::warn!("reload: {field} changed; it takes effect only after a restart");
         }
@@ -90,79 +90,17 @@ impl Reloader {
             tracing::info!(backend = %addr, "reload: backend added");
         }
         self.retirements.set(self.retired.clone());
-        self.running.backends = new.backends.clone();
-        self.running.removed_backend_drain = new.removed_backend_drain;
+        // Everything but the fixed part: a reloadable field added to `Settings` is applied
+        // without anyone having to remember it here.
+        self.running = Settings {
+            fixed: self.running.fixed.clone(),
+            ..new.clone()
+        };
         Applied {
             backends: change,
             needs_restart,
         }
     }
-}
-
-/// The fields a reload cannot change in a running instance, that differ.
-fn fixed_fields_changed(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let mut check = |name, differs: bool| {
-        if differs {
-            out.push(name);
-        }
-    };
-    check("listen", old.listen != new.listen);
-    check("workers", old.workers != new.workers);
-    check("io_driver", old.io_driver != new.io_driver);
-    check("backlog", old.backlog != new.backlog);
-    check("upgrade_socket", old.upgrade_socket != new.upgrade_socket);
-    check(
-        "stats_interval_secs",
-        old.stats_interval != new.stats_interval,
-    );
-    check(
-        "timeouts.client_handshake_ms",
-        old.client_handshake_timeout != new.client_handshake_timeout,
-    );
-    check(
-        "timeouts.backend_connect_ms",
-        old.backend_connect_timeout != new.backend_connect_timeout,
-    );
-    check(
-        "timeouts.backend_handshake_ms",
-        old.backend_handshake_timeout != new.backend_handshake_timeout,
-    );
-    check(
-        "timeouts.close_grace_ms",
-        old.close_grace != new.close_grace,
-    );
-    check(
-        "timeouts.shutdown_grace_ms",
-        old.shutdown_grace != new.shutdown_grace,
-    );
-    check(
-        "limits.max_connections",
-        old.max_connections != new.max_connections,
-    );
-    check(
-        "limits.max_request_bytes",
-        old.max_request_bytes != new.max_request_bytes,
-    );
-    check(
-        "limits.max_frame_bytes",
-        old.max_frame_bytes != new.max_frame_bytes,
-    );
-    check(
-        "limits.max_message_bytes",
-        old.max_message_bytes != new.max_message_bytes,
-    );
-    check(
-        "limits.relay_buffer_bytes",
-        old.relay_buffer_bytes != new.relay_buffer_bytes,
-    );
-    check(
-        "limits.relay_buffer_max_bytes",
-        old.relay_buffer_max_bytes != new.relay_buffer_max_bytes,
-    );
-    check("keepalive", old.keepalive != new.keepalive);
-    check("health", old.health != new.health);
-    out
 }
 
 #[cfg(test)]
