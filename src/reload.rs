@@ -6,8 +6,9 @@
 //!   take new connections from each worker's next pick on; removed ones get no new
 //!   connections. Connections already on a removed backend carry on untouched until they
 //!   close, or until `timeouts.removed_backend_drain_ms` has passed; then each gets close
-//!   1012 (service restart) on both sides at a frame boundary, from its worker's registry
-//!   (`relay/registry.rs`). A removed backend added back before that is simply kept.
+//!   1012 (service restart) on both sides at a frame boundary: each worker is sent the
+//!   list of retired backends ([`Control::Retire`]) and closes their relays at the
+//!   deadline (`worker::obey`). A removed backend added back before that is simply kept.
 //! - **Nothing else, yet.** Listen address, workers, timeouts, limits, keepalive and
 //!   health settings are fixed for the life of the process; a reload that changes them
 //!   says which, in the log, and keeps running on the old values. A binary upgrade (a new
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::balancer::{Change, Pool};
 use crate::config::Settings;
-use crate::relay::registry::{Retirement, Retirements};
+use crate::control::{Broadcast, Control, Retirement};
 
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -38,16 +39,16 @@ pub struct Applied {
 pub struct Reloader {
     running: Settings,
     pool: Arc<Pool>,
-    retirements: Arc<Retirements>,
+    workers: Broadcast,
     retired: Vec<Retirement>,
 }
 
 impl Reloader {
-    pub fn new(running: &Settings, pool: Arc<Pool>, retirements: Arc<Retirements>) -> Self {
+    pub fn new(running: &Settings, pool: Arc<Pool>, workers: Broadcast) -> Self {
         Self {
             running: running.clone(),
             pool,
-            retirements,
+            workers,
             retired: Vec::new(),
         }
     }
@@ -89,7 +90,7 @@ impl Reloader {
         for addr in &change.added {
             tracing::info!(backend = %addr, "reload: backend added");
         }
-        self.retirements.set(self.retired.clone());
+        self.workers.send(Control::Retire(self.retired.clone()));
         // Everything but the fixed part: a reloadable field added to `Settings` is applied
         // without anyone having to remember it here.
         self.running = Settings {
@@ -116,8 +117,8 @@ mod tests {
     fn backends_change_and_fixed_fields_are_named() {
         let old = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
         let pool = Arc::new(Pool::new(old.backends.clone(), 3));
-        let ret = Arc::new(Retirements::default());
-        let mut r = Reloader::new(&old, pool.clone(), ret);
+        let (workers, mut inboxes) = crate::control::channels(1);
+        let mut r = Reloader::new(&old, pool.clone(), workers);
         let new = settings(
             r#"
             backends = ["127.0.0.1:9002", "127.0.0.1:9003"]
@@ -140,6 +141,8 @@ mod tests {
         assert_eq!(applied.needs_restart, vec!["listen", "keepalive"]);
         assert_eq!(r.retired.len(), 1);
         assert!(r.retired[0].deadline.is_some());
+        let sent = inboxes[0].try_recv();
+        assert_eq!(sent, Some(Control::Retire(r.retired.clone())));
         // 9001 added back: no longer retired (9003, removed now, is).
         let back = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
         r.apply(&back);

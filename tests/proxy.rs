@@ -328,7 +328,7 @@ fn all_backends_down_answers_503_at_once_then_a_recovered_backend_serves() {
     assert!(answer.ends_with("no backend is healthy\n"), "{answer}");
 
     // The backend comes back on the same address: after `rise` passing checks it serves.
-    let _backend = wslb::start_echo(addr, 1, IoDriver::Auto).unwrap();
+    let _backend = wslb::EchoServer::start(addr, 1, IoDriver::Auto).unwrap();
     let mut c = connect_within_2s(lb.local_addr).expect("the recovered backend is used again");
     assert_echo(&mut c, 1, "back".as_bytes());
 }
@@ -656,7 +656,7 @@ fn data_after_close_is_dropped() {
 
 #[test]
 fn epoll_driver_serves_the_same_traffic() {
-    let e = wslb::start_echo("127.0.0.1:0".parse().unwrap(), 1, IoDriver::Epoll).unwrap();
+    let e = wslb::EchoServer::start("127.0.0.1:0".parse().unwrap(), 1, IoDriver::Epoll).unwrap();
     assert!(e.workers.iter().all(|w| w.driver == Driver::Epoll));
     let lb = balancer(&[e.local_addr], 2, |c| {
         c.io_driver = IoDriver::Epoll;

@@ -78,7 +78,7 @@ fn load_client(lb: SocketAddr, stop: Arc<AtomicBool>) -> std::thread::JoinHandle
 #[test]
 fn reload_under_load_moves_new_connections_and_drains_removed_backends_without_loss() {
     let (a, b, c) = (backend(), backend(), backend());
-    let mut lb = balancer(&[a.addr, b.addr], 2, |cfg| {
+    let lb = balancer(&[a.addr, b.addr], 2, |cfg| {
         cfg.timeouts.removed_backend_drain_ms = 800;
     });
     let stop = Arc::new(AtomicBool::new(false));
@@ -101,7 +101,7 @@ fn reload_under_load_moves_new_connections_and_drains_removed_backends_without_l
     new.timeouts.close_grace_ms = 2000;
     new.health.enabled = false;
     let reloaded_at = Instant::now();
-    let applied = lb.reload(&new.validate().unwrap()).unwrap();
+    let applied = lb.reload(&new.validate().unwrap());
     assert_eq!(applied.backends.added, vec![c.addr]);
     assert_eq!(applied.backends.removed.len(), 1);
     assert_eq!(applied.needs_restart, Vec::<&str>::new());
