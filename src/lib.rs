@@ -7,23 +7,27 @@
 //!  client ──TCP──> listener.rs    SO_REUSEPORT socket per worker (worker.rs: pinned thread,
 //!                    │            monoio runtime on io_uring, epoll fallback), accept loop
 //!                    ▼
-//!                connection.rs    one connection's life, top to bottom:
+//!                connection.rs    one connection's life, top to bottom, generic over the
+//!                    │            client's stream (stream.rs: plain TCP today, TLS next):
 //!                    │  handshake.rs   parse + validate the Upgrade (httparse), rewrite it
-//!                    │  balancer/      round-robin pick over the backend pool, failover
+//!                    │  balancer/      the snapshot's selector picks (selection.rs, with a
+//!                    │                 key from the request; round_robin.rs), failover
 //!                    │  handshake.rs   forward to the backend, relay its 101
 //!                    ▼
-//!                relay/           two pumps (client->backend, backend->client): read with
-//!                    │            io_uring, walk frame headers (frame.rs), write the same
-//!                    ▼            bytes on; close handshake and teardown
+//!                relay/           mod.rs: run; two pumps (pump.rs: wait, read with
+//!                    │            io_uring, walk frame headers with frame/, write the same
+//!                    │            bytes on); close.rs: close state, wslb's own frames,
+//!                    ▼            teardown; link.rs: what the pumps share, one close deadline
 //!  backend <──TCP──┘
 //! ```
 //!
 //! `config.rs` turns the TOML file and flags into validated `Settings`; `buffers.rs` is
 //! each worker's pool of relay buffers (an idle connection holds none); `balancer/health.rs`
-//! checks backends from one thread; `relay/registry.rs` is each worker's registry of open
-//! relays (keepalive pings and idle closes from one timer per worker, and the relays to wake
-//! for a drain or a retired backend); `metrics.rs` keeps per-worker counters and the stats
-//! line; `echo.rs` is the built-in echo backend used by tests, benches and `wslb demo`.
+//! checks backends from one thread, probing them concurrently; `relay/registry.rs` is each
+//! worker's registry of open relays (keepalive pings and idle closes from one timer per
+//! worker, and the relays to wake for a drain or a retired backend); `metrics.rs` keeps
+//! per-worker counters and the stats line; `echo.rs` is the built-in echo backend used by
+//! tests, benches and `wslb demo`.
 //!
 //! # Lifecycle and control
 //! `instance.rs` starts an [`Instance`] (the balancer) and gives out its [`Handle`]; drop
