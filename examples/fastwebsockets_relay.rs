@@ -34,18 +34,23 @@ fn main() {
         "pollio",
         listeners,
         wslb::config::IoDriver::IoUring,
-        move |_, l| {
+        move |_, l, _control| {
             let limit = wslb::listener::ConnectionLimit::unlimited();
-            wslb::listener::accept_loop(l, limit, move |s, peer, _permit| async move {
-                let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let _ = proxy(s, peer, backends[i % backends.len()]).await;
-            })
+            // Never cancelled: the example runs until the process ends.
+            let forever = monoio::io::Canceller::new();
+            wslb::listener::accept_loop(
+                l,
+                limit,
+                forever.handle(),
+                move |s, peer, _permit| async move {
+                    let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let _ = proxy(s, peer, backends[i % backends.len()]).await;
+                },
+            )
         },
     )
     .unwrap();
-    for (_, t) in running {
-        t.join().unwrap();
-    }
+    running.wait();
 }
 
 async fn read_head(s: &mut TcpStream) -> std::io::Result<Vec<u8>> {

@@ -233,10 +233,63 @@ impl Default for Limits {
     }
 }
 
+/// `wslb run`'s flags, applied over the config file at start and at every reload. (Their
+/// doc comments are the `--help` text.)
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// A backend host:port; repeat for several. Replaces the config file's list.
+    #[arg(long = "backend", value_name = "ADDR")]
+    pub backends: Vec<String>,
+    /// Worker threads, one per core (0 or absent: all available cores).
+    #[arg(long, value_name = "N")]
+    pub workers: Option<usize>,
+    /// io driver: auto (io_uring, else epoll), io-uring, epoll.
+    #[arg(long, value_name = "auto|io-uring|epoll")]
+    pub io_driver: Option<IoDriver>,
+}
+
+/// Where `wslb run`'s settings come from: a config file (or the defaults) with the flags
+/// over it. Read again, flags included, on every reload.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Source {
+    /// TOML config file (see wslb.example.toml).
+    #[arg(long = "config", value_name = "FILE")]
+    pub path: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub overrides: Overrides,
+}
+
+impl Source {
+    pub fn load(&self) -> Result<Settings, ConfigError> {
+        let mut c = match &self.path {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        let flags = &self.overrides;
+        if let Some(l) = &flags.listen {
+            c.listen = l.clone();
+        }
+        if !flags.backends.is_empty() {
+            c.backends = flags.backends.clone();
+        }
+        if let Some(w) = flags.workers {
+            c.workers = w;
+        }
+        if let Some(d) = flags.io_driver {
+            c.io_driver = d;
+        }
+        c.validate()
+    }
+}
+
 /// The validated, resolved configuration: see `config/settings.rs`.
 mod settings;
-pub use settings::{Settings, available_cores};
+pub use settings::{Fixed, Settings, available_cores};
 
+/// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub field: String,

@@ -1,14 +1,12 @@
 //! One SO_REUSEPORT listening socket per worker on the same address, and the accept loop.
 
-use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
-use std::rc::Rc;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
-use monoio::io::AsyncWriteRentExt;
+use monoio::io::{AsyncWriteRentExt, CancelHandle};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -78,7 +76,8 @@ fn socket(addr: SocketAddr) -> io::Result<Socket> {
     Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
 }
 
-/// The instance-wide cap on concurrent connections (`limits.max_connections`).
+/// The instance-wide cap on concurrent connections (`limits.max_connections`), and the
+/// instance's count of open connections, which a drain waits on.
 ///
 /// Shared by all workers: one `fetch_add` and one `fetch_sub` per connection (never per
 /// frame), the second deliberate cross-core write on the connection path after the
@@ -90,8 +89,10 @@ pub struct ConnectionLimit {
     max: usize,
     /// Refusing right now: the warning is logged once per episode, not per client.
     refusing: AtomicBool,
-    /// Cleared when the instance drains: accept loops end.
-    accepting: AtomicBool,
+    /// Notified each time `open` drops to 0, for [`Self::wait_idle`]. The lock is taken
+    /// only then (per connection at most, never per frame), so that a waiter that saw
+    /// connections open cannot miss the last one closing.
+    idle: (Mutex<()>, Condvar),
 }
 
 impl ConnectionLimit {
@@ -100,7 +101,7 @@ impl ConnectionLimit {
             open: AtomicUsize::new(0),
             max,
             refusing: AtomicBool::new(false),
-            accepting: AtomicBool::new(true),
+            idle: Default::default(),
         })
     }
 
@@ -134,13 +135,23 @@ impl ConnectionLimit {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Ends every accept loop at its next completion (see `drain.rs`).
-    pub fn stop_accepting(&self) {
-        self.accepting.store(false, Ordering::Relaxed);
-    }
-
-    pub fn is_accepting(&self) -> bool {
-        self.accepting.load(Ordering::Relaxed)
+    /// Blocks until no connection is open, or `until`; returns whether none is.
+    pub fn wait_idle(&self, until: Instant) -> bool {
+        let (lock, closed) = &self.idle;
+        let mut guard = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Checked under the lock that the last `Permit` takes to notify: either the count
+        // is seen at 0 here, or the notification comes after the wait began.
+        while self.open() > 0 {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            guard = closed
+                .wait_timeout(guard, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
     }
 }
 
@@ -150,7 +161,13 @@ pub struct Permit(Arc<ConnectionLimit>);
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::Relaxed);
+        if self.0.open.fetch_sub(1, Ordering::Relaxed) == 1 {
+            // The last one: wake a drain waiting for the instance to be idle. Taking the
+            // lock orders this after the waiter's check (see `wait_idle`).
+            let (lock, closed) = &self.0.idle;
+            drop(lock.lock().unwrap_or_else(|e| e.into_inner()));
+            closed.notify_all();
+        }
     }
 }
 
@@ -164,41 +181,28 @@ async fn refuse(mut stream: monoio::net::TcpStream) {
     .await;
 }
 
-/// Accepts until `limit` stops accepting (a drain), spawning `serve` for each connection on
-/// this worker's runtime, or a 503 answer for a connection over `limit`.
-/// Errors never stop the loop: out of descriptors (EMFILE/ENFILE) or memory backs off for
+/// Accepts until `stop` is cancelled (a drain, a handover, the instance stopping), spawning
+/// `serve` for each connection on this worker's runtime, or a 503 answer for a connection
+/// over `limit`. The cancel, from the worker's control task (`worker::obey`), ends a
+/// pending accept at once, though the socket itself may stay open (a new process accepts
+/// on it after a handover); an accept that completes before the cancel is served as usual.
+/// No other error stops the loop: out of descriptors (EMFILE/ENFILE) or memory backs off for
 /// 100 ms with one warning per episode instead of spinning; other errors (a client that
 /// reset while queued) are skipped.
 pub async fn accept_loop<F, Fut>(
     listener: monoio::net::TcpListener,
     limit: Arc<ConnectionLimit>,
+    stop: CancelHandle,
     serve: F,
 ) where
     F: Fn(monoio::net::TcpStream, SocketAddr, Permit) -> Fut,
     Fut: std::future::Future<Output = ()> + 'static,
 {
     let mut starved = false;
-    // The accept loop ends when the instance stops accepting (a drain, a handover): a
-    // watcher cancels the pending accept, since the socket itself may stay open (a new
-    // process accepts on it after a handover). An accept that completes before the cancel
-    // is served as usual.
-    let canceller = Rc::new(RefCell::new(Some(monoio::io::Canceller::new())));
-    let stop = canceller.clone();
-    let watched = limit.clone();
-    monoio::spawn(async move {
-        while watched.is_accepting() {
-            monoio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if let Some(c) = stop.borrow_mut().take() {
-            c.cancel();
-        }
-    });
     loop {
-        let Some(handle) = canceller.borrow().as_ref().map(|c| c.handle()) else {
-            tracing::debug!("accept loop ends: stopped accepting");
-            return;
-        };
-        match listener.cancelable_accept(handle).await {
+        // Once cancelled, the handle fails every later accept at once with ECANCELED, so a
+        // cancel that arrives while this loop sleeps or serves is not missed either.
+        match listener.cancelable_accept(stop.clone()).await {
             Ok((stream, peer)) => {
                 starved = false;
                 // Frames are written whole; Nagle would hold small ones back waiting for ACKs.
@@ -212,6 +216,17 @@ pub async fn accept_loop<F, Fut>(
                     }
                 }
             }
+            Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {
+                tracing::debug!("accept loop ends: stopped accepting");
+                return;
+            }
+            // Not listening any more: a drain shut the socket down (it does so right after
+            // telling the workers to stop accepting, and on epoll this error can come back
+            // before the worker's control task has run). Nothing more can be accepted.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                tracing::debug!("accept loop ends: the listening socket was shut down");
+                return;
+            }
             Err(e) if is_resource_exhaustion(&e) => {
                 if !starved {
                     tracing::warn!("accept: {e}; backing off until resources free up");
@@ -220,10 +235,6 @@ pub async fn accept_loop<F, Fut>(
                 monoio::time::sleep(Duration::from_millis(100)).await;
             }
             Err(e) => tracing::debug!("accept: {e}"),
-        }
-        if !limit.is_accepting() {
-            tracing::debug!("accept loop ends: draining");
-            return;
         }
     }
 }
@@ -258,6 +269,26 @@ mod tests {
         assert_eq!(l.open(), 2, "a refused attempt leaves no trace");
         drop(a);
         assert!(l.try_acquire().is_some());
+    }
+
+    #[test]
+    fn the_last_permit_wakes_a_waiter() {
+        let l = ConnectionLimit::new(2);
+        let p = l.try_acquire().unwrap();
+        let waiter = {
+            let l = l.clone();
+            std::thread::spawn(move || l.wait_idle(Instant::now() + Duration::from_secs(30)))
+        };
+        drop(p);
+        assert!(
+            waiter.join().unwrap(),
+            "woken by the drop, well before the deadline"
+        );
+        let _open = l.try_acquire().unwrap();
+        assert!(
+            !l.wait_idle(Instant::now()),
+            "the deadline passed with one open"
+        );
     }
 
     #[test]

@@ -6,8 +6,9 @@
 //!   take new connections from each worker's next pick on; removed ones get no new
 //!   connections. Connections already on a removed backend carry on untouched until they
 //!   close, or until `timeouts.removed_backend_drain_ms` has passed; then each gets close
-//!   1012 (service restart) on both sides at a frame boundary, from its worker's registry
-//!   (`relay/registry.rs`). A removed backend added back before that is simply kept.
+//!   1012 (service restart) on both sides at a frame boundary: each worker is sent the
+//!   list of retired backends ([`Control::Retire`]) and closes their relays at the
+//!   deadline (`worker::obey`). A removed backend added back before that is simply kept.
 //! - **Nothing else, yet.** Listen address, workers, timeouts, limits, keepalive and
 //!   health settings are fixed for the life of the process; a reload that changes them
 //!   says which, in the log, and keeps running on the old values. A binary upgrade (a new
@@ -22,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use crate::balancer::{Change, Pool};
 use crate::config::Settings;
-use crate::relay::registry::{Retirement, Retirements};
+use crate::control::{Broadcast, Control, Retirement};
 
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -38,16 +39,16 @@ pub struct Applied {
 pub struct Reloader {
     running: Settings,
     pool: Arc<Pool>,
-    retirements: Arc<Retirements>,
+    workers: Broadcast,
     retired: Vec<Retirement>,
 }
 
 impl Reloader {
-    pub fn new(running: &Settings, pool: Arc<Pool>, retirements: Arc<Retirements>) -> Self {
+    pub fn new(running: &Settings, pool: Arc<Pool>, workers: Broadcast) -> Self {
         Self {
             running: running.clone(),
             pool,
-            retirements,
+            workers,
             retired: Vec::new(),
         }
     }
@@ -58,7 +59,7 @@ impl Reloader {
 
     /// Applies `new` (already validated) and logs what changed.
     pub fn apply(&mut self, new: &Settings) -> Applied {
-        let needs_restart = fixed_fields_changed(&self.running, new);
+        let needs_restart = self.running.fixed.changes(&new.fixed);
         for field in &needs_restart {
             tracing::warn!("reload: {field} changed; it takes effect only after a restart");
         }
@@ -89,80 +90,18 @@ impl Reloader {
         for addr in &change.added {
             tracing::info!(backend = %addr, "reload: backend added");
         }
-        self.retirements.set(self.retired.clone());
-        self.running.backends = new.backends.clone();
-        self.running.removed_backend_drain = new.removed_backend_drain;
+        self.workers.send(Control::Retire(self.retired.clone()));
+        // Everything but the fixed part: a reloadable field added to `Settings` is applied
+        // without anyone having to remember it here.
+        self.running = Settings {
+            fixed: self.running.fixed.clone(),
+            ..new.clone()
+        };
         Applied {
             backends: change,
             needs_restart,
         }
     }
-}
-
-/// The fields a reload cannot change in a running instance, that differ.
-fn fixed_fields_changed(old: &Settings, new: &Settings) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    let mut check = |name, differs: bool| {
-        if differs {
-            out.push(name);
-        }
-    };
-    check("listen", old.listen != new.listen);
-    check("workers", old.workers != new.workers);
-    check("io_driver", old.io_driver != new.io_driver);
-    check("backlog", old.backlog != new.backlog);
-    check("upgrade_socket", old.upgrade_socket != new.upgrade_socket);
-    check(
-        "stats_interval_secs",
-        old.stats_interval != new.stats_interval,
-    );
-    check(
-        "timeouts.client_handshake_ms",
-        old.client_handshake_timeout != new.client_handshake_timeout,
-    );
-    check(
-        "timeouts.backend_connect_ms",
-        old.backend_connect_timeout != new.backend_connect_timeout,
-    );
-    check(
-        "timeouts.backend_handshake_ms",
-        old.backend_handshake_timeout != new.backend_handshake_timeout,
-    );
-    check(
-        "timeouts.close_grace_ms",
-        old.close_grace != new.close_grace,
-    );
-    check(
-        "timeouts.shutdown_grace_ms",
-        old.shutdown_grace != new.shutdown_grace,
-    );
-    check(
-        "limits.max_connections",
-        old.max_connections != new.max_connections,
-    );
-    check(
-        "limits.max_request_bytes",
-        old.max_request_bytes != new.max_request_bytes,
-    );
-    check(
-        "limits.max_frame_bytes",
-        old.max_frame_bytes != new.max_frame_bytes,
-    );
-    check(
-        "limits.max_message_bytes",
-        old.max_message_bytes != new.max_message_bytes,
-    );
-    check(
-        "limits.relay_buffer_bytes",
-        old.relay_buffer_bytes != new.relay_buffer_bytes,
-    );
-    check(
-        "limits.relay_buffer_max_bytes",
-        old.relay_buffer_max_bytes != new.relay_buffer_max_bytes,
-    );
-    check("keepalive", old.keepalive != new.keepalive);
-    check("health", old.health != new.health);
-    out
 }
 
 #[cfg(test)]
@@ -178,8 +117,8 @@ mod tests {
     fn backends_change_and_fixed_fields_are_named() {
         let old = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
         let pool = Arc::new(Pool::new(old.backends.clone(), 3));
-        let ret = Arc::new(Retirements::default());
-        let mut r = Reloader::new(&old, pool.clone(), ret);
+        let (workers, mut inboxes) = crate::control::channels(1);
+        let mut r = Reloader::new(&old, pool.clone(), workers);
         let new = settings(
             r#"
             backends = ["127.0.0.1:9002", "127.0.0.1:9003"]
@@ -202,6 +141,8 @@ mod tests {
         assert_eq!(applied.needs_restart, vec!["listen", "keepalive"]);
         assert_eq!(r.retired.len(), 1);
         assert!(r.retired[0].deadline.is_some());
+        let sent = inboxes[0].try_recv();
+        assert_eq!(sent, Some(Control::Retire(r.retired.clone())));
         // 9001 added back: no longer retired (9003, removed now, is).
         let back = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
         r.apply(&back);

@@ -1,18 +1,26 @@
-//! One pinned thread = one monoio runtime: io_uring, or epoll where io_uring is unavailable.
+//! One pinned thread = one monoio runtime: io_uring, or epoll where io_uring is unavailable;
+//! and the task in each worker that acts on the instance's control messages.
 //!
-//! Workers share nothing on the hot path. What they do share is read-only (`Arc<Settings>`,
-//! the backend `Pool` snapshot, of which each keeps its own reference) except the pool's
-//! round-robin counter.
+//! Workers share nothing per frame. What they share is read-only (`Arc<Settings>`, the
+//! backend `Pool` snapshot, of which each keeps its own reference), except for a few
+//! deliberate cross-core writes, each per connection or rarer, never per frame: the pool's
+//! round-robin counter, the instance-wide connection count (`listener::ConnectionLimit`),
+//! a backend's health marks on a failed connect (`balancer/health.rs`), and each worker's
+//! own counters, which other threads only read. Control messages arrive through a channel
+//! per worker (`control.rs`).
 
 use std::future::Future;
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
+use monoio::io::Canceller;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::balancer::{LocalPool, Pool};
 use crate::buffers::BufferPool;
 use crate::config::{IoDriver, Settings};
+use crate::control::{Broadcast, Control, Inbox, Retirement};
 use crate::frame::Limits;
 use crate::metrics::WorkerStats;
 use crate::relay::RelayConfig;
@@ -32,7 +40,8 @@ pub struct WorkerEnv {
     /// Relay buffers (handshake reads borrow from here too).
     pub buffers: BufferPool,
     /// Wakes relays when the instance drains (close 1001 to both sides), a keepalive ping
-    /// or idle close is due, or their backend was removed (close 1012).
+    /// or idle close is due, or their backend was removed (close 1012); told the first and
+    /// the last by [`obey`].
     pub registry: Registry,
     /// This worker's counters (pings, dead peers, protocol errors ...).
     pub stats: Arc<WorkerStats>,
@@ -107,24 +116,65 @@ pub enum StartError {
 /// for about 500 busy connections before monoio flushes early.
 const URING_ENTRIES: u32 = 1024;
 
+/// A started set of workers. Dropping it stops them and joins their threads.
+#[derive(Debug)]
+pub struct Workers {
+    pub infos: Vec<WorkerInfo>,
+    control: Broadcast,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Workers {
+    /// Sends to every worker.
+    pub fn control(&self) -> &Broadcast {
+        &self.control
+    }
+
+    /// Blocks until every worker thread ends: when it is told to stop, so for a server that
+    /// nobody stops, until the process ends.
+    pub fn wait(mut self) {
+        self.join();
+    }
+
+    /// Tells every worker to stop ([`Control::Stop`]) and joins their threads.
+    pub fn stop(&mut self) {
+        self.control.send(Control::Stop);
+        self.join();
+    }
+
+    fn join(&mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Starts one thread per listener, pinned round-robin over the available cores, each
-/// running `serve(id, listener)` on its own runtime. Returns once every worker has started
-/// (or the first startup error).
+/// running `serve(id, listener, inbox)` on its own runtime, with `inbox` receiving what is
+/// sent through [`Workers::control`]. Returns once every worker has started (or the first
+/// startup error, after stopping those that had started).
 pub fn spawn<F, Fut>(
     role: &'static str,
     listeners: Vec<std::net::TcpListener>,
     io: IoDriver,
     serve: F,
-) -> Result<Vec<(WorkerInfo, JoinHandle<()>)>, StartError>
+) -> Result<Workers, StartError>
 where
-    F: Fn(usize, monoio::net::TcpListener) -> Fut + Send + Sync + 'static,
+    F: Fn(usize, monoio::net::TcpListener, Inbox) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + 'static,
 {
     let cores = core_affinity::get_core_ids().unwrap_or_default();
     let serve = Arc::new(serve);
     let (tx, rx) = mpsc::channel();
+    let (control, inboxes) = crate::control::channels(listeners.len());
     let mut threads = Vec::new();
-    for (id, listener) in listeners.into_iter().enumerate() {
+    for ((id, listener), inbox) in listeners.into_iter().enumerate().zip(inboxes) {
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let (tx, serve) = (tx.clone(), serve.clone());
         let startup_tx = tx.clone();
@@ -153,7 +203,7 @@ where
                         driver,
                     }));
                     drop(tx);
-                    serve(id, listener).await;
+                    serve(id, listener, inbox).await;
                 };
                 if let Err(e) = block_on(id, io, run) {
                     let _ = startup_tx.send(Err(e));
@@ -163,22 +213,108 @@ where
         threads.push(thread);
     }
     drop(tx);
-    let mut infos: Vec<WorkerInfo> = Vec::with_capacity(threads.len());
-    for _ in 0..threads.len() {
+    let n = threads.len();
+    let mut workers = Workers {
+        infos: Vec::with_capacity(n),
+        control,
+        threads,
+    };
+    for _ in 0..n {
         match rx.recv() {
-            Ok(Ok(info)) => infos.push(info),
+            Ok(Ok(info)) => workers.infos.push(info),
             Ok(Err(e)) => return Err(e),
-            Err(_) => return Err(StartError::Died { id: infos.len() }),
+            Err(_) => {
+                return Err(StartError::Died {
+                    id: workers.infos.len(),
+                });
+            }
         }
     }
-    infos.sort_by_key(|i| i.id);
-    for i in &infos {
+    workers.infos.sort_by_key(|i| i.id);
+    for i in &workers.infos {
         let core = i
             .core
             .map_or("unpinned".to_string(), |c| format!("core {c}"));
         tracing::info!("{role} worker {} on {core}, io driver {:?}", i.id, i.driver);
     }
-    Ok(infos.into_iter().zip(threads).collect())
+    Ok(workers)
+}
+
+/// A balancer worker's control task: acts on the instance's messages (`control.rs`) until
+/// told to stop. `accepting` cancels the worker's accept loop; `registry` is the worker's
+/// registry of open relays, which wakes the relays each message concerns.
+///
+/// Retired backends' relays are closed at their deadline by a timer on the earliest one;
+/// between messages and deadlines this task sleeps.
+pub async fn obey(mut inbox: Inbox, registry: &Registry, accepting: Canceller) {
+    let mut accepting = Some(accepting);
+    let mut stop_accepting = move || {
+        if let Some(c) = accepting.take() {
+            drop(c.cancel());
+        }
+    };
+    // Retirements whose deadline has not come yet, and the backends whose relays this
+    // worker has marked retired (to unmark if a reload adds one back).
+    let mut pending: Vec<Retirement> = Vec::new();
+    let mut marked: Vec<u32> = Vec::new();
+    loop {
+        let next = pending.iter().filter_map(|r| r.deadline).min();
+        let message = match next {
+            None => inbox.recv().await,
+            Some(at) => monoio::select! {
+                m = inbox.recv() => m,
+                _ = monoio::time::sleep_until(monoio::time::Instant::from_std(at)) => {
+                    retire_due(&mut pending, &mut marked, registry);
+                    continue;
+                }
+            },
+        };
+        match message {
+            Some(Control::StopAccepting) => stop_accepting(),
+            Some(Control::GoAway) => registry.go_away(),
+            Some(Control::Retire(list)) => {
+                let back: Vec<u32> = marked
+                    .iter()
+                    .copied()
+                    .filter(|b| !list.iter().any(|r| r.backend == *b))
+                    .collect();
+                registry.unretire(&back);
+                marked.retain(|b| !back.contains(b));
+                // Without a deadline a retirement never closes anything.
+                pending = list.into_iter().filter(|r| r.deadline.is_some()).collect();
+                retire_due(&mut pending, &mut marked, registry);
+            }
+            Some(Control::Stop) | None => {
+                stop_accepting();
+                return;
+            }
+        }
+    }
+}
+
+/// Closes (1012) the relays of the retirements in `pending` whose deadline has passed;
+/// each leaves `pending` then, since its backend gets no new connections.
+fn retire_due(pending: &mut Vec<Retirement>, marked: &mut Vec<u32>, registry: &Registry) {
+    let now = Instant::now();
+    let (due, later): (Vec<Retirement>, Vec<Retirement>) = pending
+        .iter()
+        .partition(|r| r.deadline.is_some_and(|d| now >= d));
+    *pending = later;
+    let due: Vec<u32> = due.iter().map(|r| r.backend).collect();
+    if due.is_empty() {
+        return;
+    }
+    let hit = registry.retire(&due);
+    if hit > 0 {
+        tracing::info!(
+            "{hit} connections to removed backends passed their drain deadline: close 1012"
+        );
+    }
+    for b in due {
+        if !marked.contains(&b) {
+            marked.push(b);
+        }
+    }
 }
 
 type UringRuntime = monoio::Runtime<monoio::time::TimeDriver<IoUringDriver>>;

@@ -23,9 +23,9 @@ fn drain_sends_going_away_on_the_epoll_driver_too() {
 fn drain_scenario(io: IoDriver) {
     // A backend that echoes and records the close code it receives.
     let (backend, closes) = close_recording_backend(true);
-    let mut lb = balancer(&[backend], 2, |c| c.io_driver = io);
+    let lb = balancer(&[backend], 2, |c| c.io_driver = io);
     let addr = lb.local_addr;
-    let drainer = lb.drainer().unwrap();
+    let drainer = lb.handle();
     let mut stays = Peer::connect(addr);
     let mut leaves = Peer::connect(addr);
     assert_echo(&mut stays, 2, b"before");

@@ -123,7 +123,7 @@ fn open(addr: std::net::SocketAddr, payload: &[u8]) -> TcpStream {
 
 /// Waits until the balancer counts `open` connections and then the heap stops moving (the
 /// same live bytes over five polls in a row): deferred frees done, buffers back in the pool.
-fn settle(lb: &wslb::Running, open: u64) {
+fn settle(lb: &wslb::Instance, open: u64) {
     let start = std::time::Instant::now();
     let mut same = 0;
     let mut last = -1;
@@ -157,7 +157,7 @@ struct Measured {
 
 const N: usize = 1000;
 
-fn measure(lb: &wslb::Running, open_one: impl Fn() -> TcpStream) -> (Measured, Vec<TcpStream>) {
+fn measure(lb: &wslb::Instance, open_one: impl Fn() -> TcpStream) -> (Measured, Vec<TcpStream>) {
     let over0 = OVER_1280.load(Ordering::Relaxed);
     LARGEST_1K_2K.store(0, Ordering::Relaxed);
     let (b0, s0) = snapshot();

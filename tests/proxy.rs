@@ -230,7 +230,7 @@ fn a_reserved_address_refuses_connections_until_wslb_listens_there() {
     let r = reserve_addr();
     let refused = std::net::TcpStream::connect(r.addr).unwrap_err();
     assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
-    let _echo = wslb::start_echo(r.addr, 1, IoDriver::Auto).unwrap();
+    let _echo = wslb::EchoServer::start(r.addr, 1, IoDriver::Auto).unwrap();
     assert_echo(&mut Peer::connect(r.addr), 1, b"on the reserved port");
 }
 
@@ -344,7 +344,7 @@ fn all_backends_down_answers_503_at_once_then_a_recovered_backend_serves() {
     assert!(answer.ends_with("no backend is healthy\n"), "{answer}");
 
     // The backend comes back on the same address: after `rise` passing checks it serves.
-    let _backend = wslb::start_echo(addr, 1, IoDriver::Auto).unwrap();
+    let _backend = wslb::EchoServer::start(addr, 1, IoDriver::Auto).unwrap();
     let mut c = connect_within_2s(lb.local_addr).expect("the recovered backend is used again");
     assert_echo(&mut c, 1, "back".as_bytes());
 }
@@ -684,7 +684,7 @@ fn data_after_close_is_dropped() {
 
 #[test]
 fn epoll_driver_serves_the_same_traffic() {
-    let e = wslb::start_echo("127.0.0.1:0".parse().unwrap(), 1, IoDriver::Epoll).unwrap();
+    let e = wslb::EchoServer::start("127.0.0.1:0".parse().unwrap(), 1, IoDriver::Epoll).unwrap();
     assert!(e.workers.iter().all(|w| w.driver == Driver::Epoll));
     let lb = balancer(&[e.local_addr], 2, |c| {
         c.io_driver = IoDriver::Epoll;

@@ -197,17 +197,49 @@ fn check_round(pool: &super::Pool, cfg: &HealthConfig) {
     }
 }
 
-/// Starts the checker thread. It runs for the life of the process.
-pub fn spawn_checker(pool: Arc<super::Pool>, cfg: HealthConfig) -> std::io::Result<()> {
-    std::thread::Builder::new()
+/// The checker thread, stopped (and joined) by [`Checker::stop`] or on drop.
+#[derive(Debug)]
+pub struct Checker {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checker {
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        // Closing the channel ends the wait between rounds at once.
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Checker {
+    fn drop(&mut self) {
+        self.halt();
+    }
+}
+
+/// Starts the checker thread: a round, then `interval`, until stopped. The interval is a
+/// wait on the stop channel, so a stop ends it at once (no flag polled on a timer).
+pub fn spawn_checker(pool: Arc<super::Pool>, cfg: HealthConfig) -> std::io::Result<Checker> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("wslb-health".into())
         .spawn(move || {
-            loop {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = {
                 check_round(&pool, &cfg);
-                std::thread::sleep(cfg.interval);
-            }
-        })
-        .map(|_| ())
+                stopped.recv_timeout(cfg.interval)
+            } {}
+        })?;
+    Ok(Checker {
+        stop: Some(stop),
+        thread: Some(thread),
+    })
 }
 
 #[cfg(test)]

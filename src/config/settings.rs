@@ -6,37 +6,76 @@ use std::time::Duration;
 
 use super::{Config, ConfigError, HealthMode, IoDriver, Problem};
 
-/// The validated, resolved configuration the workers run on.
-#[derive(Debug, Clone)]
+/// The validated, resolved configuration the workers run on: the part a reload may change
+/// (the fields here) and the part it may not ([`Fixed`], read through `Deref` as if its
+/// fields were here, so every reader writes `settings.listen`).
+///
+/// A field added here is reloadable by construction: a reload takes every field of the new
+/// `Settings` except `fixed` (see `reload.rs`). A field added to [`Fixed`] is compared by
+/// [`Fixed::changes`], which names it in the "needs a restart" log.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub listen: SocketAddr,
     pub backends: Vec<SocketAddr>,
-    pub workers: usize,
-    pub io_driver: IoDriver,
-    pub backlog: u32,
-    /// `None` when stats lines are off.
-    pub stats_interval: Option<Duration>,
-    /// `None`: no binary upgrades.
-    pub upgrade_socket: Option<std::path::PathBuf>,
-    pub client_handshake_timeout: Duration,
-    pub backend_connect_timeout: Duration,
-    pub backend_handshake_timeout: Duration,
-    pub close_grace: Duration,
-    pub shutdown_grace: Duration,
-    /// Resolved: never 0.
-    pub max_connections: usize,
-    pub max_request_bytes: usize,
-    /// `u64::MAX` when unlimited.
-    pub max_frame_bytes: u64,
-    /// `u64::MAX` when unlimited.
-    pub max_message_bytes: u64,
     /// `None`: removed backends' connections stay until they close.
     pub removed_backend_drain: Option<Duration>,
-    pub keepalive: crate::relay::registry::Keepalive,
-    pub relay_buffer_bytes: usize,
-    pub relay_buffer_max_bytes: usize,
+    pub fixed: Fixed,
+}
+
+impl std::ops::Deref for Settings {
+    type Target = Fixed;
+    fn deref(&self) -> &Fixed {
+        &self.fixed
+    }
+}
+
+/// Defines [`Fixed`] and the table of its fields' config names from one list, so that a
+/// field cannot be added without the name a reload reports it by.
+macro_rules! fixed_settings {
+    ($( $(#[$doc:meta])* $field:ident: $ty:ty = $config:literal, )*) => {
+        /// The settings fixed for the life of the process: a reload that changes one logs
+        /// its config name and keeps the running value (a binary upgrade applies it).
+        #[derive(Debug, Clone, PartialEq)]
+        pub struct Fixed {
+            $( $(#[$doc])* pub $field: $ty, )*
+        }
+
+        impl Fixed {
+            /// The config names (as in the TOML file) of the fields that differ.
+            pub fn changes(&self, new: &Fixed) -> Vec<&'static str> {
+                let mut out = Vec::new();
+                $( if self.$field != new.$field { out.push($config); } )*
+                out
+            }
+        }
+    };
+}
+
+fixed_settings! {
+    listen: SocketAddr = "listen",
+    workers: usize = "workers",
+    io_driver: IoDriver = "io_driver",
+    backlog: u32 = "backlog",
+    /// `None`: no binary upgrades.
+    upgrade_socket: Option<std::path::PathBuf> = "upgrade_socket",
+    /// `None` when stats lines are off.
+    stats_interval: Option<Duration> = "stats_interval_secs",
+    client_handshake_timeout: Duration = "timeouts.client_handshake_ms",
+    backend_connect_timeout: Duration = "timeouts.backend_connect_ms",
+    backend_handshake_timeout: Duration = "timeouts.backend_handshake_ms",
+    close_grace: Duration = "timeouts.close_grace_ms",
+    shutdown_grace: Duration = "timeouts.shutdown_grace_ms",
+    /// Resolved: never 0.
+    max_connections: usize = "limits.max_connections",
+    max_request_bytes: usize = "limits.max_request_bytes",
+    /// `u64::MAX` when unlimited.
+    max_frame_bytes: u64 = "limits.max_frame_bytes",
+    /// `u64::MAX` when unlimited.
+    max_message_bytes: u64 = "limits.max_message_bytes",
+    relay_buffer_bytes: usize = "limits.relay_buffer_bytes",
+    relay_buffer_max_bytes: usize = "limits.relay_buffer_max_bytes",
+    keepalive: crate::relay::registry::Keepalive = "keepalive",
     /// `None` when health checks are off.
-    pub health: Option<crate::balancer::HealthConfig>,
+    health: Option<crate::balancer::HealthConfig> = "health",
 }
 
 /// Keepalive times are kept in a 32-bit millisecond clock; a day is plenty.
@@ -45,17 +84,9 @@ const MAX_KEEPALIVE_MS: u64 = 86_400_000;
 /// Descriptors this process may open (the soft RLIMIT_NOFILE). Only reads it: `wslb`
 /// raises the soft limit to the hard one at startup (`main.rs`), not when a config is
 /// validated, so `wslb check` and tests change nothing.
-#[allow(unsafe_code)]
 fn nofile_limit() -> u64 {
-    let mut rl = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit only writes the `rlimit` struct passed in.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return 1024;
-    }
-    rl.rlim_cur
+    use nix::sys::resource::{Resource, getrlimit};
+    getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft)
 }
 
 /// The default connection limit: two descriptors per proxied connection, 64 kept for
@@ -65,7 +96,6 @@ fn connections_for_descriptors() -> usize {
     (n.saturating_sub(64) / 2).max(1)
 }
 
-/// One problem with one field.
 impl Config {
     /// Checks every field and resolves addresses. Returns all problems, not just the first.
     pub fn validate(&self) -> Result<Settings, ConfigError> {
@@ -209,9 +239,8 @@ impl Config {
         } else {
             self.workers
         };
-        Ok(Settings {
+        let fixed = Fixed {
             listen: listen.expect("checked above"),
-            backends,
             workers,
             io_driver: self.io_driver,
             backlog: self.backlog,
@@ -239,8 +268,6 @@ impl Config {
             } else {
                 l.max_message_bytes
             },
-            removed_backend_drain: (t.removed_backend_drain_ms > 0)
-                .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
             keepalive: crate::relay::registry::Keepalive {
                 ping_interval_ms: k.ping_interval_ms as u32,
                 idle_timeout_ms: k.idle_timeout_ms as u32,
@@ -259,6 +286,12 @@ impl Config {
                     },
                 },
             }),
+        };
+        Ok(Settings {
+            backends,
+            removed_backend_drain: (t.removed_backend_drain_ms > 0)
+                .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
+            fixed,
         })
     }
 }

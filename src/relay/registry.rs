@@ -1,26 +1,24 @@
-//! A worker's registry of its open relays: what its one timer task needs to wake a relay
-//! when the instance drains, when a peer has been quiet too long (ping keepalive, idle
-//! timeout), or when the relay's backend was removed by a reload and its drain deadline
-//! passed.
+//! A worker's registry of its open relays: what the worker needs to wake a relay when the
+//! instance drains, when a peer has been quiet too long (ping keepalive, idle timeout), or
+//! when the relay's backend was removed by a reload and its drain deadline passed.
 //!
 //! Why not a timer per connection: an idle connection is a parked task, and a monoio
 //! timer entry per connection would cost more than the rest of its state. Instead each
 //! relay has one 32-byte [`Slot`] here, the relay stamps it with a coarse clock each time
-//! it reads, and the worker's watcher task ([`Registry::watch`]) sweeps the slots a few
-//! times per ping interval and wakes only the relays that have something due. The relay
+//! it reads, and the worker's keepalive timer ([`Registry::keepalive_timer`]) sweeps the
+//! slots a few times per ping interval and wakes only the relays that have something due. The relay
 //! itself then decides what to do (see [`Registry::attention`]): the sweep and the relay
 //! apply the same rule ([`due`]), so a wake is never lost and never repeats for long.
 //!
-//! Cross-thread input (the drain flag, backend retirements) arrives as atomics and a
-//! generation-stamped list that the watcher copies when the generation changes; relays
-//! only ever touch this worker-local registry.
+//! The registry knows nothing of drains or reloads: the worker's control task
+//! (`worker::obey`) tells it to [`Registry::go_away`] or to [`Registry::retire`] a
+//! backend's relays, and it wakes the relays concerned. Relays only ever touch this
+//! worker-local registry.
 
 use std::cell::{Cell, RefCell};
-use std::sync::Arc;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use crate::drain::DrainSignal;
 use crate::frame::Side;
 
 /// Keepalive settings (both in milliseconds, `0` = off).
@@ -158,41 +156,6 @@ impl Slot {
     }
 }
 
-/// A backend removed by a reload, and when its remaining connections get close 1012.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Retirement {
-    pub backend: u32,
-    /// `None`: they may stay until they close.
-    pub deadline: Option<Instant>,
-}
-
-/// The retirements of the whole instance, written by the reload (main thread) and read by
-/// every worker's watcher when `generation` changes.
-#[derive(Debug, Default)]
-pub struct Retirements {
-    generation: std::sync::atomic::AtomicU64,
-    list: std::sync::Mutex<Vec<Retirement>>,
-}
-
-impl Retirements {
-    /// Replaces the list (a backend added back is simply no longer in it).
-    pub fn set(&self, list: Vec<Retirement>) {
-        *self.list.lock().unwrap_or_else(|e| e.into_inner()) = list;
-        // Release pairs with the watcher's Acquire: it then sees the new list.
-        self.generation
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
-    }
-
-    fn snapshot(&self, seen: &mut u64) -> Option<Vec<Retirement>> {
-        let g = self.generation.load(std::sync::atomic::Ordering::Acquire);
-        if g == *seen {
-            return None;
-        }
-        *seen = g;
-        Some(self.list.lock().unwrap_or_else(|e| e.into_inner()).clone())
-    }
-}
-
 /// Whether the keepalive rule has something due for the relay in `s` (see [`Attention`]).
 fn due(s: &Slot, now: u32, k: Keepalive) -> bool {
     Side::BOTH
@@ -228,9 +191,10 @@ fn idle(s: &Slot, now: u32, k: Keepalive) -> bool {
 pub struct Registry {
     keepalive: Keepalive,
     started: Instant,
-    /// The coarse clock relays stamp their reads with, advanced by the watcher every tick:
-    /// no clock read per frame.
+    /// The coarse clock relays stamp their reads with, advanced by the keepalive timer every
+    /// tick: no clock read per frame.
     now: Cell<u32>,
+    /// Set once by [`Self::go_away`]: every relay sends its going-away close.
     going_away: Cell<bool>,
     slots: RefCell<Slots>,
     free: RefCell<Vec<u32>>,
@@ -242,8 +206,8 @@ impl Default for Registry {
     }
 }
 
-/// How often the watcher wakes: the drain flag is noticed within this, and it is the
-/// clock's resolution.
+/// How often the keepalive timer wakes: the coarse clock's resolution, and the finest
+/// keepalive sweep.
 const TICK: Duration = Duration::from_millis(50);
 
 impl Registry {
@@ -372,11 +336,43 @@ impl Registry {
         }
     }
 
-    /// The worker's watcher task, for the life of the worker: advances the clock every
-    /// tick, turns the instance's drain flag into close 1001s, sweeps for keepalive work a
-    /// few times per interval, and closes the relays of retired backends at their
-    /// deadlines with 1012.
-    pub async fn watch(&self, signal: Arc<DrainSignal>, retirements: Arc<Retirements>) {
+    /// The instance drains and its grace is over: every relay sends its going-away close.
+    pub fn go_away(&self) {
+        if !self.going_away.replace(true) {
+            self.wake_all(|_| true);
+        }
+    }
+
+    /// The drain deadline of these (removed) backends passed: their relays close with 1012.
+    /// Returns how many relays were told.
+    pub fn retire(&self, backends: &[u32]) -> usize {
+        let mut hit = 0;
+        for s in self.slots.borrow_mut().iter_mut() {
+            if s.waker.is_some() && s.kick == KICK_NONE && backends.contains(&s.backend) {
+                s.kick = KICK_RETIRED;
+                hit += 1;
+            }
+        }
+        if hit > 0 {
+            self.wake_all(|s| s.kick == KICK_RETIRED);
+        }
+        hit
+    }
+
+    /// These backends were added back: their relays are no longer marked retired.
+    pub fn unretire(&self, backends: &[u32]) {
+        for s in self.slots.borrow_mut().iter_mut() {
+            if s.kick == KICK_RETIRED && backends.contains(&s.backend) {
+                s.kick = KICK_NONE;
+            }
+        }
+    }
+
+    /// The worker's keepalive timer, for the life of the worker: advances the coarse clock
+    /// every tick and sweeps for keepalive work (pings, dead peers, idle closes) a few times
+    /// per interval. A real timer, not a polled flag: the clock and the keepalive rule are
+    /// about time passing.
+    pub async fn keepalive_timer(&self) {
         let k = self.keepalive;
         let shortest = [k.ping_interval_ms, k.idle_timeout_ms]
             .into_iter()
@@ -385,53 +381,10 @@ impl Registry {
         // A ping goes out at most an eighth of the interval late.
         let sweep_every = shortest.map(|ms| (ms / 8).clamp(TICK.as_millis() as u32, 1000));
         let mut last_sweep = 0u32;
-        let mut generation = 0u64;
-        let mut retired: Vec<Retirement> = Vec::new();
         loop {
             monoio::time::sleep(TICK).await;
             let now = self.started.elapsed().as_millis() as u32;
             self.now.set(now);
-            if !self.going_away.get() && signal.going_away() {
-                self.going_away.set(true);
-                self.wake_all(|_| true);
-            }
-            if let Some(list) = retirements.snapshot(&mut generation) {
-                retired = list;
-                let keep: Vec<u32> = retired.iter().map(|r| r.backend).collect();
-                // A backend added back: its relays are no longer marked.
-                for s in self.slots.borrow_mut().iter_mut() {
-                    if s.kick == KICK_RETIRED && !keep.contains(&s.backend) {
-                        s.kick = KICK_NONE;
-                    }
-                }
-            }
-            // Each retirement closes its relays once, then leaves the list (its backend gets
-            // no new connections), so the slots are scanned only when one is due.
-            let expired: Vec<u32> = if retired.is_empty() {
-                Vec::new()
-            } else {
-                let now = Instant::now();
-                let (due, pending): (Vec<Retirement>, Vec<Retirement>) = retired
-                    .iter()
-                    .partition(|r| r.deadline.is_some_and(|d| now >= d));
-                retired = pending;
-                due.iter().map(|r| r.backend).collect()
-            };
-            if !expired.is_empty() {
-                let mut hit = 0;
-                for s in self.slots.borrow_mut().iter_mut() {
-                    if s.waker.is_some() && s.kick == KICK_NONE && expired.contains(&s.backend) {
-                        s.kick = KICK_RETIRED;
-                        hit += 1;
-                    }
-                }
-                if hit > 0 {
-                    tracing::info!(
-                        "{hit} connections to removed backends passed their drain deadline: close 1012"
-                    );
-                    self.wake_all(|s| s.kick == KICK_RETIRED);
-                }
-            }
             if let Some(every) = sweep_every
                 && now.wrapping_sub(last_sweep) >= every
             {

@@ -10,8 +10,8 @@ use std::sync::Once;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wslb::Running;
 use wslb::config::{Config, IoDriver};
+use wslb::{EchoServer, Instance};
 
 pub const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
 pub const TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,9 +29,9 @@ pub fn init_logs() {
     });
 }
 
-pub fn echo() -> Running {
+pub fn echo() -> EchoServer {
     init_logs();
-    wslb::start_echo("127.0.0.1:0".parse().unwrap(), 1, IoDriver::Auto).unwrap()
+    EchoServer::start("127.0.0.1:0".parse().unwrap(), 1, IoDriver::Auto).unwrap()
 }
 
 /// A balancer on 127.0.0.1:0 with short timeouts; `tweak` adjusts the config further.
@@ -39,7 +39,7 @@ pub fn balancer(
     backends: &[SocketAddr],
     workers: usize,
     tweak: impl FnOnce(&mut Config),
-) -> Running {
+) -> Instance {
     init_logs();
     let mut c = Config {
         listen: "127.0.0.1:0".into(),
@@ -53,7 +53,7 @@ pub fn balancer(
     // connections or script one accept turn them on only where they test them.
     c.health.enabled = false;
     tweak(&mut c);
-    wslb::start_balancer(c.validate().unwrap()).unwrap()
+    Instance::start(c.validate().unwrap()).unwrap()
 }
 
 /// A fresh directory for one test's files (config, sockets) under the system temp dir.

@@ -1,0 +1,284 @@
+//! A running balancer ([`Instance`]) and its control [`Handle`]; the echo backend
+//! ([`EchoServer`]). Both stop their threads and join them when dropped.
+
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::balancer::{Pool, health};
+use crate::config::{Fixed, IoDriver, Settings};
+use crate::control::{Broadcast, Control};
+use crate::drain::{Drain, DrainReport};
+use crate::listener::{self, ConnectionLimit};
+use crate::metrics::WorkerStats;
+use crate::reload::{Applied, Reloader};
+use crate::worker::{self, StartError, WorkerEnv, WorkerInfo, Workers};
+
+/// A running balancer: its workers, health checker and what its [`Handle`] controls.
+/// Dropping it stops the workers (connections still open are abandoned; drain first) and
+/// the health checker, and joins their threads.
+pub struct Instance {
+    /// The address actually bound (the real port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    pub workers: Vec<WorkerInfo>,
+    /// Each worker's counters, in worker order.
+    pub stats: Vec<Arc<WorkerStats>>,
+    fixed: Fixed,
+    handle: Handle,
+    running: Workers,
+    health: Option<health::Checker>,
+}
+
+/// Controls one [`Instance`] from any thread: drain, reload, hand over, stop. Cheap to
+/// clone; it does not keep the instance running (dropping the `Instance` stops it).
+#[derive(Clone)]
+pub struct Handle(Arc<Shared>);
+
+struct Shared {
+    workers: Broadcast,
+    admission: Arc<ConnectionLimit>,
+    /// Duplicates of the workers' listening sockets, for the life of the instance: the
+    /// drain shuts them down, a binary upgrade hands them over.
+    listeners: Vec<std::net::TcpListener>,
+    pool: Arc<Pool>,
+    reloader: Mutex<Reloader>,
+}
+
+impl Instance {
+    /// Binds the listeners and starts the balancer's workers.
+    pub fn start(settings: Settings) -> Result<Instance, StartError> {
+        let listeners = listener::bind(settings.listen, settings.workers, settings.backlog)?;
+        Self::start_on(settings, listeners)
+    }
+
+    /// Starts the balancer's workers on listening sockets it already has, one worker per
+    /// socket: those taken over from an old process in a binary upgrade (`handover.rs`).
+    pub fn start_on(
+        settings: Settings,
+        listeners: Vec<std::net::TcpListener>,
+    ) -> Result<Instance, StartError> {
+        let local_addr = local_addr(&listeners, settings.listen);
+        // Without health checks nothing would bring a backend back, so failed connects do
+        // not take one down either.
+        let fall = settings.health.as_ref().map_or(u32::MAX, |h| h.fall);
+        let pool = Arc::new(Pool::new(settings.backends.clone(), fall));
+        let admission = ConnectionLimit::new(settings.max_connections);
+        tracing::info!("connection limit {}", settings.max_connections);
+        let dups = listeners
+            .iter()
+            .map(|l| l.try_clone())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| StartError::Setup {
+                what: "duplicating the listening sockets",
+                source,
+            })?;
+        let health = settings
+            .health
+            .clone()
+            .map(|h| health::spawn_checker(pool.clone(), h))
+            .transpose()
+            .map_err(|source| StartError::Setup {
+                what: "starting the health checker",
+                source,
+            })?;
+        let stats = new_stats(listeners.len());
+        let running = {
+            let (settings, pool) = (Arc::new(settings.clone()), pool.clone());
+            let (stats, limit) = (stats.clone(), admission.clone());
+            worker::spawn(
+                "balancer",
+                listeners,
+                settings.io_driver,
+                move |id, l, inbox| {
+                    let stats = stats[id].clone();
+                    let env = Rc::new(WorkerEnv::new(
+                        id,
+                        settings.clone(),
+                        pool.clone(),
+                        stats.clone(),
+                    ));
+                    let limit = limit.clone();
+                    async move {
+                        let keepalive = env.clone();
+                        monoio::spawn(async move { keepalive.registry.keepalive_timer().await });
+                        let accepting = monoio::io::Canceller::new();
+                        let conn_env = env.clone();
+                        let accept = monoio::spawn(listener::accept_loop(
+                            l,
+                            limit,
+                            accepting.handle(),
+                            move |stream, peer, permit| {
+                                let open = (stats.track(), permit);
+                                crate::connection::serve(stream, peer, conn_env.clone(), open)
+                            },
+                        ));
+                        worker::obey(inbox, &env.registry, accepting).await;
+                        // Stopped: the accept is cancelled; its end drops the listener.
+                        accept.await;
+                    }
+                },
+            )?
+        };
+        tracing::info!("balancing {local_addr}");
+        let reloader = Reloader::new(&settings, pool.clone(), running.control().clone());
+        Ok(Instance {
+            local_addr,
+            fixed: settings.fixed.clone(),
+            workers: running.infos.clone(),
+            stats,
+            handle: Handle(Arc::new(Shared {
+                workers: running.control().clone(),
+                admission,
+                listeners: dups,
+                pool,
+                reloader: Mutex::new(reloader),
+            })),
+            running,
+            health,
+        })
+    }
+
+    /// The settings a reload cannot change, as this instance runs on them.
+    pub fn fixed(&self) -> &Fixed {
+        &self.fixed
+    }
+
+    /// A handle to control this instance from any thread.
+    pub fn handle(&self) -> Handle {
+        self.handle.clone()
+    }
+
+    /// Each backend's health (up or down), in config order.
+    pub fn backends_up(&self) -> Vec<bool> {
+        let pool = self.handle.0.pool.snapshot();
+        pool.backends.iter().map(|b| b.health.is_up()).collect()
+    }
+
+    /// Applies a new configuration (SIGHUP): see [`Handle::reload`].
+    pub fn reload(&self, new: &Settings) -> Applied {
+        self.handle.reload(new)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.running.stop();
+        if let Some(h) = self.health.take() {
+            h.stop();
+        }
+    }
+}
+
+impl Handle {
+    /// Drains (see `drain.rs`): stops accepting, shuts the listening sockets down, lets
+    /// connections finish for `grace`, then closes the rest with 1001. Returns when every
+    /// connection is closed or the hard deadline has passed.
+    pub fn drain(&self, grace: Duration, close_grace: Duration) -> DrainReport {
+        self.drainer().run(grace, close_grace, true)
+    }
+
+    /// The drain after a binary upgrade: the same, except that the listening sockets, which
+    /// the new process now accepts on, are left as they are.
+    pub fn drain_after_handover(&self, grace: Duration, close_grace: Duration) -> DrainReport {
+        self.drainer().run(grace, close_grace, false)
+    }
+
+    fn drainer(&self) -> Drain<'_> {
+        Drain {
+            workers: &self.0.workers,
+            admission: &self.0.admission,
+            listeners: &self.0.listeners,
+        }
+    }
+
+    /// Applies a new configuration to the running balancer: see `reload.rs`.
+    pub fn reload(&self, new: &Settings) -> Applied {
+        let mut r = self.0.reloader.lock().unwrap_or_else(|e| e.into_inner());
+        r.apply(new)
+    }
+
+    /// Duplicates of the listening sockets, to hand over to a new process (binary upgrade).
+    pub fn listening_sockets(&self) -> std::io::Result<Vec<std::net::TcpListener>> {
+        self.0.listeners.iter().map(|l| l.try_clone()).collect()
+    }
+
+    /// Offers the listening sockets on `upgrade` to a new process (`handover.rs`);
+    /// `on_handover` runs once one has taken them (the caller then drains).
+    pub fn offer_handover(
+        &self,
+        upgrade: std::os::unix::net::UnixListener,
+        on_handover: impl FnOnce() + Send + 'static,
+    ) -> std::io::Result<()> {
+        crate::handover::offer(upgrade, self.listening_sockets()?, on_handover)
+    }
+
+    /// Ends the workers now, as dropping the [`Instance`] does (without joining them).
+    pub fn stop(&self) {
+        self.0.workers.send(Control::Stop);
+    }
+}
+
+/// The built-in echo backend (tests, benches, `wslb demo`). Dropping it stops its workers.
+pub struct EchoServer {
+    pub local_addr: SocketAddr,
+    pub workers: Vec<WorkerInfo>,
+    pub stats: Vec<Arc<WorkerStats>>,
+    running: Workers,
+}
+
+impl EchoServer {
+    /// Starts the echo backend on `listen` with `workers` workers.
+    pub fn start(listen: SocketAddr, workers: usize, io: IoDriver) -> Result<Self, StartError> {
+        let listeners = listener::bind(listen, workers, 4096)?;
+        let local_addr = local_addr(&listeners, listen);
+        let stats = new_stats(listeners.len());
+        let worker_stats = stats.clone();
+        let running = worker::spawn("echo", listeners, io, move |id, l, mut inbox| {
+            let stats = worker_stats[id].clone();
+            async move {
+                let accepting = monoio::io::Canceller::new();
+                let accept = monoio::spawn(listener::accept_loop(
+                    l,
+                    ConnectionLimit::unlimited(),
+                    accepting.handle(),
+                    move |stream, _, p| {
+                        let open = (stats.track(), p);
+                        async move {
+                            crate::echo::serve(stream).await;
+                            drop(open);
+                        }
+                    },
+                ));
+                // The echo backend never drains: any message that ends accepting ends it.
+                while let Some(Control::GoAway | Control::Retire(_)) = inbox.recv().await {}
+                drop(accepting.cancel());
+                accept.await;
+            }
+        })?;
+        tracing::info!("echo backend on {local_addr}");
+        Ok(EchoServer {
+            local_addr,
+            workers: running.infos.clone(),
+            stats,
+            running,
+        })
+    }
+
+    /// Blocks for as long as the echo backend runs (until the process ends).
+    pub fn wait(self) {
+        let EchoServer { running, .. } = self;
+        running.wait();
+    }
+}
+
+fn local_addr(listeners: &[std::net::TcpListener], asked: SocketAddr) -> SocketAddr {
+    listeners
+        .first()
+        .and_then(|l| l.local_addr().ok())
+        .unwrap_or(asked)
+}
+
+fn new_stats(n: usize) -> Vec<Arc<WorkerStats>> {
+    (0..n).map(|_| Arc::default()).collect()
+}
