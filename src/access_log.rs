@@ -106,10 +106,7 @@ impl AccessLog {
 
 fn close_fields(t: &Traffic) -> (String, &'static str) {
     match t.first_close {
-        Some((by, code)) => (
-            code.map_or("none".into(), |c| c.to_string()),
-            by_label(by),
-        ),
+        Some((by, code)) => (code.map_or("none".into(), |c| c.to_string()), by_label(by)),
         None => ("none".into(), "none"),
     }
 }
@@ -140,9 +137,9 @@ fn text(e: &Entry<'_>) -> String {
 fn json(e: &Entry<'_>) -> String {
     let t = &e.traffic;
     let (c, b) = (Side::Client.index(), Side::Backend.index());
-    let close = t.first_close.map(|(by, code)| {
-        serde_json::json!({ "code": code, "by": by_label(by) })
-    });
+    let close = t
+        .first_close
+        .map(|(by, code)| serde_json::json!({ "code": code, "by": by_label(by) }));
     serde_json::json!({
         "client": e.client.to_string(),
         "backend": e.backend.map(|a| a.to_string()),

@@ -65,6 +65,41 @@ pub struct Config {
     pub limits: Limits,
     pub health: Health,
     pub keepalive: Keepalive,
+    pub admin: Admin,
+    pub access_log: AccessLog,
+}
+
+/// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/backends` and the status
+/// page `/` (see `admin/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Admin {
+    /// Address of the admin listener. Default `127.0.0.1:9091`; empty turns it off.
+    pub listen: String,
+    /// The admin server has no authentication, so an address other than loopback is
+    /// refused unless this is true. Default false.
+    pub allow_remote: bool,
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:9091".into(),
+            allow_remote: false,
+        }
+    }
+}
+
+/// One line per finished client connection (see `access_log.rs`).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccessLog {
+    /// Default false.
+    pub enabled: bool,
+    /// `text` (default: logfmt, `key=value`) or `json` (one object per line).
+    pub format: crate::access_log::Format,
+    /// File to append to, reopened on SIGHUP (log rotation). Default empty: stderr.
+    pub path: String,
 }
 
 /// WebSocket ping keepalive and the idle timeout (see `relay/registry.rs`).
@@ -203,6 +238,8 @@ impl Default for Config {
             limits: Limits::default(),
             health: Health::default(),
             keepalive: Keepalive::default(),
+            admin: Admin::default(),
+            access_log: AccessLog::default(),
         }
     }
 }
@@ -249,6 +286,9 @@ pub struct Overrides {
     /// io driver: auto (io_uring, else epoll), io-uring, epoll.
     #[arg(long, value_name = "auto|io-uring|epoll")]
     pub io_driver: Option<IoDriver>,
+    /// Admin HTTP server address (metrics, health, status page); "" turns it off.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<String>,
 }
 
 /// Where `wslb run`'s settings come from: a config file (or the defaults) with the flags
@@ -281,13 +321,16 @@ impl Source {
         if let Some(d) = flags.io_driver {
             c.io_driver = d;
         }
+        if let Some(a) = &flags.admin {
+            c.admin.listen = a.clone();
+        }
         c.validate()
     }
 }
 
 /// The validated, resolved configuration: see `config/settings.rs`.
 mod settings;
-pub use settings::{Fixed, Settings, available_cores};
+pub use settings::{AccessLogSettings, Fixed, Settings, available_cores};
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,11 +11,12 @@ use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
+use crate::access_log;
 use crate::balancer::{Backend, Failure, Lease, Snapshot};
 use crate::handshake::{self, Reject};
 use crate::listener::Permit;
 use crate::metrics::{Event, OpenGuard, Rejected};
-use crate::relay;
+use crate::relay::{self, Traffic};
 use crate::stream::ClientStream;
 use crate::worker::WorkerEnv;
 
@@ -73,6 +74,16 @@ pub fn serve<C: ClientStream>(
             Ok(up) => up,
             Err(e) => {
                 ctx.stats.rejected(e.reason());
+                if let Some(log) = &ctx.access_log {
+                    log.record(&access_log::Entry {
+                        client: peer,
+                        backend: e.backend(),
+                        path: None,
+                        duration: accepted.elapsed(),
+                        outcome: e.reason().label(),
+                        traffic: Traffic::default(),
+                    });
+                }
                 return match e {
                     HandshakeError::NoBackend { .. }
                     | HandshakeError::Backend { .. }
@@ -83,7 +94,7 @@ pub fn serve<C: ClientStream>(
         };
         ctx.stats.handshake_done(accepted.elapsed().as_secs_f64());
         // Counted among the backend's open connections while the relay runs.
-        let lease = up.lease;
+        let (lease, path) = (up.lease, up.path);
         // Logged now rather than carried to the close line: 32 bytes per parked connection.
         tracing::debug!(%peer, backend = %lease.backend().addr, "relaying");
         // Awaited in place: a future first bound to a local and then awaited takes room
@@ -98,11 +109,31 @@ pub fn serve<C: ClientStream>(
         )
         .await;
         tracing::debug!(%peer, ?outcome, "connection closed");
+        if let Some(log) = &ctx.access_log {
+            log.record(&access_log::Entry {
+                client: peer,
+                backend: Some(lease.backend().addr),
+                path: path.as_deref(),
+                duration: accepted.elapsed(),
+                outcome: "relayed",
+                traffic: outcome.traffic,
+            });
+        }
         drop(lease);
     }
 }
 
 impl HandshakeError {
+    /// The backend at fault, where one is.
+    fn backend(&self) -> Option<SocketAddr> {
+        match self {
+            HandshakeError::Backend { addr, .. } | HandshakeError::BackendRefused { addr, .. } => {
+                Some(*addr)
+            }
+            _ => None,
+        }
+    }
+
     /// The `wslb_connections_rejected_total` reason.
     fn reason(&self) -> Rejected {
         match self {
@@ -126,6 +157,8 @@ struct Upgraded<C> {
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
     lease: Lease,
+    /// The request target, kept only for the access log.
+    path: Option<Box<str>>,
 }
 
 /// Reads the client's upgrade, picks and connects a backend, forwards the upgrade and
@@ -154,9 +187,10 @@ async fn upgrade<C: ClientStream>(
     let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| {
         let snap = ctx.backends.current();
         let first = snap.pick(&selection_key(peer.ip()));
-        (u.forward_head(peer.ip(), C::SCHEME), (snap, first))
+        let path = ctx.access_log.is_some().then(|| Box::from(u.path));
+        (u.forward_head(peer.ip(), C::SCHEME), (snap, first), path)
     });
-    let (client_buf, (forward, pick)) = upgrade.await?;
+    let (client_buf, (forward, pick, path)) = upgrade.await?;
 
     let forward = bytes::Bytes::from(forward);
     let (mut backend, chosen, backend_buf, response, deadline) =
@@ -194,6 +228,7 @@ async fn upgrade<C: ClientStream>(
         client_buf,
         backend_buf,
         lease: Lease::new(chosen),
+        path,
     })
 }
 

@@ -6,14 +6,16 @@ use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::access_log::AccessLog;
 use crate::balancer::{Pool, health};
 use crate::config::{Fixed, IoDriver, Settings};
 use crate::control::{Broadcast, Control};
 use crate::drain::{Drain, DrainReport};
 use crate::listener::{self, ConnectionLimit};
-use crate::metrics::WorkerStats;
+use crate::metrics::{BackendView, Process, Rejected, Snapshot, Totals, WorkerStats, unix_now};
 use crate::reload::{Applied, Reloader};
 use crate::worker::{self, StartError, WorkerEnv, WorkerInfo, Workers};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A running balancer: its workers, health checker and what its [`Handle`] controls.
 /// Dropping it stops the workers (connections still open are abandoned; drain first) and
@@ -38,6 +40,13 @@ pub struct Handle(Arc<Shared>);
 struct Shared {
     workers: Broadcast,
     admission: Arc<ConnectionLimit>,
+    /// Each worker's counters, summed by [`Handle::snapshot`].
+    stats: Vec<Arc<WorkerStats>>,
+    /// Set when a drain starts (readiness goes 503 and `wslb_draining` 1).
+    draining: AtomicBool,
+    reloads: Mutex<Reloads>,
+    access_log: Option<Arc<AccessLog>>,
+    io_driver: &'static str,
     /// Duplicates of the workers' listening sockets, for the life of the instance: the
     /// drain shuts them down, a binary upgrade hands them over.
     listeners: Vec<std::net::TcpListener>,
@@ -82,22 +91,29 @@ impl Instance {
                 what: "starting the health checker",
                 source,
             })?;
+        let access_log = match &settings.access_log {
+            None => None,
+            Some(a) => Some(Arc::new(
+                AccessLog::open(a.format, a.path.clone()).map_err(|source| StartError::Setup {
+                    what: "opening the access log",
+                    source,
+                })?,
+            )),
+        };
         let stats = new_stats(listeners.len());
         let running = {
             let (settings, pool) = (Arc::new(settings.clone()), pool.clone());
             let (stats, limit) = (stats.clone(), admission.clone());
+            let access_log = access_log.clone();
             worker::spawn(
                 "balancer",
                 listeners,
                 settings.io_driver,
                 move |id, l, inbox| {
                     let stats = stats[id].clone();
-                    let env = Rc::new(WorkerEnv::new(
-                        id,
-                        settings.clone(),
-                        pool.clone(),
-                        stats.clone(),
-                    ));
+                    let mut env = WorkerEnv::new(id, settings.clone(), pool.clone(), stats.clone());
+                    env.access_log = access_log.clone();
+                    let env = Rc::new(env);
                     let limit = limit.clone();
                     async move {
                         let keepalive = env.clone();
@@ -126,10 +142,21 @@ impl Instance {
             local_addr,
             fixed: settings.fixed.clone(),
             workers: running.infos.clone(),
-            stats,
+            stats: stats.clone(),
             handle: Handle(Arc::new(Shared {
                 workers: running.control().clone(),
                 admission,
+                stats,
+                draining: AtomicBool::new(false),
+                reloads: Mutex::new(Reloads {
+                    last_success: unix_now(),
+                    ..Reloads::default()
+                }),
+                access_log,
+                io_driver: match running.infos.first().map(|i| i.driver) {
+                    Some(worker::Driver::Epoll) => "epoll",
+                    _ => "io_uring",
+                },
                 listeners: dups,
                 pool,
                 reloader: Mutex::new(reloader),
@@ -175,12 +202,14 @@ impl Handle {
     /// connections finish for `grace`, then closes the rest with 1001. Returns when every
     /// connection is closed or the hard deadline has passed.
     pub fn drain(&self, grace: Duration, close_grace: Duration) -> DrainReport {
+        self.0.draining.store(true, Ordering::Relaxed);
         self.drainer().run(grace, close_grace, true)
     }
 
     /// The drain after a binary upgrade: the same, except that the listening sockets, which
     /// the new process now accepts on, are left as they are.
     pub fn drain_after_handover(&self, grace: Duration, close_grace: Duration) -> DrainReport {
+        self.0.draining.store(true, Ordering::Relaxed);
         self.drainer().run(grace, close_grace, false)
     }
 
@@ -195,7 +224,58 @@ impl Handle {
     /// Applies a new configuration to the running balancer: see `reload.rs`.
     pub fn reload(&self, new: &Settings) -> Applied {
         let mut r = self.0.reloader.lock().unwrap_or_else(|e| e.into_inner());
-        r.apply(new)
+        let applied = r.apply(new);
+        let mut n = self.0.reloads.lock().unwrap_or_else(|e| e.into_inner());
+        n.ok += 1;
+        n.last_success = unix_now();
+        applied
+    }
+
+    /// A reload was attempted and rejected (the new config was invalid); nothing changed.
+    pub fn reload_failed(&self) {
+        self.0
+            .reloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .failed += 1;
+    }
+
+    /// Reopens the access log file (log rotation, on SIGHUP).
+    pub fn reopen_logs(&self) -> std::io::Result<()> {
+        self.0.access_log.as_ref().map_or(Ok(()), |l| l.reopen())
+    }
+
+    /// Everything the metrics show, read now: the workers' counters summed, the backends
+    /// of the current snapshot, the instance's state and the process's figures.
+    pub fn snapshot(&self) -> Snapshot {
+        let s = &self.0;
+        let mut totals = Totals::of(&s.stats);
+        totals.rejected[Rejected::Limit as usize] += s.admission.refused();
+        let reloads = *s.reloads.lock().unwrap_or_else(|e| e.into_inner());
+        Snapshot {
+            totals,
+            backends: BackendView::of(&s.pool),
+            draining: s.draining.load(Ordering::Relaxed),
+            reloads_ok: reloads.ok,
+            reloads_failed: reloads.failed,
+            last_reload_success: reloads.last_success,
+            io_driver: s.io_driver,
+            process: Process::read(),
+        }
+    }
+
+    /// Whether this instance should get new connections: not while it drains, nor with
+    /// every backend down (a load balancer in front, or Kubernetes, then sends clients
+    /// elsewhere). `Err` says why not.
+    pub fn ready(&self) -> Result<(), String> {
+        if self.0.draining.load(Ordering::Relaxed) {
+            return Err("draining".into());
+        }
+        let snap = self.0.pool.snapshot();
+        if !snap.backends.iter().any(|b| b.health.is_up()) {
+            return Err("every backend is down".into());
+        }
+        Ok(())
     }
 
     /// Duplicates of the listening sockets, to hand over to a new process (binary upgrade).
@@ -217,6 +297,15 @@ impl Handle {
     pub fn stop(&self) {
         self.0.workers.send(Control::Stop);
     }
+}
+
+/// Configuration reloads, for the metrics.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reloads {
+    ok: u64,
+    failed: u64,
+    /// Unix time of the last successful load (the start, then each reload).
+    last_success: f64,
 }
 
 /// The built-in echo backend (tests, benches, `wslb demo`). Dropping it stops its workers.

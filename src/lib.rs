@@ -37,9 +37,9 @@
 //! SIGHUP, drain on SIGTERM/SIGINT, and the binary upgrade (`handover.rs`).
 #![deny(unsafe_code)]
 
+pub mod access_log;
 pub mod balancer;
 pub mod buffers;
-pub mod access_log;
 pub mod config;
 pub mod connection;
 pub mod control;

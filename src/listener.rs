@@ -89,6 +89,10 @@ pub struct ConnectionLimit {
     max: usize,
     /// Refusing right now: the warning is logged once per episode, not per client.
     refusing: AtomicBool,
+    /// Clients refused at the limit since start (`wslb_connections_rejected_total{reason=
+    /// "limit"}`): written only when refusing, so it adds no write to an admitted
+    /// connection.
+    refused: std::sync::atomic::AtomicU64,
     /// Notified each time `open` drops to 0, for [`Self::wait_idle`]. The lock is taken
     /// only then (per connection at most, never per frame), so that a waiter that saw
     /// connections open cannot miss the last one closing.
@@ -101,12 +105,18 @@ impl ConnectionLimit {
             open: AtomicUsize::new(0),
             max,
             refusing: AtomicBool::new(false),
+            refused: Default::default(),
             idle: Default::default(),
         })
     }
 
     pub fn unlimited() -> Arc<Self> {
         Self::new(usize::MAX)
+    }
+
+    /// Clients refused at the limit since start.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// A permit for one more connection, or `None` at the limit. `Relaxed`: the count
@@ -116,6 +126,7 @@ impl ConnectionLimit {
         let before = self.open.fetch_add(1, Ordering::Relaxed);
         if before >= self.max {
             self.open.fetch_sub(1, Ordering::Relaxed);
+            self.refused.fetch_add(1, Ordering::Relaxed);
             if !self.refusing.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "connection limit of {} reached; new clients get 503 until some close",

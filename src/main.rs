@@ -61,14 +61,19 @@ fn main() -> ExitCode {
     disable_transparent_huge_pages();
     raise_nofile_limit();
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("WSLB_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    // WSLB_LOG_FORMAT=json: one JSON object per log line, for log shippers.
+    if std::env::var_os("WSLB_LOG_FORMAT").is_some_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {

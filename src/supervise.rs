@@ -260,6 +260,10 @@ impl Supervisor {
 /// SIGHUP: re-reads the config file (with the same flags over it) and applies it; an
 /// invalid one changes nothing.
 fn reload(instance: &Instance, source: &Source) {
+    // Log rotation: the access log file is reopened on every SIGHUP, config or not.
+    if let Err(e) = instance.handle().reopen_logs() {
+        tracing::error!("SIGHUP: cannot reopen the access log ({e}); still writing the old file");
+    }
     let Some(path) = &source.path else {
         tracing::warn!("SIGHUP: wslb was started without --config; nothing to reload");
         return;
@@ -283,6 +287,7 @@ fn reload(instance: &Instance, source: &Source) {
             );
         }
         Err(e) => {
+            instance.handle().reload_failed();
             for line in e.to_string().lines() {
                 tracing::error!(
                     "reload rejected, still running on the old config: {}",

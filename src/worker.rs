@@ -45,6 +45,8 @@ pub struct WorkerEnv {
     pub registry: Registry,
     /// This worker's counters (pings, dead peers, protocol errors ...).
     pub stats: Arc<WorkerStats>,
+    /// The access log, when enabled (shared by the workers; one write per connection).
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl WorkerEnv {
@@ -70,6 +72,7 @@ impl WorkerEnv {
             registry: Registry::new(settings.keepalive),
             stats,
             settings,
+            access_log: None,
         }
     }
 }

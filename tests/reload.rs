@@ -126,6 +126,7 @@ fn reload_under_load_moves_new_connections_and_drains_removed_backends_without_l
     new.timeouts.backend_connect_ms = 1000;
     new.timeouts.close_grace_ms = 2000;
     new.health.enabled = false;
+    new.admin.listen = String::new();
     // wslb sets the deadline inside `reload`, so no earlier than this.
     let earliest_deadline = Instant::now() + DRAIN;
     let applied = lb.reload(&new.validate().unwrap());

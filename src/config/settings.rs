@@ -76,6 +76,18 @@ fixed_settings! {
     keepalive: crate::relay::registry::Keepalive = "keepalive",
     /// `None` when health checks are off.
     health: Option<crate::balancer::HealthConfig> = "health",
+    /// `None`: no admin server.
+    admin: Option<SocketAddr> = "admin.listen",
+    /// `None`: no access log.
+    access_log: Option<AccessLogSettings> = "access_log",
+}
+
+/// Where and how the access log is written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub format: crate::access_log::Format,
+    /// `None`: stderr.
+    pub path: Option<std::path::PathBuf>,
 }
 
 /// Keepalive times are kept in a 32-bit millisecond clock; a day is plenty.
@@ -113,6 +125,26 @@ impl Config {
                 problem("listen", e);
                 None
             }
+        };
+        let admin = match self.admin.listen.as_str() {
+            "" => None,
+            a => match resolve(a) {
+                Ok(addr) if !addr.ip().is_loopback() && !self.admin.allow_remote => {
+                    problem(
+                        "admin.listen",
+                        format!(
+                            "{a:?} is not a loopback address; the admin server has no \
+                             authentication, so set admin.allow_remote = true to expose it"
+                        ),
+                    );
+                    None
+                }
+                Ok(addr) => Some(addr),
+                Err(e) => {
+                    problem("admin.listen", e);
+                    None
+                }
+            },
         };
         if self.backends.is_empty() {
             problem(
@@ -274,6 +306,12 @@ impl Config {
             },
             relay_buffer_bytes: l.relay_buffer_bytes,
             relay_buffer_max_bytes: l.relay_buffer_max_bytes,
+            admin,
+            access_log: self.access_log.enabled.then(|| AccessLogSettings {
+                format: self.access_log.format,
+                path: (!self.access_log.path.is_empty())
+                    .then(|| self.access_log.path.clone().into()),
+            }),
             health: h.enabled.then(|| crate::balancer::HealthConfig {
                 interval: Duration::from_millis(h.interval_ms),
                 timeout: Duration::from_millis(h.timeout_ms),

@@ -52,6 +52,8 @@ pub fn balancer(
     // Active health checks connect to the backends on their own; tests that count
     // connections or script one accept turn them on only where they test them.
     c.health.enabled = false;
+    // Many balancers run at once in the tests: no admin server unless a test asks.
+    c.admin.listen = String::new();
     tweak(&mut c);
     Instance::start(c.validate().unwrap()).unwrap()
 }
