@@ -46,6 +46,18 @@ pub fn bind(
             Err(e) => return Err(io_err(e)),
         }
     }
+    bind_shared(addr, n, backlog)
+}
+
+/// [`bind`] without the probe: joins a port another wslb listens on with SO_REUSEPORT.
+/// Only for a binary upgrade, where the old process still holds the port (its admin
+/// listener) until it exits.
+pub fn bind_shared(
+    addr: SocketAddr,
+    n: usize,
+    backlog: u32,
+) -> Result<Vec<std::net::TcpListener>, BindError> {
+    let io_err = |source| BindError::Io { addr, source };
     let mut bound = addr;
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
