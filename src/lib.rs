@@ -28,6 +28,7 @@
 //! used by tests, benches and `wslb demo`.
 #![deny(unsafe_code)]
 
+pub mod admin;
 pub mod balancer;
 pub mod buffers;
 pub mod config;
