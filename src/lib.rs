@@ -38,6 +38,7 @@
 #![deny(unsafe_code)]
 
 pub mod access_log;
+pub mod admin;
 pub mod balancer;
 pub mod buffers;
 pub mod config;
