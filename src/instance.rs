@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::access_log::AccessLog;
+use crate::admin::{self, AdminServer, AdminView};
 use crate::balancer::{Pool, health};
 use crate::config::{Fixed, IoDriver, Settings};
 use crate::control::{Broadcast, Control};
@@ -26,10 +27,13 @@ pub struct Instance {
     pub workers: Vec<WorkerInfo>,
     /// Each worker's counters, in worker order.
     pub stats: Vec<Arc<WorkerStats>>,
+    /// Where the admin server listens (`None`: off).
+    pub admin_addr: Option<SocketAddr>,
     fixed: Fixed,
     handle: Handle,
     running: Workers,
     health: Option<health::Checker>,
+    admin: Option<AdminServer>,
 }
 
 /// Controls one [`Instance`] from any thread: drain, reload, hand over, stop. Cheap to
@@ -58,7 +62,7 @@ impl Instance {
     /// Binds the listeners and starts the balancer's workers.
     pub fn start(settings: Settings) -> Result<Instance, StartError> {
         let listeners = listener::bind(settings.listen, settings.workers, settings.backlog)?;
-        Self::start_on(settings, listeners)
+        Self::launch(settings, listeners, false)
     }
 
     /// Starts the balancer's workers on listening sockets it already has, one worker per
@@ -66,6 +70,17 @@ impl Instance {
     pub fn start_on(
         settings: Settings,
         listeners: Vec<std::net::TcpListener>,
+    ) -> Result<Instance, StartError> {
+        Self::launch(settings, listeners, true)
+    }
+
+    /// `taken_over`: the listeners come from an old process, which also still serves the
+    /// admin address until it exits, so the admin listener joins that port (SO_REUSEPORT)
+    /// instead of refusing it as taken.
+    fn launch(
+        settings: Settings,
+        listeners: Vec<std::net::TcpListener>,
+        taken_over: bool,
     ) -> Result<Instance, StartError> {
         let local_addr = local_addr(&listeners, settings.listen);
         // Without health checks nothing would bring a backend back, so failed connects do
@@ -138,29 +153,48 @@ impl Instance {
         };
         tracing::info!("balancing {local_addr}");
         let reloader = Reloader::new(&settings, pool.clone(), running.control().clone());
+        let handle = Handle(Arc::new(Shared {
+            workers: running.control().clone(),
+            admission,
+            stats: stats.clone(),
+            draining: AtomicBool::new(false),
+            reloads: Mutex::new(Reloads {
+                last_success: unix_now(),
+                ..Reloads::default()
+            }),
+            access_log,
+            io_driver: match running.infos.first().map(|i| i.driver) {
+                Some(worker::Driver::Epoll) => "epoll",
+                _ => "io_uring",
+            },
+            listeners: dups,
+            pool,
+            reloader: Mutex::new(reloader),
+        }));
+        let admin = match settings.admin {
+            None => None,
+            Some(addr) => {
+                let bound = if taken_over {
+                    listener::bind_shared(addr, 1, 128)
+                } else {
+                    listener::bind(addr, 1, 128)
+                };
+                let l = bound.map_err(StartError::Admin)?.pop().expect("one socket asked for");
+                let view: Arc<dyn AdminView> = Arc::new(handle.clone());
+                Some(admin::spawn_on(l, view).map_err(|source| StartError::Setup {
+                    what: "starting the admin server",
+                    source,
+                })?)
+            }
+        };
         Ok(Instance {
+            admin_addr: admin.as_ref().map(AdminServer::local_addr),
+            admin,
             local_addr,
             fixed: settings.fixed.clone(),
             workers: running.infos.clone(),
             stats: stats.clone(),
-            handle: Handle(Arc::new(Shared {
-                workers: running.control().clone(),
-                admission,
-                stats,
-                draining: AtomicBool::new(false),
-                reloads: Mutex::new(Reloads {
-                    last_success: unix_now(),
-                    ..Reloads::default()
-                }),
-                access_log,
-                io_driver: match running.infos.first().map(|i| i.driver) {
-                    Some(worker::Driver::Epoll) => "epoll",
-                    _ => "io_uring",
-                },
-                listeners: dups,
-                pool,
-                reloader: Mutex::new(reloader),
-            })),
+            handle,
             running,
             health,
         })
@@ -190,6 +224,8 @@ impl Instance {
 
 impl Drop for Instance {
     fn drop(&mut self) {
+        // The admin server first: it holds a handle and would report a stopped instance.
+        drop(self.admin.take());
         self.running.stop();
         if let Some(h) = self.health.take() {
             h.stop();
@@ -296,6 +332,16 @@ impl Handle {
     /// Ends the workers now, as dropping the [`Instance`] does (without joining them).
     pub fn stop(&self) {
         self.0.workers.send(Control::Stop);
+    }
+}
+
+impl AdminView for Handle {
+    fn snapshot(&self) -> Snapshot {
+        Handle::snapshot(self)
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        Handle::ready(self)
     }
 }
 

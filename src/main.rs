@@ -180,8 +180,14 @@ fn demo() -> anyhow::Result<()> {
         "\nwslb demo: balancer on ws://{} -> echo backends {} and {}\n\
          Try it (each new connection goes to the next backend):\n  \
          python3 -m pip install websockets && python3 -m websockets ws://{}/\n\
-         Ctrl-C stops the demo.",
-        lb.local_addr, a.local_addr, b.local_addr, lb.local_addr
+         {}Ctrl-C stops the demo.",
+        lb.local_addr,
+        a.local_addr,
+        b.local_addr,
+        lb.local_addr,
+        lb.admin_addr.map_or(String::new(), |a| format!(
+            "Status page and metrics: http://{a}/ and http://{a}/metrics\n"
+        )),
     );
     if supervisor.run(&lb, &Source::default()) == Outcome::Interrupted {
         std::process::exit(1);

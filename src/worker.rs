@@ -112,6 +112,8 @@ pub enum StartError {
     Died { id: usize },
     #[error(transparent)]
     Bind(#[from] crate::listener::BindError),
+    #[error("admin server ([admin] listen or --admin; empty turns it off): {0}")]
+    Admin(crate::listener::BindError),
 }
 
 /// Entries in each io_uring submission queue. Operations in flight are not bounded by it

@@ -143,7 +143,7 @@ fn takeover_without_a_running_wslb_fails_clearly() {
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_wslb"))
-        .args(["run", "--takeover", "--config"])
+        .args(["run", "--takeover", "--admin", "", "--config"])
         .arg(&path)
         .output()
         .unwrap();

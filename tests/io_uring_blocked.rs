@@ -52,6 +52,8 @@ fn auto_falls_back_to_epoll_and_says_so() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wslb"));
     cmd.args([
         "run",
+        "--admin",
+        "",
         "--listen",
         &format!("127.0.0.1:{port}"),
         "--backend",
@@ -89,6 +91,8 @@ fn auto_falls_back_to_epoll_and_says_so() {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wslb"));
     cmd.args([
         "run",
+        "--admin",
+        "",
         "--listen",
         "127.0.0.1:0",
         "--backend",

@@ -255,3 +255,68 @@ fn value(text: &str, series: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {series} in\n{text}"));
     line[series.len() + 1..].parse().unwrap()
 }
+
+/// `GET path` on the admin server: (status, body).
+fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw[9..12].parse().unwrap();
+    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    (status, body)
+}
+
+/// The real binary with its admin server: scraped after traffic, ready, then not ready
+/// while it drains (a Kubernetes or L4 check takes it out before it stops).
+#[test]
+fn the_binary_serves_metrics_and_readiness_and_is_unready_while_draining() {
+    let backend = echo();
+    let lb = reserve_addr();
+    let dir = test_dir("admin-binary");
+    let path = dir.join("wslb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"{}\"\nworkers = 1\nbackends = [\"{}\"]\n[health]\nenabled = false\n\
+             [timeouts]\nshutdown_grace_ms = 5000\n",
+            lb.addr, backend.local_addr
+        ),
+    )
+    .unwrap();
+    let wslb = Wslb::start(&path, &["--admin", "127.0.0.1:0"]);
+    let line = wslb.wait_for("admin server on http://");
+    let admin: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    wslb.wait_for("balancing");
+    let mut p = Peer::connect(lb.addr);
+    assert_echo(&mut p, 1, b"scraped");
+    let (status, text) = admin_get(admin, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(value(&text, "wslb_connections_accepted_total"), 1.0);
+    assert_eq!(value(&text, "wslb_connections_open"), 1.0);
+    let series = format!("wslb_backend_connections_open{{backend=\"{}\"}}", backend.local_addr);
+    assert_eq!(value(&text, &series), 1.0);
+    assert!(value(&text, "process_resident_memory_bytes") > 0.0);
+    assert_eq!(admin_get(admin, "/readyz").0, 200);
+    assert_eq!(admin_get(admin, "/healthz").0, 200);
+
+    // SIGTERM with a connection open: the drain waits for it, and meanwhile readiness
+    // says no.
+    wslb.signal(libc::SIGTERM);
+    wslb.wait_for("draining");
+    let (status, body) = admin_get(admin, "/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("draining"), "{body}");
+    assert_eq!(value(&admin_get(admin, "/metrics").1, "wslb_draining"), 1.0);
+    p.send(true, 8, &close_payload(1000, ""));
+    assert_eq!(p.expect_close().0, 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}

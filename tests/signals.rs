@@ -18,7 +18,7 @@ fn sighup_reloads_and_sigterm_drains_in_process() {
     let config = |backend: std::net::SocketAddr| {
         format!(
             "listen = \"127.0.0.1:0\"\nworkers = 1\nbackends = [\"{backend}\"]\nstats_interval_secs = 0\n\
-             [timeouts]\nshutdown_grace_ms = 200\nclose_grace_ms = 1000\n[health]\nenabled = false\n"
+             [timeouts]\nshutdown_grace_ms = 200\nclose_grace_ms = 1000\n[health]\nenabled = false\n[admin]\nlisten = \"\"\n"
         )
     };
     std::fs::write(&path, config(a.local_addr)).unwrap();

@@ -100,7 +100,15 @@ impl Drop for AdminServer {
 /// [`check_listen`]).
 pub fn spawn(listen: SocketAddr, view: Arc<dyn AdminView>) -> std::io::Result<AdminServer> {
     // Bound here, on the caller's thread, so a taken port is the caller's error at once.
-    let listener = std::net::TcpListener::bind(listen)?;
+    spawn_on(std::net::TcpListener::bind(listen)?, view)
+}
+
+/// [`spawn`] on a listening socket the caller bound (the instance binds it as it binds its
+/// own listeners: see `listener::bind` and, for a binary upgrade, `bind_shared`).
+pub fn spawn_on(
+    listener: std::net::TcpListener,
+    view: Arc<dyn AdminView>,
+) -> std::io::Result<AdminServer> {
     // epoll readiness: an accept must return EAGAIN rather than block the runtime.
     listener.set_nonblocking(true)?;
     let local_addr = listener.local_addr()?;

@@ -377,11 +377,20 @@ pub struct Wslb {
 
 impl Wslb {
     /// `wslb run --config <config> <extra...>`.
+    ///
+    /// Many run at once in the tests, so the admin server is off (`--admin ""`) unless
+    /// `extra` names an admin address.
     pub fn start(config: &std::path::Path, extra: &[&str]) -> Wslb {
+        let no_admin: &[&str] = if extra.contains(&"--admin") {
+            &[]
+        } else {
+            &["--admin", ""]
+        };
         Self::spawn(
             Command::new(env!("CARGO_BIN_EXE_wslb"))
                 .args(["run", "--config"])
                 .arg(config)
+                .args(no_admin)
                 .args(extra),
         )
     }
@@ -390,7 +399,7 @@ impl Wslb {
     pub fn start_with_nofile(config: &std::path::Path, nofile: u64) -> Wslb {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wslb"));
-        cmd.args(["run", "--config"]).arg(config);
+        cmd.args(["run", "--config"]).arg(config).args(["--admin", ""]);
         // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
         unsafe {
             cmd.pre_exec(move || {
