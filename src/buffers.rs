@@ -10,7 +10,7 @@
 //! The pool belongs to one worker (`Rc`, `RefCell`); buffers never cross threads, so
 //! mimalloc's thread-local free lists serve every allocation here.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 /// Free buffers a worker keeps for reuse. A buffer is in use only from a completed
 /// readiness wait to the end of the write that forwards what was read, and on loopback both
@@ -25,6 +25,9 @@ const MAX_FREE: usize = 16;
 #[derive(Debug)]
 pub struct BufferPool {
     free: RefCell<Vec<Vec<u8>>>,
+    /// Buffers handed out since start (wrapping): the worker's idle trim compares it
+    /// between its checks to see that no byte moved (see `worker::trim_when_idle`).
+    taken: Cell<u32>,
     /// Capacity of a new buffer (`limits.relay_buffer_bytes`).
     size: usize,
     /// Largest capacity kept for reuse (`limits.relay_buffer_max_bytes`).
@@ -35,6 +38,7 @@ impl BufferPool {
     pub fn new(size: usize, max: usize) -> Self {
         Self {
             free: RefCell::new(Vec::new()),
+            taken: Cell::new(0),
             size,
             max: max.max(size),
         }
@@ -45,6 +49,7 @@ impl BufferPool {
     /// pool serving 16 KiB messages settles on buffers that take one whole framed message.
     pub fn take(&self, min: usize) -> Vec<u8> {
         let min = min.max(self.size);
+        self.taken.set(self.taken.get().wrapping_add(1));
         match self.free.borrow_mut().pop() {
             Some(mut b) => {
                 if b.capacity() < min {
@@ -67,6 +72,17 @@ impl BufferPool {
             b.clear();
             free.push(b);
         }
+    }
+
+    /// Buffers handed out since start (wrapping).
+    pub fn taken(&self) -> u32 {
+        self.taken.get()
+    }
+
+    /// Frees every buffer kept for reuse: after a burst the pool holds up to 16 buffers
+    /// grown to the largest frames seen, memory an idle worker should not pin.
+    pub fn trim(&self) {
+        *self.free.borrow_mut() = Vec::new();
     }
 
     /// Buffers waiting for reuse.
@@ -108,5 +124,20 @@ mod tests {
         p.give(Vec::with_capacity(16));
         p.give(Vec::with_capacity(1 << 20));
         assert_eq!(p.free_count(), 0);
+    }
+
+    #[test]
+    fn trim_frees_the_spares_and_takes_are_counted() {
+        let p = BufferPool::new(1024, 65536);
+        let before = p.taken();
+        let bufs: Vec<_> = (0..4).map(|_| p.take(65536)).collect();
+        assert_eq!(p.taken().wrapping_sub(before), 4);
+        for b in bufs {
+            p.give(b);
+        }
+        assert_eq!(p.free_count(), 4);
+        p.trim();
+        assert_eq!(p.free_count(), 0);
+        assert!(p.take(1).capacity() >= 1024, "still serves after a trim");
     }
 }

@@ -133,6 +133,7 @@ impl Instance {
                     async move {
                         let keepalive = env.clone();
                         monoio::spawn(async move { keepalive.registry.keepalive_timer().await });
+                        monoio::spawn(worker::trim_when_idle(env.clone()));
                         let accepting = monoio::io::Canceller::new();
                         let conn_env = env.clone();
                         let accept = monoio::spawn(listener::accept_loop(

@@ -77,6 +77,53 @@ impl WorkerEnv {
     }
 }
 
+/// How long a worker must hand out no relay buffer (no byte moved on any of its
+/// connections) before it gives back what a burst left behind: long enough that a worker
+/// with steady traffic never trims, short enough that a burst's peak is gone within a
+/// second of its end.
+const IDLE_TRIM_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// After a burst of traffic, once the worker has been quiet for [`IDLE_TRIM_AFTER`], frees
+/// what the burst left: the buffer pool's spare buffers (grown to the largest frames seen)
+/// and the pages mimalloc keeps for this thread. mimalloc returns freed pages to the OS
+/// only on a later allocation or free ("delayed purge"), and an idle worker makes none, so
+/// without this more of a burst's peak stays resident (load bench, idle-busy: see the
+/// README's memory figures).
+///
+/// A timer, but not a control-plane poll: it reads this worker's own buffer counter once a
+/// second and does nothing while traffic flows (a busy worker never trims) or after it has
+/// trimmed once.
+pub async fn trim_when_idle(env: std::rc::Rc<WorkerEnv>) {
+    let mut seen = env.buffers.taken();
+    let mut burst = false;
+    loop {
+        monoio::time::sleep(IDLE_TRIM_AFTER).await;
+        let now = env.buffers.taken();
+        if now != seen {
+            (seen, burst) = (now, true);
+        } else if burst {
+            burst = false;
+            env.buffers.trim();
+            collect_allocator();
+            tracing::debug!(
+                worker = env.id,
+                "idle: spare buffers freed, allocator collected"
+            );
+        }
+    }
+}
+
+/// Has mimalloc free this thread's empty pages and purge what it keeps for reuse now
+/// (`mi_collect(true)`), rather than on a later allocation that an idle worker does not
+/// make. Harmless where mimalloc is not the global allocator (tests): its heap is empty.
+#[allow(unsafe_code)]
+fn collect_allocator() {
+    // SAFETY: `mi_collect` takes a bool and works on the calling thread's mimalloc heap
+    // and the process's arenas under mimalloc's own locks; it frees nothing still
+    // allocated.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 /// The io driver a worker actually runs on (as reported by monoio, not as requested).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
