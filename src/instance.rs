@@ -180,12 +180,17 @@ impl Instance {
                 } else {
                     listener::bind(addr, 1, 128)
                 };
-                let l = bound.map_err(StartError::Admin)?.pop().expect("one socket asked for");
+                let l = bound
+                    .map_err(StartError::Admin)?
+                    .pop()
+                    .expect("one socket asked for");
                 let view: Arc<dyn AdminView> = Arc::new(handle.clone());
-                Some(admin::spawn_on(l, view).map_err(|source| StartError::Setup {
-                    what: "starting the admin server",
-                    source,
-                })?)
+                Some(
+                    admin::spawn_on(l, view).map_err(|source| StartError::Setup {
+                        what: "starting the admin server",
+                        source,
+                    })?,
+                )
             }
         };
         Ok(Instance {

@@ -261,11 +261,18 @@ fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut raw = String::new();
     s.read_to_string(&mut raw).unwrap();
     let status = raw[9..12].parse().unwrap();
-    let body = raw.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_string();
+    let body = raw
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
     (status, body)
 }
 
@@ -302,7 +309,10 @@ fn the_binary_serves_metrics_and_readiness_and_is_unready_while_draining() {
     assert_eq!(status, 200);
     assert_eq!(value(&text, "wslb_connections_accepted_total"), 1.0);
     assert_eq!(value(&text, "wslb_connections_open"), 1.0);
-    let series = format!("wslb_backend_connections_open{{backend=\"{}\"}}", backend.local_addr);
+    let series = format!(
+        "wslb_backend_connections_open{{backend=\"{}\"}}",
+        backend.local_addr
+    );
     assert_eq!(value(&text, &series), 1.0);
     assert!(value(&text, "process_resident_memory_bytes") > 0.0);
     assert_eq!(admin_get(admin, "/readyz").0, 200);

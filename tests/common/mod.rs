@@ -399,7 +399,9 @@ impl Wslb {
     pub fn start_with_nofile(config: &std::path::Path, nofile: u64) -> Wslb {
         use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_wslb"));
-        cmd.args(["run", "--config"]).arg(config).args(["--admin", ""]);
+        cmd.args(["run", "--config"])
+            .arg(config)
+            .args(["--admin", ""]);
         // SAFETY: setrlimit is async-signal-safe and touches only the child's limits.
         unsafe {
             cmd.pre_exec(move || {
