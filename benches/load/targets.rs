@@ -186,7 +186,14 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
             let other = std::env::var_os(var).map(PathBuf::from);
             let dir = TempDir::new(kind.name());
             let cfg = dir.0.join("wslb.toml");
-            std::fs::write(&cfg, "stats_interval_secs = 1\n").unwrap();
+            // The admin server on a port of its own (0): it is on by default, and a fresh
+            // process for the idle scenario runs beside the long-running one. (Builds from
+            // WSLB_BENCH_*_BIN get no config file and run with their defaults.)
+            std::fs::write(
+                &cfg,
+                "stats_interval_secs = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            )
+            .unwrap();
             let mut args = vec!["run".to_string()];
             if other.is_none() {
                 args.extend(["--config".into(), cfg.display().to_string()]);
