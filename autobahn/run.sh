@@ -43,7 +43,7 @@ trap cleanup EXIT
 
 "$bin" echo --listen "127.0.0.1:$echo_port" --workers 1 2>"$work/echo.log" & pids+=($!)
 "$bin" run --listen "127.0.0.1:$lb_port" --backend "127.0.0.1:$echo_port" --workers 2 \
-  --io-driver "${WSLB_IO_DRIVER:-auto}" 2>"$work/lb.log" & pids+=($!)
+  --io-driver "${WSLB_IO_DRIVER:-auto}" --admin "" 2>"$work/lb.log" & pids+=($!)
 for port in "$echo_port" "$lb_port"; do
   for _ in $(seq 50); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break

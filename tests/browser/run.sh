@@ -18,7 +18,11 @@ done
 
 # playwright-core only: it downloads no browser.
 npm ci --no-audit --no-fund --loglevel=error
-(cd "$repo" && cargo build --quiet --example admin_demo)
+(cd "$repo" && cargo build --quiet --example admin_demo --bin wslb)
 export ADMIN_DEMO="$repo/target/debug/examples/admin_demo"
+export WSLB="$repo/target/debug/wslb"
 export SCREENSHOT="${SCREENSHOT:-$repo/docs/status-page.png}"
+# The page's states (draining, backends down, unreachable) against a scripted instance,
+# then the real binary with real traffic from the browser's own WebSockets.
 node status-page.mjs
+node real-traffic.mjs
