@@ -17,7 +17,6 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::frame::Side;
-use crate::metrics::ClosedBy;
 use crate::relay::Traffic;
 
 /// How lines are written.
@@ -106,13 +105,9 @@ impl AccessLog {
 
 fn close_fields(t: &Traffic) -> (String, &'static str) {
     match t.first_close {
-        Some((by, code)) => (code.map_or("none".into(), |c| c.to_string()), by_label(by)),
+        Some((by, code)) => (code.map_or("none".into(), |c| c.to_string()), by.label()),
         None => ("none".into(), "none"),
     }
-}
-
-fn by_label(by: ClosedBy) -> &'static str {
-    by.label()
 }
 
 fn text(e: &Entry<'_>) -> String {
@@ -139,7 +134,7 @@ fn json(e: &Entry<'_>) -> String {
     let (c, b) = (Side::Client.index(), Side::Backend.index());
     let close = t
         .first_close
-        .map(|(by, code)| serde_json::json!({ "code": code, "by": by_label(by) }));
+        .map(|(by, code)| serde_json::json!({ "code": code, "by": by.label() }));
     serde_json::json!({
         "client": e.client.to_string(),
         "backend": e.backend.map(|a| a.to_string()),
@@ -158,6 +153,7 @@ fn json(e: &Entry<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::ClosedBy;
 
     fn entry(path: Option<&str>) -> Entry<'_> {
         Entry {

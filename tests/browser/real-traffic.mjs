@@ -14,6 +14,7 @@ import { join } from "node:path";
 import { createInterface } from "node:readline";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
+import { runSteps } from "./steps.mjs";
 
 const wslbPath = process.env.WSLB;
 const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
@@ -131,20 +132,8 @@ const steps = [
   }],
 ];
 
-let passed = 0;
-let failed = 0;
-for (const [name, run] of steps) {
-  try {
-    await run();
-    passed++;
-    console.log("ok   " + name);
-  } catch (e) {
-    failed++;
-    console.log("FAIL " + name + "\n     " + String(e.stack ?? e).split("\n").join("\n     "));
-  }
-}
+const failed = await runSteps(steps, "browser (real traffic)");
 await context.close();
 rmSync(profile, { recursive: true, force: true });
 for (const p of procs) if (p.exitCode === null) p.kill("SIGKILL");
-console.log(`browser (real traffic): ${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);

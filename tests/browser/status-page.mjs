@@ -16,6 +16,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 import { chromium } from "playwright-core";
+import { runSteps } from "./steps.mjs";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, "../..");
@@ -175,20 +176,8 @@ const steps = [
   }],
 ];
 
-let passed = 0;
-let failed = 0;
-for (const [name, run] of steps) {
-  try {
-    await run();
-    passed++;
-    console.log("ok   " + name);
-  } catch (e) {
-    failed++;
-    console.log("FAIL " + name + "\n     " + String(e.stack ?? e).split("\n").join("\n     "));
-  }
-}
+const failed = await runSteps(steps, "browser");
 await context.close();
 rmSync(profile, { recursive: true, force: true });
 if (demo.exitCode === null) demo.kill();
-console.log(`browser: ${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);
