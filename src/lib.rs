@@ -25,9 +25,11 @@
 //! each worker's pool of relay buffers (an idle connection holds none); `balancer/health.rs`
 //! checks backends from one thread, probing them concurrently; `relay/registry.rs` is each
 //! worker's registry of open relays (keepalive pings and idle closes from one timer per
-//! worker, and the relays to wake for a drain or a retired backend); `metrics.rs` keeps
-//! per-worker counters and the stats line; `echo.rs` is the built-in echo backend used by
-//! tests, benches and `wslb demo`.
+//! worker, and the relays to wake for a drain or a retired backend); `metrics/` keeps
+//! per-worker counters, sums them into a snapshot when read, and renders it for Prometheus;
+//! `admin/` serves that snapshot, readiness and the status page from a thread of its own;
+//! `access_log.rs` writes one line per finished connection; `echo.rs` is the built-in echo
+//! backend used by tests, benches and `wslb demo`.
 //!
 //! # Lifecycle and control
 //! `instance.rs` starts an [`Instance`] (the balancer) and gives out its [`Handle`]; drop
