@@ -141,7 +141,7 @@ pub fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
 /// `ceil(n / 64)` timeouts and the checker never has more than 64 threads out.
 const PARALLEL_PROBES: usize = 64;
 
-/// Probes every address once, concurrently (see [`PARALLEL_PROBES`]), and returns the
+/// Probes every address once, concurrently (see `PARALLEL_PROBES`), and returns the
 /// results in the same order. Each probe gives up at `cfg.timeout`, so this returns after
 /// about one timeout per wave. If a thread cannot be started, that probe runs on the
 /// calling thread instead.

@@ -93,7 +93,7 @@ pub struct WorkerStats {
     /// Bytes and frames forwarded, by the side that sent them ([`Side::index`]).
     bytes: [AtomicU64; 2],
     frames: [AtomicU64; 2],
-    /// Close frames, by who sent them ([`ClosedBy`]) and code ([`code_bucket`]).
+    /// Close frames, by who sent them ([`ClosedBy`]) and code (`code_bucket`).
     closes: [[AtomicU64; CLOSE_CODES]; 3],
     /// Accept to `101` relayed.
     handshake: Histogram,
@@ -271,7 +271,7 @@ fn code_bucket(code: Option<u16>) -> usize {
     }
 }
 
-/// The `code` label of a bucket of [`code_bucket`] (bucket 19 is unused: room to grow).
+/// The `code` label of a bucket of `code_bucket` (bucket 19 is unused: room to grow).
 pub fn code_label(bucket: usize) -> Option<&'static str> {
     const LABELS: [&str; 19] = [
         "1000", "1001", "1002", "1003", "1004", "1005", "1006", "1007", "1008", "1009", "1010",

@@ -10,7 +10,7 @@
 //! keepalive pings, see `registry.rs`) are only ever written by that pump, at a frame
 //! boundary (`close.rs`); the pong a peer sends back to wslb's ping is taken out of the
 //! stream by the pump reading that peer. When a source breaks the protocol, its pump sends
-//! the destination a close and, through the [`Link`] the two pumps share, owes the
+//! the destination a close and, through the `Link` the two pumps share, owes the
 //! offender the close code for its violation. The other pump keeps forwarding what the
 //! other peer still sends (answers to messages the offender sent before its bad frame
 //! arrive, as they would without wslb), and puts the owed close in place of that peer's

@@ -4,11 +4,11 @@
 //!
 //! Why not a timer per connection: an idle connection is a parked task, and a monoio
 //! timer entry per connection would cost more than the rest of its state. Instead each
-//! relay has one 32-byte [`Slot`] here, the relay stamps it with a coarse clock each time
+//! relay has one 32-byte `Slot` here, the relay stamps it with a coarse clock each time
 //! it reads, and the worker's keepalive timer ([`Registry::keepalive_timer`]) sweeps the
 //! slots a few times per ping interval and wakes only the relays that have something due. The relay
 //! itself then decides what to do (see [`Registry::attention`]): the sweep and the relay
-//! apply the same rule ([`due`]), so a wake is never lost and never repeats for long.
+//! apply the same rule (`due`), so a wake is never lost and never repeats for long.
 //!
 //! The registry knows nothing of drains or reloads: the worker's control task
 //! (`worker::obey`) tells it to [`Registry::go_away`] or to [`Registry::retire`] a
