@@ -83,7 +83,7 @@ impl WorkerEnv {
 /// second of its end.
 const IDLE_TRIM_AFTER: std::time::Duration = std::time::Duration::from_millis(500);
 
-/// After a burst of traffic, once the worker has been quiet for [`IDLE_TRIM_AFTER`], frees
+/// After a burst of traffic, once the worker has been quiet for `IDLE_TRIM_AFTER`, frees
 /// what the burst left: the buffer pool's spare buffers (grown to the largest frames seen)
 /// and the pages mimalloc keeps for this thread. mimalloc returns freed pages to the OS
 /// only on a later allocation or free ("delayed purge"), and an idle worker makes none, so
