@@ -209,6 +209,17 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
             for b in backends {
                 args.extend(["--backend".into(), b.to_string()]);
             }
+            // Another build gets no config file; if it has an admin server (on by default,
+            // on a fixed port), it goes to port 0 too, or the idle scenario's fresh process
+            // could not start beside the long-running one.
+            if let Some(bin) = &other
+                && Command::new(bin)
+                    .args(["run", "--help"])
+                    .output()
+                    .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--admin"))
+            {
+                args.extend(["--admin".into(), "127.0.0.1:0".into()]);
+            }
             let env: &[(String, String)] = if kind == Kind::WslbAb { ab_env } else { &[] };
             let log = std::fs::File::create(dir.0.join("wslb.log")).unwrap();
             let bin = other.unwrap_or_else(|| wslb_bin().into());
