@@ -15,7 +15,7 @@ use crate::access_log;
 use crate::balancer::{Backend, Failure, Lease, Snapshot};
 use crate::handshake::{self, Reject};
 use crate::listener::Permit;
-use crate::metrics::{Event, OpenGuard, Rejected};
+use crate::metrics::{OpenGuard, Rejected};
 use crate::relay::{self, Traffic};
 use crate::stream::ClientStream;
 use crate::worker::WorkerEnv;
@@ -197,13 +197,11 @@ async fn upgrade<C: ClientStream>(
         match connect_and_forward(ctx, &pick.0, pick.1, forward).await {
             Ok(b) => b,
             Err(e) => {
-                let (answer, event) = match e {
-                    HandshakeError::AllDown => {
-                        (handshake::SERVICE_UNAVAILABLE, Event::AllBackendsDown)
-                    }
-                    _ => (handshake::BAD_GATEWAY, Event::BadGateway),
+                // Counted with every other rejection, by `serve`.
+                let answer = match e {
+                    HandshakeError::AllDown => handshake::SERVICE_UNAVAILABLE,
+                    _ => handshake::BAD_GATEWAY,
                 };
-                ctx.stats.count(event);
                 let _ = client.write_all(answer).await;
                 return Err(e);
             }

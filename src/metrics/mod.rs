@@ -41,22 +41,16 @@ pub enum Event {
     ClientProtocolError,
     /// A backend broke the protocol.
     BackendProtocolError,
-    /// A client got 503 because every backend was down.
-    AllBackendsDown,
-    /// A client got 502: no backend could be reached, or one failed the handshake.
-    BadGateway,
 }
 
 impl Event {
-    pub const ALL: [Event; 8] = [
+    pub const ALL: [Event; 6] = [
         Event::KeepalivePing,
         Event::DeadPeer,
         Event::IdleClose,
         Event::RemovedBackendClose,
         Event::ClientProtocolError,
         Event::BackendProtocolError,
-        Event::AllBackendsDown,
-        Event::BadGateway,
     ];
 
     pub fn name(self) -> &'static str {
@@ -67,8 +61,6 @@ impl Event {
             Event::RemovedBackendClose => "removed-backend closes",
             Event::ClientProtocolError => "client protocol errors",
             Event::BackendProtocolError => "backend protocol errors",
-            Event::AllBackendsDown => "503 all down",
-            Event::BadGateway => "502",
         }
     }
 }
@@ -339,7 +331,7 @@ mod tests {
         assert_eq!(summary(&w), "open 0 (0 0), accepted 4 (3 1), spread 1.50");
         w[0].count(Event::KeepalivePing);
         w[1].count(Event::KeepalivePing);
-        w[1].count(Event::BadGateway);
+        w[1].rejected(Rejected::BackendFailed);
         assert_eq!(
             summary(&w),
             "open 0 (0 0), accepted 4 (3 1), spread 1.50; pings 2, 502 1"

@@ -137,11 +137,18 @@ pub fn summary(stats: &[Arc<WorkerStats>]) -> String {
     } else {
         *accepted.iter().max().unwrap() as f64 * accepted.len() as f64 / total as f64
     };
+    // Events, then the answers wslb gave for its backends (the 503s and 502s are counted
+    // once, as rejections, and shown here under their status).
+    let t = Totals::of(stats);
     let events: Vec<String> = Event::ALL
         .iter()
-        .map(|&e| (e, stats.iter().map(|s| s.events(e)).sum::<u64>()))
+        .map(|&e| (e.name(), t.event(e)))
+        .chain([
+            ("503 all down", t.rejected(Rejected::AllBackendsDown)),
+            ("502", t.rejected(Rejected::BackendFailed)),
+        ])
         .filter(|&(_, n)| n > 0)
-        .map(|(e, n)| format!("{} {n}", e.name()))
+        .map(|(name, n)| format!("{name} {n}"))
         .collect();
     format!(
         "open {} ({}), accepted {} ({}), spread {spread:.2}{}{}",
