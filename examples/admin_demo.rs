@@ -90,6 +90,7 @@ impl AdminView for Demo {
             last_reload_success: self.started_at,
             io_driver: "io_uring",
             process: Process::read(),
+            certificates: Vec::new(),
         }
     }
 

@@ -38,15 +38,14 @@ fn main() {
             let limit = wslb::listener::ConnectionLimit::unlimited();
             // Never cancelled: the example runs until the process ends.
             let forever = monoio::io::Canceller::new();
-            wslb::listener::accept_loop(
-                l,
-                limit,
-                forever.handle(),
-                move |s, peer, _permit| async move {
-                    let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let _ = proxy(s, peer, backends[i % backends.len()]).await;
-                },
-            )
+            wslb::listener::accept_loop(l, limit, forever.handle(), true, move |s, peer, permit| {
+                let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let backend = backends[i % backends.len()];
+                monoio::spawn(async move {
+                    let _ = proxy(s, peer, backend).await;
+                    drop(permit);
+                });
+            })
         },
     )
     .unwrap();

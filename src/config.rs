@@ -67,6 +67,56 @@ pub struct Config {
     pub keepalive: Keepalive,
     pub admin: Admin,
     pub access_log: AccessLog,
+    pub tls: Tls,
+}
+
+/// TLS termination (see `tls/`). With a certificate configured (`cert` and `key`, or
+/// `[[tls.certificates]]`), the listener speaks only TLS (wss://).
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tls {
+    /// PEM certificate chain, leaf first. Default empty: TLS off.
+    pub cert: String,
+    /// PEM private key of `cert`: PKCS#8, PKCS#1 (RSA) or SEC1 (EC).
+    pub key: String,
+    /// More certificates, chosen by the SNI name a client asks for (each serves the DNS
+    /// names of its subjectAltName, wildcards included). The default certificate, for
+    /// clients that send no name or an unknown one, is `cert`/`key` if set, else the first
+    /// of these.
+    pub certificates: Vec<CertFiles>,
+    /// A client asking for a name no certificate has: `default` (it gets the default
+    /// certificate) or `refuse` (the handshake ends with an alert).
+    pub unknown_sni: UnknownSni,
+    /// PEM CA bundle: when set, clients present certificates verified against it.
+    /// Default empty: no client certificates.
+    pub client_ca: String,
+    /// With `client_ca`: `required` (default) or `optional` (a client without a
+    /// certificate is let in; one with a bad certificate is not).
+    pub client_auth: ClientAuth,
+}
+
+/// One `[[tls.certificates]]` entry.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnknownSni {
+    #[default]
+    Default,
+    Refuse,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientAuth {
+    #[default]
+    Required,
+    Optional,
 }
 
 /// The admin HTTP server: `/metrics`, `/healthz`, `/readyz`, `/backends` and the status
@@ -240,6 +290,7 @@ impl Default for Config {
             keepalive: Keepalive::default(),
             admin: Admin::default(),
             access_log: AccessLog::default(),
+            tls: Tls::default(),
         }
     }
 }
@@ -289,6 +340,13 @@ pub struct Overrides {
     /// Admin HTTP server address (metrics, health, status page); "" turns it off.
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
+    /// PEM certificate chain for TLS termination (wss://); with --tls-key. Overrides
+    /// [tls] cert.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert: Option<String>,
+    /// PEM private key of --tls-cert. Overrides [tls] key.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key: Option<String>,
 }
 
 /// Where `wslb run`'s settings come from: a config file (or the defaults) with the flags
@@ -323,6 +381,12 @@ impl Source {
         }
         if let Some(a) = &flags.admin {
             c.admin.listen = a.clone();
+        }
+        if let Some(f) = &flags.tls_cert {
+            c.tls.cert = f.clone();
+        }
+        if let Some(f) = &flags.tls_key {
+            c.tls.key = f.clone();
         }
         c.validate()
     }

@@ -4,6 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use monoio::buf::{IoBuf, IoBufMut};
@@ -18,6 +19,7 @@ use crate::listener::Permit;
 use crate::metrics::{OpenGuard, Rejected};
 use crate::relay::{self, Traffic};
 use crate::stream::ClientStream;
+use crate::tls;
 use crate::worker::WorkerEnv;
 
 /// Why a connection ended before the relay started. Each variant names the side at fault.
@@ -29,6 +31,8 @@ pub enum HandshakeError {
     ClientTimeout,
     #[error("client closed before finishing its request")]
     ClientClosed,
+    #[error("client's TLS handshake failed ({})", .0.label())]
+    Tls(tls::Failure),
     #[error("client I/O error: {0}")]
     ClientIo(std::io::Error),
     #[error("every backend is down (health checks); answered 503")]
@@ -54,73 +58,126 @@ enum ConnectError {
 /// connection that fails before the relay logs why (warn when a backend is at fault, debug
 /// otherwise), a relayed one logs when it starts and how it ended, at debug. `open` counts
 /// the connection in its worker's stats and under the connection limit until the future
-/// ends.
+/// ends. With `tls`, the client is served over TLS: the handshake, then the upgrade, both
+/// within `timeouts.client_handshake_ms`.
 ///
 /// Not an `async fn`, and the handshake runs boxed: the client socket moves straight into
 /// the boxed handshake, so neither it nor the handshake's state takes room in the task an
 /// idle connection parks, which is then only as large as the relay's future (about 1 KiB).
-pub fn serve<C: ClientStream>(
-    client: C,
+pub fn serve(
+    tcp: TcpStream,
     peer: SocketAddr,
     ctx: Rc<WorkerEnv>,
     open: (OpenGuard, Permit),
-) -> impl std::future::Future<Output = ()> + 'static {
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
     let accepted = Instant::now();
-    let handshake = Box::pin(upgrade(client, peer, ctx.clone()));
-    async move {
-        // Held until the connection's future ends, whichever way it ends.
-        let _open = open;
-        let up = match handshake.await {
-            Ok(up) => up,
-            Err(e) => {
-                ctx.stats.rejected(e.reason());
-                if let Some(log) = &ctx.access_log {
-                    log.record(&access_log::Entry {
-                        client: peer,
-                        backend: e.backend(),
-                        path: None,
-                        duration: accepted.elapsed(),
-                        outcome: e.reason().label(),
-                        traffic: Traffic::default(),
-                    });
-                }
-                return match e {
-                    HandshakeError::NoBackend { .. }
-                    | HandshakeError::Backend { .. }
-                    | HandshakeError::AllDown => tracing::warn!(%peer, "{e}"),
-                    _ => tracing::debug!(%peer, "{e}"),
-                };
-            }
-        };
-        ctx.stats.handshake_done(accepted.elapsed().as_secs_f64());
-        // Counted among the backend's open connections while the relay runs.
-        let (lease, path) = (up.lease, up.path);
-        // Logged now rather than carried to the close line: 32 bytes per parked connection.
-        tracing::debug!(%peer, backend = %lease.backend().addr, "relaying");
-        // Awaited in place: a future first bound to a local and then awaited takes room
-        // twice in the enclosing future (rust-lang/rust#62958).
-        let outcome = relay::run(
-            up.client,
-            up.backend,
-            up.client_buf,
-            up.backend_buf,
-            lease.backend().id,
-            &ctx,
-        )
-        .await;
-        tracing::debug!(%peer, ?outcome, "connection closed");
-        if let Some(log) = &ctx.access_log {
-            log.record(&access_log::Entry {
-                client: peer,
-                backend: Some(lease.backend().addr),
-                path: path.as_deref(),
-                duration: accepted.elapsed(),
-                outcome: "relayed",
-                traffic: outcome.traffic,
-            });
+    let deadline = accepted + ctx.settings.client_handshake_timeout;
+    match tls {
+        None => {
+            let handshake = Box::pin(upgrade(tcp, peer, ctx.clone(), deadline));
+            monoio::spawn(relay_upgraded(handshake, peer, ctx, open, accepted));
         }
-        drop(lease);
+        Some(config) => {
+            let env = ctx.clone();
+            let handshake = Box::pin(async move {
+                let client = tls_accept(tcp, config, &env, deadline).await?;
+                upgrade(client, peer, env, deadline).await
+            });
+            monoio::spawn(relay_upgraded(handshake, peer, ctx, open, accepted));
+        }
     }
+}
+
+/// The TLS handshake with a client, counted by version or failure reason.
+async fn tls_accept(
+    tcp: TcpStream,
+    config: Arc<rustls::ServerConfig>,
+    ctx: &WorkerEnv,
+    deadline: Instant,
+) -> Result<tls::ServerStream, HandshakeError> {
+    let failure = match monoio::time::timeout_at(deadline, tls::accept(tcp, config)).await {
+        Ok(Ok(stream)) => {
+            ctx.stats
+                .tls_handshake(tls::version_index(stream.protocol_version()));
+            return Ok(stream);
+        }
+        Ok(Err(e)) => {
+            let reason = tls::Failure::of(&e);
+            ctx.stats.tls_failed(reason);
+            tracing::debug!("TLS handshake failed ({}): {e}", reason.label());
+            reason
+        }
+        Err(_) => {
+            ctx.stats.tls_failed(tls::Failure::Timeout);
+            tls::Failure::Timeout
+        }
+    };
+    Err(HandshakeError::Tls(failure))
+}
+
+/// Waits for the upgrade, then relays until both sides are closed.
+async fn relay_upgraded<C: ClientStream>(
+    handshake: std::pin::Pin<
+        Box<impl std::future::Future<Output = Result<Upgraded<C>, HandshakeError>>>,
+    >,
+    peer: SocketAddr,
+    ctx: Rc<WorkerEnv>,
+    open: (OpenGuard, Permit),
+    accepted: Instant,
+) {
+    // Held until the connection's future ends, whichever way it ends.
+    let _open = open;
+    let up = match handshake.await {
+        Ok(up) => up,
+        Err(e) => {
+            ctx.stats.rejected(e.reason());
+            if let Some(log) = &ctx.access_log {
+                log.record(&access_log::Entry {
+                    client: peer,
+                    backend: e.backend(),
+                    path: None,
+                    duration: accepted.elapsed(),
+                    outcome: e.reason().label(),
+                    traffic: Traffic::default(),
+                });
+            }
+            return match e {
+                HandshakeError::NoBackend { .. }
+                | HandshakeError::Backend { .. }
+                | HandshakeError::AllDown => tracing::warn!(%peer, "{e}"),
+                _ => tracing::debug!(%peer, "{e}"),
+            };
+        }
+    };
+    ctx.stats.handshake_done(accepted.elapsed().as_secs_f64());
+    // Counted among the backend's open connections while the relay runs.
+    let (lease, path) = (up.lease, up.path);
+    // Logged now rather than carried to the close line: 32 bytes per parked connection.
+    tracing::debug!(%peer, backend = %lease.backend().addr, "relaying");
+    // Awaited in place: a future first bound to a local and then awaited takes room
+    // twice in the enclosing future (rust-lang/rust#62958).
+    let outcome = relay::run(
+        up.client,
+        up.backend,
+        up.client_buf,
+        up.backend_buf,
+        lease.backend().id,
+        &ctx,
+    )
+    .await;
+    tracing::debug!(%peer, ?outcome, "connection closed");
+    if let Some(log) = &ctx.access_log {
+        log.record(&access_log::Entry {
+            client: peer,
+            backend: Some(lease.backend().addr),
+            path: path.as_deref(),
+            duration: accepted.elapsed(),
+            outcome: "relayed",
+            traffic: outcome.traffic,
+        });
+    }
+    drop(lease);
 }
 
 impl HandshakeError {
@@ -138,7 +195,10 @@ impl HandshakeError {
     fn reason(&self) -> Rejected {
         match self {
             HandshakeError::ClientRejected(r) => Rejected::bad_request(r.status()),
-            HandshakeError::ClientTimeout => Rejected::ClientTimeout,
+            HandshakeError::ClientTimeout | HandshakeError::Tls(tls::Failure::Timeout) => {
+                Rejected::ClientTimeout
+            }
+            HandshakeError::Tls(_) => Rejected::TlsHandshake,
             HandshakeError::ClientClosed | HandshakeError::ClientIo(_) => Rejected::ClientGone,
             HandshakeError::AllDown => Rejected::AllBackendsDown,
             HandshakeError::NoBackend { .. } | HandshakeError::Backend { .. } => {
@@ -167,10 +227,10 @@ async fn upgrade<C: ClientStream>(
     mut client: C,
     peer: SocketAddr,
     ctx: Rc<WorkerEnv>,
+    deadline: Instant,
 ) -> Result<Upgraded<C>, HandshakeError> {
     let ctx = &*ctx;
     let s = &ctx.settings;
-    let deadline = Instant::now() + s.client_handshake_timeout;
     // A client that connects and sends nothing holds no buffer: wait until its request
     // starts to arrive. One pool buffer then serves the request head and, unchanged, the
     // client->backend relay (which gives it back once it stands at a frame boundary).

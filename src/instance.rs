@@ -128,6 +128,7 @@ impl Instance {
                     let stats = stats[id].clone();
                     let mut env = WorkerEnv::new(id, settings.clone(), pool.clone(), stats.clone());
                     env.access_log = access_log.clone();
+                    let tls_enabled = settings.tls_enabled;
                     let env = Rc::new(env);
                     let limit = limit.clone();
                     async move {
@@ -140,19 +141,32 @@ impl Instance {
                             l,
                             limit,
                             accepting.handle(),
+                            !tls_enabled,
                             move |stream, peer, permit| {
                                 let open = (stats.track(), permit);
-                                crate::connection::serve(stream, peer, conn_env.clone(), open)
+                                let tls = conn_env.tls.borrow().clone();
+                                crate::connection::serve(stream, peer, conn_env.clone(), open, tls)
                             },
                         ));
-                        worker::obey(inbox, &env.registry, accepting).await;
+                        worker::obey(inbox, &env, accepting).await;
                         // Stopped: the accept is cancelled; its end drops the listener.
                         accept.await;
                     }
                 },
             )?
         };
-        tracing::info!("balancing {local_addr}");
+        match &settings.tls {
+            Some(t) => {
+                for c in &t.certificates {
+                    tracing::info!(file = %c.file.display(), names = ?c.names, "TLS certificate");
+                }
+                for w in &t.warnings {
+                    tracing::warn!("{w}");
+                }
+                tracing::info!("balancing {local_addr} (TLS)");
+            }
+            None => tracing::info!("balancing {local_addr}"),
+        }
         let reloader = Reloader::new(&settings, pool.clone(), running.control().clone());
         let handle = Handle(Arc::new(Shared {
             workers: running.control().clone(),
@@ -303,6 +317,11 @@ impl Handle {
             last_reload_success: reloads.last_success,
             io_driver: s.io_driver,
             process: Process::read(),
+            certificates: s
+                .reloader
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .certificates(),
         }
     }
 
@@ -383,12 +402,13 @@ impl EchoServer {
                     l,
                     ConnectionLimit::unlimited(),
                     accepting.handle(),
+                    true,
                     move |stream, _, p| {
                         let open = (stats.track(), p);
-                        async move {
+                        monoio::spawn(async move {
                             crate::echo::serve(stream).await;
                             drop(open);
-                        }
+                        });
                     },
                 ));
                 // The echo backend never drains: any message that ends accepting ends it.

@@ -58,6 +58,7 @@ pub mod relay;
 pub mod reload;
 pub mod stream;
 pub mod supervise;
+pub mod tls;
 pub mod worker;
 
 pub use instance::{EchoServer, Handle, Instance};

@@ -204,22 +204,24 @@ async fn refuse(mut stream: monoio::net::TcpStream) {
     .await;
 }
 
-/// Accepts until `stop` is cancelled (a drain, a handover, the instance stopping), spawning
-/// `serve` for each connection on this worker's runtime, or a 503 answer for a connection
-/// over `limit`. The cancel, from the worker's control task (`worker::obey`), ends a
+/// Accepts until `stop` is cancelled (a drain, a handover, the instance stopping), handing
+/// each connection to `serve` (which spawns its task on this worker's runtime), or
+/// refusing one over `limit`: a 503 answer, or with `plain_refusal` false (a TLS listener,
+/// where a plaintext answer would be garbage to the client) a close. The cancel, from the
+/// worker's control task (`worker::obey`), ends a
 /// pending accept at once, though the socket itself may stay open (a new process accepts
 /// on it after a handover); an accept that completes before the cancel is served as usual.
 /// No other error stops the loop: out of descriptors (EMFILE/ENFILE) or memory backs off for
 /// 100 ms with one warning per episode instead of spinning; other errors (a client that
 /// reset while queued) are skipped.
-pub async fn accept_loop<F, Fut>(
+pub async fn accept_loop<F>(
     listener: monoio::net::TcpListener,
     limit: Arc<ConnectionLimit>,
     stop: CancelHandle,
+    plain_refusal: bool,
     serve: F,
 ) where
-    F: Fn(monoio::net::TcpStream, SocketAddr, Permit) -> Fut,
-    Fut: std::future::Future<Output = ()> + 'static,
+    F: Fn(monoio::net::TcpStream, SocketAddr, Permit),
 {
     let mut starved = false;
     loop {
@@ -231,12 +233,11 @@ pub async fn accept_loop<F, Fut>(
                 // Frames are written whole; Nagle would hold small ones back waiting for ACKs.
                 let _ = stream.set_nodelay(true);
                 match limit.try_acquire() {
-                    Some(permit) => {
-                        monoio::spawn(serve(stream, peer, permit));
-                    }
-                    None => {
+                    Some(permit) => serve(stream, peer, permit),
+                    None if plain_refusal => {
                         monoio::spawn(refuse(stream));
                     }
+                    None => drop(stream),
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ECANCELED) => {

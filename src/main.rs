@@ -173,12 +173,19 @@ fn check(config: &std::path::Path) -> ExitCode {
     match Config::from_file(config).and_then(|c| c.validate()) {
         Ok(s) => {
             println!(
-                "{}: ok (listen {}, {} backends, {} workers)",
+                "{}: ok (listen {}, {} backends, {} workers{})",
                 config.display(),
                 s.listen,
                 s.backends.len(),
-                s.workers
+                s.workers,
+                match &s.tls {
+                    Some(t) => format!(", TLS with {} certificates", t.certificates.len()),
+                    None => String::new(),
+                }
             );
+            for w in s.tls.iter().flat_map(|t| &t.warnings) {
+                eprintln!("  warning: {w}");
+            }
             ExitCode::SUCCESS
         }
         Err(ConfigError::Invalid(problems)) => {

@@ -9,6 +9,10 @@
 //!   1012 (service restart) on both sides at a frame boundary: each worker is sent the
 //!   list of retired backends ([`Control::Retire`]) and closes their relays at the
 //!   deadline (`worker::obey`). A removed backend added back before that is simply kept.
+//! - **TLS certificates.** The files are read again (by the validation that made `new`);
+//!   if any changed, every worker is sent the new server config ([`Control::Tls`]) and its
+//!   next handshakes use it; open connections keep the session they have. A file that no
+//!   longer loads fails the validation, so the old certificates stay.
 //! - **Nothing else, yet.** Listen address, workers, timeouts, limits, keepalive and
 //!   health settings are fixed for the life of the process; a reload that changes them
 //!   says which, in the log, and keeps running on the old values. A binary upgrade (a new
@@ -32,6 +36,8 @@ pub struct Applied {
     /// Settings that differ from the running ones but need a restart (or a binary
     /// upgrade) to take effect, by config field name.
     pub needs_restart: Vec<&'static str>,
+    /// The TLS certificates changed and the workers were sent the new ones.
+    pub tls: bool,
 }
 
 /// Applies reloads to one running balancer.
@@ -53,6 +59,14 @@ impl Reloader {
         }
     }
 
+    /// The TLS certificates in use (empty without TLS).
+    pub fn certificates(&self) -> Vec<crate::tls::CertInfo> {
+        self.running
+            .tls
+            .as_ref()
+            .map_or_else(Vec::new, |t| t.certificates.clone())
+    }
+
     pub fn pool(&self) -> &Arc<Pool> {
         &self.pool
     }
@@ -60,6 +74,7 @@ impl Reloader {
     /// Applies `new` (already validated) and logs what changed.
     pub fn apply(&mut self, new: &Settings) -> Applied {
         let needs_restart = self.running.fixed.changes(&new.fixed);
+        let mut tls = false;
         for field in &needs_restart {
             tracing::warn!("reload: {field} changed; it takes effect only after a restart");
         }
@@ -91,6 +106,22 @@ impl Reloader {
             tracing::info!(backend = %addr, "reload: backend added");
         }
         self.workers.send(Control::Retire(self.retired.clone()));
+        // Certificates: only while TLS stays on (turning it on or off needs a restart,
+        // reported above as `tls`).
+        if let (Some(old), Some(new)) = (&self.running.tls, &new.tls)
+            && old != new
+        {
+            for c in &new.certificates {
+                tracing::info!(
+                    file = %c.file.display(),
+                    names = ?c.names,
+                    "reload: TLS certificate loaded; new handshakes use it"
+                );
+            }
+            self.workers
+                .send(Control::Tls(crate::control::TlsConfig(new.config.clone())));
+            tls = true;
+        }
         // Everything but the fixed part: a reloadable field added to `Settings` is applied
         // without anyone having to remember it here.
         self.running = Settings {
@@ -100,6 +131,7 @@ impl Reloader {
         Applied {
             backends: change,
             needs_restart,
+            tls,
         }
     }
 }

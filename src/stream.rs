@@ -1,9 +1,9 @@
-//! The client stream seam: what one connection's path (handshake, relay) needs of a
-//! client's stream. Plain TCP today; a TLS stream implements the same traits.
+//! The stream seam: what one connection's path (handshake, relay) needs of a client's or a
+//! backend's stream. Plain TCP, or TLS (`tls/stream.rs`) over it.
 
 use std::future::Future;
 
-use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, Split};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 
 /// The scheme a client reached wslb with, as `X-Forwarded-Proto` tells the backend.
@@ -44,15 +44,41 @@ impl Readiness for TcpStream {
     }
 }
 
-/// A client stream the connection path can carry: read and written through owned
-/// buffers, split into halves that work concurrently for the relay, readable-without-a-
-/// buffer ([`Readiness`]), and reached through a known [`Scheme`].
-pub trait ClientStream: Split + AsyncReadRent + AsyncWriteRent + Readiness + 'static {
+/// A stream the connection path can carry: read and written through owned buffers,
+/// readable-without-a-buffer ([`Readiness`]), and split into halves that work concurrently
+/// for the relay's two pumps.
+pub trait Halves: AsyncReadRent + AsyncWriteRent + Readiness + 'static {
+    type Reader: AsyncReadRent + Readiness + 'static;
+    type Writer: AsyncWriteRent + 'static;
+    fn into_halves(self) -> (Self::Reader, Self::Writer);
+}
+
+impl Halves for TcpStream {
+    type Reader = OwnedReadHalf<TcpStream>;
+    type Writer = OwnedWriteHalf<TcpStream>;
+    fn into_halves(self) -> (Self::Reader, Self::Writer) {
+        self.into_split()
+    }
+}
+
+impl Readiness for OwnedReadHalf<TcpStream> {
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>> {
+        ready(self)
+    }
+}
+
+/// A client's stream, reached through a known [`Scheme`] (which `X-Forwarded-Proto` tells
+/// the backend).
+pub trait ClientStream: Halves {
     const SCHEME: Scheme;
 }
 
 impl ClientStream for TcpStream {
     const SCHEME: Scheme = Scheme::Http;
+}
+
+impl ClientStream for crate::tls::TlsStream<rustls::server::UnbufferedServerConnection> {
+    const SCHEME: Scheme = Scheme::Https;
 }
 
 /// Waits until the stream behind a read half is readable (see [`Readiness`]).

@@ -264,13 +264,21 @@ fn reload(instance: &Instance, source: &Source) {
     if let Err(e) = instance.handle().reopen_logs() {
         tracing::error!("SIGHUP: cannot reopen the access log ({e}); still writing the old file");
     }
-    let Some(path) = &source.path else {
-        tracing::warn!("SIGHUP: wslb was started without --config; nothing to reload");
-        return;
-    };
-    tracing::info!("SIGHUP: reloading {}", path.display());
+    let tls_flags = source.overrides.tls_cert.is_some() || source.overrides.tls_key.is_some();
+    match &source.path {
+        Some(path) => tracing::info!("SIGHUP: reloading {}", path.display()),
+        // Certificate files named by flags are read again (a renewal keeps their paths).
+        None if tls_flags => tracing::info!("SIGHUP: reloading the TLS certificates"),
+        None => {
+            tracing::warn!("SIGHUP: wslb was started without --config; nothing to reload");
+            return;
+        }
+    }
     match source.load() {
         Ok(new) => {
+            for w in new.tls.iter().flat_map(|t| &t.warnings) {
+                tracing::warn!("{w}");
+            }
             let applied = instance.reload(&new);
             tracing::info!(
                 "reload done: {} backends added, {} removed{}",

@@ -83,6 +83,11 @@ fn snapshot() -> Snapshot {
             max_fds: 1024,
             start_time: 1.7e9,
         },
+        certificates: vec![wslb::tls::CertInfo {
+            file: "/etc/wslb/chat \"example\".pem".into(),
+            names: vec!["chat.example.com".into(), "*.example.com".into()],
+            not_after: 1_800_000_000,
+        }],
     }
 }
 

@@ -16,6 +16,9 @@ use super::{Config, ConfigError, HealthMode, IoDriver, Problem};
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     pub backends: Vec<SocketAddr>,
+    /// TLS termination's certificates, loaded (`None`: TLS off). Reloadable: a reload
+    /// reads the files again and the workers' next handshakes use them.
+    pub tls: Option<crate::tls::ServerTls>,
     /// `None`: removed backends' connections stay until they close.
     pub removed_backend_drain: Option<Duration>,
     pub fixed: Fixed,
@@ -80,6 +83,8 @@ fixed_settings! {
     admin: Option<SocketAddr> = "admin.listen",
     /// `None`: no access log.
     access_log: Option<AccessLogSettings> = "access_log",
+    /// Whether the listener speaks TLS (its certificates are reloadable, this is not).
+    tls_enabled: bool = "tls",
 }
 
 /// Where and how the access log is written.
@@ -263,6 +268,14 @@ impl Config {
             );
         }
 
+        let tls = match crate::tls::ServerTls::load(&self.tls) {
+            Ok(t) => t,
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        };
+
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
         }
@@ -312,6 +325,7 @@ impl Config {
                 path: (!self.access_log.path.is_empty())
                     .then(|| self.access_log.path.clone().into()),
             }),
+            tls_enabled: tls.is_some(),
             health: h.enabled.then(|| crate::balancer::HealthConfig {
                 interval: Duration::from_millis(h.interval_ms),
                 timeout: Duration::from_millis(h.timeout_ms),
@@ -327,6 +341,7 @@ impl Config {
         };
         Ok(Settings {
             backends,
+            tls,
             removed_backend_drain: (t.removed_backend_drain_ms > 0)
                 .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
             fixed,

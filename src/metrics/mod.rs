@@ -89,6 +89,9 @@ pub struct WorkerStats {
     closes: [[AtomicU64; CLOSE_CODES]; 3],
     /// Accept to `101` relayed.
     handshake: Histogram,
+    /// Completed TLS handshakes by version (`tls::VERSIONS`), and failed ones by reason.
+    tls_handshakes: [AtomicU64; crate::tls::VERSIONS.len()],
+    tls_failures: [AtomicU64; crate::tls::Failure::ALL.len()],
 }
 
 impl WorkerStats {
@@ -116,6 +119,14 @@ impl WorkerStats {
     }
 
     /// A handshake completed (the `101` reached the client) `secs` after the accept.
+    pub fn tls_handshake(&self, version: usize) {
+        bump(&self.tls_handshakes[version], 1);
+    }
+
+    pub fn tls_failed(&self, why: crate::tls::Failure) {
+        bump(&self.tls_failures[why as usize], 1);
+    }
+
     pub fn handshake_done(&self, secs: f64) {
         self.handshake.observe(secs);
     }
@@ -174,10 +185,13 @@ pub enum Rejected {
     BackendFailed,
     /// The backend answered the upgrade with something other than 101, relayed as it was.
     BackendRefused,
+    /// The client's TLS handshake failed (`wslb_tls_handshake_failures_total` says why);
+    /// one that timed out counts as `ClientTimeout`.
+    TlsHandshake,
 }
 
 impl Rejected {
-    pub const ALL: [Rejected; 10] = [
+    pub const ALL: [Rejected; 11] = [
         Rejected::Limit,
         Rejected::BadRequest400,
         Rejected::MethodNotAllowed405,
@@ -188,6 +202,7 @@ impl Rejected {
         Rejected::AllBackendsDown,
         Rejected::BackendFailed,
         Rejected::BackendRefused,
+        Rejected::TlsHandshake,
     ];
 
     /// The `reason` label.
@@ -203,6 +218,7 @@ impl Rejected {
             Rejected::AllBackendsDown => "all_backends_down",
             Rejected::BackendFailed => "backend_failed",
             Rejected::BackendRefused => "backend_refused",
+            Rejected::TlsHandshake => "tls_handshake",
         }
     }
 

@@ -100,6 +100,44 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
 
+    o.head(
+        "wslb_tls_handshakes_total",
+        "counter",
+        "Completed TLS handshakes with clients, by protocol version.",
+    );
+    for (i, v) in crate::tls::VERSIONS.iter().enumerate() {
+        o.sample(
+            "wslb_tls_handshakes_total",
+            &[("version", v)],
+            t.tls_handshakes[i],
+        );
+    }
+    o.head(
+        "wslb_tls_handshake_failures_total",
+        "counter",
+        "Failed TLS handshakes with clients, by reason.",
+    );
+    for f in crate::tls::Failure::ALL {
+        o.sample(
+            "wslb_tls_handshake_failures_total",
+            &[("reason", f.label())],
+            t.tls_failures[f as usize],
+        );
+    }
+    if !s.certificates.is_empty() {
+        let name = "wslb_tls_certificate_expiry_timestamp_seconds";
+        o.head(
+            name,
+            "gauge",
+            "When each TLS certificate in use expires (notAfter), in Unix seconds.",
+        );
+        for c in &s.certificates {
+            let file = c.file.display().to_string();
+            let names = c.names.join(",");
+            o.sample(name, &[("file", &file), ("names", &names)], c.not_after);
+        }
+    }
+
     let name = "wslb_handshake_duration_seconds";
     o.head(
         name,
@@ -308,6 +346,11 @@ mod tests {
             last_reload_success: 1.7e9,
             io_driver: "io_uring",
             process: Process::default(),
+            certificates: vec![crate::tls::CertInfo {
+                file: "/etc/wslb/cert.pem".into(),
+                names: vec!["localhost".into()],
+                not_after: 1_800_000_000,
+            }],
         }
     }
 
@@ -335,7 +378,33 @@ mod tests {
         w[0].rejected(Rejected::Limit);
         w[0].handshake_done(0.003);
         w[1].handshake_done(20.0);
+        w[0].tls_handshake(1);
+        w[1].tls_handshake(1);
+        w[1].tls_handshake(0);
+        w[0].tls_failed(crate::tls::Failure::ProtocolVersion);
         let text = render(&snapshot(&w));
+        assert_eq!(
+            value(&text, r#"wslb_tls_handshakes_total{version="1.3"}"#),
+            2.0
+        );
+        assert_eq!(
+            value(&text, r#"wslb_tls_handshakes_total{version="1.2"}"#),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"wslb_tls_handshake_failures_total{reason="protocol_version"}"#
+            ),
+            1.0
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"wslb_tls_certificate_expiry_timestamp_seconds{file="/etc/wslb/cert.pem",names="localhost"}"#
+            ),
+            1.8e9
+        );
         assert_eq!(value(&text, "wslb_connections_open"), 1.0);
         assert_eq!(value(&text, "wslb_connections_accepted_total"), 2.0);
         let dir = |d| format!("{{direction=\"{d}\"}}");

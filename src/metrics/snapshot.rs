@@ -25,6 +25,10 @@ pub struct Totals {
     /// Per bucket of `HANDSHAKE_BUCKETS`, then +Inf; not cumulative.
     pub handshake_buckets: [u64; HANDSHAKE_BUCKETS.len() + 1],
     pub handshake_sum_secs: f64,
+    /// Completed TLS handshakes by version (`tls::VERSIONS`), failed ones by reason
+    /// (`tls::Failure`).
+    pub tls_handshakes: [u64; crate::tls::VERSIONS.len()],
+    pub tls_failures: [u64; crate::tls::Failure::ALL.len()],
 }
 
 impl Totals {
@@ -48,6 +52,8 @@ impl Totals {
             }
             add(&mut t.handshake_buckets, &w.handshake.buckets);
             micros += WorkerStats::load(&w.handshake.sum_micros);
+            add(&mut t.tls_handshakes, &w.tls_handshakes);
+            add(&mut t.tls_failures, &w.tls_failures);
         }
         t.handshake_sum_secs = micros as f64 / 1e6;
         t
@@ -120,6 +126,8 @@ pub struct Snapshot {
     pub last_reload_success: f64,
     pub io_driver: &'static str,
     pub process: Process,
+    /// The TLS certificates in use (empty without TLS).
+    pub certificates: Vec<crate::tls::CertInfo>,
 }
 
 /// One line summing the workers' counters, e.g.

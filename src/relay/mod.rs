@@ -42,12 +42,12 @@
 use std::task::Poll;
 use std::time::Duration;
 
-use monoio::io::Splitable;
+#[cfg(test)]
 use monoio::net::TcpStream;
 
 use crate::frame::{Limits, Rules, Side, Violation};
 use crate::metrics::ClosedBy;
-use crate::stream::ClientStream;
+use crate::stream::Halves;
 use crate::worker::WorkerEnv;
 
 mod close;
@@ -137,16 +137,16 @@ pub struct Traffic {
 /// Not an `async fn`: the sockets are split and the pumps built before the future exists,
 /// so the future does not also keep the arguments' slots (a parked idle connection is this
 /// future, so every byte of it counts per connection).
-pub fn run<'e, C: ClientStream>(
+pub fn run<'e, C: Halves, B: Halves>(
     client: C,
-    backend: TcpStream,
+    backend: B,
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
     backend_id: u32,
     env: &'e WorkerEnv,
 ) -> impl std::future::Future<Output = Outcome> + 'e {
-    let (client_rd, client_wr) = client.into_split();
-    let (backend_rd, backend_wr) = backend.into_split();
+    let (client_rd, client_wr) = client.into_halves();
+    let (backend_rd, backend_wr) = backend.into_halves();
     let mut up = Pump::new(Side::Client, client_rd, backend_wr, client_buf);
     let mut down = Pump::new(Side::Backend, backend_rd, client_wr, backend_buf);
     async move {

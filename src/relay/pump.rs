@@ -2,7 +2,7 @@
 //! bytes on. What it does at the ends of a connection lives in `close.rs`.
 
 use monoio::buf::{IoBuf, IoBufMut};
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
 use super::End;
 use super::close::CloseState;
@@ -10,7 +10,7 @@ use super::link::{Link, Waited};
 use crate::frame::{Side, Stop, Walker};
 use crate::metrics::Event;
 use crate::relay::registry::{Attention, GoAway};
-use crate::stream::{Readiness, ready};
+use crate::stream::Readiness;
 
 /// A read gets at least this much room: a partial header moved into a small vector is
 /// never read into directly.
@@ -29,14 +29,14 @@ enum Read {
 }
 
 /// One direction of a connection.
-pub(super) struct Pump<Src, Dst: AsyncWriteRent> {
+pub(super) struct Pump<Src, Dst> {
     /// The side this pump reads (its destination is the other one).
     pub(super) from: Side,
     pub(super) close: CloseState,
     /// The last read filled the buffer: more is waiting, read again without a poll.
     last_read_full: bool,
-    src: OwnedReadHalf<Src>,
-    pub(super) dst: OwnedWriteHalf<Dst>,
+    src: Src,
+    pub(super) dst: Dst,
     pub(super) buf: Vec<u8>,
     /// Frame-level state: payload still to come, fragmentation, largest frame seen.
     pub(super) walker: Walker,
@@ -47,12 +47,7 @@ where
     Src: AsyncReadRent + Readiness,
     Dst: AsyncWriteRent,
 {
-    pub(super) fn new(
-        from: Side,
-        src: OwnedReadHalf<Src>,
-        dst: OwnedWriteHalf<Dst>,
-        buf: Vec<u8>,
-    ) -> Self {
+    pub(super) fn new(from: Side, src: Src, dst: Dst, buf: Vec<u8>) -> Self {
         Self {
             from,
             close: CloseState::Open,
@@ -115,7 +110,7 @@ where
         if waited {
             self.release_buffer(link);
             let open = self.close == CloseState::Open;
-            let ready = std::pin::pin!(ready(&self.src));
+            let ready = std::pin::pin!(self.src.ready());
             match link.wait(ready, link.interrupted(self.from, open)).await {
                 Waited::Done(Ok(())) => {}
                 Waited::Done(Err(_)) => return Read::Ended,
@@ -135,26 +130,19 @@ where
         // The buffer: the kernel owns its spare capacity (a `SliceMut`) until the read
         // completes; it comes back in `(result, slice)` with `len` advanced by what
         // arrived. A read that may wait (mid-frame, or after a full buffer) also ends when
-        // the keepalive finds the source dead; after a readiness wait the data is there and
-        // the read completes at once.
+        // the keepalive finds the source dead. After a readiness wait the data is there and
+        // a TCP read completes at once; a TLS read may still wait for the rest of a record,
+        // so it is bounded the same way.
         let mut read = Box::pin(
             self.src
                 .read(std::mem::take(&mut self.buf).slice_mut(len..cap)),
         );
-        let (res, slice) = if waited {
-            match link.wait(read.as_mut(), std::future::pending()).await {
-                Waited::Done(r) => r,
-                Waited::Interrupted => unreachable!("never interrupted"),
-                Waited::Expired => return Read::Expired,
-            }
-        } else {
-            match link.wait(read.as_mut(), link.source_dead(from)).await {
-                Waited::Done(r) => r,
-                // The read was dropped (cancelled): its buffer goes with it, and the pump
-                // ends without it.
-                Waited::Interrupted => return Read::Ended,
-                Waited::Expired => return Read::Expired,
-            }
+        let (res, slice) = match link.wait(read.as_mut(), link.source_dead(from)).await {
+            Waited::Done(r) => r,
+            // The read was dropped (cancelled): its buffer goes with it, and the pump ends
+            // without it.
+            Waited::Interrupted => return Read::Ended,
+            Waited::Expired => return Read::Expired,
         };
         self.buf = slice.into_inner();
         match res {

@@ -1,0 +1,498 @@
+//! TLS termination: the `[tls]` section loaded into a rustls server config (certificates
+//! chosen by SNI, optional client certificates), the handshake with a client under a
+//! deadline, and the stream that carries the connection afterwards (`stream.rs`).
+//!
+//! Where it sits in one connection's path: the listener accepts TCP, `connection.rs` runs
+//! [`accept`] before it reads the upgrade, and from then on the connection is generic over
+//! the client stream (`stream::ClientStream`), so the upgrade, the relay and the close
+//! handshake are the same code for ws and wss.
+//!
+//! Certificates reload on SIGHUP: the reload loads the files again ([`ServerTls::load`],
+//! every problem reported and the old config kept if any), and each worker is sent the new
+//! config (`Control::Tls`), which its next handshakes use; open connections keep theirs.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert, UnbufferedServerConnection};
+use rustls::sign::CertifiedKey;
+
+use crate::config::{self, ClientAuth, UnknownSni};
+
+mod stream;
+pub use stream::{HandshakeFailure, RECORD_ROOM, TlsReader, TlsStream, TlsWriter, Unbuffered};
+
+/// A client's TLS stream.
+pub type ServerStream = TlsStream<UnbufferedServerConnection>;
+
+/// A certificate expiring sooner than this is a warning in `wslb check` and the log.
+const EXPIRY_WARNING_SECS: i64 = 14 * 86_400;
+
+/// The crypto provider: aws-lc-rs (see Cargo.toml and `benches/tls_provider.rs`).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// The loaded `[tls]` section: the rustls config the workers share, and what `wslb check`,
+/// the log and the metrics say about its certificates.
+#[derive(Clone)]
+pub struct ServerTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub certificates: Vec<CertInfo>,
+    /// Certificates about to expire (or not valid yet): logged, not refused.
+    pub warnings: Vec<String>,
+    /// Every file's bytes as read: two loads are equal exactly when no file changed.
+    material: Arc<Vec<Vec<u8>>>,
+}
+
+impl PartialEq for ServerTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.material == other.material && self.certificates == other.certificates
+    }
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("certificates", &self.certificates)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One configured certificate, as the metrics and the log describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub file: PathBuf,
+    /// Its subjectAltName DNS names (the SNI names it serves).
+    pub names: Vec<String>,
+    /// notAfter, in Unix seconds.
+    pub not_after: i64,
+}
+
+/// Problems found loading TLS files, each naming the config field it comes from.
+pub type Problems = Vec<config::Problem>;
+
+fn problem(out: &mut Problems, field: &str, message: String) {
+    out.push(config::Problem {
+        field: field.to_string(),
+        message,
+    });
+}
+
+impl ServerTls {
+    /// Loads `[tls]`: `None` when no certificate is configured (TLS off). Reads every file
+    /// and reports every problem at once.
+    pub fn load(c: &config::Tls) -> Result<Option<ServerTls>, Problems> {
+        let mut entries: Vec<(String, &str, &str)> = Vec::new();
+        if !c.cert.is_empty() || !c.key.is_empty() {
+            entries.push(("tls".into(), &c.cert, &c.key));
+        }
+        for (i, f) in c.certificates.iter().enumerate() {
+            entries.push((format!("tls.certificates[{i}]"), &f.cert, &f.key));
+        }
+        let mut problems = Vec::new();
+        if entries.is_empty() {
+            if !c.client_ca.is_empty() {
+                problem(
+                    &mut problems,
+                    "tls.client_ca",
+                    "set, but no certificate is configured (tls.cert and tls.key)".into(),
+                );
+                return Err(problems);
+            }
+            return Ok(None);
+        }
+        let provider = provider();
+        let now = crate::metrics::unix_now() as i64;
+        let mut material = Vec::new();
+        let mut certificates = Vec::new();
+        let mut warnings = Vec::new();
+        let mut resolver = Resolver {
+            default: None,
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            refuse_unknown: c.unknown_sni == UnknownSni::Refuse,
+        };
+        for (field, cert, key) in &entries {
+            let loaded = load_pair(
+                &provider,
+                field,
+                cert,
+                key,
+                now,
+                &mut problems,
+                &mut warnings,
+            );
+            let Some((ck, info, bytes)) = loaded else {
+                continue;
+            };
+            material.extend(bytes);
+            let ck = Arc::new(ck);
+            if resolver.default.is_none() {
+                resolver.default = Some(ck.clone());
+            } else if info.names.is_empty() {
+                problem(
+                    &mut problems,
+                    &format!("{field}.cert"),
+                    format!(
+                        "{}: no DNS names in its subjectAltName, so no SNI name selects it",
+                        info.file.display()
+                    ),
+                );
+            }
+            for name in &info.names {
+                match name.strip_prefix("*.") {
+                    Some(suffix) => resolver.wildcard.entry(suffix.to_string()),
+                    None => resolver.exact.entry(name.clone()),
+                }
+                .or_insert_with(|| ck.clone());
+            }
+            certificates.push(info);
+        }
+        let verifier = match c.client_ca.as_str() {
+            "" => None,
+            path => match load_client_verifier(&provider, path, c.client_auth) {
+                Ok((v, bytes)) => {
+                    material.push(bytes);
+                    Some(v)
+                }
+                Err(e) => {
+                    problem(&mut problems, "tls.client_ca", e);
+                    None
+                }
+            },
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("the provider supports TLS 1.2 and 1.3");
+        let builder = match verifier {
+            Some(v) => builder.with_client_cert_verifier(v),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(Arc::new(resolver));
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // Stateless TLS 1.3 tickets (and the default in-memory session cache for TLS 1.2):
+        // a returning client resumes instead of paying for a full handshake. Keys rotate
+        // every 6 hours; a reload starts a new ticketer, so old tickets then fall back to
+        // a full handshake.
+        if let Ok(t) = rustls::crypto::aws_lc_rs::Ticketer::new() {
+            config.ticketer = t;
+        }
+        // A relay forwards requests as they come; 0-RTT data would be replayable.
+        config.max_early_data_size = 0;
+        material.push(format!("{:?}{:?}", c.unknown_sni, c.client_auth).into_bytes());
+        Ok(Some(ServerTls {
+            config: Arc::new(config),
+            certificates,
+            warnings,
+            material: Arc::new(material),
+        }))
+    }
+}
+
+/// Reads one certificate chain and its key; `None` after recording its problems.
+fn load_pair(
+    provider: &CryptoProvider,
+    field: &str,
+    cert: &str,
+    key: &str,
+    now: i64,
+    problems: &mut Problems,
+    warnings: &mut Vec<String>,
+) -> Option<(CertifiedKey, CertInfo, Vec<Vec<u8>>)> {
+    let before = problems.len();
+    if cert.is_empty() {
+        problem(
+            problems,
+            &format!("{field}.cert"),
+            "missing (a PEM file)".into(),
+        );
+    }
+    if key.is_empty() {
+        problem(
+            problems,
+            &format!("{field}.key"),
+            "missing (a PEM file)".into(),
+        );
+    }
+    if problems.len() > before {
+        return None;
+    }
+    let cert_bytes = std::fs::read(cert)
+        .map_err(|e| problem(problems, &format!("{field}.cert"), format!("{cert}: {e}")))
+        .ok();
+    let key_bytes = std::fs::read(key)
+        .map_err(|e| problem(problems, &format!("{field}.key"), format!("{key}: {e}")))
+        .ok();
+    let (cert_bytes, key_bytes) = (cert_bytes?, key_bytes?);
+    let chain: Result<Vec<CertificateDer<'static>>, _> =
+        CertificateDer::pem_slice_iter(&cert_bytes).collect();
+    let chain = match chain {
+        Ok(c) if c.is_empty() => {
+            problem(
+                problems,
+                &format!("{field}.cert"),
+                format!("{cert}: no PEM certificate in it"),
+            );
+            None
+        }
+        Ok(c) => Some(c),
+        Err(e) => {
+            problem(problems, &format!("{field}.cert"), format!("{cert}: {e}"));
+            None
+        }
+    };
+    let signer = match PrivateKeyDer::from_pem_slice(&key_bytes) {
+        Ok(k) => match provider.key_provider.load_private_key(k) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                problem(problems, &format!("{field}.key"), format!("{key}: {e}"));
+                None
+            }
+        },
+        Err(e) => {
+            problem(
+                problems,
+                &format!("{field}.key"),
+                format!("{key}: no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {e}"),
+            );
+            None
+        }
+    };
+    let (chain, signer) = (chain?, signer?);
+    let info = match describe(&chain[0], Path::new(cert)) {
+        Ok(info) => info,
+        Err(e) => {
+            problem(problems, &format!("{field}.cert"), format!("{cert}: {e}"));
+            return None;
+        }
+    };
+    let ck = CertifiedKey::new(chain, signer);
+    if let Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) =
+        ck.keys_match()
+    {
+        problem(
+            problems,
+            &format!("{field}.key"),
+            format!("{key} is not the private key of the certificate in {cert}"),
+        );
+        return None;
+    }
+    if info.not_after < now {
+        problem(
+            problems,
+            &format!("{field}.cert"),
+            format!("{cert} expired at {}", utc(info.not_after)),
+        );
+        return None;
+    }
+    if info.not_after < now + EXPIRY_WARNING_SECS {
+        warnings.push(format!(
+            "{field}.cert: {cert} expires at {}, in {} days",
+            utc(info.not_after),
+            (info.not_after - now) / 86_400
+        ));
+    }
+    Some((ck, info, vec![cert_bytes, key_bytes]))
+}
+
+/// The leaf certificate's names and expiry.
+fn describe(leaf: &CertificateDer<'_>, file: &Path) -> Result<CertInfo, String> {
+    let (_, x) = x509_parser::parse_x509_certificate(leaf)
+        .map_err(|e| format!("not a valid X.509 certificate: {e}"))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x.subject_alternative_name() {
+        for n in &san.value.general_names {
+            if let x509_parser::extensions::GeneralName::DNSName(d) = n {
+                names.push(d.to_ascii_lowercase());
+            }
+        }
+    }
+    Ok(CertInfo {
+        file: file.to_path_buf(),
+        names,
+        not_after: x.validity().not_after.timestamp(),
+    })
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time (no date crate for one log line).
+fn utc(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+fn load_client_verifier(
+    provider: &Arc<CryptoProvider>,
+    path: &str,
+    auth: ClientAuth,
+) -> Result<(Arc<dyn rustls::server::danger::ClientCertVerifier>, Vec<u8>), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&bytes) {
+        let c = c.map_err(|e| format!("{path}: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{path}: not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{path}: no PEM certificate in it"));
+    }
+    let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    );
+    let builder = match auth {
+        ClientAuth::Required => builder,
+        ClientAuth::Optional => builder.allow_unauthenticated(),
+    };
+    let v = builder.build().map_err(|e| format!("{path}: {e}"))?;
+    Ok((v, bytes))
+}
+
+/// Picks the certificate for a hello by its SNI name: an exact name, then a wildcard one
+/// label deep, then the default (or none, with `unknown_sni = "refuse"`: rustls then ends
+/// the handshake with an alert). A hello without SNI (an IP address, an old client) gets
+/// the default.
+#[derive(Debug)]
+struct Resolver {
+    default: Option<Arc<CertifiedKey>>,
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// By the suffix after `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    refuse_unknown: bool,
+}
+
+/// The rustls error a refused SNI name ends in (rustls has no variant of its own for it).
+const NO_CERTIFICATE: &str = "no server certificate chain resolved";
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(name) = hello.server_name() else {
+            return self.default.clone();
+        };
+        let name = name.to_ascii_lowercase();
+        if let Some(ck) = self.exact.get(&name) {
+            return Some(ck.clone());
+        }
+        let parent = name.split_once('.').map(|(_, rest)| rest);
+        if let Some(ck) = parent.and_then(|p| self.wildcard.get(p)) {
+            return Some(ck.clone());
+        }
+        if self.refuse_unknown {
+            tracing::debug!(sni = %name, "TLS: no certificate for this name; refused");
+            return None;
+        }
+        self.default.clone()
+    }
+}
+
+/// Why a client's TLS handshake failed: the `wslb_tls_handshake_failures_total` reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Timeout,
+    Closed,
+    ProtocolVersion,
+    UnknownSni,
+    ClientCert,
+    BadMessage,
+    Other,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 7] = [
+        Failure::Timeout,
+        Failure::Closed,
+        Failure::ProtocolVersion,
+        Failure::UnknownSni,
+        Failure::ClientCert,
+        Failure::BadMessage,
+        Failure::Other,
+    ];
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Failure::Timeout => "timeout",
+            Failure::Closed => "closed",
+            Failure::ProtocolVersion => "protocol_version",
+            Failure::UnknownSni => "unknown_sni",
+            Failure::ClientCert => "client_cert",
+            Failure::BadMessage => "bad_message",
+            Failure::Other => "other",
+        }
+    }
+
+    pub fn of(f: &HandshakeFailure) -> Failure {
+        use rustls::Error as E;
+        match f {
+            HandshakeFailure::Closed => Failure::Closed,
+            HandshakeFailure::Io(_) => Failure::Closed,
+            HandshakeFailure::Tls(e) => match e {
+                E::PeerIncompatible(_) => Failure::ProtocolVersion,
+                E::General(m) if m == NO_CERTIFICATE => Failure::UnknownSni,
+                E::NoCertificatesPresented | E::InvalidCertificate(_) => Failure::ClientCert,
+                E::InvalidMessage(_)
+                | E::InappropriateMessage { .. }
+                | E::InappropriateHandshakeMessage { .. }
+                | E::PeerMisbehaved(_)
+                | E::DecryptError => Failure::BadMessage,
+                _ => Failure::Other,
+            },
+        }
+    }
+}
+
+/// The TLS handshake with a client: the stream, or why it failed. Bounded by the caller
+/// (`timeouts.client_handshake_ms` covers the handshake and the upgrade request together).
+pub async fn accept(
+    tcp: monoio::net::TcpStream,
+    config: Arc<rustls::ServerConfig>,
+) -> Result<ServerStream, HandshakeFailure> {
+    let conn = UnbufferedServerConnection::new(config).map_err(HandshakeFailure::Tls)?;
+    stream::handshake(tcp, conn).await
+}
+
+/// The negotiated version's index among the `wslb_tls_handshakes_total` versions.
+pub fn version_index(v: Option<rustls::ProtocolVersion>) -> usize {
+    match v {
+        Some(rustls::ProtocolVersion::TLSv1_2) => 0,
+        _ => 1,
+    }
+}
+
+/// The versions `wslb_tls_handshakes_total` counts, by [`version_index`].
+pub const VERSIONS: [&str; 2] = ["1.2", "1.3"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(utc(1_798_761_599), "2026-12-31 23:59:59 UTC");
+        assert_eq!(utc(951_782_400), "2000-02-29 00:00:00 UTC");
+    }
+}

@@ -1,0 +1,623 @@
+//! A TLS stream over monoio's TCP, on rustls's unbuffered API: the handshake driver, and
+//! the two halves the relay's pumps read and write concurrently.
+//!
+//! # Buffers and ownership
+//! rustls's unbuffered connections keep no record buffers of their own: every byte they
+//! read or write is in a buffer this module owns, so an idle connection pins none.
+//! - **Ciphertext in** (`Rx::cipher`): allocated when a read needs more bytes from the
+//!   socket, with room for one whole record ([`RECORD_ROOM`]). The vector moves into the
+//!   io_uring read op as a `SliceMut` over its spare capacity (the kernel owns it until the
+//!   completion) and comes back with the op's result. Complete records are decrypted at
+//!   once; a trailing partial record stays in it, and once none is left the vector is freed.
+//!   If a read op is dropped (only when the relay's close deadline passes or its source is
+//!   found dead, see `relay/mod.rs`), monoio cancels it and frees the vector with the
+//!   bytes it held: the connection is ending, nothing wants them.
+//! - **Plaintext in** (`Rx::plain`): the part of a decrypted record that did not fit the
+//!   reader's buffer (the relay's pool buffer); usually empty and unallocated.
+//! - **Ciphertext out**: each write encrypts into a vector of its own, which moves into the
+//!   write op and is freed when it completes. Records the reader produced for the peer
+//!   (a TLS 1.3 KeyUpdate answer, a fatal alert) wait in `Shared::tx` and go out in front
+//!   of the writer's next write, or its shutdown.
+//!
+//! kTLS would slot in here: after the handshake, `dangerous_into_kernel_connection` hands
+//! the traffic secrets to the kernel (`setsockopt(TCP_ULP, "tls")`, `TLS_TX`/`TLS_RX`) and
+//! both halves become plain socket halves (no user-space record work, and sendfile/splice
+//! stay possible); post-handshake messages then arrive as control messages the reader
+//! passes to the `KernelConnection`. This kernel offers no `tls` ULP
+//! (`/proc/sys/net/ipv4/tcp_available_ulp`), so it is not built.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::io;
+use std::rc::Rc;
+
+use monoio::BufResult;
+use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, IoVecWrapper, IoVecWrapperMut};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
+use monoio::net::TcpStream;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, InsufficientSizeError,
+    UnbufferedStatus,
+};
+
+use crate::stream::{Halves, Readiness, ready};
+
+/// Room for one whole TLS record as it arrives: 2^14 bytes of plaintext, plus the most
+/// either version may add (TLS 1.2 allows 2048 bytes of expansion, TLS 1.3 256), plus the
+/// 5-byte header. A read never needs more to make progress.
+pub const RECORD_ROOM: usize = (1 << 14) + 2048 + 5;
+
+/// rustls's unbuffered connection, client or server side: what the stream needs of it.
+pub trait Unbuffered: 'static {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn common(&self) -> &rustls::CommonState;
+}
+
+impl Unbuffered for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+}
+
+impl Unbuffered for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+}
+
+/// Why a TLS handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    #[error("peer closed the connection during the TLS handshake")]
+    Closed,
+    #[error("I/O error during the TLS handshake: {0}")]
+    Io(io::Error),
+}
+
+/// The connection state both halves share. Both halves live in one task (the relay's), and
+/// every borrow below ends before an await, so `RefCell`s never conflict.
+struct Shared<C> {
+    conn: RefCell<C>,
+    rx: RefCell<Rx>,
+    /// Records for the peer that the reader produced; sent ahead of the next write.
+    tx: RefCell<Vec<u8>>,
+}
+
+#[derive(Default)]
+struct Rx {
+    cipher: Vec<u8>,
+    plain: Vec<u8>,
+    /// The peer sent close_notify (or the TLS layer failed): reads return end of stream
+    /// once `plain` is empty.
+    ended: bool,
+}
+
+/// A TLS stream whose handshake is done. `C` is the rustls connection (server side for
+/// clients, client side for backends).
+pub struct TlsStream<C> {
+    rd: TlsReader<C>,
+    wr: TlsWriter<C>,
+}
+
+pub struct TlsReader<C> {
+    tcp: OwnedReadHalf<TcpStream>,
+    tls: Rc<Shared<C>>,
+}
+
+pub struct TlsWriter<C> {
+    tcp: OwnedWriteHalf<TcpStream>,
+    tls: Rc<Shared<C>>,
+}
+
+impl<C: Unbuffered> TlsStream<C> {
+    /// The negotiated protocol version (`None` only before a handshake).
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.rd.tls.conn.borrow().common().protocol_version()
+    }
+}
+
+/// Runs the handshake of `conn` over `tcp` until application data may flow. Plaintext that
+/// arrives with the peer's last flight (a client's request right behind its Finished) is
+/// kept for the first read. Not bounded in time: the caller bounds it.
+pub async fn handshake<C: Unbuffered>(
+    tcp: TcpStream,
+    mut conn: C,
+) -> Result<TlsStream<C>, HandshakeFailure> {
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut incoming: Vec<u8> = Vec::new();
+    let mut outgoing: Vec<u8> = Vec::new();
+    let mut plain: Vec<u8> = Vec::new();
+    loop {
+        let UnbufferedStatus { discard, state } = conn.process(&mut incoming);
+        let mut transmit = false;
+        let mut need_more = false;
+        let mut done = false;
+        match state {
+            Err(e) => {
+                incoming.drain(..discard);
+                // rustls queued the alert that tells the peer why; send it, best effort.
+                flush_alert(&mut conn, &mut outgoing);
+                if !outgoing.is_empty() {
+                    let _ = wr.write_all(outgoing).await;
+                }
+                return Err(HandshakeFailure::Tls(e));
+            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut outgoing),
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                transmit = true;
+            }
+            Ok(ConnectionState::BlockedHandshake) => need_more = true,
+            Ok(ConnectionState::WriteTraffic(_)) => done = true,
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(rec) = r.next_record() {
+                    match rec {
+                        Ok(rec) => plain.extend_from_slice(rec.payload),
+                        Err(e) => return Err(HandshakeFailure::Tls(e)),
+                    }
+                }
+            }
+            // No early data is accepted (`max_early_data_size` is 0), so rustls never
+            // offers it; a peer that ends the connection ends the handshake.
+            Ok(ConnectionState::ReadEarlyData(_)) => {
+                return Err(HandshakeFailure::Tls(rustls::Error::General(
+                    "early data".into(),
+                )));
+            }
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                return Err(HandshakeFailure::Closed);
+            }
+            Ok(_) => return Err(HandshakeFailure::Closed),
+        }
+        incoming.drain(..discard);
+        if transmit && !outgoing.is_empty() {
+            let (res, mut back) = wr.write_all(std::mem::take(&mut outgoing)).await;
+            res.map_err(HandshakeFailure::Io)?;
+            back.clear();
+            outgoing = back;
+        }
+        if done {
+            break;
+        }
+        if need_more {
+            if incoming.is_empty() && incoming.capacity() == 0 {
+                // A client that connects and says nothing holds no buffer.
+                ready(&rd).await.map_err(HandshakeFailure::Io)?;
+            }
+            let len = incoming.len();
+            if incoming.capacity() - len < 4096 {
+                incoming.reserve(RECORD_ROOM);
+            }
+            let cap = incoming.capacity();
+            let (res, slice) = rd.read(incoming.slice_mut(len..cap)).await;
+            incoming = slice.into_inner();
+            match res {
+                Ok(0) => return Err(HandshakeFailure::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(HandshakeFailure::Io(e)),
+            }
+        }
+    }
+    incoming.shrink_to_fit();
+    let tls = Rc::new(Shared {
+        conn: RefCell::new(conn),
+        rx: RefCell::new(Rx {
+            cipher: incoming,
+            plain,
+            ended: false,
+        }),
+        tx: RefCell::new(Vec::new()),
+    });
+    Ok(TlsStream {
+        rd: TlsReader {
+            tcp: rd,
+            tls: tls.clone(),
+        },
+        wr: TlsWriter { tcp: wr, tls },
+    })
+}
+
+/// Encodes one handshake record into `out`, growing it as rustls asks.
+fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) {
+    let len = out.len();
+    out.resize(len + 512, 0);
+    loop {
+        match e.encode(&mut out[len..]) {
+            Ok(n) => {
+                out.truncate(len + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                out.resize(len + required_size, 0)
+            }
+            Err(_) => {
+                out.truncate(len);
+                return;
+            }
+        }
+    }
+}
+
+/// After a fatal error, takes the alert rustls queued for the peer into `out`.
+fn flush_alert<C: Unbuffered>(conn: &mut C, out: &mut Vec<u8>) {
+    for _ in 0..4 {
+        match conn.process(&mut []).state {
+            Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, out),
+            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+            _ => return,
+        }
+    }
+}
+
+/// Where decrypted bytes go: the spare room of the reader's buffer.
+struct Sink {
+    ptr: *mut u8,
+    cap: usize,
+    len: usize,
+}
+
+impl Sink {
+    fn room(&self) -> usize {
+        self.cap - self.len
+    }
+
+    /// Copies what fits of `src`; returns how much.
+    #[allow(unsafe_code)]
+    fn put(&mut self, src: &[u8]) -> usize {
+        let n = src.len().min(self.room());
+        // SAFETY: `ptr` is the write pointer of an `IoBufMut` owned by the read in progress
+        // (see `TlsReader::read`), valid for `cap` bytes; `len + n <= cap`, and `src` is a
+        // rustls or `Rx` buffer, which cannot overlap the reader's own buffer.
+        unsafe {
+            self.ptr
+                .add(self.len)
+                .copy_from_nonoverlapping(src.as_ptr(), n)
+        };
+        self.len += n;
+        n
+    }
+}
+
+/// Whether `cipher` starts with a whole record (so decrypting it needs no read).
+fn whole_record(cipher: &[u8]) -> bool {
+    cipher.len() >= 5 && cipher.len() >= 5 + usize::from(u16::from_be_bytes([cipher[3], cipher[4]]))
+}
+
+impl<C: Unbuffered> Shared<C> {
+    /// Decrypts buffered records into `sink` until it is full or no whole record is left.
+    /// Returns whether the stream has ended (close_notify, or a TLS error, returned as such
+    /// the first time).
+    fn decrypt(&self, sink: &mut Sink) -> io::Result<bool> {
+        let mut rx = self.rx.borrow_mut();
+        let rx = &mut *rx;
+        if !rx.plain.is_empty() {
+            let n = sink.put(&rx.plain);
+            rx.plain.drain(..n);
+            if rx.plain.is_empty() {
+                rx.plain = Vec::new();
+            }
+        }
+        let mut conn = self.conn.borrow_mut();
+        while sink.room() > 0 && !rx.ended {
+            let UnbufferedStatus { mut discard, state } = conn.process(&mut rx.cipher);
+            let mut stop = false;
+            match state {
+                Err(e) => {
+                    rx.cipher.drain(..discard);
+                    rx.ended = true;
+                    flush_alert(&mut *conn, &mut self.tx.borrow_mut());
+                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                }
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    while let Some(rec) = r.next_record() {
+                        let rec = rec.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        discard += rec.discard;
+                        let n = sink.put(rec.payload);
+                        rx.plain.extend_from_slice(&rec.payload[n..]);
+                    }
+                }
+                Ok(ConnectionState::EncodeTlsData(mut e)) => {
+                    encode(&mut e, &mut self.tx.borrow_mut())
+                }
+                // What was encoded is in `tx`, and goes with the writer's next write.
+                Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
+                Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                    rx.ended = true;
+                    stop = true;
+                }
+                // No whole record left to process.
+                Ok(_) => stop = true,
+            }
+            rx.cipher.drain(..discard);
+            if stop {
+                break;
+            }
+        }
+        if rx.cipher.is_empty() && rx.cipher.capacity() > 0 {
+            rx.cipher = Vec::new();
+        }
+        Ok(rx.ended && rx.plain.is_empty())
+    }
+
+    fn buffered(&self) -> bool {
+        let rx = self.rx.borrow();
+        !rx.plain.is_empty() || rx.ended || whole_record(&rx.cipher)
+    }
+
+    /// Encrypts `plain` (after any records the reader left for the peer) into one vector.
+    fn encrypt(&self, plain: &[u8], close_notify: bool) -> io::Result<Vec<u8>> {
+        let mut out = std::mem::take(&mut *self.tx.borrow_mut());
+        let mut conn = self.conn.borrow_mut();
+        loop {
+            match conn.process(&mut []).state {
+                Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut out),
+                Ok(ConnectionState::TransmitTlsData(mut t)) => {
+                    if let Some(mut w) = t.may_encrypt_app_data() {
+                        write_into(&mut out, |o| {
+                            if close_notify {
+                                w.queue_close_notify(o)
+                            } else {
+                                w.encrypt(plain, o)
+                            }
+                        })?;
+                        t.done();
+                        return Ok(out);
+                    }
+                    t.done();
+                }
+                Ok(ConnectionState::WriteTraffic(mut w)) => {
+                    write_into(&mut out, |o| {
+                        if close_notify {
+                            w.queue_close_notify(o)
+                        } else {
+                            w.encrypt(plain, o)
+                        }
+                    })?;
+                    return Ok(out);
+                }
+                // The reader has not taken a decrypted record (it does, before it returns;
+                // kept for safety) or the peer's close_notify: keep them for the reader.
+                Ok(ConnectionState::ReadTraffic(mut r)) => {
+                    let mut rx = self.rx.borrow_mut();
+                    while let Some(Ok(rec)) = r.next_record() {
+                        rx.plain.extend_from_slice(rec.payload);
+                    }
+                }
+                Ok(ConnectionState::PeerClosed) => self.rx.borrow_mut().ended = true,
+                Ok(_) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotConnected,
+                        "TLS connection closed",
+                    ));
+                }
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+        }
+    }
+}
+
+/// Appends what `f` writes into a zeroed tail of `out`, growing it as rustls asks.
+fn write_into(
+    out: &mut Vec<u8>,
+    mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
+) -> io::Result<()> {
+    let len = out.len();
+    // A guess that fits a few records' overhead; rustls names the exact size if not.
+    out.resize(len + 4096, 0);
+    loop {
+        match f(&mut out[len..]) {
+            Ok(n) => {
+                out.truncate(len + n);
+                return Ok(());
+            }
+            Err(EncryptError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                out.resize(len + required_size, 0)
+            }
+            Err(e) => {
+                out.truncate(len);
+                return Err(io::Error::other(e.to_string()));
+            }
+        }
+    }
+}
+
+impl<C: Unbuffered> AsyncReadRent for TlsReader<C> {
+    #[allow(unsafe_code)]
+    async fn read<T: IoBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        loop {
+            let mut sink = Sink {
+                ptr: buf.write_ptr(),
+                cap: buf.bytes_total(),
+                len: 0,
+            };
+            let ended = match self.tls.decrypt(&mut sink) {
+                Ok(ended) => ended,
+                Err(e) => return (Err(e), buf),
+            };
+            if sink.len > 0 || ended || sink.cap == 0 {
+                // SAFETY: `sink.len` bytes from the write pointer were just written.
+                unsafe { buf.set_init(sink.len) };
+                return (Ok(sink.len), buf);
+            }
+            // Need more ciphertext: the vector moves into the read op (see the module
+            // docs) and comes back with what arrived behind its partial record.
+            let mut cipher = std::mem::take(&mut self.tls.rx.borrow_mut().cipher);
+            let len = cipher.len();
+            if cipher.capacity() - len < 4096 {
+                cipher.reserve_exact(RECORD_ROOM.max(len + 4096) - len);
+            }
+            let cap = cipher.capacity();
+            let (res, slice) = self.tcp.read(cipher.slice_mut(len..cap)).await;
+            self.tls.rx.borrow_mut().cipher = slice.into_inner();
+            match res {
+                // A TCP end without close_notify: the end of the stream all the same
+                // (a truncation only matters to a peer that frames by connection end;
+                // WebSocket frames carry their own lengths).
+                Ok(0) => return (Ok(0), buf),
+                Ok(_) => {}
+                Err(e) => return (Err(e), buf),
+            }
+        }
+    }
+
+    async fn readv<T: IoVecBufMut>(&mut self, mut buf: T) -> BufResult<usize, T> {
+        let n = match IoVecWrapperMut::new(buf) {
+            Ok(slice) => {
+                let (res, slice) = self.read(slice).await;
+                buf = slice.into_inner();
+                match res {
+                    Ok(n) => n,
+                    Err(e) => return (Err(e), buf),
+                }
+            }
+            Err(b) => {
+                buf = b;
+                0
+            }
+        };
+        (Ok(n), buf)
+    }
+}
+
+impl<C: Unbuffered> Readiness for TlsReader<C> {
+    /// Ready at once when decrypted bytes, a whole record or the stream's end are buffered
+    /// (the socket may be quiet then); otherwise when the socket is readable.
+    fn ready(&self) -> impl Future<Output = io::Result<()>> {
+        let socket = (!self.tls.buffered()).then(|| ready(&self.tcp));
+        async move {
+            match socket {
+                None => Ok(()),
+                Some(f) => f.await,
+            }
+        }
+    }
+}
+
+impl<C: Unbuffered> TlsWriter<C> {
+    async fn send(&mut self, out: Vec<u8>) -> io::Result<()> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        self.tcp.write_all(out).await.0.map(|_| ())
+    }
+}
+
+impl<C: Unbuffered> AsyncWriteRent for TlsWriter<C> {
+    #[allow(unsafe_code)]
+    async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        // SAFETY: an `IoBuf` is valid for `bytes_init` bytes from its read pointer while
+        // it is owned, and this future owns it; the slice is gone before the await.
+        let plain = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };
+        let n = plain.len();
+        let out = match self.tls.encrypt(plain, false) {
+            Ok(out) => out,
+            Err(e) => return (Err(e), buf),
+        };
+        match self.send(out).await {
+            Ok(()) => (Ok(n), buf),
+            Err(e) => (Err(e), buf),
+        }
+    }
+
+    async fn writev<T: IoVecBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        let slice = match IoVecWrapper::new(buf) {
+            Ok(slice) => slice,
+            Err(buf) => return (Ok(0), buf),
+        };
+        let (res, slice) = self.write(slice).await;
+        (res, slice.into_inner())
+    }
+
+    async fn flush(&mut self) -> io::Result<()> {
+        let out = std::mem::take(&mut *self.tls.tx.borrow_mut());
+        self.send(out).await
+    }
+
+    /// Sends close_notify (after anything the reader left for the peer), then ends the
+    /// TCP write side.
+    async fn shutdown(&mut self) -> io::Result<()> {
+        let out = self
+            .tls
+            .encrypt(&[], true)
+            .unwrap_or_else(|_| std::mem::take(&mut *self.tls.tx.borrow_mut()));
+        let sent = self.send(out).await;
+        let shut = self.tcp.shutdown().await;
+        sent.and(shut)
+    }
+}
+
+impl<C: Unbuffered> AsyncReadRent for TlsStream<C> {
+    fn read<T: IoBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+        self.rd.read(buf)
+    }
+    fn readv<T: IoVecBufMut>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+        self.rd.readv(buf)
+    }
+}
+
+impl<C: Unbuffered> AsyncWriteRent for TlsStream<C> {
+    fn write<T: IoBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+        self.wr.write(buf)
+    }
+    fn writev<T: IoVecBuf>(&mut self, buf: T) -> impl Future<Output = BufResult<usize, T>> {
+        self.wr.writev(buf)
+    }
+    fn flush(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.wr.flush()
+    }
+    fn shutdown(&mut self) -> impl Future<Output = io::Result<()>> {
+        self.wr.shutdown()
+    }
+}
+
+impl<C: Unbuffered> Readiness for TlsStream<C> {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> {
+        self.rd.ready()
+    }
+}
+
+impl<C: Unbuffered> Halves for TlsStream<C> {
+    type Reader = TlsReader<C>;
+    type Writer = TlsWriter<C>;
+    fn into_halves(self) -> (TlsReader<C>, TlsWriter<C>) {
+        (self.rd, self.wr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_is_whole_when_its_length_has_arrived() {
+        assert!(!whole_record(&[]));
+        assert!(!whole_record(&[23, 3, 3, 0]));
+        assert!(!whole_record(&[23, 3, 3, 0, 2, 1]));
+        assert!(whole_record(&[23, 3, 3, 0, 2, 1, 2]));
+        assert!(whole_record(&[23, 3, 3, 0, 0]));
+    }
+}
