@@ -22,27 +22,12 @@ pub enum Control {
     /// 1012. The whole current list each time: a backend no longer in it (added back) is
     /// no longer retired.
     Retire(Vec<Retirement>),
-    /// A certificate reload: new client handshakes use this config; open connections keep
-    /// theirs.
-    Tls(TlsConfig),
     /// End the worker now (the instance is dropped or stopped). Connections still open are
     /// abandoned, not closed: drain first for a graceful end.
     Stop,
 }
 
 /// A backend removed by a reload, and when its remaining connections get close 1012.
-/// A TLS server config, compared by identity (one reload sends one to every worker).
-#[derive(Debug, Clone)]
-pub struct TlsConfig(pub std::sync::Arc<rustls::ServerConfig>);
-
-impl PartialEq for TlsConfig {
-    fn eq(&self, other: &Self) -> bool {
-        std::sync::Arc::ptr_eq(&self.0, &other.0)
-    }
-}
-
-impl Eq for TlsConfig {}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Retirement {
     /// The backend's `balancer::Pool` id.

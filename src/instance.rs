@@ -125,10 +125,15 @@ impl Instance {
             )),
         };
         let stats = new_stats(listeners.len());
+        let certificates = settings
+            .tls
+            .as_ref()
+            .map(|t| Arc::new(crate::tls::Certificates::new(t.config.clone())));
         let running = {
             let (settings, pool) = (Arc::new(settings.clone()), pool.clone());
             let (stats, limit) = (stats.clone(), admission.clone());
             let access_log = access_log.clone();
+            let certificates = certificates.clone();
             worker::spawn(
                 "balancer",
                 listeners,
@@ -137,6 +142,7 @@ impl Instance {
                     let stats = stats[id].clone();
                     let mut env = WorkerEnv::new(id, settings.clone(), pool.clone(), stats.clone());
                     env.access_log = access_log.clone();
+                    env.tls = certificates.clone().map(crate::tls::LocalCertificates::new);
                     let tls_enabled = settings.tls_enabled;
                     let env = Rc::new(env);
                     let limit = limit.clone();
@@ -153,11 +159,11 @@ impl Instance {
                             !tls_enabled,
                             move |stream, peer, permit| {
                                 let open = (stats.track(), permit);
-                                let tls = conn_env.tls.borrow().clone();
+                                let tls = conn_env.tls.as_ref().map(|t| t.current());
                                 crate::connection::serve(stream, peer, conn_env.clone(), open, tls)
                             },
                         ));
-                        worker::obey(inbox, &env, accepting).await;
+                        worker::obey(inbox, &env.registry, accepting).await;
                         // Stopped: the accept is cancelled; its end drops the listener.
                         accept.await;
                     }
@@ -176,7 +182,12 @@ impl Instance {
             }
             None => tracing::info!("balancing {local_addr}"),
         }
-        let reloader = Reloader::new(&settings, pool.clone(), running.control().clone());
+        let reloader = Reloader::new(
+            &settings,
+            pool.clone(),
+            running.control().clone(),
+            certificates,
+        );
         let handle = Handle(Arc::new(Shared {
             workers: running.control().clone(),
             admission,

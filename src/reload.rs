@@ -10,8 +10,9 @@
 //!   list of retired backends ([`Control::Retire`]) and closes their relays at the
 //!   deadline (`worker::obey`). A removed backend added back before that is simply kept.
 //! - **TLS certificates.** The files are read again (by the validation that made `new`);
-//!   if any changed, every worker is sent the new server config ([`Control::Tls`]) and its
-//!   next handshakes use it; open connections keep the session they have. A file that no
+//!   if any changed, the instance's `tls::Certificates` get the new server config, which
+//!   every worker's next handshake uses (so it has taken effect when the reload returns);
+//!   open connections keep the session they have. A file that no
 //!   longer loads fails the validation, so the old certificates stay.
 //! - **Nothing else, yet.** Listen address, workers, timeouts, limits, keepalive and
 //!   health settings are fixed for the life of the process; a reload that changes them
@@ -47,15 +48,23 @@ pub struct Reloader {
     pool: Arc<Pool>,
     workers: Broadcast,
     retired: Vec<Retirement>,
+    /// The server config new TLS handshakes use (`None`: TLS off).
+    certificates: Option<Arc<crate::tls::Certificates>>,
 }
 
 impl Reloader {
-    pub fn new(running: &Settings, pool: Arc<Pool>, workers: Broadcast) -> Self {
+    pub fn new(
+        running: &Settings,
+        pool: Arc<Pool>,
+        workers: Broadcast,
+        certificates: Option<Arc<crate::tls::Certificates>>,
+    ) -> Self {
         Self {
             running: running.clone(),
             pool,
             workers,
             retired: Vec::new(),
+            certificates,
         }
     }
 
@@ -110,7 +119,8 @@ impl Reloader {
         self.workers.send(Control::Retire(self.retired.clone()));
         // Certificates: only while TLS stays on (turning it on or off needs a restart,
         // reported above as `tls`).
-        if let (Some(old), Some(new)) = (&self.running.tls, &new.tls)
+        if let (Some(old), Some(new), Some(certs)) =
+            (&self.running.tls, &new.tls, &self.certificates)
             && old != new
         {
             for c in &new.certificates {
@@ -120,8 +130,7 @@ impl Reloader {
                     "reload: TLS certificate loaded; new handshakes use it"
                 );
             }
-            self.workers
-                .send(Control::Tls(crate::control::TlsConfig(new.config.clone())));
+            certs.replace(new.config.clone());
             tls = true;
         }
         // Everything but the fixed part: a reloadable field added to `Settings` is applied
@@ -152,7 +161,7 @@ mod tests {
         let old = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
         let pool = Arc::new(Pool::new(old.backends.clone(), 3));
         let (workers, mut inboxes) = crate::control::channels(1);
-        let mut r = Reloader::new(&old, pool.clone(), workers);
+        let mut r = Reloader::new(&old, pool.clone(), workers, None);
         let new = settings(
             r#"
             backends = ["127.0.0.1:9002", "127.0.0.1:9003"]

@@ -24,16 +24,38 @@ impl Scheme {
 
 /// Waiting for a stream to become readable without holding a buffer. Asked of the stream,
 /// not of its socket: a stream that keeps bytes of its own (a TLS stream's decrypted
-/// plaintext) is readable while its socket is quiet.
+/// plaintext, a whole record) is readable while its socket is quiet, and says so with
+/// [`Readiness::buffered`]. Readable means: a read will return data or the stream's end
+/// without waiting for more than the rest of what has begun to arrive.
 ///
-/// An implementation may touch the stream only while its future is first polled (see
-/// [`ready`], which relies on it).
+/// An implementation's [`Readiness::socket_ready`] may touch the stream only while its
+/// future is first polled (see [`ready`], which relies on it).
 pub trait Readiness {
-    fn ready(&self) -> impl Future<Output = std::io::Result<()>>;
+    /// Bytes (or the stream's end) are held by the stream itself: readable now.
+    fn buffered(&self) -> bool {
+        false
+    }
+
+    /// Waits until the socket under the stream is readable. Two calls rather than one
+    /// future that checks `buffered` first: the relay's pumps park in this future, and a
+    /// wrapper around it would cost every idle connection its size twice.
+    fn socket_ready(&self) -> impl Future<Output = std::io::Result<()>>;
+
+    /// Waits until the stream is readable (buffered bytes, or the socket).
+    fn ready(&self) -> impl Future<Output = std::io::Result<()>> {
+        let buffered = self.buffered();
+        let socket = (!buffered).then(|| self.socket_ready());
+        async move {
+            match socket {
+                None => Ok(()),
+                Some(f) => f.await,
+            }
+        }
+    }
 }
 
 impl Readiness for TcpStream {
-    fn ready(&self) -> impl Future<Output = std::io::Result<()>> {
+    fn socket_ready(&self) -> impl Future<Output = std::io::Result<()>> {
         // Strict (`relaxed = false`): on the epoll driver a relaxed check answers from the
         // readiness cached since the last event, so after a read that did not drain the
         // socket to EAGAIN it says "readable" on an idle socket. The pump then parked in a
@@ -62,7 +84,7 @@ impl Halves for TcpStream {
 }
 
 impl Readiness for OwnedReadHalf<TcpStream> {
-    fn ready(&self) -> impl Future<Output = std::io::Result<()>> {
+    fn socket_ready(&self) -> impl Future<Output = std::io::Result<()>> {
         ready(self)
     }
 }
@@ -81,7 +103,7 @@ impl ClientStream for crate::tls::TlsStream<rustls::server::UnbufferedServerConn
     const SCHEME: Scheme = Scheme::Https;
 }
 
-/// Waits until the stream behind a read half is readable (see [`Readiness`]).
+/// Waits until the socket behind a read half is readable (see [`Readiness`]).
 #[allow(unsafe_code)]
 pub fn ready<T: Readiness>(
     half: &OwnedReadHalf<T>,
@@ -96,5 +118,5 @@ pub fn ready<T: Readiness>(
     // the task and before the other pump (the write half's only user) runs again, so no
     // `&mut T` is made while the `&T` is in use, and it is not used after one is.
     let stream = unsafe { &*half.0.get() };
-    stream.ready()
+    stream.socket_ready()
 }

@@ -47,9 +47,9 @@ pub struct WorkerEnv {
     pub stats: Arc<WorkerStats>,
     /// The access log, when enabled (shared by the workers; one write per connection).
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
-    /// The TLS config new client handshakes use (`None`: plain ws). Replaced by a
-    /// certificate reload (`Control::Tls`, see [`obey`]); a handshake holds its own `Arc`.
-    pub tls: std::cell::RefCell<Option<Arc<rustls::ServerConfig>>>,
+    /// The TLS config new client handshakes use (`None`: plain ws), as a certificate
+    /// reload last replaced it.
+    pub tls: Option<crate::tls::LocalCertificates>,
 }
 
 impl WorkerEnv {
@@ -74,7 +74,7 @@ impl WorkerEnv {
             buffers: BufferPool::new(settings.relay_buffer_bytes, settings.relay_buffer_max_bytes),
             registry: Registry::new(settings.keepalive),
             stats,
-            tls: std::cell::RefCell::new(settings.tls.as_ref().map(|t| t.config.clone())),
+            tls: None,
             settings,
             access_log: None,
         }
@@ -298,13 +298,11 @@ where
 
 /// A balancer worker's control task: acts on the instance's messages (`control.rs`) until
 /// told to stop. `accepting` cancels the worker's accept loop; the worker's registry of
-/// open relays wakes the relays each message concerns; a certificate reload replaces the
-/// TLS config of the worker's next handshakes.
+/// open relays wakes the relays each message concerns.
 ///
 /// Retired backends' relays are closed at their deadline by a timer on the earliest one;
 /// between messages and deadlines this task sleeps.
-pub async fn obey(mut inbox: Inbox, env: &WorkerEnv, accepting: Canceller) {
-    let registry = &env.registry;
+pub async fn obey(mut inbox: Inbox, registry: &Registry, accepting: Canceller) {
     let mut accepting = Some(accepting);
     let mut stop_accepting = move || {
         if let Some(c) = accepting.take() {
@@ -342,7 +340,6 @@ pub async fn obey(mut inbox: Inbox, env: &WorkerEnv, accepting: Canceller) {
                 pending = list.into_iter().filter(|r| r.deadline.is_some()).collect();
                 retire_due(&mut pending, &mut marked, registry);
             }
-            Some(Control::Tls(config)) => *env.tls.borrow_mut() = Some(config.0),
             Some(Control::Stop) | None => {
                 stop_accepting();
                 return;

@@ -260,3 +260,97 @@ fn idle_connections_hold_under_2_kib_of_heap_each() {
         fresh.classes
     );
 }
+
+/// Idle wss connections held by the Python client in `tests/tls/hold.py` (in its own
+/// process, so that only the balancer's heap is counted here).
+const N_TLS: usize = 300;
+
+/// Heap per idle wss connection, `size`-byte echo first: the balancer's heap before and
+/// after `N_TLS` connections that each echoed once and then idle.
+fn measure_tls(lb: &wslb::Instance, size: usize) -> f64 {
+    use std::io::BufRead;
+    // A worker quiet for 500 ms after a burst frees its pool's spare buffers
+    // (`worker::trim_when_idle`): both counts are taken after that has happened, so the
+    // difference is what the connections hold, not the pool.
+    let after_trim = || std::thread::sleep(Duration::from_millis(1500));
+    after_trim();
+    settle(lb, 0);
+    let (b0, _) = snapshot();
+    let port = lb.local_addr.port().to_string();
+    let mut hold = Child(
+        Command::new("python3")
+            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/hold.py"))
+            .args(["127.0.0.1", &port, &N_TLS.to_string(), &size.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 (tests/tls/hold.py)"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(hold.0.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "hold.py failed");
+    after_trim();
+    settle(lb, N_TLS as u64);
+    let (b1, _) = snapshot();
+    drop(hold.0.stdin.take());
+    drop(hold);
+    settle(lb, 0);
+    (b1 - b0) as f64 / N_TLS as f64
+}
+
+/// An idle wss connection holds the TLS session (keys, rustls's state) and the relay, but
+/// no record buffer: not after a small echo, and not after a 64 KiB one, which filled the
+/// ciphertext and plaintext paths with several records each way. Regression guard for the
+/// design in `tls/stream.rs` (rustls's buffered connection would keep a 4 KiB deframer
+/// buffer, monoio-rustls 2 x 16 KiB per connection).
+#[test]
+fn idle_wss_connections_hold_no_record_buffer() {
+    let dir = std::env::temp_dir().join(format!("wslb-memory-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    let echo_addr = common::reserve_addr().addr;
+    let _echo = Child(
+        Command::new(env!("CARGO_BIN_EXE_wslb"))
+            .args(["echo", "--listen", &echo_addr.to_string(), "--workers", "1"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        if TcpStream::connect(echo_addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lb = common::balancer(&[echo_addr], 1, |c| {
+        c.tls.cert = cert_file.display().to_string();
+        c.tls.key = key_file.display().to_string();
+    });
+    // Warm-up: the worker's pools and rustls's lazily built tables reach their size.
+    measure_tls(&lb, BUSY);
+    let fresh = measure_tls(&lb, 11);
+    let busy = measure_tls(&lb, BUSY);
+    eprintln!("wss: heap per idle connection: fresh {fresh:.0} B, busy-then-idle {busy:.0} B");
+    std::fs::remove_dir_all(&dir).unwrap();
+    // A record buffer is 16 KiB or more: an eighth of one per connection is the margin.
+    assert!(
+        busy <= fresh + 2048.0,
+        "busy-then-idle {busy:.0} B vs fresh {fresh:.0} B per idle wss connection: a record \
+         buffer stays after traffic"
+    );
+    // The session itself: rustls's connection and two AES-GCM contexts, the relay, the
+    // Rc that shares them between the two halves. Measured 4.4 KiB (README, TLS).
+    assert!(
+        fresh < 8192.0,
+        "{fresh:.0} B per idle wss connection; the TLS session grew"
+    );
+}

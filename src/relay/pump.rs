@@ -107,10 +107,10 @@ where
     /// waits for readability, so that a quiet connection pins no buffer.
     async fn read(&mut self, link: &Link<'_>) -> Read {
         let waited = self.walker.pending == 0 && !self.last_read_full;
-        if waited {
+        if waited && !self.src.buffered() {
             self.release_buffer(link);
             let open = self.close == CloseState::Open;
-            let ready = std::pin::pin!(self.src.ready());
+            let ready = std::pin::pin!(self.src.socket_ready());
             match link.wait(ready, link.interrupted(self.from, open)).await {
                 Waited::Done(Ok(())) => {}
                 Waited::Done(Err(_)) => return Read::Ended,

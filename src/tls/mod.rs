@@ -8,13 +8,17 @@
 //! handshake are the same code for ws and wss.
 //!
 //! Certificates reload on SIGHUP: the reload loads the files again ([`ServerTls::load`],
-//! every problem reported and the old config kept if any), and each worker is sent the new
-//! config (`Control::Tls`), which its next handshakes use; open connections keep theirs.
+//! every problem reported and the old config kept if any) and replaces the instance's
+//! [`Certificates`], an immutable config swapped whole; each worker picks the new one up
+//! at its next handshake (as it does a new backend list), so once a reload returns every
+//! new handshake uses it. Open connections keep theirs.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
@@ -63,6 +67,67 @@ impl fmt::Debug for ServerTls {
         f.debug_struct("ServerTls")
             .field("certificates", &self.certificates)
             .finish_non_exhaustive()
+    }
+}
+
+/// The server config new client handshakes use, replaced whole by a certificate reload.
+#[derive(Debug)]
+pub struct Certificates {
+    current: Mutex<Arc<rustls::ServerConfig>>,
+    /// Moves at each replacement; workers compare it with the one they cached.
+    generation: AtomicU64,
+}
+
+impl Certificates {
+    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self {
+            current: Mutex::new(config),
+            generation: AtomicU64::new(0),
+        }
+    }
+
+    /// New handshakes on every worker use `config` from now on.
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        // Release pairs with `LocalCertificates::current`'s Acquire load.
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    fn get(&self) -> Arc<rustls::ServerConfig> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// A worker's view of the [`Certificates`]: its cached config, fetched again only after a
+/// reload (one shared atomic read per handshake otherwise).
+#[derive(Debug)]
+pub struct LocalCertificates {
+    shared: Arc<Certificates>,
+    cached: RefCell<(u64, Arc<rustls::ServerConfig>)>,
+}
+
+impl LocalCertificates {
+    pub fn new(shared: Arc<Certificates>) -> Self {
+        let g = shared.generation.load(Ordering::Acquire);
+        let c = shared.get();
+        Self {
+            shared,
+            cached: RefCell::new((g, c)),
+        }
+    }
+
+    /// The config for a new handshake. The `Arc` it returns is one increment of a count
+    /// every worker shares, once per TLS connection (rustls's connection holds its config).
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        let g = self.shared.generation.load(Ordering::Acquire);
+        let mut c = self.cached.borrow_mut();
+        if c.0 != g {
+            *c = (g, self.shared.get());
+        }
+        c.1.clone()
     }
 }
 

@@ -4,14 +4,14 @@
 //! # Buffers and ownership
 //! rustls's unbuffered connections keep no record buffers of their own: every byte they
 //! read or write is in a buffer this module owns, so an idle connection pins none.
-//! - **Ciphertext in** (`Rx::cipher`): allocated when a read needs more bytes from the
-//!   socket, with room for one whole record ([`RECORD_ROOM`]). The vector moves into the
-//!   io_uring read op as a `SliceMut` over its spare capacity (the kernel owns it until the
-//!   completion) and comes back with the op's result. Complete records are decrypted at
-//!   once; a trailing partial record stays in it, and once none is left the vector is freed.
-//!   If a read op is dropped (only when the relay's close deadline passes or its source is
-//!   found dead, see `relay/mod.rs`), monoio cancels it and frees the vector with the
-//!   bytes it held: the connection is ending, nothing wants them.
+//! - **Ciphertext in** (`Rx::cipher`): each read that needs bytes from the socket
+//!   allocates a vector with room for one whole record ([`RECORD_ROOM`]); it moves into the
+//!   io_uring read op (the kernel owns it until the completion) and comes back with the
+//!   op's result, to become `Rx::cipher` (or be appended to the partial record waiting
+//!   there). Complete records are decrypted at once; a trailing partial record stays, and
+//!   once none is left the vector is freed. If a read op is dropped (only when the relay's
+//!   close deadline passes or its source is found dead, see `relay/mod.rs`), monoio
+//!   cancels it and frees its vector: the connection is ending, nothing wants its bytes.
 //! - **Plaintext in** (`Rx::plain`): the part of a decrypted record that did not fit the
 //!   reader's buffer (the relay's pool buffer); usually empty and unallocated.
 //! - **Ciphertext out**: each write encrypts into a vector of its own, which moves into the
@@ -158,9 +158,11 @@ pub async fn handshake<C: Unbuffered>(
         let mut done = false;
         match state {
             Err(e) => {
-                incoming.drain(..discard);
                 // rustls queued the alert that tells the peer why; send it, best effort.
-                flush_alert(&mut conn, &mut outgoing);
+                // (The same bytes go back in: rustls's handshake deframer may still point
+                // into them, and a different buffer would be out of its bounds.)
+                let _ = discard;
+                flush_alert(&mut conn, &mut incoming, &mut outgoing);
                 if !outgoing.is_empty() {
                     let _ = wr.write_all(outgoing).await;
                 }
@@ -262,10 +264,11 @@ fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) {
     }
 }
 
-/// After a fatal error, takes the alert rustls queued for the peer into `out`.
-fn flush_alert<C: Unbuffered>(conn: &mut C, out: &mut Vec<u8>) {
+/// After a fatal error, takes the alert rustls queued for the peer into `out`. `incoming`
+/// is the buffer the failed call was given, unchanged.
+fn flush_alert<C: Unbuffered>(conn: &mut C, incoming: &mut [u8], out: &mut Vec<u8>) {
     for _ in 0..4 {
-        match conn.process(&mut []).state {
+        match conn.process(incoming).state {
             Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, out),
             Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
             _ => return,
@@ -327,9 +330,10 @@ impl<C: Unbuffered> Shared<C> {
             let mut stop = false;
             match state {
                 Err(e) => {
-                    rx.cipher.drain(..discard);
+                    let _ = discard;
                     rx.ended = true;
-                    flush_alert(&mut *conn, &mut self.tx.borrow_mut());
+                    flush_alert(&mut *conn, &mut rx.cipher, &mut self.tx.borrow_mut());
+                    rx.cipher = Vec::new();
                     return Err(io::Error::new(io::ErrorKind::InvalidData, e));
                 }
                 Ok(ConnectionState::ReadTraffic(mut r)) => {
@@ -369,11 +373,21 @@ impl<C: Unbuffered> Shared<C> {
     }
 
     /// Encrypts `plain` (after any records the reader left for the peer) into one vector.
+    ///
+    /// rustls hands out the right to encrypt only from `process`, which may also look at
+    /// received bytes: it is given the reader's ciphertext as it stands (rustls's
+    /// handshake deframer may point into a partial record there; another buffer would be
+    /// out of its bounds). The reader decrypts every whole record before it waits, so
+    /// there is normally nothing for it to process; if there is, it goes to the reader.
     fn encrypt(&self, plain: &[u8], close_notify: bool) -> io::Result<Vec<u8>> {
         let mut out = std::mem::take(&mut *self.tx.borrow_mut());
         let mut conn = self.conn.borrow_mut();
+        let mut rx = self.rx.borrow_mut();
+        let rx = &mut *rx;
         loop {
-            match conn.process(&mut []).state {
+            let UnbufferedStatus { discard, state } = conn.process(&mut rx.cipher);
+            let mut done = false;
+            match state {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut out),
                 Ok(ConnectionState::TransmitTlsData(mut t)) => {
                     if let Some(mut w) = t.may_encrypt_app_data() {
@@ -384,8 +398,7 @@ impl<C: Unbuffered> Shared<C> {
                                 w.encrypt(plain, o)
                             }
                         })?;
-                        t.done();
-                        return Ok(out);
+                        done = true;
                     }
                     t.done();
                 }
@@ -397,17 +410,15 @@ impl<C: Unbuffered> Shared<C> {
                             w.encrypt(plain, o)
                         }
                     })?;
-                    return Ok(out);
+                    done = true;
                 }
-                // The reader has not taken a decrypted record (it does, before it returns;
-                // kept for safety) or the peer's close_notify: keep them for the reader.
+                // Records the reader has not decrypted yet (see above): theirs.
                 Ok(ConnectionState::ReadTraffic(mut r)) => {
-                    let mut rx = self.rx.borrow_mut();
                     while let Some(Ok(rec)) = r.next_record() {
                         rx.plain.extend_from_slice(rec.payload);
                     }
                 }
-                Ok(ConnectionState::PeerClosed) => self.rx.borrow_mut().ended = true,
+                Ok(ConnectionState::PeerClosed) => rx.ended = true,
                 Ok(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::NotConnected,
@@ -415,6 +426,10 @@ impl<C: Unbuffered> Shared<C> {
                     ));
                 }
                 Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+            }
+            rx.cipher.drain(..discard);
+            if done {
+                return Ok(out);
             }
         }
     }
@@ -468,16 +483,20 @@ impl<C: Unbuffered> AsyncReadRent for TlsReader<C> {
                 unsafe { buf.set_init(sink.len) };
                 return (Ok(sink.len), buf);
             }
-            // Need more ciphertext: the vector moves into the read op (see the module
-            // docs) and comes back with what arrived behind its partial record.
-            let mut cipher = std::mem::take(&mut self.tls.rx.borrow_mut().cipher);
-            let len = cipher.len();
-            if cipher.capacity() - len < 4096 {
-                cipher.reserve_exact(RECORD_ROOM.max(len + 4096) - len);
+            // Need more ciphertext. A partial record stays where it is (rustls may point
+            // into it, and the writer processes it too, see `encrypt`): the read goes
+            // into a vector of its own, which moves into the read op (see the module
+            // docs) and is then appended, or simply taken when nothing was waiting.
+            let incoming = Vec::with_capacity(RECORD_ROOM);
+            let (res, incoming) = self.tcp.read(incoming).await;
+            {
+                let mut rx = self.tls.rx.borrow_mut();
+                if rx.cipher.is_empty() {
+                    rx.cipher = incoming;
+                } else {
+                    rx.cipher.extend_from_slice(&incoming);
+                }
             }
-            let cap = cipher.capacity();
-            let (res, slice) = self.tcp.read(cipher.slice_mut(len..cap)).await;
-            self.tls.rx.borrow_mut().cipher = slice.into_inner();
             match res {
                 // A TCP end without close_notify: the end of the stream all the same
                 // (a truncation only matters to a peer that frames by connection end;
@@ -509,16 +528,14 @@ impl<C: Unbuffered> AsyncReadRent for TlsReader<C> {
 }
 
 impl<C: Unbuffered> Readiness for TlsReader<C> {
-    /// Ready at once when decrypted bytes, a whole record or the stream's end are buffered
-    /// (the socket may be quiet then); otherwise when the socket is readable.
-    fn ready(&self) -> impl Future<Output = io::Result<()>> {
-        let socket = (!self.tls.buffered()).then(|| ready(&self.tcp));
-        async move {
-            match socket {
-                None => Ok(()),
-                Some(f) => f.await,
-            }
-        }
+    /// Decrypted bytes, a whole record or the stream's end are here: the socket may be
+    /// quiet, the stream is readable.
+    fn buffered(&self) -> bool {
+        self.tls.buffered()
+    }
+
+    fn socket_ready(&self) -> impl Future<Output = io::Result<()>> {
+        ready(&self.tcp)
     }
 }
 
@@ -600,8 +617,12 @@ impl<C: Unbuffered> AsyncWriteRent for TlsStream<C> {
 }
 
 impl<C: Unbuffered> Readiness for TlsStream<C> {
-    fn ready(&self) -> impl Future<Output = io::Result<()>> {
-        self.rd.ready()
+    fn buffered(&self) -> bool {
+        self.rd.buffered()
+    }
+
+    fn socket_ready(&self) -> impl Future<Output = io::Result<()>> {
+        self.rd.socket_ready()
     }
 }
 
