@@ -44,7 +44,8 @@ impl std::str::FromStr for IoDriver {
 pub struct Config {
     /// Address every worker listens on (SO_REUSEPORT). Default `127.0.0.1:8080`.
     pub listen: String,
-    /// Backend WebSocket servers, `host:port`. At least one is required.
+    /// Backend WebSocket servers, `host:port`, `ws://host:port` or `wss://host:port`
+    /// (reached over TLS, see `[tls_backend]`). At least one is required.
     pub backends: Vec<String>,
     /// Worker threads, one per core. `0` (default) means one per available core.
     pub workers: usize,
@@ -68,6 +69,28 @@ pub struct Config {
     pub admin: Admin,
     pub access_log: AccessLog,
     pub tls: Tls,
+    pub tls_backend: TlsBackend,
+}
+
+/// TLS to backends (see `tls/client.rs`): used for backends written `wss://host:port`, or
+/// for every backend with `enabled`.
+#[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsBackend {
+    /// Every backend is reached over TLS, `wss://` or not (`ws://` ones stay plain).
+    /// Default false.
+    pub enabled: bool,
+    /// PEM CA bundle the backends' certificates are verified against. Default empty: the
+    /// system's trust roots.
+    pub ca: String,
+    /// The name backends are verified against and asked for (SNI). Default empty: each
+    /// backend's host as written (an IP address is verified as one, without SNI).
+    pub server_name: String,
+    /// A client certificate (PEM chain and key) for backends that ask for one.
+    pub cert: String,
+    pub key: String,
+    /// Accept any backend certificate. For tests only: wslb logs a warning at start.
+    pub insecure_skip_verify: bool,
 }
 
 /// TLS termination (see `tls/`). With a certificate configured (`cert` and `key`, or
@@ -291,6 +314,7 @@ impl Default for Config {
             admin: Admin::default(),
             access_log: AccessLog::default(),
             tls: Tls::default(),
+            tls_backend: TlsBackend::default(),
         }
     }
 }
@@ -506,6 +530,49 @@ mod tests {
     fn unknown_field_is_rejected() {
         let e = Config::from_toml("backend = [\"127.0.0.1:1\"]").unwrap_err();
         assert!(e.contains("unknown field `backend`"), "{e}");
+    }
+
+    #[test]
+    fn wss_backends_are_reached_over_tls_by_the_host_they_name() {
+        let s = Config::from_toml(
+            r#"
+            backends = ["wss://localhost:9443/", "ws://127.0.0.1:9000", "127.0.0.1:9001"]
+            [tls_backend]
+            insecure_skip_verify = true
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let tls = s.backend_tls.expect("one wss backend");
+        let name = |a: &str| {
+            tls.name(a.parse().unwrap())
+                .map(|n| n.to_str().into_owned())
+        };
+        assert_eq!(name("127.0.0.1:9443").as_deref(), Some("localhost"));
+        assert_eq!(name("127.0.0.1:9000"), None);
+        assert_eq!(name("127.0.0.1:9001"), None);
+        let plain = Config::from_toml(r#"backends = ["127.0.0.1:9001"]"#).unwrap();
+        assert!(plain.validate().unwrap().backend_tls.is_none());
+    }
+
+    #[test]
+    fn unreadable_tls_files_are_named() {
+        let c = Config::from_toml(
+            r#"
+            backends = ["wss://127.0.0.1:9443"]
+            [tls]
+            cert = "/nonexistent/cert.pem"
+            [tls_backend]
+            ca = "/nonexistent/ca.pem"
+            "#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(p)) = c.validate() else {
+            panic!("expected invalid")
+        };
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["tls.key", "tls_backend.ca"]);
     }
 
     #[test]

@@ -157,15 +157,25 @@ async fn relay_upgraded<C: ClientStream>(
     tracing::debug!(%peer, backend = %lease.backend().addr, "relaying");
     // Awaited in place: a future first bound to a local and then awaited takes room
     // twice in the enclosing future (rust-lang/rust#62958).
-    let outcome = relay::run(
-        up.client,
-        up.backend,
-        up.client_buf,
-        up.backend_buf,
-        lease.backend().id,
-        &ctx,
-    )
-    .await;
+    let id = lease.backend().id;
+    let outcome = match up.backend {
+        BackendConn::Plain(backend) => {
+            relay::run(up.client, backend, up.client_buf, up.backend_buf, id, &ctx).await
+        }
+        // Boxed: a relay to a TLS backend is a different (larger) future, and held inline
+        // it would make every connection's task as large.
+        BackendConn::Tls(backend) => {
+            Box::pin(relay::run(
+                up.client,
+                backend,
+                up.client_buf,
+                up.backend_buf,
+                id,
+                &ctx,
+            ))
+            .await
+        }
+    };
     tracing::debug!(%peer, ?outcome, "connection closed");
     if let Some(log) = &ctx.access_log {
         log.record(&access_log::Entry {
@@ -213,12 +223,18 @@ impl HandshakeError {
 /// right behind its handshake head.
 struct Upgraded<C> {
     client: C,
-    backend: TcpStream,
+    backend: BackendConn,
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
     lease: Lease,
     /// The request target, kept only for the access log.
     path: Option<Box<str>>,
+}
+
+/// A connected backend: plain TCP, or TLS (a `wss://` backend).
+enum BackendConn {
+    Plain(TcpStream),
+    Tls(tls::BackendStream),
 }
 
 /// Reads the client's upgrade, picks and connects a backend, forwards the upgrade and
@@ -367,7 +383,7 @@ async fn connect_and_forward(
     forward: bytes::Bytes,
 ) -> Result<
     (
-        TcpStream,
+        BackendConn,
         std::sync::Arc<Backend>,
         Vec<u8>,
         handshake::Response,
@@ -381,7 +397,7 @@ async fn connect_and_forward(
         let addr = b.addr;
         tried += 1;
         ctx.backends.selected(b);
-        let mut backend = match connect(addr, s.backend_connect_timeout).await {
+        let tcp = match connect(addr, s.backend_connect_timeout).await {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(backend = %addr, "{e}; trying the next backend");
@@ -390,9 +406,33 @@ async fn connect_and_forward(
             }
         };
         let buf = ctx.buffers.take(s.relay_buffer_bytes);
+        // The TLS handshake (for a `wss://` backend) and the upgrade's answer share
+        // `backend_handshake_ms`.
         let deadline = Instant::now() + s.backend_handshake_timeout;
-        match exchange(&mut backend, forward.clone(), buf, deadline).await {
-            Ok((buf, response)) => {
+        let tls = snap
+            .tls
+            .as_ref()
+            .and_then(|t| Some((t, t.name(addr)?.clone())));
+        let exchanged = match tls {
+            None => {
+                let mut tcp = tcp;
+                exchange(&mut tcp, forward.clone(), buf, deadline)
+                    .await
+                    .map(|(buf, r)| (BackendConn::Plain(tcp), buf, r))
+            }
+            Some((t, name)) => {
+                match monoio::time::timeout_at(deadline, tls::connect(tcp, t, name)).await {
+                    Ok(Ok(mut stream)) => exchange(&mut stream, forward.clone(), buf, deadline)
+                        .await
+                        .map(|(buf, r)| (BackendConn::Tls(stream), buf, r)),
+                    // Nothing was forwarded: another backend may be tried.
+                    Ok(Err(e)) => Err(Exchange::Broke(e.to_string())),
+                    Err(_) => Err(Exchange::Bad("no TLS handshake in time".to_string())),
+                }
+            }
+        };
+        match exchanged {
+            Ok((backend, buf, response)) => {
                 ctx.backends.connected(b);
                 return Ok((backend, b.clone(), buf, response, deadline));
             }
@@ -433,8 +473,8 @@ enum Exchange {
 }
 
 /// Sends the rewritten upgrade and reads the backend's response head into `buf`.
-async fn exchange(
-    backend: &mut TcpStream,
+async fn exchange<B: AsyncReadRent + AsyncWriteRent>(
+    backend: &mut B,
     forward: bytes::Bytes,
     mut buf: Vec<u8>,
     deadline: Instant,
@@ -481,7 +521,7 @@ async fn exchange(
 /// body on to the client (up to `Content-Length`, at most 64 KiB), then close both.
 async fn relay_refusal<C: AsyncWriteRent>(
     client: &mut C,
-    backend: &mut TcpStream,
+    backend: &mut BackendConn,
     mut buf: Vec<u8>,
     response: handshake::Response,
     deadline: Instant,
@@ -505,7 +545,11 @@ async fn relay_refusal<C: AsyncWriteRent>(
             }
             buf.clear();
             let cap = buf.capacity();
-            let (res, slice) = backend.read(buf.slice_mut(0..cap)).await;
+            let read = buf.slice_mut(0..cap);
+            let (res, slice) = match backend {
+                BackendConn::Plain(b) => b.read(read).await,
+                BackendConn::Tls(b) => b.read(read).await,
+            };
             buf = slice.into_inner();
             if !matches!(res, Ok(n) if n > 0) {
                 return;

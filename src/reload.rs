@@ -78,7 +78,9 @@ impl Reloader {
         for field in &needs_restart {
             tracing::warn!("reload: {field} changed; it takes effect only after a restart");
         }
-        let change = self.pool.set_backends(&new.backends);
+        let change = self
+            .pool
+            .set_backends_tls(&new.backends, new.backend_tls.clone());
         let now = Instant::now();
         let deadline = new.removed_backend_drain.map(|d| now + d);
         let current: Vec<u32> = self.pool.snapshot().backends.iter().map(|b| b.id).collect();

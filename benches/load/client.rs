@@ -12,6 +12,55 @@ use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 
+/// How the client reaches a target: `Plain` (ws://) or `tls::Tls` (wss://). Every scenario
+/// is generic over it, so the plain path compiles to what it was before wss existed.
+pub trait Connect: Clone + Send + 'static {
+    type Stream: Stream;
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<Self::Stream>;
+}
+
+/// A connected byte stream the WebSocket framing runs over.
+pub trait Stream {
+    /// Appends at least one byte to `buf`; the end of the stream is an error (`UnexpectedEof`).
+    async fn read_more(&mut self, buf: Vec<u8>) -> std::io::Result<Vec<u8>>;
+    /// Writes all of `data`.
+    async fn send(&mut self, data: &Bytes) -> std::io::Result<()>;
+    /// Gives back buffers an idle connection does not need until its next message.
+    fn release(&mut self) {}
+}
+
+/// Plain TCP.
+#[derive(Clone, Copy)]
+pub struct Plain;
+
+impl Connect for Plain {
+    type Stream = TcpStream;
+
+    async fn connect(&self, addr: SocketAddr) -> std::io::Result<TcpStream> {
+        let s = TcpStream::connect_addr(addr).await?;
+        s.set_nodelay(true)?;
+        Ok(s)
+    }
+}
+
+impl Stream for TcpStream {
+    async fn read_more(&mut self, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
+        if buf.len() == buf.capacity() {
+            buf.reserve(4096);
+        }
+        let (len, cap) = (buf.len(), buf.capacity());
+        let (res, slice) = self.read(buf.slice_mut(len..cap)).await;
+        if res? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(slice.into_inner())
+    }
+
+    async fn send(&mut self, data: &Bytes) -> std::io::Result<()> {
+        self.write_all(data.clone()).await.0.map(drop)
+    }
+}
+
 /// Runs `f` on a fresh single-threaded io_uring runtime in its own thread.
 pub fn on_runtime<T: Send + 'static, F: std::future::Future<Output = T> + 'static>(
     f: impl FnOnce() -> F + Send + 'static,
@@ -55,13 +104,16 @@ const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nCo
      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
 /// Connects and upgrades; returns the stream and any bytes read past the 101 head.
-pub async fn upgrade(addr: SocketAddr, cap: usize) -> std::io::Result<(TcpStream, Vec<u8>)> {
-    let mut s = TcpStream::connect_addr(addr).await?;
-    s.set_nodelay(true)?;
-    s.write_all(UPGRADE.as_bytes().to_vec()).await.0?;
+pub async fn upgrade<C: Connect>(
+    c: &C,
+    addr: SocketAddr,
+    cap: usize,
+) -> std::io::Result<(C::Stream, Vec<u8>)> {
+    let mut s = c.connect(addr).await?;
+    s.send(&Bytes::from_static(UPGRADE.as_bytes())).await?;
     let mut buf: Vec<u8> = Vec::with_capacity(cap.max(1024));
     loop {
-        buf = read_more(&mut s, buf).await?;
+        buf = s.read_more(buf).await?;
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
             assert!(
                 buf.starts_with(b"HTTP/1.1 101"),
@@ -74,22 +126,10 @@ pub async fn upgrade(addr: SocketAddr, cap: usize) -> std::io::Result<(TcpStream
     }
 }
 
-async fn read_more(s: &mut TcpStream, mut buf: Vec<u8>) -> std::io::Result<Vec<u8>> {
-    if buf.len() == buf.capacity() {
-        buf.reserve(4096);
-    }
-    let (len, cap) = (buf.len(), buf.capacity());
-    let (res, slice) = s.read(buf.slice_mut(len..cap)).await;
-    if res? == 0 {
-        return Err(std::io::ErrorKind::UnexpectedEof.into());
-    }
-    Ok(slice.into_inner())
-}
-
 /// Reads one frame into `buf` and returns (opcode, payload range); the frame stays in `buf`
 /// until the caller drains it.
 async fn read_frame(
-    s: &mut TcpStream,
+    s: &mut impl Stream,
     mut buf: Vec<u8>,
 ) -> std::io::Result<(Vec<u8>, u8, std::ops::Range<usize>)> {
     loop {
@@ -99,18 +139,18 @@ async fn read_frame(
                 return Ok((buf, h.raw_opcode, h.len..end));
             }
         }
-        buf = read_more(s, buf).await?;
+        buf = s.read_more(buf).await?;
     }
 }
 
 /// Sends `frame` and checks that the echo carries exactly `payload`.
 async fn round_trip(
-    s: &mut TcpStream,
+    s: &mut impl Stream,
     frame: &Bytes,
     payload: &[u8],
     buf: Vec<u8>,
 ) -> std::io::Result<Vec<u8>> {
-    s.write_all(frame.clone()).await.0?;
+    s.send(frame).await?;
     let (mut buf, op, range) = read_frame(s, buf).await?;
     assert!(op == 2 && buf[range.clone()] == *payload, "echo mismatch");
     buf.drain(..range.end);
@@ -126,26 +166,41 @@ pub struct Window {
     pub count: u64,
     pub elapsed: Duration,
     pub cpu: (f64, f64),
+    /// The client thread's own CPU seconds (user + system) in the window: near `elapsed`,
+    /// the client was the bottleneck.
+    pub client_cpu: f64,
 }
 
 impl Window {
     /// After a 500 ms warm-up, counts what `count` gains in `secs` and the proxy's CPU.
     async fn measure(count: &Cell<u64>, secs: f64, cpu: &impl Fn() -> (f64, f64)) -> Window {
         monoio::time::sleep(Duration::from_millis(500)).await;
-        let (c0, t0, cpu0) = (count.get(), Instant::now(), cpu());
+        let (c0, t0, cpu0, own0) = (count.get(), Instant::now(), cpu(), thread_cpu());
         monoio::time::sleep(Duration::from_secs_f64(secs)).await;
-        let (c1, t1, cpu1) = (count.get(), Instant::now(), cpu());
+        let (c1, t1, cpu1, own1) = (count.get(), Instant::now(), cpu(), thread_cpu());
         Window {
             count: c1 - c0,
             elapsed: t1 - t0,
             cpu: (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1),
+            client_cpu: own1 - own0,
         }
     }
 }
 
+/// CPU seconds of the calling thread so far: utime + stime of /proc/thread-self/stat, in
+/// clock ticks of 1/100 s.
+fn thread_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let after = stat.rfind(')').map_or("", |i| &stat[i + 2..]);
+    let f: Vec<&str> = after.split(' ').collect();
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
 /// Closed loop: `conns` connections each send a message and wait for its echo, for `secs`.
 /// `cpu` reads the proxy's CPU seconds at the window's edges.
-pub fn closed_loop(
+pub fn closed_loop<C: Connect>(
+    connector: C,
     addrs: Vec<SocketAddr>,
     conns: usize,
     size: usize,
@@ -167,9 +222,11 @@ pub fn closed_loop(
                 stop.clone(),
                 ready.clone(),
             );
-            let addr = spread(&addrs, i);
+            let (addr, connector) = (spread(&addrs, i), connector.clone());
             tasks.push(monoio::spawn(async move {
-                let (mut s_, mut buf) = upgrade(addr, p.len() + 4096).await.expect("upgrade");
+                let (mut s_, mut buf) = upgrade(&connector, addr, p.len() + 4096)
+                    .await
+                    .expect("upgrade");
                 r.set(r.get() + 1);
                 while !s.get() {
                     buf = round_trip(&mut s_, &f, &p, buf).await.expect("echo");
@@ -208,7 +265,11 @@ pub fn paced(
         let mut tasks = Vec::new();
         let mut streams = Vec::new();
         for i in 0..conns {
-            streams.push(upgrade(spread(&addrs, i), 4096).await.expect("upgrade"));
+            streams.push(
+                upgrade(&Plain, spread(&addrs, i), 4096)
+                    .await
+                    .expect("upgrade"),
+            );
         }
         let start = Instant::now() + Duration::from_millis(300);
         let warm = start + Duration::from_millis(500);
@@ -241,29 +302,36 @@ pub fn paced(
 }
 
 /// Handshake rate: `loops` concurrent loops of connect, upgrade, close handshake, wait for
-/// the server's TCP close. Returns (completed handshakes, failures) in the window.
-pub fn handshakes(
+/// the server's TCP close. Returns (completed handshakes, failures) in the window, and the
+/// first failure's error.
+pub fn handshakes<C: Connect>(
+    connector: C,
     addrs: Vec<SocketAddr>,
     loops: usize,
     secs: f64,
     cpu: impl Fn() -> (f64, f64) + Send + 'static,
-) -> (Window, u64) {
+) -> (Window, u64, Option<String>) {
     on_runtime(move || async move {
         let count = Rc::new(Cell::new(0u64));
         let failed = Rc::new(Cell::new(0u64));
+        let first_error = Rc::new(std::cell::RefCell::new(None));
         let end = Instant::now() + Duration::from_millis(500) + Duration::from_secs_f64(secs);
         let close = Bytes::from(encode_masked(&1000u16.to_be_bytes(), 8));
         let mut tasks = Vec::new();
         for i in 0..loops {
             let (c, f, close) = (count.clone(), failed.clone(), close.clone());
-            let addrs = addrs.clone();
+            let first_error = first_error.clone();
+            let (addrs, connector) = (addrs.clone(), connector.clone());
             tasks.push(monoio::spawn(async move {
                 let mut n = i;
                 while Instant::now() < end {
                     n += loops;
-                    match one_handshake(spread(&addrs, n), &close).await {
+                    match one_handshake(&connector, spread(&addrs, n), &close).await {
                         Ok(()) => c.set(c.get() + 1),
-                        Err(_) => f.set(f.get() + 1),
+                        Err(e) => {
+                            f.set(f.get() + 1);
+                            first_error.borrow_mut().get_or_insert(e.to_string());
+                        }
                     }
                 }
             }));
@@ -274,23 +342,29 @@ pub fn handshakes(
         for t in tasks {
             t.await;
         }
-        (w, f1 - f0)
+        let e = first_error.take();
+        (w, f1 - f0, e)
     })
 }
 
-async fn one_handshake(addr: SocketAddr, close: &Bytes) -> std::io::Result<()> {
+async fn one_handshake(
+    connector: &impl Connect,
+    addr: SocketAddr,
+    close: &Bytes,
+) -> std::io::Result<()> {
     let io = async {
-        let (mut s, buf) = upgrade(addr, 256).await?;
-        s.write_all(close.clone()).await.0?;
+        let (mut s, buf) = upgrade(connector, addr, 256).await?;
+        s.send(close).await?;
         let (mut buf, op, range) = read_frame(&mut s, buf).await?;
         assert!(
             op == 8 && buf[range.clone()] == 1000u16.to_be_bytes(),
             "close reply"
         );
-        // The server closes first (RFC 6455 §7.1.1), so TIME_WAIT stays on its side.
+        // The server closes first (RFC 6455 §7.1.1), so TIME_WAIT stays on its side. Over
+        // TLS its close_notify, if it sends one, ends the stream as well.
         buf.clear();
         loop {
-            match read_more(&mut s, buf).await {
+            match s.read_more(buf).await {
                 Ok(b) => buf = b,
                 Err(_) => return Ok(()),
             }
@@ -302,8 +376,10 @@ async fn one_handshake(addr: SocketAddr, close: &Bytes) -> std::io::Result<()> {
 }
 
 /// Opens `n` connections (at most 200 handshakes at a time), checks one `size`-byte echo
-/// on each, then calls `hold` while they sit idle, then closes them all.
-pub fn idle(
+/// on each, then calls `hold` while they sit idle, then closes them all. An idle connection
+/// keeps no buffer of the client's own (`Stream::release`).
+pub fn idle<C: Connect>(
+    connector: C,
     addrs: Vec<SocketAddr>,
     n: usize,
     size: usize,
@@ -318,9 +394,13 @@ pub fn idle(
             let batch: Vec<_> = (next..n.min(next + 200))
                 .map(|i| {
                     let (f, p, a) = (frame.clone(), payload.clone(), spread(&addrs, i));
+                    let connector = connector.clone();
                     monoio::spawn(async move {
-                        let (mut s, buf) = upgrade(a, p.len() + 256).await.expect("upgrade");
+                        let (mut s, buf) = upgrade(&connector, a, p.len() + 256)
+                            .await
+                            .expect("upgrade");
                         round_trip(&mut s, &f, &p, buf).await.expect("echo");
+                        s.release();
                         s
                     })
                 })

@@ -11,6 +11,16 @@
 //!   idle         hold N upgraded connections, each used once: RSS and kernel memory per conn
 //!   idle-busy    the same, but each connection first echoes 64 KiB (more than a relay
 //!                buffer, so the relay reads mid-frame) and then idles
+//!   wss-handshake-ecdsa, wss-handshake-rsa
+//!                the proxy terminates TLS: 50 concurrent connect-TLS-upgrade-close loops,
+//!                full handshakes only (the client never resumes), ECDSA P-256 or RSA 2048
+//!                leaf: handshakes/s and per proxy CPU-second
+//!   wss-tput-100x64, wss-tput-100x16k   closed loop over wss (ECDSA leaf)
+//!   wss-idle     hold N wss connections, each used once (ECDSA leaf): RSS and kernel
+//!                memory per conn
+//!   (`wss` runs all five; `all` includes them.) Every proxy serves the same certificate,
+//!   made at start by a test CA the client trusts (tls.rs); `direct` cannot do TLS and is
+//!   n/a there. The client offers one version, suite and group (tls::CLIENT_SUMMARY).
 //!
 //! Every echoed payload is compared byte for byte; a mismatch panics. Each round runs every
 //! scenario against every target in turn, starting one target later each round; the table gives medians over rounds and ratios
@@ -22,11 +32,14 @@
 
 mod client;
 mod targets;
+mod tls;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
+use client::Connect;
 use targets::{Kind, Target};
+use tls::KeyKind;
 
 struct Args {
     scenarios: Vec<Scenario>,
@@ -52,6 +65,15 @@ enum Scenario {
     Idle {
         busy: bool,
     },
+    /// Closed loop over wss: the proxy terminates TLS (ECDSA leaf) and forwards plain ws.
+    WssTput {
+        conns: usize,
+        size: usize,
+    },
+    /// wss handshakes with a leaf of this key kind, full handshakes only.
+    WssHandshake(KeyKind),
+    /// Idle wss connections (ECDSA leaf), each first echoed 32 bytes.
+    WssIdle,
 }
 
 /// The message each idle-busy connection echoes before it idles: larger than the relay
@@ -77,7 +99,45 @@ impl Scenario {
             Scenario::Handshake,
             Scenario::Idle { busy: false },
             Scenario::Idle { busy: true },
+            Scenario::WssHandshake(KeyKind::Ecdsa),
+            Scenario::WssHandshake(KeyKind::Rsa),
+            Scenario::WssTput {
+                conns: 100,
+                size: 64,
+            },
+            Scenario::WssTput {
+                conns: 100,
+                size: 16384,
+            },
+            Scenario::WssIdle,
         ]
+    }
+
+    /// Whether the proxy terminates TLS in this scenario.
+    fn wss(self) -> bool {
+        matches!(
+            self,
+            Scenario::WssTput { .. } | Scenario::WssHandshake(_) | Scenario::WssIdle
+        )
+    }
+
+    /// The leaf's key kind for a wss scenario.
+    fn key(self) -> Option<KeyKind> {
+        match self {
+            Scenario::WssHandshake(k) => Some(k),
+            Scenario::WssTput { .. } | Scenario::WssIdle => Some(KeyKind::Ecdsa),
+            _ => None,
+        }
+    }
+
+    /// The same load over plain ws, for the wss tables' "vs ws" column.
+    fn plain(self) -> Option<Scenario> {
+        match self {
+            Scenario::WssTput { conns, size } => Some(Scenario::Tput { conns, size }),
+            Scenario::WssHandshake(_) => Some(Scenario::Handshake),
+            Scenario::WssIdle => Some(Scenario::Idle { busy: false }),
+            _ => None,
+        }
     }
 
     fn parse(s: &str) -> Option<Vec<Scenario>> {
@@ -100,6 +160,18 @@ impl Scenario {
             "handshake" => vec![Scenario::Handshake],
             "idle" => vec![Scenario::Idle { busy: false }],
             "idle-busy" => vec![Scenario::Idle { busy: true }],
+            "wss" => Scenario::all()[7..].to_vec(),
+            "wss-handshake-ecdsa" => vec![Scenario::WssHandshake(KeyKind::Ecdsa)],
+            "wss-handshake-rsa" => vec![Scenario::WssHandshake(KeyKind::Rsa)],
+            "wss-tput-100x64" => vec![Scenario::WssTput {
+                conns: 100,
+                size: 64,
+            }],
+            "wss-tput-100x16k" => vec![Scenario::WssTput {
+                conns: 100,
+                size: 16384,
+            }],
+            "wss-idle" => vec![Scenario::WssIdle],
             _ => return None,
         })
     }
@@ -118,6 +190,25 @@ impl Scenario {
                 a.idle_conns,
                 IDLE_BUSY_BYTES / 1024
             ),
+            Scenario::WssTput { conns, size } if size >= 1024 => {
+                format!(
+                    "wss closed loop (ECDSA), {conns} conns x {} KiB",
+                    size / 1024
+                )
+            }
+            Scenario::WssTput { conns, size } => {
+                format!("wss closed loop (ECDSA), {conns} conns x {size} B")
+            }
+            Scenario::WssHandshake(k) => format!(
+                "wss handshakes ({}), 50 concurrent connect-TLS-upgrade-close loops, no resumption",
+                match k {
+                    KeyKind::Ecdsa => "ECDSA P-256",
+                    KeyKind::Rsa => "RSA 2048",
+                }
+            ),
+            Scenario::WssIdle => {
+                format!("wss idle (ECDSA), {} connections held", a.idle_conns)
+            }
         }
     }
 }
@@ -245,12 +336,44 @@ fn main() {
             .join(", "),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    let certs = a
+        .scenarios
+        .iter()
+        .any(|s| s.wss())
+        .then(tls::Certs::generate);
+    if certs.is_some() {
+        println!("wss: client {}", tls::CLIENT_SUMMARY);
+    }
+    let connector = certs.as_ref().map(tls::Certs::connector);
     // Long-running targets for the load scenarios; the idle ones start a fresh process each
     // time.
     let running: Vec<Target> = a
         .targets
         .iter()
-        .map(|&k| targets::start(k, &backends, &a.io, &a.ab_env))
+        .map(|&k| targets::start(k, &backends, &a.io, &a.ab_env, None))
+        .collect();
+    // And one more of each kind that can, terminating TLS, per leaf key kind the wss load
+    // scenarios use: `running_tls[key][i]` stands beside `running[i]`.
+    let keys: BTreeSet<KeyKind> = a
+        .scenarios
+        .iter()
+        .filter(|s| **s != Scenario::WssIdle)
+        .filter_map(|s| s.key())
+        .collect();
+    let running_tls: BTreeMap<KeyKind, Vec<Option<Target>>> = keys
+        .into_iter()
+        .map(|key| {
+            let files = certs.as_ref().unwrap().files(key);
+            let started = a
+                .targets
+                .iter()
+                .map(|&k| {
+                    k.tls()
+                        .then(|| targets::start(k, &backends, &a.io, &a.ab_env, Some(files)))
+                })
+                .collect();
+            (key, started)
+        })
         .collect();
     let mut results: BTreeMap<(Scenario, usize), Vec<Sample>> = BTreeMap::new();
     for round in 0..a.rounds {
@@ -261,12 +384,26 @@ fn main() {
             let n = running.len();
             for ti in (0..n).map(|j| (j + round) % n) {
                 let t = &running[ti];
+                if sc.wss() && !t.kind.tls() {
+                    continue;
+                }
                 let s = match sc {
                     Scenario::Idle { busy } => {
-                        let fresh = targets::start(t.kind, &backends, &a.io, &a.ab_env);
-                        idle(&fresh, &a, if busy { IDLE_BUSY_BYTES } else { 32 })
+                        let fresh = targets::start(t.kind, &backends, &a.io, &a.ab_env, None);
+                        let size = if busy { IDLE_BUSY_BYTES } else { 32 };
+                        idle(&fresh, &a, size, client::Plain, false)
                     }
-                    _ => measure(sc, t, &a),
+                    Scenario::WssIdle => {
+                        let files = certs.as_ref().unwrap().files(KeyKind::Ecdsa);
+                        let fresh =
+                            targets::start(t.kind, &backends, &a.io, &a.ab_env, Some(files));
+                        idle(&fresh, &a, 32, connector.clone().unwrap(), true)
+                    }
+                    _ if sc.wss() => {
+                        let t = running_tls[&sc.key().unwrap()][ti].as_ref().unwrap();
+                        measure(sc, t, &a, connector.as_ref())
+                    }
+                    _ => measure(sc, t, &a, None),
                 };
                 println!(
                     "  round {round} {:<24} {:<8} {}",
@@ -282,6 +419,7 @@ fn main() {
     for &sc in &a.scenarios {
         table(sc, &a, &running, &results);
     }
+    drop(running_tls);
     drop(running);
 }
 
@@ -290,6 +428,9 @@ fn short(sc: Scenario) -> String {
         Scenario::Tput { conns, size } => format!("tput-{conns}x{size}"),
         Scenario::Idle { busy: false } => "idle".into(),
         Scenario::Idle { busy: true } => "idle-busy".into(),
+        Scenario::WssTput { conns, size } => format!("wss-tput-{conns}x{size}"),
+        Scenario::WssHandshake(k) => format!("wss-handshake-{}", k.name()),
+        Scenario::WssIdle => "wss-idle".into(),
         other => format!("{other:?}").to_lowercase(),
     }
 }
@@ -301,15 +442,37 @@ fn fmt_sample(s: &Sample) -> String {
         .join(" ")
 }
 
-fn measure(sc: Scenario, t: &Target, a: &Args) -> Sample {
+/// One load scenario against one target; `wss`: the client's TLS connector, for the wss
+/// scenarios.
+fn measure(sc: Scenario, t: &Target, a: &Args, wss: Option<&tls::Tls>) -> Sample {
     let addrs: Vec<SocketAddr> = t.addrs.clone();
     let mut s = Sample::new();
     match sc {
         Scenario::Tput { conns, size } => {
-            let w = client::closed_loop(addrs, conns, size, a.secs, t.cpu_reader());
+            let w = client::closed_loop(client::Plain, addrs, conns, size, a.secs, t.cpu_reader());
             let rate = w.count as f64 / w.elapsed.as_secs_f64();
             s.insert("msg/s", rate);
             cpu_figures(&mut s, t, w.count, w.cpu);
+        }
+        Scenario::WssTput { conns, size } => {
+            let c = wss.unwrap().clone();
+            let w = client::closed_loop(c, addrs, conns, size, a.secs, t.cpu_reader());
+            s.insert("msg/s", w.count as f64 / w.elapsed.as_secs_f64());
+            cpu_figures(&mut s, t, w.count, w.cpu);
+            s.insert("client_cpu", w.client_cpu / w.elapsed.as_secs_f64());
+        }
+        Scenario::WssHandshake(_) => {
+            let c = wss.unwrap().clone();
+            let (w, failed, e) = client::handshakes(c, addrs, 50, a.secs, t.cpu_reader());
+            assert!(
+                failed == 0,
+                "{}: {failed} wss handshakes failed, the first with: {}",
+                t.kind.name(),
+                e.unwrap_or_default()
+            );
+            s.insert("hs/s", w.count as f64 / w.elapsed.as_secs_f64());
+            cpu_figures(&mut s, t, w.count, w.cpu);
+            s.insert("client_cpu", w.client_cpu / w.elapsed.as_secs_f64());
         }
         Scenario::Latency => {
             let h = client::paced(addrs, 100, 100.0, 64, a.secs);
@@ -319,12 +482,15 @@ fn measure(sc: Scenario, t: &Target, a: &Args) -> Sample {
             s.insert("msgs", h.len() as f64);
         }
         Scenario::Handshake => {
-            let (w, failed) = client::handshakes(addrs, 50, a.secs, t.cpu_reader());
+            let (w, failed, _) =
+                client::handshakes(client::Plain, addrs, 50, a.secs, t.cpu_reader());
             assert!(failed == 0, "{}: {failed} handshakes failed", t.kind.name());
             s.insert("hs/s", w.count as f64 / w.elapsed.as_secs_f64());
             cpu_figures(&mut s, t, w.count, w.cpu);
         }
-        Scenario::Idle { .. } => unreachable!("idle runs on a fresh process"),
+        Scenario::Idle { .. } | Scenario::WssIdle => {
+            unreachable!("idle runs on a fresh process")
+        }
     }
     s
 }
@@ -341,19 +507,22 @@ fn cpu_figures(s: &mut Sample, t: &Target, count: u64, cpu: (f64, f64)) {
     }
 }
 
-/// Holds `a.idle_conns` connections, each used once with a `size`-byte echo.
-fn idle(t: &Target, a: &Args, size: usize) -> Sample {
+/// Holds `a.idle_conns` connections, each used once with a `size`-byte echo; `wss` adds the
+/// client's own memory per connection.
+fn idle<C: Connect>(t: &Target, a: &Args, size: usize, connector: C, wss: bool) -> Sample {
     let rss0 = t.rss_bytes();
     let (slab0, sockmem0) = targets::kernel_memory();
+    let own0 = rss_of(std::process::id());
     let pids = t.pids();
     let log = t.log_path();
     let (tx, rx) = std::sync::mpsc::channel();
-    let n = client::idle(t.addrs.clone(), a.idle_conns, size, move || {
+    let n = client::idle(connector, t.addrs.clone(), a.idle_conns, size, move || {
         let rss: u64 = pids.iter().map(|&p| rss_of(p)).sum();
         let stats = log.as_deref().and_then(targets::last_stats);
-        let _ = tx.send((rss, targets::kernel_memory(), stats));
+        let own = rss_of(std::process::id());
+        let _ = tx.send((rss, targets::kernel_memory(), stats, own));
     });
-    let (rss1, (slab1, sockmem1), stats_line) = rx.recv().unwrap();
+    let (rss1, (slab1, sockmem1), stats_line, own1) = rx.recv().unwrap();
     if let Some(line) = stats_line {
         println!("    {} workers while holding: {line}", t.kind.name());
     }
@@ -366,6 +535,10 @@ fn idle(t: &Target, a: &Args, size: usize) -> Sample {
     s.insert("slab_B/conn", per(slab0, slab1));
     s.insert("tcpmem_B/conn", per(sockmem0, sockmem1));
     s.insert("conns", n as f64);
+    if wss {
+        // The bench process's own growth: the client's TLS states, to show it stays lean.
+        s.insert("client_B/conn", per(own0, own1));
+    }
     s
 }
 
@@ -427,6 +600,15 @@ fn table(
         (Some(x), Some(y)) if y != 0.0 => format!("{:.2}x", x / y),
         _ => "-".into(),
     };
+    let pct = |x: Option<f64>| x.map_or("-".into(), |u| format!("{:.0}%", u * 100.0));
+    // wss tables: a target that cannot terminate TLS gets a row saying so.
+    let na = |t: &Target, cols: usize| {
+        let ok = !sc.wss() || t.kind.tls();
+        if !ok {
+            println!("| {} |{}", t.kind.name(), " n/a |".repeat(cols));
+        }
+        !ok
+    };
     match sc {
         Scenario::Tput { .. } | Scenario::Handshake => {
             let key = if sc == Scenario::Handshake {
@@ -450,8 +632,42 @@ fn table(
                     f(med(results, sc, ti, "cpu_s/1M"), 2),
                     f(c, 0),
                     ratio(c, bpc),
-                    med(results, sc, ti, "user_share")
-                        .map_or("-".into(), |u| format!("{:.0}%", u * 100.0)),
+                    pct(med(results, sc, ti, "user_share")),
+                );
+            }
+        }
+        Scenario::WssTput { .. } | Scenario::WssHandshake(_) => {
+            // "vs ws": the same target's plain-ws figure for the same load, when this run
+            // measured it too. "client CPU": the load client's one thread, busy share of the
+            // window; near 100% the client, not the proxy, set the rate.
+            let key = if matches!(sc, Scenario::WssHandshake(_)) {
+                "hs/s"
+            } else {
+                "msg/s"
+            };
+            println!(
+                "| target | {key} | vs ws | vs best peer | proxy CPU-s / 1M | per proxy CPU-s | vs best peer | per CPU-s vs ws | user CPU share | client CPU |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            let (bp, bpc) = (best_peer(key, true), best_peer("per_cpu_s", true));
+            let ws = |ti: usize, k: &str| med(results, sc.plain()?, ti, k);
+            for (ti, t) in running.iter().enumerate() {
+                if na(t, 9) {
+                    continue;
+                }
+                let (r, c) = (med(results, sc, ti, key), med(results, sc, ti, "per_cpu_s"));
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    t.kind.name(),
+                    f(r, 0),
+                    ratio(r, ws(ti, key)),
+                    ratio(r, bp),
+                    f(med(results, sc, ti, "cpu_s/1M"), 2),
+                    f(c, 0),
+                    ratio(c, bpc),
+                    ratio(c, ws(ti, "per_cpu_s")),
+                    pct(med(results, sc, ti, "user_share")),
+                    pct(med(results, sc, ti, "client_cpu")),
                 );
             }
         }
@@ -496,6 +712,36 @@ fn table(
                     f(med(results, sc, ti, "rss_MiB"), 1) + " MiB",
                     kib("slab_B/conn"),
                     kib("tcpmem_B/conn"),
+                );
+            }
+        }
+        Scenario::WssIdle => {
+            // Kernel figures are machine-wide, so they include the client's sockets, as in
+            // the plain idle table; "client / conn" is the bench process's own growth.
+            println!(
+                "| target | user-space RSS / conn | vs ws | vs best peer | RSS at hold | kernel slab / conn | TCP buffers / conn | client RSS / conn |"
+            );
+            println!("|---|---|---|---|---|---|---|---|");
+            let bp = best_peer("rss_B/conn", false);
+            for (ti, t) in running.iter().enumerate() {
+                if na(t, 7) {
+                    continue;
+                }
+                let kib = |k: &str| {
+                    med(results, sc, ti, k).map_or("-".into(), |v| format!("{:.2} KiB", v / 1024.0))
+                };
+                let r = med(results, sc, ti, "rss_B/conn");
+                let ws = sc.plain().and_then(|p| med(results, p, ti, "rss_B/conn"));
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                    t.kind.name(),
+                    kib("rss_B/conn"),
+                    ratio(r, ws),
+                    ratio(r, bp),
+                    f(med(results, sc, ti, "rss_MiB"), 1) + " MiB",
+                    kib("slab_B/conn"),
+                    kib("tcpmem_B/conn"),
+                    kib("client_B/conn"),
                 );
             }
         }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use crate::tls::CertFiles;
+
 /// A child process that is killed and reaped when dropped, also when the bench panics.
 pub struct Proc(pub Child);
 
@@ -106,6 +108,12 @@ impl Kind {
             Kind::PollIo => pollio_bin().is_file(),
         }
     }
+
+    /// Whether it can terminate TLS: the echo backends (`Direct`) and the poll-based relay
+    /// example speak only plain ws.
+    pub fn tls(self) -> bool {
+        !matches!(self, Kind::Direct | Kind::PollIo)
+    }
 }
 
 pub fn which(cmd: &str) -> Option<PathBuf> {
@@ -161,7 +169,16 @@ impl Target {
     }
 }
 
-pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, String)]) -> Target {
+/// Starts `kind` in front of `backends`; with `tls`, its listener terminates TLS with that
+/// certificate (and speaks only TLS) and it forwards plain ws.
+pub fn start(
+    kind: Kind,
+    backends: &[SocketAddr],
+    io: &str,
+    ab_env: &[(String, String)],
+    tls: Option<&CertFiles>,
+) -> Target {
+    assert!(tls.is_none() || kind.tls(), "{} cannot do TLS", kind.name());
     let listen = free_addr();
     let (proc, dir) = match kind {
         Kind::Direct => {
@@ -209,6 +226,10 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
             for b in backends {
                 args.extend(["--backend".into(), b.to_string()]);
             }
+            if let Some(t) = tls {
+                args.extend(["--tls-cert".into(), t.cert.display().to_string()]);
+                args.extend(["--tls-key".into(), t.key.display().to_string()]);
+            }
             // Another build gets no config file; if it has an admin server (on by default,
             // on a fixed port), it goes to port 0 too, or the idle scenario's fresh process
             // could not start beside the long-running one.
@@ -244,7 +265,7 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
         Kind::Haproxy => {
             let dir = TempDir::new("haproxy");
             let cfg = dir.0.join("haproxy.cfg");
-            std::fs::write(&cfg, haproxy_config(listen, backends)).unwrap();
+            std::fs::write(&cfg, haproxy_config(listen, backends, tls)).unwrap();
             let c = Command::new(which("haproxy").unwrap())
                 .args(["-db", "-f"])
                 .arg(&cfg)
@@ -257,7 +278,7 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
         Kind::Nginx => {
             let dir = TempDir::new("nginx");
             let cfg = dir.0.join("nginx.conf");
-            std::fs::write(&cfg, nginx_config(listen, backends, &dir.0)).unwrap();
+            std::fs::write(&cfg, nginx_config(listen, backends, &dir.0, tls)).unwrap();
             let c = Command::new(which("nginx").unwrap())
                 .arg("-p")
                 .arg(&dir.0)
@@ -282,29 +303,49 @@ pub fn start(kind: Kind, backends: &[SocketAddr], io: &str, ab_env: &[(String, S
 
 /// HAProxy 2.6 tunnels WebSocket upgrades in `mode http` on its own; `timeout tunnel`
 /// governs the connection once upgraded. `maxconn` leaves room for 9,900 proxied
-/// connections under the 20,000-descriptor cap (two descriptors each).
-fn haproxy_config(listen: SocketAddr, backends: &[SocketAddr]) -> String {
+/// connections under the 20,000-descriptor cap (two descriptors each). With TLS, `crt` takes
+/// the certificate and key in one file; OpenSSL's defaults otherwise (the client fixes the
+/// version, suite and group).
+fn haproxy_config(listen: SocketAddr, backends: &[SocketAddr], tls: Option<&CertFiles>) -> String {
     let servers: String = backends
         .iter()
         .enumerate()
         .map(|(i, b)| format!("  server s{i} {b}\n"))
         .collect();
+    let ssl = tls.map_or(String::new(), |t| {
+        format!(" ssl crt {} alpn http/1.1", t.combined.display())
+    });
     format!(
         "global\n  nbthread 2\n  cpu-map auto:1/1-2 0-1\n  maxconn 9990\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout tunnel 1h\n\
-         frontend fe\n  bind {listen}\n  default_backend be\n\
+         frontend fe\n  bind {listen}{ssl}\n  default_backend be\n\
          backend be\n  balance roundrobin\n{servers}"
     )
 }
 
 /// NGINX 1.22's documented WebSocket proxying: HTTP/1.1 upstream, Upgrade and Connection
-/// passed on, read/send timeouts of an hour. Two worker processes, pinned.
-fn nginx_config(listen: SocketAddr, backends: &[SocketAddr], dir: &Path) -> String {
+/// passed on, read/send timeouts of an hour. Two worker processes, pinned. With TLS,
+/// `listen ... ssl` and the certificate and key files, and `ssl_protocols` naming TLS 1.3:
+/// before 1.23.4 NGINX's default list stops at TLS 1.2 (the client then gets a
+/// protocol_version alert). OpenSSL's defaults otherwise.
+fn nginx_config(
+    listen: SocketAddr,
+    backends: &[SocketAddr],
+    dir: &Path,
+    tls: Option<&CertFiles>,
+) -> String {
     let servers: String = backends
         .iter()
         .map(|b| format!("    server {b};\n"))
         .collect();
     let d = dir.display();
+    let ssl = tls.map_or(String::new(), |t| {
+        format!(
+            " ssl;\n    ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_certificate {};\n    ssl_certificate_key {}",
+            t.cert.display(),
+            t.key.display()
+        )
+    });
     format!(
         "daemon off;\nmaster_process on;\nworker_processes 2;\nworker_cpu_affinity auto;\n\
          worker_rlimit_nofile 20000;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\n\
@@ -312,7 +353,7 @@ fn nginx_config(listen: SocketAddr, backends: &[SocketAddr], dir: &Path) -> Stri
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            upstream be {{\n{servers}  }}\n\
-           server {{\n    listen {listen};\n    location / {{\n      proxy_pass http://be;\n\
+           server {{\n    listen {listen}{ssl};\n    location / {{\n      proxy_pass http://be;\n\
                proxy_http_version 1.1;\n      proxy_set_header Upgrade $http_upgrade;\n\
                proxy_set_header Connection \"upgrade\";\n      proxy_read_timeout 3600s;\n\
                proxy_send_timeout 3600s;\n      proxy_buffering off;\n    }}\n  }}\n}}\n"
@@ -323,8 +364,14 @@ fn nginx_config(listen: SocketAddr, backends: &[SocketAddr], dir: &Path) -> Stri
 pub struct TempDir(pub PathBuf);
 
 impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("wslb-bench-{tag}-{}", std::process::id()));
+    /// A new directory for each call: a fresh target for an idle scenario, or a TLS one,
+    /// runs beside the long-running target of its kind, and dropping one must not remove
+    /// the other's files.
+    pub fn new(tag: &str) -> Self {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        // Relaxed: only uniqueness matters, and fetch_add gives that at any ordering.
+        let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("wslb-bench-{tag}-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).unwrap();
         TempDir(p)

@@ -89,10 +89,15 @@ impl BackendHealth {
     }
 }
 
-/// Probes one backend once.
-pub fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
+/// Probes one backend once; an `http` check of a TLS backend (`tls` names it) speaks
+/// HTTPS.
+pub fn probe(
+    addr: SocketAddr,
+    cfg: &HealthConfig,
+    tls: Option<&crate::tls::BackendTls>,
+) -> Result<(), String> {
     let deadline = Instant::now() + cfg.timeout;
-    let mut s = TcpStream::connect_timeout(&addr, cfg.timeout).map_err(|e| e.to_string())?;
+    let s = TcpStream::connect_timeout(&addr, cfg.timeout).map_err(|e| e.to_string())?;
     let Probe::Http { path } = &cfg.probe else {
         return Ok(());
     };
@@ -101,17 +106,38 @@ pub fn probe(addr: SocketAddr, cfg: &HealthConfig) -> Result<(), String> {
             .saturating_duration_since(Instant::now())
             .max(Duration::from_millis(1))
     };
-    s.set_write_timeout(Some(left()))
-        .map_err(|e| e.to_string())?;
     // One write: `write!` on a socket would send each formatted piece separately.
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wslb-health\r\nConnection: close\r\n\r\n"
     );
+    match tls.and_then(|t| Some((t, t.name(addr)?.clone()))) {
+        None => http_status(s, |s| s, &req, left),
+        Some((t, name)) => {
+            let conn = rustls::ClientConnection::new(t.config.clone(), name)
+                .map_err(|e| format!("TLS: {e}"))?;
+            let stream = rustls::StreamOwned::new(conn, s);
+            http_status(stream, |s| &s.sock, &req, left)
+        }
+    }
+}
+
+/// Sends `req` on `s` and reads the status line of the answer: 2xx passes. `sock` gives
+/// the socket under `s` (whose timeouts bound each step by what is `left`).
+fn http_status<S: Read + Write>(
+    mut s: S,
+    sock: impl Fn(&S) -> &TcpStream,
+    req: &str,
+    left: impl Fn() -> Duration,
+) -> Result<(), String> {
+    sock(&s)
+        .set_write_timeout(Some(left()))
+        .map_err(|e| e.to_string())?;
     s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     loop {
-        s.set_read_timeout(Some(left()))
+        sock(&s)
+            .set_read_timeout(Some(left()))
             .map_err(|e| e.to_string())?;
         let n = s.read(&mut chunk).map_err(|e| e.to_string())?;
         if n == 0 {
@@ -145,7 +171,11 @@ const PARALLEL_PROBES: usize = 64;
 /// results in the same order. Each probe gives up at `cfg.timeout`, so this returns after
 /// about one timeout per wave. If a thread cannot be started, that probe runs on the
 /// calling thread instead.
-pub fn probe_all(addrs: &[SocketAddr], cfg: &HealthConfig) -> Vec<Result<(), String>> {
+pub fn probe_all(
+    addrs: &[SocketAddr],
+    cfg: &HealthConfig,
+    tls: Option<&crate::tls::BackendTls>,
+) -> Vec<Result<(), String>> {
     let mut out = Vec::with_capacity(addrs.len());
     for wave in addrs.chunks(PARALLEL_PROBES) {
         std::thread::scope(|scope| {
@@ -154,7 +184,7 @@ pub fn probe_all(addrs: &[SocketAddr], cfg: &HealthConfig) -> Vec<Result<(), Str
                 .map(|&addr| {
                     let spawned = std::thread::Builder::new()
                         .name("wslb-probe".into())
-                        .spawn_scoped(scope, move || probe(addr, cfg));
+                        .spawn_scoped(scope, move || probe(addr, cfg, tls));
                     (addr, spawned)
                 })
                 .collect();
@@ -163,7 +193,7 @@ pub fn probe_all(addrs: &[SocketAddr], cfg: &HealthConfig) -> Vec<Result<(), Str
                     Ok(t) => t
                         .join()
                         .unwrap_or_else(|_| Err("the probe panicked".into())),
-                    Err(_) => probe(addr, cfg),
+                    Err(_) => probe(addr, cfg, tls),
                 });
             }
         });
@@ -177,7 +207,11 @@ pub fn probe_all(addrs: &[SocketAddr], cfg: &HealthConfig) -> Vec<Result<(), Str
 fn check_round(pool: &super::Pool, cfg: &HealthConfig) {
     let snapshot = pool.snapshot();
     let addrs: Vec<SocketAddr> = snapshot.backends.iter().map(|b| b.addr).collect();
-    for (b, result) in snapshot.backends.iter().zip(probe_all(&addrs, cfg)) {
+    for (b, result) in snapshot
+        .backends
+        .iter()
+        .zip(probe_all(&addrs, cfg, snapshot.tls.as_deref()))
+    {
         let (addr, h) = (b.addr, &b.health);
         match result {
             Ok(()) => {
@@ -315,7 +349,7 @@ mod tests {
                 path: "/health".into(),
             },
         };
-        let results = probe_all(&addrs, &cfg);
+        let results = probe_all(&addrs, &cfg, None);
         assert_eq!(
             state.0.lock().unwrap().1,
             N,
@@ -386,8 +420,8 @@ mod tests {
                 s.write_all(answer.as_bytes()).unwrap();
             }
         });
-        assert_eq!(probe(addr, &cfg), Ok(()));
-        assert_eq!(probe(addr, &cfg), Err("status 503".into()));
+        assert_eq!(probe(addr, &cfg, None), Ok(()));
+        assert_eq!(probe(addr, &cfg, None), Err("status 503".into()));
         server.join().unwrap();
         let (_held, dead) = refusing();
         assert!(
@@ -396,7 +430,8 @@ mod tests {
                 &HealthConfig {
                     probe: Probe::Tcp,
                     ..cfg
-                }
+                },
+                None
             )
             .is_err()
         );

@@ -101,6 +101,8 @@ impl Drop for Lease {
 pub struct Snapshot {
     pub backends: Vec<Arc<Backend>>,
     pub selector: Selector,
+    /// Which of them are reached over TLS, and how (`None`: none is).
+    pub tls: Option<Arc<crate::tls::BackendTls>>,
 }
 
 impl Snapshot {
@@ -186,6 +188,7 @@ impl Pool {
             current: Mutex::new(Arc::new(Snapshot {
                 backends: Vec::new(),
                 selector: Selector::round_robin(rr.clone()),
+                tls: None,
             })),
             generation: AtomicU64::new(0),
             known: Mutex::new(Vec::new()),
@@ -209,6 +212,17 @@ impl Pool {
     /// Replaces the configured backends (a reload) and says what changed. Backends kept
     /// keep their id and health; new ones start up, like at startup.
     pub fn set_backends(&self, addrs: &[SocketAddr]) -> Change {
+        let tls = self.snapshot().tls.clone();
+        self.set_backends_tls(addrs, tls)
+    }
+
+    /// [`Pool::set_backends`], with which of them are reached over TLS: one snapshot, so
+    /// no worker sees the new list with the old TLS settings.
+    pub fn set_backends_tls(
+        &self,
+        addrs: &[SocketAddr],
+        tls: Option<Arc<crate::tls::BackendTls>>,
+    ) -> Change {
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
         let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
         let mut backends = Vec::with_capacity(addrs.len());
@@ -243,6 +257,7 @@ impl Pool {
         *current = Arc::new(Snapshot {
             backends,
             selector: Selector::round_robin(self.rr.clone()),
+            tls,
         });
         // Release pairs with `LocalPool::current`'s Acquire load: a worker that sees the
         // new generation then reads the new snapshot under the lock anyway.

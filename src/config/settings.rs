@@ -19,6 +19,9 @@ pub struct Settings {
     /// TLS termination's certificates, loaded (`None`: TLS off). Reloadable: a reload
     /// reads the files again and the workers' next handshakes use them.
     pub tls: Option<crate::tls::ServerTls>,
+    /// The backends reached over TLS, and the client config they are reached with
+    /// (`None`: none is). Travels with the pool's snapshot.
+    pub backend_tls: Option<std::sync::Arc<crate::tls::BackendTls>>,
     /// `None`: removed backends' connections stay until they close.
     pub removed_backend_drain: Option<Duration>,
     pub fixed: Fixed,
@@ -158,13 +161,27 @@ impl Config {
             );
         }
         let mut backends = Vec::with_capacity(self.backends.len());
+        let mut tls_backends = Vec::new();
         for (i, b) in self.backends.iter().enumerate() {
-            match resolve(b) {
+            let (tls, hostport) = if let Some(rest) = b.strip_prefix("wss://") {
+                (true, rest)
+            } else if let Some(rest) = b.strip_prefix("ws://") {
+                (false, rest)
+            } else {
+                (self.tls_backend.enabled, b.as_str())
+            };
+            let hostport = hostport.strip_suffix('/').unwrap_or(hostport);
+            match resolve(hostport) {
                 Ok(a) if a.port() == 0 => problem(
                     &format!("backends[{i}]"),
                     format!("{b:?}: backend port must not be 0"),
                 ),
-                Ok(a) => backends.push(a),
+                Ok(a) => {
+                    backends.push(a);
+                    if tls {
+                        tls_backends.push((a, host_of(hostport)));
+                    }
+                }
                 Err(e) => problem(&format!("backends[{i}]"), e),
             }
         }
@@ -275,6 +292,13 @@ impl Config {
                 None
             }
         };
+        let backend_tls = match crate::tls::BackendTls::load(&self.tls_backend, tls_backends) {
+            Ok(t) => t.map(std::sync::Arc::new),
+            Err(p) => {
+                problems.extend(p);
+                None
+            }
+        };
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -342,6 +366,7 @@ impl Config {
         Ok(Settings {
             backends,
             tls,
+            backend_tls,
             removed_backend_drain: (t.removed_backend_drain_ms > 0)
                 .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
             fixed,
@@ -355,6 +380,14 @@ pub fn available_cores() -> usize {
         .map(|c| c.len())
         .filter(|&n| n > 0)
         .unwrap_or(1)
+}
+
+/// The host of `host:port` (`[v6]:port` without the brackets), as a TLS name.
+fn host_of(hostport: &str) -> String {
+    let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
+    host.trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string()
 }
 
 /// `ip:port` directly, or `host:port` through the system resolver (once, at startup).

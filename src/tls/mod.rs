@@ -24,7 +24,9 @@ use rustls::sign::CertifiedKey;
 
 use crate::config::{self, ClientAuth, UnknownSni};
 
+mod client;
 mod stream;
+pub use client::{BackendStream, BackendTls, connect};
 pub use stream::{HandshakeFailure, RECORD_ROOM, TlsReader, TlsStream, TlsWriter, Unbuffered};
 
 /// A client's TLS stream.
@@ -325,8 +327,19 @@ fn describe(leaf: &CertificateDer<'_>, file: &Path) -> Result<CertInfo, String> 
 
 /// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time (no date crate for one log line).
 fn utc(t: i64) -> String {
+    let (y, m, d, secs) = civil(t);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60
+    )
+}
+
+/// Year, month, day and second of the day of a Unix time (Howard Hinnant's
+/// civil_from_days).
+fn civil(t: i64) -> (i64, i64, i64, i64) {
     let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-    // Howard Hinnant's civil_from_days.
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
@@ -335,13 +348,7 @@ fn utc(t: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    (yoe + era * 400 + i64::from(m <= 2), m, d, secs)
 }
 
 fn load_client_verifier(
@@ -488,6 +495,127 @@ pub const VERSIONS: [&str; 2] = ["1.2", "1.3"];
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes a certificate for `names` valid until `not_after` (Unix seconds), and its
+    /// key, into `dir`; returns their paths.
+    fn cert(dir: &Path, tag: &str, names: &[&str], not_after: i64) -> (String, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        p.not_before = rcgen::date_time_ymd(2020, 1, 1);
+        let (y, m, d, _) = civil(not_after);
+        p.not_after = rcgen::date_time_ymd(y as i32, m as u8, d as u8);
+        let c = p.self_signed(&key).unwrap();
+        let (cf, kf) = (
+            dir.join(format!("{tag}.pem")),
+            dir.join(format!("{tag}.key")),
+        );
+        std::fs::write(&cf, c.pem()).unwrap();
+        std::fs::write(&kf, key.serialize_pem()).unwrap();
+        (cf.display().to_string(), kf.display().to_string())
+    }
+
+    fn tmp(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("wslb-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn fields(p: &Problems) -> Vec<&str> {
+        p.iter().map(|p| p.field.as_str()).collect()
+    }
+
+    #[test]
+    fn bad_files_are_each_reported_and_expiry_is_checked() {
+        let d = tmp("bad");
+        let now = crate::metrics::unix_now() as i64;
+        let (good, good_key) = cert(&d, "good", &["a.example.com"], now + 90 * 86_400);
+        let (_, other_key) = cert(&d, "other", &["b.example.com"], now + 90 * 86_400);
+        let (expired, expired_key) = cert(&d, "expired", &["c.example.com"], now - 86_400);
+        let (soon, soon_key) = cert(&d, "soon", &["d.example.com"], now + 7 * 86_400);
+        let c = config::Tls {
+            cert: good.clone(),
+            key: other_key,
+            certificates: vec![
+                config::CertFiles {
+                    cert: expired,
+                    key: expired_key,
+                },
+                config::CertFiles {
+                    cert: "/nonexistent.pem".into(),
+                    key: good_key.clone(),
+                },
+            ],
+            ..Default::default()
+        };
+        let p = ServerTls::load(&c).unwrap_err();
+        assert_eq!(
+            fields(&p),
+            [
+                "tls.key",
+                "tls.certificates[0].cert",
+                "tls.certificates[1].cert"
+            ],
+            "{p:?}"
+        );
+        assert!(p[0].message.contains("is not the private key"), "{p:?}");
+        assert!(p[1].message.contains("expired"), "{p:?}");
+        let ok = config::Tls {
+            cert: good,
+            key: good_key,
+            certificates: vec![config::CertFiles {
+                cert: soon,
+                key: soon_key,
+            }],
+            ..Default::default()
+        };
+        let t = ServerTls::load(&ok).unwrap().unwrap();
+        assert_eq!(t.certificates.len(), 2);
+        assert_eq!(t.warnings.len(), 1, "{:?}", t.warnings);
+        assert!(t.warnings[0].contains("d.example.com") || t.warnings[0].contains("soon"));
+        // The same files load equal; a changed file does not.
+        assert_eq!(ServerTls::load(&ok).unwrap().unwrap(), t);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn each_certificate_serves_its_subject_alt_names() {
+        let d = tmp("sni");
+        let now = crate::metrics::unix_now() as i64;
+        let year = now + 365 * 86_400;
+        let (def, def_key) = cert(&d, "default", &["localhost"], year);
+        let (wild, wild_key) = cert(&d, "wild", &["*.example.com"], year);
+        let (exact, exact_key) = cert(&d, "exact", &["chat.example.com"], year);
+        let mut c = config::Tls {
+            cert: def,
+            key: def_key,
+            certificates: vec![
+                config::CertFiles {
+                    cert: wild,
+                    key: wild_key,
+                },
+                config::CertFiles {
+                    cert: exact,
+                    key: exact_key,
+                },
+            ],
+            ..Default::default()
+        };
+        let t = ServerTls::load(&c).unwrap().unwrap();
+        let names: Vec<_> = t.certificates.iter().map(|c| c.names.clone()).collect();
+        assert_eq!(
+            names,
+            [
+                vec!["localhost".to_string()],
+                vec!["*.example.com".to_string()],
+                vec!["chat.example.com".to_string()]
+            ]
+        );
+        c.unknown_sni = UnknownSni::Refuse;
+        assert!(ServerTls::load(&c).unwrap().is_some());
+        std::fs::remove_dir_all(d).unwrap();
+    }
 
     #[test]
     fn utc_dates() {

@@ -377,7 +377,7 @@ impl<C: Unbuffered> Shared<C> {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut out),
                 Ok(ConnectionState::TransmitTlsData(mut t)) => {
                     if let Some(mut w) = t.may_encrypt_app_data() {
-                        write_into(&mut out, |o| {
+                        write_into(&mut out, plain.len(), |o| {
                             if close_notify {
                                 w.queue_close_notify(o)
                             } else {
@@ -390,7 +390,7 @@ impl<C: Unbuffered> Shared<C> {
                     t.done();
                 }
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
-                    write_into(&mut out, |o| {
+                    write_into(&mut out, plain.len(), |o| {
                         if close_notify {
                             w.queue_close_notify(o)
                         } else {
@@ -420,14 +420,19 @@ impl<C: Unbuffered> Shared<C> {
     }
 }
 
-/// Appends what `f` writes into a zeroed tail of `out`, growing it as rustls asks.
+/// Appends what `f` writes for `plain` bytes of plaintext into a zeroed tail of `out`,
+/// growing it if rustls asks for more.
 fn write_into(
     out: &mut Vec<u8>,
+    plain: usize,
     mut f: impl FnMut(&mut [u8]) -> Result<usize, EncryptError>,
 ) -> io::Result<()> {
     let len = out.len();
-    // A guess that fits a few records' overhead; rustls names the exact size if not.
-    out.resize(len + 4096, 0);
+    // Each record of up to 2^14 bytes adds at most 29 (TLS 1.2 AES-GCM: header, explicit
+    // nonce, tag; TLS 1.3 adds 22); rounded up, so rustls never has to ask twice. Zeroing
+    // only this much keeps a 64-byte write from clearing kilobytes.
+    let records = plain / (1 << 14) + 1;
+    out.resize(len + plain + records * 64, 0);
     loop {
         match f(&mut out[len..]) {
             Ok(n) => {

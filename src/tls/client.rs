@@ -1,0 +1,250 @@
+//! TLS to backends: the `[tls_backend]` section and `wss://` backends loaded into a rustls
+//! client config (the system's roots or a `ca` file, SNI, an optional client certificate),
+//! and the handshake with a backend.
+//!
+//! The loaded form travels with the backend pool's snapshot (`balancer::Snapshot::tls`),
+//! so a reload that adds a `wss://` backend or changes the CA reaches the workers the way
+//! a new backend list does.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rustls::client::UnbufferedClientConnection;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use super::{HandshakeFailure, Problems, TlsStream, problem, provider, stream};
+use crate::config;
+
+/// A backend's TLS stream.
+pub type BackendStream = TlsStream<UnbufferedClientConnection>;
+
+/// The backends reached over TLS, and how.
+#[derive(Clone)]
+pub struct BackendTls {
+    pub config: Arc<rustls::ClientConfig>,
+    /// The name each TLS backend is verified against (and asked for with SNI).
+    names: HashMap<SocketAddr, ServerName<'static>>,
+    /// The `ca`, `cert` and `key` files' bytes, to tell a reload that changed them.
+    material: Vec<Vec<u8>>,
+    insecure: bool,
+}
+
+impl PartialEq for BackendTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.names == other.names
+            && self.material == other.material
+            && self.insecure == other.insecure
+    }
+}
+
+impl fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("names", &self.names)
+            .field("insecure_skip_verify", &self.insecure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BackendTls {
+    /// Loads `[tls_backend]` for the TLS backends in `tls` (each with the host it was
+    /// written with); `None` when there are none.
+    pub fn load(
+        c: &config::TlsBackend,
+        tls: Vec<(SocketAddr, String)>,
+    ) -> Result<Option<BackendTls>, Problems> {
+        if tls.is_empty() {
+            return Ok(None);
+        }
+        let mut problems = Vec::new();
+        let mut names = HashMap::new();
+        for (addr, host) in tls {
+            let host = if c.server_name.is_empty() {
+                host
+            } else {
+                c.server_name.clone()
+            };
+            match ServerName::try_from(host.clone()) {
+                Ok(n) => {
+                    names.insert(addr, n);
+                }
+                Err(e) => problem(
+                    &mut problems,
+                    "tls_backend.server_name",
+                    format!("{host:?} is not a DNS name or IP address: {e}"),
+                ),
+            }
+        }
+        let provider = provider();
+        let mut material = Vec::new();
+        let mut roots = rustls::RootCertStore::empty();
+        if c.ca.is_empty() {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 && !c.insecure_skip_verify {
+                problem(
+                    &mut problems,
+                    "tls_backend.ca",
+                    "no system trust roots found; name a PEM CA file".into(),
+                );
+            }
+        } else {
+            match std::fs::read(&c.ca) {
+                Ok(bytes) => {
+                    for cert in CertificateDer::pem_slice_iter(&bytes) {
+                        match cert
+                            .map_err(|e| e.to_string())
+                            .and_then(|cert| roots.add(cert).map_err(|e| e.to_string()))
+                        {
+                            Ok(()) => {}
+                            Err(e) => {
+                                problem(&mut problems, "tls_backend.ca", format!("{}: {e}", c.ca))
+                            }
+                        }
+                    }
+                    if roots.is_empty() {
+                        problem(
+                            &mut problems,
+                            "tls_backend.ca",
+                            format!("{}: no PEM certificate in it", c.ca),
+                        );
+                    }
+                    material.push(bytes);
+                }
+                Err(e) => problem(&mut problems, "tls_backend.ca", format!("{}: {e}", c.ca)),
+            }
+        }
+        let client_cert = match (c.cert.as_str(), c.key.as_str()) {
+            ("", "") => None,
+            ("", _) | (_, "") => {
+                problem(
+                    &mut problems,
+                    "tls_backend.cert",
+                    "a client certificate needs both cert and key".into(),
+                );
+                None
+            }
+            (cert, key) => {
+                let loaded = std::fs::read(cert)
+                    .map_err(|e| format!("{cert}: {e}"))
+                    .and_then(|cb| {
+                        let kb = std::fs::read(key).map_err(|e| format!("{key}: {e}"))?;
+                        let chain = CertificateDer::pem_slice_iter(&cb)
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(|e| format!("{cert}: {e}"))?;
+                        let k = PrivateKeyDer::from_pem_slice(&kb)
+                            .map_err(|e| format!("{key}: {e}"))?;
+                        Ok((chain, k, cb, kb))
+                    });
+                match loaded {
+                    Ok((chain, k, cb, kb)) => {
+                        material.push(cb);
+                        material.push(kb);
+                        Some((chain, k))
+                    }
+                    Err(e) => {
+                        problem(&mut problems, "tls_backend.cert", e);
+                        None
+                    }
+                }
+            }
+        };
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("the provider supports TLS 1.2 and 1.3");
+        let builder = if c.insecure_skip_verify {
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(NoVerification(provider)))
+        } else {
+            builder.with_root_certificates(roots)
+        };
+        let mut config = match client_cert {
+            Some((chain, key)) => match builder.with_client_auth_cert(chain, key) {
+                Ok(c) => c,
+                Err(e) => {
+                    return Err(vec![config::Problem {
+                        field: "tls_backend.key".into(),
+                        message: format!("{}: {e}", c.key),
+                    }]);
+                }
+            },
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Some(BackendTls {
+            config: Arc::new(config),
+            names,
+            material,
+            insecure: c.insecure_skip_verify,
+        }))
+    }
+
+    /// The name `addr` is reached with, if it is a TLS backend.
+    pub fn name(&self, addr: SocketAddr) -> Option<&ServerName<'static>> {
+        self.names.get(&addr)
+    }
+
+    pub fn insecure(&self) -> bool {
+        self.insecure
+    }
+}
+
+/// The TLS handshake with a backend, unbounded (the caller bounds it).
+pub async fn connect(
+    tcp: monoio::net::TcpStream,
+    tls: &BackendTls,
+    name: ServerName<'static>,
+) -> Result<BackendStream, HandshakeFailure> {
+    let conn =
+        UnbufferedClientConnection::new(tls.config.clone(), name).map_err(HandshakeFailure::Tls)?;
+    stream::handshake(tcp, conn).await
+}
+
+/// `insecure_skip_verify`: any certificate is accepted (its signature over the handshake
+/// is not even checked). For tests against self-signed backends only; logged at startup.
+#[derive(Debug)]
+struct NoVerification(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for NoVerification {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
