@@ -2,6 +2,8 @@
 //! WebSocket peer (either role) for the cases that need exact bytes on the wire.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{BufRead, BufReader};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -41,6 +43,12 @@ pub fn balancer(
     tweak: impl FnOnce(&mut Config),
 ) -> Instance {
     init_logs();
+    let c = config(backends, workers, tweak);
+    Instance::start(c.validate().unwrap()).unwrap()
+}
+
+/// The config [`balancer`] starts from (for a test that reloads it, changed).
+pub fn config(backends: &[SocketAddr], workers: usize, tweak: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".into(),
         backends: backends.iter().map(|b| b.to_string()).collect(),
@@ -55,7 +63,7 @@ pub fn balancer(
     // Many balancers run at once in the tests: no admin server unless a test asks.
     c.admin.listen = String::new();
     tweak(&mut c);
-    Instance::start(c.validate().unwrap()).unwrap()
+    c
 }
 
 /// A fresh directory for one test's files (config, sockets) under the system temp dir.
