@@ -265,14 +265,15 @@ fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) {
 }
 
 /// After a fatal error, takes the alert rustls queued for the peer into `out`. `incoming`
-/// is the buffer the failed call was given, unchanged.
+/// is the buffer the failed call was given, unchanged (rustls's handshake deframer may
+/// still point into it; a different buffer would be out of its bounds).
+///
+/// One call only: the alert is the only record queued (every earlier one was taken as it
+/// came), and once the queue is empty rustls would process `incoming` again, fail again
+/// and queue a second alert.
 fn flush_alert<C: Unbuffered>(conn: &mut C, incoming: &mut [u8], out: &mut Vec<u8>) {
-    for _ in 0..4 {
-        match conn.process(incoming).state {
-            Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, out),
-            Ok(ConnectionState::TransmitTlsData(t)) => t.done(),
-            _ => return,
-        }
+    if let Ok(ConnectionState::EncodeTlsData(mut e)) = conn.process(incoming).state {
+        encode(&mut e, out);
     }
 }
 
