@@ -730,3 +730,82 @@ fn handshakes_and_failures_are_counted_on_metrics() {
     assert_eq!(expiry.len(), 1, "{text}");
     assert!(expiry[0].ends_with(" 4070908800"), "{}", expiry[0]);
 }
+
+// ---- TLS to backends ------------------------------------------------------------------
+
+/// Python's `websockets` serving wss:// with `cert`/`key`, killed on drop.
+struct PythonBackend {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for PythonBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn python_backend(cert: &str, key: &str) -> PythonBackend {
+    use std::io::BufRead;
+    let mut child = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/server.py"))
+        .args(["--cert", cert, "--key", key])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 on PATH");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("server.py printed {line:?}, not its port"));
+    PythonBackend { child, port }
+}
+
+/// A balancer terminating TLS in front of `backend` (written `wss://127.0.0.1:PORT`,
+/// verified as "localhost" against `ca_file`).
+fn wss_to_wss(pki: &Pki, backend: u16, ca_file: &std::path::Path) -> Instance {
+    let (_, cert, key) = pki.leaf("front", &["localhost"]);
+    balancer(&[], 1, |c| {
+        with_cert(&cert, &key)(c);
+        c.backends = vec![format!("wss://127.0.0.1:{backend}")];
+        c.tls_backend.ca = ca_file.display().to_string();
+        c.tls_backend.server_name = "localhost".into();
+    })
+}
+
+#[test]
+fn a_backend_reached_over_tls_echoes_everything() {
+    let pki = Pki::new("backend-tls");
+    let (_, cert, key) = pki.leaf("backend", &["localhost"]);
+    let backend = python_backend(&cert, &key);
+    let lb = wss_to_wss(&pki, backend.port, &pki.ca_file);
+    // Python's websockets on both sides, TLS on both legs: text, binary, 1 MiB, close
+    // code 4000 and its reason through the backend's own close reply.
+    python_client(lb.local_addr, &pki.ca_file);
+    assert_serves(lb.local_addr, "localhost", &pki.ca);
+    let snap = lb.handle().snapshot();
+    assert_eq!(snap.backends[0].failures, [0, 0, 0], "{:?}", snap.backends);
+}
+
+#[test]
+fn a_backend_whose_certificate_is_not_trusted_is_not_used() {
+    let pki = Pki::new("backend-tls-untrusted");
+    let stranger = Pki::new("backend-tls-stranger");
+    let (_, cert, key) = stranger.leaf("backend", &["localhost"]);
+    let backend = python_backend(&cert, &key);
+    // The balancer trusts only `pki`'s CA, and the backend's certificate is from another.
+    let lb = wss_to_wss(&pki, backend.port, &pki.ca_file);
+    let mut tls = tls_connect(lb.local_addr, "localhost", client_config(&pki.ca, &[]));
+    tls.write_all(upgrade_request("/").as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    // Counted as the backend's failed handshake (the upgrade was never sent to it).
+    let snap = lb.handle().snapshot();
+    assert_eq!(snap.backends[0].failures[1], 1, "{:?}", snap.backends);
+}
