@@ -9,7 +9,7 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Command;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use common::tls::*;
@@ -808,4 +808,78 @@ fn a_backend_whose_certificate_is_not_trusted_is_not_used() {
     // Counted as the backend's failed handshake (the upgrade was never sent to it).
     let snap = lb.handle().snapshot();
     assert_eq!(snap.backends[0].failures[1], 1, "{:?}", snap.backends);
+}
+
+// ---- post-handshake messages -------------------------------------------------------------
+
+/// A client's TLS 1.3 KeyUpdate asking for one back: wslb answers with its own KeyUpdate
+/// before any record under its new keys, and the echo goes on under the new keys.
+#[test]
+fn key_update_requested_by_the_client_is_answered() {
+    let (pki, _e, lb) = tls_balancer("key-update", |_| {});
+    let tls = tls_connect(
+        lb.local_addr,
+        "localhost",
+        client_config(&pki.ca, &[&rustls::version::TLS13]),
+    );
+    let mut ws = wss_over(tls, "localhost");
+    ws.send(Message::text("before")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("before"));
+    {
+        let s = ws.get_mut();
+        s.conn.refresh_traffic_keys().unwrap();
+        while s.conn.wants_write() {
+            s.conn.write_tls(&mut s.sock).unwrap();
+        }
+    }
+    ws.send(Message::text("after")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("after"));
+}
+
+/// Regression test for a worker panic (found in review): the first 3 bytes of a handshake
+/// message in one record, then a record with an invalid content type. rustls's deframer
+/// still pointed into the reader's buffer when the error freed it, and the writer's next
+/// call into rustls (the backend's close reply) indexed out of bounds.
+#[test]
+fn a_split_handshake_message_then_garbage_ends_only_that_connection() {
+    use rustls::crypto::cipher::{OutboundChunks, OutboundPlainMessage};
+    use rustls::{ConnectionTrafficSecrets, ContentType, ProtocolVersion};
+    use std::io::Read;
+    let (pki, _e, lb) = tls_balancer("split-handshake-garbage", |_| {});
+    let mut cfg = Arc::unwrap_or_clone(client_config(&pki.ca, &[&rustls::version::TLS13]));
+    cfg.enable_secret_extraction = true;
+    let mut s = tls_connect(lb.local_addr, "localhost", Arc::new(cfg));
+    s.write_all(upgrade_request("/").as_bytes()).unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let rustls::StreamOwned { conn, mut sock } = s;
+    let suite = conn.negotiated_cipher_suite().unwrap();
+    let (mut seq, tx) = conn.dangerous_extract_secrets().unwrap().tx;
+    let (key, iv) = match tx {
+        ConnectionTrafficSecrets::Aes128Gcm { key, iv }
+        | ConnectionTrafficSecrets::Aes256Gcm { key, iv }
+        | ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => (key, iv),
+        _ => panic!("unexpected suite secrets"),
+    };
+    let mut enc = suite.tls13().unwrap().aead_alg.encrypter(key, iv);
+    let m = OutboundPlainMessage {
+        typ: ContentType::Handshake,
+        version: ProtocolVersion::TLSv1_2,
+        payload: OutboundChunks::Single(&[24, 0, 0]),
+    };
+    let mut bytes = enc.encrypt(m, seq).unwrap().encode();
+    seq += 1;
+    let _ = seq;
+    bytes.extend_from_slice(&[0x99, 3, 3, 0, 1, 0]);
+    sock.write_all(&bytes).unwrap();
+    // wslb ends this connection (an alert, then the TCP close)...
+    let mut got = Vec::new();
+    let _ = sock.read_to_end(&mut got);
+    // ... and its worker (the only one) lives on.
+    assert_serves(lb.local_addr, "localhost", &pki.ca);
 }

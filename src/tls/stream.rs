@@ -111,9 +111,18 @@ struct Shared<C> {
 struct Rx {
     cipher: Vec<u8>,
     plain: Vec<u8>,
-    /// The peer sent close_notify (or the TLS layer failed): reads return end of stream
+    /// The last processing stopped because the reader's buffer was full: whole records
+    /// may still be waiting in `cipher`. A flag, not a look at `cipher`'s front: while a
+    /// handshake message is joined from several records, rustls keeps the decrypted
+    /// fragments there, and only its deframer knows where the records start.
+    more: bool,
+    /// The peer sent close_notify, or the TLS layer failed: reads return end of stream
     /// once `plain` is empty.
     ended: bool,
+    /// rustls reported an error: it is never asked again. Its deframer may point into
+    /// `cipher` (a buffer it has not seen would be out of its bounds), and processing the
+    /// same bad bytes again would fail again and queue a second fatal alert.
+    failed: bool,
 }
 
 /// A TLS stream whose handshake is done. `C` is the rustls connection (server side for
@@ -230,7 +239,7 @@ pub async fn handshake<C: Unbuffered>(
         rx: RefCell::new(Rx {
             cipher: incoming,
             plain,
-            ended: false,
+            ..Rx::default()
         }),
         tx: RefCell::new(Vec::new()),
     });
@@ -306,12 +315,18 @@ impl Sink {
     }
 }
 
-/// Whether `cipher` starts with a whole record (so decrypting it needs no read).
-fn whole_record(cipher: &[u8]) -> bool {
-    cipher.len() >= 5 && cipher.len() >= 5 + usize::from(u16::from_be_bytes([cipher[3], cipher[4]]))
-}
-
 impl<C: Unbuffered> Shared<C> {
+    /// rustls failed: takes the alert it queued (for the writer's shutdown to send) and
+    /// marks the stream failed, so that rustls is not asked again (see `Rx::failed`).
+    fn fail(&self, conn: &mut C, rx: &mut Rx, e: rustls::Error) -> io::Error {
+        flush_alert(conn, &mut rx.cipher, &mut self.tx.borrow_mut());
+        rx.failed = true;
+        rx.ended = true;
+        rx.more = false;
+        rx.cipher = Vec::new();
+        io::Error::new(io::ErrorKind::InvalidData, e)
+    }
+
     /// Decrypts buffered records into `sink` until it is full or no whole record is left.
     /// Returns whether the stream has ended (close_notify, or a TLS error, returned as such
     /// the first time).
@@ -326,20 +341,23 @@ impl<C: Unbuffered> Shared<C> {
             }
         }
         let mut conn = self.conn.borrow_mut();
-        while sink.room() > 0 && !rx.ended {
+        rx.more = false;
+        while !rx.ended {
+            if sink.room() == 0 {
+                rx.more = true;
+                break;
+            }
             let UnbufferedStatus { mut discard, state } = conn.process(&mut rx.cipher);
             let mut stop = false;
             match state {
                 Err(e) => {
                     let _ = discard;
-                    rx.ended = true;
-                    flush_alert(&mut *conn, &mut rx.cipher, &mut self.tx.borrow_mut());
-                    rx.cipher = Vec::new();
-                    return Err(io::Error::new(io::ErrorKind::InvalidData, e));
+                    return Err(self.fail(&mut conn, rx, e));
                 }
                 Ok(ConnectionState::ReadTraffic(mut r)) => {
                     while let Some(rec) = r.next_record() {
-                        let rec = rec.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        // (rustls 0.23 only pops records it decrypted already.)
+                        let Ok(rec) = rec else { break };
                         discard += rec.discard;
                         let n = sink.put(rec.payload);
                         rx.plain.extend_from_slice(&rec.payload[n..]);
@@ -370,7 +388,7 @@ impl<C: Unbuffered> Shared<C> {
 
     fn buffered(&self) -> bool {
         let rx = self.rx.borrow();
-        !rx.plain.is_empty() || rx.ended || whole_record(&rx.cipher)
+        !rx.plain.is_empty() || rx.ended || rx.more
     }
 
     /// Encrypts `plain` (after any records the reader left for the peer) into one vector.
@@ -385,6 +403,12 @@ impl<C: Unbuffered> Shared<C> {
         let mut conn = self.conn.borrow_mut();
         let mut rx = self.rx.borrow_mut();
         let rx = &mut *rx;
+        if rx.failed {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the TLS connection failed",
+            ));
+        }
         loop {
             let UnbufferedStatus { discard, state } = conn.process(&mut rx.cipher);
             let mut done = false;
@@ -426,10 +450,18 @@ impl<C: Unbuffered> Shared<C> {
                         "TLS connection closed",
                     ));
                 }
-                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                Err(e) => {
+                    // The alert goes out with this write's bytes dropped: the connection
+                    // is over (the pump sees the write fail), the shutdown sends `tx`.
+                    let e = self.fail(&mut conn, rx, e);
+                    self.tx.borrow_mut().splice(0..0, out);
+                    return Err(e);
+                }
             }
             rx.cipher.drain(..discard);
             if done {
+                // rustls gives the right to encrypt only once nothing is left to process.
+                rx.more = false;
                 return Ok(out);
             }
         }
@@ -632,19 +664,5 @@ impl<C: Unbuffered> Halves for TlsStream<C> {
     type Writer = TlsWriter<C>;
     fn into_halves(self) -> (TlsReader<C>, TlsWriter<C>) {
         (self.rd, self.wr)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_record_is_whole_when_its_length_has_arrived() {
-        assert!(!whole_record(&[]));
-        assert!(!whole_record(&[23, 3, 3, 0]));
-        assert!(!whole_record(&[23, 3, 3, 0, 2, 1]));
-        assert!(whole_record(&[23, 3, 3, 0, 2, 1, 2]));
-        assert!(whole_record(&[23, 3, 3, 0, 0]));
     }
 }
