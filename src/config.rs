@@ -557,6 +557,25 @@ mod tests {
     }
 
     #[test]
+    fn one_address_is_reached_one_way() {
+        let c = Config::from_toml(
+            r#"
+            backends = ["wss://127.0.0.1:9443", "ws://127.0.0.1:9443", "127.0.0.1:9000", "127.0.0.1:9000"]
+            [tls_backend]
+            insecure_skip_verify = true
+            "#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(p)) = c.validate() else {
+            panic!("expected invalid")
+        };
+        // The plain one written twice is the same backend; TLS and plain on one address
+        // cannot both be meant.
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["backends[1]"], "{p:?}");
+    }
+
+    #[test]
     fn unreadable_tls_files_are_named() {
         let c = Config::from_toml(
             r#"

@@ -162,6 +162,7 @@ impl Config {
         }
         let mut backends = Vec::with_capacity(self.backends.len());
         let mut tls_backends = Vec::new();
+        let mut seen: Vec<(SocketAddr, Option<String>)> = Vec::new();
         for (i, b) in self.backends.iter().enumerate() {
             let (tls, hostport) = if let Some(rest) = b.strip_prefix("wss://") {
                 (true, rest)
@@ -177,9 +178,20 @@ impl Config {
                     format!("{b:?}: backend port must not be 0"),
                 ),
                 Ok(a) => {
+                    // One address is one backend: written twice, it must be reached the
+                    // same way (TLS or not, and by one name).
+                    let how = tls.then(|| host_of(hostport));
+                    match seen.iter().find(|(addr, _)| *addr == a) {
+                        Some((_, before)) if *before != how => problem(
+                            &format!("backends[{i}]"),
+                            format!("{b:?}: {a} is listed before as another backend"),
+                        ),
+                        Some(_) => {}
+                        None => seen.push((a, how.clone())),
+                    }
                     backends.push(a);
-                    if tls {
-                        tls_backends.push((a, host_of(hostport)));
+                    if let Some(host) = how {
+                        tls_backends.push((a, host));
                     }
                 }
                 Err(e) => problem(&format!("backends[{i}]"), e),

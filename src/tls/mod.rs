@@ -213,11 +213,25 @@ impl ServerTls {
                 );
             }
             for name in &info.names {
-                match name.strip_prefix("*.") {
+                let table = match name.strip_prefix("*.") {
                     Some(suffix) => resolver.wildcard.entry(suffix.to_string()),
                     None => resolver.exact.entry(name.clone()),
+                };
+                match table {
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(ck.clone());
+                    }
+                    // Two certificates for one name: only one could ever be served (a
+                    // renewal added beside the old one, say), so say which is meant.
+                    std::collections::hash_map::Entry::Occupied(_) => problem(
+                        &mut problems,
+                        &format!("{field}.cert"),
+                        format!(
+                            "{}: {name} is already served by an earlier certificate",
+                            info.file.display()
+                        ),
+                    ),
                 }
-                .or_insert_with(|| ck.clone());
             }
             certificates.push(info);
         }
@@ -250,8 +264,9 @@ impl ServerTls {
         // a returning client resumes instead of paying for a full handshake. Keys rotate
         // every 6 hours; a reload starts a new ticketer, so old tickets then fall back to
         // a full handshake.
-        if let Ok(t) = rustls::crypto::aws_lc_rs::Ticketer::new() {
-            config.ticketer = t;
+        match rustls::crypto::aws_lc_rs::Ticketer::new() {
+            Ok(t) => config.ticketer = t,
+            Err(e) => tracing::warn!("TLS: no session tickets ({e}); clients cannot resume"),
         }
         // A relay forwards requests as they come; 0-RTT data would be replayable.
         config.max_early_data_size = 0;
@@ -679,6 +694,15 @@ mod tests {
         );
         c.unknown_sni = UnknownSni::Refuse;
         assert!(ServerTls::load(&c).unwrap().is_some());
+        // A second certificate for a name already served could never be picked.
+        let (again, again_key) = cert(&d, "again", &["chat.example.com"], year);
+        c.certificates.push(config::CertFiles {
+            cert: again,
+            key: again_key,
+        });
+        let p = ServerTls::load(&c).unwrap_err();
+        assert_eq!(fields(&p), ["tls.certificates[2].cert"], "{p:?}");
+        assert!(p[0].message.contains("already served"), "{p:?}");
         std::fs::remove_dir_all(d).unwrap();
     }
 
