@@ -161,6 +161,7 @@ pub async fn handshake<C: Unbuffered>(
     let mut outgoing: Vec<u8> = Vec::new();
     let mut plain: Vec<u8> = Vec::new();
     loop {
+        let t_handshaking = conn.common().is_handshaking();
         let UnbufferedStatus { discard, state } = conn.process(&mut incoming);
         let mut transmit = false;
         let mut need_more = false;
@@ -180,7 +181,13 @@ pub async fn handshake<C: Unbuffered>(
             Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut outgoing),
             Ok(ConnectionState::TransmitTlsData(t)) => {
                 t.done();
-                transmit = true;
+                // What TLS 1.3 sends once the handshake is done (a server's session
+                // tickets, a client's Finished) waits for the first write (the 101, the
+                // upgrade request) instead of a send and a TCP segment of its own: the
+                // peer needs none of it before that. (Not TLS 1.2: its server's last
+                // flight carries the Finished the client waits for.)
+                transmit = t_handshaking
+                    || conn.common().protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3);
             }
             Ok(ConnectionState::BlockedHandshake) => need_more = true,
             Ok(ConnectionState::WriteTraffic(_)) => done = true,
@@ -234,6 +241,7 @@ pub async fn handshake<C: Unbuffered>(
         }
     }
     incoming.shrink_to_fit();
+    outgoing.shrink_to_fit();
     let tls = Rc::new(Shared {
         conn: RefCell::new(conn),
         rx: RefCell::new(Rx {
@@ -241,7 +249,7 @@ pub async fn handshake<C: Unbuffered>(
             plain,
             ..Rx::default()
         }),
-        tx: RefCell::new(Vec::new()),
+        tx: RefCell::new(outgoing),
     });
     Ok(TlsStream {
         rd: TlsReader {
