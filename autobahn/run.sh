@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Autobahn|Testsuite fuzzingclient against `wslb echo` directly and through wslb, in one run.
-# Fails if any case fails through wslb that does not fail directly, or if the echo backend
-# itself fails a case.
+# Autobahn|Testsuite fuzzingclient against `wslb echo` directly and through wslb, over ws
+# and over wss (wslb terminating TLS with a throwaway certificate), in one run. Fails if any
+# case fails through wslb that does not fail directly, or if the echo backend itself fails
+# a case. Needs openssl (for the certificate).
 #
 #   autobahn/run.sh            quick: cases 1-10 (no compression cases 12.*, 13.*), ~3 min
 #   autobahn/run.sh --full     every case
@@ -35,7 +36,7 @@ fi
 bin=$root/target/release/wslb
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-echo_port=$(free_port); lb_port=$(free_port)
+echo_port=$(free_port); lb_port=$(free_port); wss_port=$(free_port)
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -44,7 +45,14 @@ trap cleanup EXIT
 "$bin" echo --listen "127.0.0.1:$echo_port" --workers 1 2>"$work/echo.log" & pids+=($!)
 "$bin" run --listen "127.0.0.1:$lb_port" --backend "127.0.0.1:$echo_port" --workers 2 \
   --io-driver "${WSLB_IO_DRIVER:-auto}" --admin "" 2>"$work/lb.log" & pids+=($!)
-for port in "$echo_port" "$lb_port"; do
+# The same through TLS: a throwaway self-signed certificate (Autobahn's client does not
+# verify it), wslb terminating wss:// in front of the same echo backend.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+  -subj /CN=localhost -keyout "$work/key.pem" -out "$work/cert.pem" 2>/dev/null
+"$bin" run --listen "127.0.0.1:$wss_port" --backend "127.0.0.1:$echo_port" --workers 2 \
+  --io-driver "${WSLB_IO_DRIVER:-auto}" --admin "" \
+  --tls-cert "$work/cert.pem" --tls-key "$work/key.pem" 2>"$work/lb-wss.log" & pids+=($!)
+for port in "$echo_port" "$lb_port" "$wss_port"; do
   for _ in $(seq 50); do
     python3 -c "import socket; socket.create_connection(('127.0.0.1',$port),1)" 2>/dev/null && break
     sleep 0.1
@@ -63,14 +71,15 @@ cat >"$work/fuzzingclient.json" <<JSON
   "outdir": "$reports",
   "servers": [
     {"agent": "direct", "url": "ws://127.0.0.1:$echo_port"},
-    {"agent": "wslb", "url": "ws://127.0.0.1:$lb_port"}
+    {"agent": "wslb", "url": "ws://127.0.0.1:$lb_port"},
+    {"agent": "wslb-wss", "url": "wss://127.0.0.1:$wss_port"}
   ],
   "cases": $cases,
   "exclude-cases": [],
   "exclude-agent-cases": {}
 }
 JSON
-echo "autobahn: $mode run, echo on :$echo_port, wslb on :$lb_port"
+echo "autobahn: $mode run, echo on :$echo_port, wslb on :$lb_port (ws) and :$wss_port (wss)"
 (cd "$work" && timeout 3000 "$venv/bin/wstest" -m fuzzingclient -s fuzzingclient.json >"$work/wstest.log" 2>&1) || {
   tail -30 "$work/wstest.log"; echo "autobahn: wstest failed" >&2; exit 1; }
 python3 "$here/compare.py" "$reports/index.json"
