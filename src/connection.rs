@@ -1,6 +1,6 @@
 //! One client connection's life, top to bottom: read the upgrade, pick and connect a backend,
 //! forward the upgrade, relay the `101`, then hand both streams to the frame relay. Generic
-//! over the client's stream (`stream.rs`: plain TCP today, TLS next).
+//! over the client's stream (`stream.rs`: plain TCP or TLS).
 
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;

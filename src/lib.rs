@@ -7,12 +7,16 @@
 //!  client ──TCP──> listener.rs    SO_REUSEPORT socket per worker (worker.rs: pinned thread,
 //!                    │            monoio runtime on io_uring, epoll fallback), accept loop
 //!                    ▼
+//!                tls/             with [tls]: the handshake (rustls, unbuffered), then a
+//!                    │            stream of two halves (tls/stream.rs)
+//!                    ▼
 //!                connection.rs    one connection's life, top to bottom, generic over the
-//!                    │            client's stream (stream.rs: plain TCP today, TLS next):
+//!                    │            client's stream (stream.rs: plain TCP or TLS):
 //!                    │  handshake.rs   parse + validate the Upgrade (httparse), rewrite it
 //!                    │  balancer/      the snapshot's selector picks (selection.rs, with a
 //!                    │                 key from the request; round_robin.rs), failover
-//!                    │  handshake.rs   forward to the backend, relay its 101
+//!                    │  handshake.rs   forward to the backend (over TLS for wss://
+//!                    │                 backends, tls/client.rs), relay its 101
 //!                    ▼
 //!                relay/           mod.rs: run; two pumps (pump.rs: wait, read with
 //!                    │            io_uring, walk frame headers with frame/, write the same

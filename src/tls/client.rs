@@ -17,7 +17,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use super::{HandshakeFailure, Problems, TlsStream, problem, provider, stream};
+use super::{HandshakeFailure, Problems, TlsStream, handshake, problem, provider};
 use crate::config;
 
 /// A backend's TLS stream.
@@ -206,7 +206,7 @@ pub async fn connect(
 ) -> Result<BackendStream, HandshakeFailure> {
     let conn =
         UnbufferedClientConnection::new(tls.config.clone(), name).map_err(HandshakeFailure::Tls)?;
-    stream::handshake(tcp, conn).await
+    handshake::handshake(tcp, conn).await
 }
 
 /// `insecure_skip_verify`: any certificate is accepted (its signature over the handshake

@@ -1,0 +1,194 @@
+//! The TLS handshake over monoio's TCP, client or server side, on rustls's unbuffered API:
+//! records read into a buffer of the handshake's own (none until the peer sends), flights
+//! written as rustls encodes them, until application data may flow; then the connection
+//! becomes a [`TlsStream`] (`stream.rs`).
+
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::net::TcpStream;
+use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
+use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, InsufficientSizeError, UnbufferedStatus,
+};
+use std::io;
+
+use super::stream::{RECORD_ROOM, TlsStream};
+use crate::stream::ready;
+
+/// rustls's unbuffered connection, client or server side: what the stream needs of it.
+pub trait Unbuffered: 'static {
+    type Data;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data>;
+    fn common(&self) -> &rustls::CommonState;
+}
+
+impl Unbuffered for UnbufferedServerConnection {
+    type Data = ServerConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+}
+
+impl Unbuffered for UnbufferedClientConnection {
+    type Data = ClientConnectionData;
+    fn process<'c, 'i>(
+        &'c mut self,
+        incoming: &'i mut [u8],
+    ) -> UnbufferedStatus<'c, 'i, Self::Data> {
+        self.process_tls_records(incoming)
+    }
+    fn common(&self) -> &rustls::CommonState {
+        self
+    }
+}
+
+/// Why a TLS handshake failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeFailure {
+    #[error("TLS: {0}")]
+    Tls(rustls::Error),
+    #[error("peer closed the connection during the TLS handshake")]
+    Closed,
+    #[error("I/O error during the TLS handshake: {0}")]
+    Io(io::Error),
+}
+
+/// Runs the handshake of `conn` over `tcp` until application data may flow. Plaintext that
+/// arrives with the peer's last flight (a client's request right behind its Finished) is
+/// kept for the first read. Not bounded in time: the caller bounds it.
+pub async fn handshake<C: Unbuffered>(
+    tcp: TcpStream,
+    mut conn: C,
+) -> Result<TlsStream<C>, HandshakeFailure> {
+    let (mut rd, mut wr) = tcp.into_split();
+    let mut incoming: Vec<u8> = Vec::new();
+    let mut outgoing: Vec<u8> = Vec::new();
+    let mut plain: Vec<u8> = Vec::new();
+    loop {
+        let t_handshaking = conn.common().is_handshaking();
+        let UnbufferedStatus { discard, state } = conn.process(&mut incoming);
+        let mut transmit = false;
+        let mut need_more = false;
+        let mut done = false;
+        match state {
+            Err(e) => {
+                // rustls queued the alert that tells the peer why; send it, best effort.
+                // (The same bytes go back in: rustls's handshake deframer may still point
+                // into them, and a different buffer would be out of its bounds.)
+                let _ = discard;
+                flush_alert(&mut conn, &mut incoming, &mut outgoing);
+                if !outgoing.is_empty() {
+                    let _ = wr.write_all(outgoing).await;
+                }
+                return Err(HandshakeFailure::Tls(e));
+            }
+            Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut outgoing),
+            Ok(ConnectionState::TransmitTlsData(t)) => {
+                t.done();
+                // What TLS 1.3 sends once the handshake is done (a server's session
+                // tickets, a client's Finished) waits for the first write (the 101, the
+                // upgrade request) instead of a send and a TCP segment of its own: the
+                // peer needs none of it before that. (Not TLS 1.2: its server's last
+                // flight carries the Finished the client waits for.)
+                transmit = t_handshaking
+                    || conn.common().protocol_version() != Some(rustls::ProtocolVersion::TLSv1_3);
+            }
+            Ok(ConnectionState::BlockedHandshake) => need_more = true,
+            Ok(ConnectionState::WriteTraffic(_)) => done = true,
+            Ok(ConnectionState::ReadTraffic(mut r)) => {
+                while let Some(rec) = r.next_record() {
+                    match rec {
+                        Ok(rec) => plain.extend_from_slice(rec.payload),
+                        Err(e) => return Err(HandshakeFailure::Tls(e)),
+                    }
+                }
+            }
+            // No early data is accepted (`max_early_data_size` is 0), so rustls never
+            // offers it; a peer that ends the connection ends the handshake.
+            Ok(ConnectionState::ReadEarlyData(_)) => {
+                return Err(HandshakeFailure::Tls(rustls::Error::General(
+                    "early data".into(),
+                )));
+            }
+            Ok(ConnectionState::PeerClosed | ConnectionState::Closed) => {
+                return Err(HandshakeFailure::Closed);
+            }
+            Ok(_) => return Err(HandshakeFailure::Closed),
+        }
+        incoming.drain(..discard);
+        if transmit && !outgoing.is_empty() {
+            let (res, mut back) = wr.write_all(std::mem::take(&mut outgoing)).await;
+            res.map_err(HandshakeFailure::Io)?;
+            back.clear();
+            outgoing = back;
+        }
+        if done {
+            break;
+        }
+        if need_more {
+            if incoming.is_empty() && incoming.capacity() == 0 {
+                // A client that connects and says nothing holds no buffer.
+                ready(&rd).await.map_err(HandshakeFailure::Io)?;
+            }
+            let len = incoming.len();
+            if incoming.capacity() - len < 4096 {
+                incoming.reserve(RECORD_ROOM);
+            }
+            let cap = incoming.capacity();
+            let (res, slice) = rd.read(incoming.slice_mut(len..cap)).await;
+            incoming = slice.into_inner();
+            match res {
+                Ok(0) => return Err(HandshakeFailure::Closed),
+                Ok(_) => {}
+                Err(e) => return Err(HandshakeFailure::Io(e)),
+            }
+        }
+    }
+    Ok(TlsStream::established(
+        rd, wr, conn, incoming, plain, outgoing,
+    ))
+}
+
+/// Encodes one handshake record into `out`, growing it as rustls asks.
+pub(super) fn encode<D>(e: &mut EncodeTlsData<'_, D>, out: &mut Vec<u8>) {
+    let len = out.len();
+    out.resize(len + 512, 0);
+    loop {
+        match e.encode(&mut out[len..]) {
+            Ok(n) => {
+                out.truncate(len + n);
+                return;
+            }
+            Err(EncodeError::InsufficientSize(InsufficientSizeError { required_size })) => {
+                out.resize(len + required_size, 0)
+            }
+            Err(_) => {
+                out.truncate(len);
+                return;
+            }
+        }
+    }
+}
+
+/// After a fatal error, takes the alert rustls queued for the peer into `out`. `incoming`
+/// is the buffer the failed call was given, unchanged (rustls's handshake deframer may
+/// still point into it; a different buffer would be out of its bounds).
+///
+/// One call only: the alert is the only record queued (every earlier one was taken as it
+/// came), and once the queue is empty rustls would process `incoming` again, fail again
+/// and queue a second alert.
+pub(super) fn flush_alert<C: Unbuffered>(conn: &mut C, incoming: &mut [u8], out: &mut Vec<u8>) {
+    if let Ok(ConnectionState::EncodeTlsData(mut e)) = conn.process(incoming).state {
+        encode(&mut e, out);
+    }
+}
