@@ -10,8 +10,9 @@
 //!                connection.rs    one connection's life, top to bottom, generic over the
 //!                    │            client's stream (stream.rs: plain TCP today, TLS next):
 //!                    │  handshake.rs   parse + validate the Upgrade (httparse), rewrite it
-//!                    │  balancer/      the snapshot's selector picks (selection.rs, with a
-//!                    │                 key from the request; round_robin.rs), failover
+//!                    │  balancer/      the snapshot's selector picks (selection/: one file
+//!                    │                 per algorithm, asked with a key from the request),
+//!                    │                 then failover
 //!                    │  handshake.rs   forward to the backend, relay its 101
 //!                    ▼
 //!                relay/           mod.rs: run; two pumps (pump.rs: wait, read with
