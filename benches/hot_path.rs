@@ -15,6 +15,7 @@
 //! `i % 3` open connections (so least-connections meets ties, as in a balanced pool);
 //! weights `1 + i % 4` for the weighted ones; consistent-hash asked with 1,024 different
 //! 16-byte keys in turn (client addresses), so its table lookups are not all one cache line.
+//! `build/*`: what a reload spends building a selector for 1,000 backends.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -178,5 +179,48 @@ fn algorithms(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, walk, close, select, algorithms);
+/// What a reload spends building a selector (`Pool::configure`, off the workers' path):
+/// the Maglev table and the weighted sequence for 1,000 backends of weights `1 + i % 4`,
+/// and the weighted sequence's worst case here, weights 1..=1000 (a cycle of 500,500).
+fn build(c: &mut Criterion) {
+    let mut g = c.benchmark_group("build");
+    g.sample_size(10);
+    let specs = |weight: fn(usize) -> u32| -> Vec<BackendSpec> {
+        (0..1000)
+            .map(|i| BackendSpec {
+                addr: std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 9000)),
+                weight: weight(i),
+            })
+            .collect()
+    };
+    for (name, algorithm, specs) in [
+        (
+            "consistent-hash/1000",
+            Algorithm::ConsistentHash,
+            specs(|i| 1 + (i % 4) as u32),
+        ),
+        (
+            "weighted-round-robin/1000",
+            Algorithm::WeightedRoundRobin,
+            specs(|i| 1 + (i % 4) as u32),
+        ),
+        (
+            "weighted-round-robin/1000-weights-1-to-1000",
+            Algorithm::WeightedRoundRobin,
+            specs(|i| 1 + i as u32),
+        ),
+    ] {
+        let pool = Pool::new(specs.iter().map(|s| s.addr).collect(), 3);
+        let balancing = Balancing {
+            algorithm,
+            ..Balancing::default()
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| pool.configure(black_box(&specs), None, &balancing))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, walk, close, select, algorithms, build);
 criterion_main!(benches);

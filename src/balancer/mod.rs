@@ -254,8 +254,12 @@ impl Pool {
         tls: Option<Arc<crate::tls::BackendTls>>,
         balancing: &Balancing,
     ) -> Change {
+        // `known` is held throughout, so two reconfigurations never interleave; `current`
+        // only to read and then to swap the snapshot, so that building the selector (a
+        // Maglev table, a weighted sequence: milliseconds for large lists) never holds up
+        // a worker fetching the snapshot, the health checker or a scrape.
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.snapshot();
         let mut backends = Vec::with_capacity(specs.len());
         let mut weights = Vec::with_capacity(specs.len());
         let mut change = Change::default();
@@ -293,7 +297,7 @@ impl Pool {
             }
         }
         let selector = Selector::build(balancing, &backends, &weights, self.rr.clone());
-        *current = Arc::new(Snapshot {
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
             backends,
             weights: weights.into(),
             selector,
