@@ -1,6 +1,7 @@
 //! Balancing algorithms through the real balancer: least-connections placing new
 //! connections on a backend a reload added under 300 open ones, and reloads that change
-//! the algorithm (round robin, then weighted, then consistent hashing on a header).
+//! the algorithm (round robin, then weighted, then consistent hashing on a header), and
+//! slow start holding back a backend a reload added.
 
 mod common;
 
@@ -161,6 +162,35 @@ fn a_reload_changes_the_algorithm() {
         "no key: least connections {o:?}"
     );
     for p in &mut peers {
+        assert_echo(p, 1, b"relayed");
+    }
+}
+
+#[test]
+fn slow_start_keeps_a_backend_added_by_a_reload_at_a_tenth_of_its_weight() {
+    let echoes: Vec<_> = (0..3).map(|_| echo()).collect();
+    let addrs: Vec<SocketAddr> = echoes.iter().map(|e| e.local_addr).collect();
+    let slow = |c: &mut wslb::config::Config| {
+        c.algorithm = Algorithm::LeastConnections;
+        // Long enough that the ramp stays at its 10% floor for the whole test.
+        c.slow_start_ms = 600_000;
+    };
+    let lb = balancer(&addrs[..2], 2, slow);
+    let mut peers: Vec<Peer> = (0..100).map(|_| Peer::connect(lb.local_addr)).collect();
+    assert_eq!(
+        open(&lb, &addrs),
+        [50, 50, 0],
+        "the first list starts at full weight"
+    );
+    lb.reload(&config(&addrs, 2, slow).validate().unwrap());
+    peers.extend((0..100).map(|_| Peer::connect(lb.local_addr)));
+    // At a tenth of its weight the new backend is "full" at a tenth of the others'
+    // count: (open + 1) / 0.1 against (open + 1) / 1, with about 95 on each of the others.
+    let o = open(&lb, &addrs);
+    assert_eq!(o.iter().sum::<u64>(), 200);
+    assert!((8..=11).contains(&o[2]), "{o:?}");
+    // Without slow start, the same reload would have given it all 100 (the first test).
+    for p in peers.iter_mut().step_by(50) {
         assert_echo(p, 1, b"relayed");
     }
 }

@@ -320,8 +320,13 @@ mod tests {
         assert!(!h.passed(2));
         h.failed(3); // a failure resets the run of passes
         assert!(!h.passed(2));
+        assert_eq!(h.came_up(), 0, "up since the start, then down: no ramp yet");
         assert!(h.passed(2), "two passes in a row bring it up");
         assert!(h.is_up());
+        let up = h.came_up();
+        assert!(up > 0, "slow start ramps from here");
+        assert!(!h.passed(2));
+        assert_eq!(h.came_up(), up, "a pass while up is not a new start");
     }
 
     #[test]

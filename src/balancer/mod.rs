@@ -115,8 +115,6 @@ impl Drop for Lease {
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub backends: Vec<Arc<Backend>>,
-    /// Each backend's weight, same order.
-    pub weights: Arc<[u32]>,
     pub selector: Selector,
     /// What the selector was built from (and what a reload of the list alone keeps).
     pub balancing: Arc<Balancing>,
@@ -212,7 +210,6 @@ impl Pool {
         let pool = Self {
             current: Mutex::new(Arc::new(Snapshot {
                 backends: Vec::new(),
-                weights: Arc::new([]),
                 selector: Selector::round_robin(rr.clone()),
                 balancing: Arc::default(),
                 tls: None,
@@ -299,7 +296,6 @@ impl Pool {
         let selector = Selector::build(balancing, &backends, &weights, self.rr.clone());
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
             backends,
-            weights: weights.into(),
             selector,
             balancing: Arc::new(balancing.clone()),
             tls,

@@ -14,10 +14,11 @@
 //! connection ends or the attempt fails), each on that backend's own padded line. On top:
 //! - `round-robin`: one `fetch_add` on the pool's counter (`round_robin.rs`).
 //! - `weighted-round-robin`: one `fetch_add` on the same counter, plus one more for each
-//!   slot it skips because that slot's backend is down (or, in slow start, declined):
-//!   none while every backend is up and none is ramping.
+//!   slot it skips because that slot's backend is down (or, in slow start, declined), at
+//!   most 32 and then one last `fetch_add` for the rest: no extra one while every backend
+//!   is up and none is ramping.
 //! - `least-connections`: none. It reads every backend's `open` line (lines other cores
-//!   write); its tie-break offset comes from a per-thread RNG, not a shared counter.
+//!   write); ties are broken with a per-thread RNG, not a shared counter.
 //! - `power-of-two`: none. It reads two backends' `open` lines; per-thread RNG.
 //! - `consistent-hash`: none. It reads the shared, immutable table and the health flags;
 //!   a request without the key falls back to least-connections (none either).
@@ -124,8 +125,9 @@ impl std::str::FromStr for HashKey {
         match s.split_once(':') {
             None if s == "ip" => Ok(HashKey::Ip),
             Some(("header", n)) => {
+                // A header name is an RFC 9110 token.
                 if n.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_".contains(&c))
+                    .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
                 {
                     named(n, HashKey::Header)
                 } else {
