@@ -8,15 +8,21 @@
 //! reads headers only, so cost per frame is flat and per byte falls with size. For 1 MiB the
 //! frame spans 16 reads of 64 KiB (`relay_buffer_max_bytes`), as in the relay.
 //! `close/*`: the one frame whose payload is read (code and UTF-8 reason, unmasked on the
-//! stack). `select/*`: the global round-robin pick, uncontended and with a second thread
-//! hammering the same counter.
+//! stack). `select/round-robin{,-contended}`: the global round-robin pick over 3 backends,
+//! uncontended and with a second thread hammering the same counter.
+//! `select/<algorithm>/<backends>`: one pick (`Snapshot::pick`, the selector's first
+//! choice) of each algorithm over 10, 100 and 1,000 backends, all up, backend `i` holding
+//! `i % 3` open connections (so least-connections meets ties, as in a balanced pool);
+//! weights `1 + i % 4` for the weighted ones; consistent-hash asked with 1,024 different
+//! 16-byte keys in turn (client addresses), so its table lookups are not all one cache line.
+//! `build/*`: what a reload spends building a selector for 1,000 backends.
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use wslb::balancer::Pool;
+use wslb::balancer::{Algorithm, BackendSpec, Balancing, Lease, Pool};
 use wslb::frame::{Limits, Rules, Side, Walker};
 
 fn frame(payload: usize, mask: Option<[u8; 4]>) -> Vec<u8> {
@@ -117,5 +123,104 @@ fn select(c: &mut Criterion) {
     other.join().unwrap();
 }
 
-criterion_group!(benches, walk, close, select);
+fn algorithms(c: &mut Criterion) {
+    let mut g = c.benchmark_group("select");
+    let keys: Vec<[u8; 16]> = (0..1024u32)
+        .map(|i| {
+            std::net::Ipv4Addr::from(0x0a00_0000 + i)
+                .to_ipv6_mapped()
+                .octets()
+        })
+        .collect();
+    for n in [10usize, 100, 1000] {
+        let specs: Vec<BackendSpec> = (0..n)
+            .map(|i| BackendSpec {
+                addr: std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 9000)),
+                weight: 1 + (i % 4) as u32,
+            })
+            .collect();
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::WeightedRoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::PowerOfTwo,
+            Algorithm::ConsistentHash,
+        ] {
+            let pool = Pool::new(specs.iter().map(|s| s.addr).collect(), 3);
+            let specs: Vec<BackendSpec> = if algorithm == Algorithm::RoundRobin {
+                specs
+                    .iter()
+                    .map(|s| BackendSpec { weight: 1, ..*s })
+                    .collect()
+            } else {
+                specs.clone()
+            };
+            let balancing = Balancing {
+                algorithm,
+                ..Balancing::default()
+            };
+            pool.configure(&specs, None, &balancing);
+            let snap = pool.snapshot();
+            let _leases: Vec<Lease> = snap
+                .backends
+                .iter()
+                .enumerate()
+                .flat_map(|(i, b)| (0..i % 3).map(move |_| Lease::new(b.clone())))
+                .collect();
+            let mut k = 0;
+            g.bench_function(BenchmarkId::new(algorithm.name(), n), |b| {
+                b.iter(|| {
+                    k = (k + 1) & 1023;
+                    black_box(snap.pick(black_box(&keys[k])))
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// What a reload spends building a selector (`Pool::configure`, off the workers' path):
+/// the Maglev table and the weighted sequence for 1,000 backends of weights `1 + i % 4`,
+/// and the weighted sequence's worst case here, weights 1..=1000 (a cycle of 500,500).
+fn build(c: &mut Criterion) {
+    let mut g = c.benchmark_group("build");
+    g.sample_size(10);
+    let specs = |weight: fn(usize) -> u32| -> Vec<BackendSpec> {
+        (0..1000)
+            .map(|i| BackendSpec {
+                addr: std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 9000)),
+                weight: weight(i),
+            })
+            .collect()
+    };
+    for (name, algorithm, specs) in [
+        (
+            "consistent-hash/1000",
+            Algorithm::ConsistentHash,
+            specs(|i| 1 + (i % 4) as u32),
+        ),
+        (
+            "weighted-round-robin/1000",
+            Algorithm::WeightedRoundRobin,
+            specs(|i| 1 + (i % 4) as u32),
+        ),
+        (
+            "weighted-round-robin/1000-weights-1-to-1000",
+            Algorithm::WeightedRoundRobin,
+            specs(|i| 1 + i as u32),
+        ),
+    ] {
+        let pool = Pool::new(specs.iter().map(|s| s.addr).collect(), 3);
+        let balancing = Balancing {
+            algorithm,
+            ..Balancing::default()
+        };
+        g.bench_function(name, |b| {
+            b.iter(|| pool.configure(black_box(&specs), None, &balancing))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, walk, close, select, algorithms, build);
 criterion_main!(benches);

@@ -45,8 +45,21 @@ pub struct Config {
     /// Address every worker listens on (SO_REUSEPORT). Default `127.0.0.1:8080`.
     pub listen: String,
     /// Backend WebSocket servers, `host:port`, `ws://host:port` or `wss://host:port`
-    /// (reached over TLS, see `[tls_backend]`). At least one is required.
-    pub backends: Vec<String>,
+    /// (reached over TLS, see `[tls_backend]`), or `{ address = "host:port", weight = 3 }`.
+    /// At least one is required.
+    pub backends: Vec<BackendEntry>,
+    /// How new connections are spread over the backends: `round-robin` (default),
+    /// `weighted-round-robin`, `least-connections`, `power-of-two` or `consistent-hash`.
+    /// Reloadable.
+    pub algorithm: crate::balancer::Algorithm,
+    /// What `consistent-hash` hashes: `ip` (default: the client's address),
+    /// `header:NAME`, `cookie:NAME` or `query:NAME`. A request without it goes to the
+    /// backend with the fewest connections.
+    pub hash_key: String,
+    /// Slow start for `weighted-round-robin`, `least-connections` and `power-of-two`: a
+    /// backend that comes back up, or that a reload adds, ramps from 10% of its weight to
+    /// all of it over this many ms. Default 0: off.
+    pub slow_start_ms: u64,
     /// Worker threads, one per core. `0` (default) means one per available core.
     pub workers: usize,
     /// `auto` (default), `io-uring` or `epoll`.
@@ -70,6 +83,65 @@ pub struct Config {
     pub access_log: AccessLog,
     pub tls: Tls,
     pub tls_backend: TlsBackend,
+}
+
+/// One `backends` entry: an address (`"host:port"`, `"ws://host:port"`,
+/// `"wss://host:port"`) or a table `{ address = "...", weight = N }` (weight 1..=1000,
+/// default 1; the address as in the short form).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendEntry {
+    pub address: String,
+    /// Kept as written until `validate` checks its range (so every problem is named).
+    pub weight: i64,
+}
+
+impl From<String> for BackendEntry {
+    fn from(address: String) -> Self {
+        Self { address, weight: 1 }
+    }
+}
+
+impl From<&str> for BackendEntry {
+    fn from(address: &str) -> Self {
+        address.to_string().into()
+    }
+}
+
+impl<'de> Deserialize<'de> for BackendEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// The table form, with unknown keys rejected like everywhere else.
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Table {
+            address: String,
+            #[serde(default = "one")]
+            weight: i64,
+        }
+        fn one() -> i64 {
+            1
+        }
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = BackendEntry;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("\"host:port\" or { address = \"host:port\", weight = N }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<BackendEntry, E> {
+                Ok(v.into())
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                m: A,
+            ) -> Result<BackendEntry, A::Error> {
+                let t = Table::deserialize(serde::de::value::MapAccessDeserializer::new(m))?;
+                Ok(BackendEntry {
+                    address: t.address,
+                    weight: t.weight,
+                })
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// TLS to backends (see `tls/client.rs`): used for backends written `wss://host:port`, or
@@ -302,6 +374,9 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             backends: Vec::new(),
+            algorithm: crate::balancer::Algorithm::RoundRobin,
+            hash_key: "ip".into(),
+            slow_start_ms: 0,
             workers: 0,
             io_driver: IoDriver::Auto,
             backlog: 4096,
@@ -395,7 +470,7 @@ impl Source {
             c.listen = l.clone();
         }
         if !flags.backends.is_empty() {
-            c.backends = flags.backends.clone();
+            c.backends = flags.backends.iter().map(|b| b.as_str().into()).collect();
         }
         if let Some(w) = flags.workers {
             c.workers = w;
@@ -592,6 +667,84 @@ mod tests {
         };
         let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
         assert_eq!(fields, ["tls.key", "tls_backend.ca"]);
+    }
+
+    #[test]
+    fn backends_with_weights_and_an_algorithm() {
+        let s = Config::from_toml(
+            r#"
+            algorithm = "weighted-round-robin"
+            slow_start_ms = 30000
+            backends = ["127.0.0.1:9001", { address = "ws://127.0.0.1:9002", weight = 3 },
+                        { address = "127.0.0.1:9003" }]
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        let w: Vec<(u16, u32)> = s
+            .backends
+            .iter()
+            .map(|b| (b.addr.port(), b.weight))
+            .collect();
+        assert_eq!(w, [(9001, 1), (9002, 3), (9003, 1)]);
+        assert_eq!(
+            s.balancing.algorithm,
+            crate::balancer::Algorithm::WeightedRoundRobin
+        );
+        assert_eq!(
+            s.balancing.slow_start,
+            Some(std::time::Duration::from_secs(30))
+        );
+        let ch = Config::from_toml(
+            r#"
+            algorithm = "consistent-hash"
+            hash_key = "cookie:sid"
+            backends = ["127.0.0.1:9001"]
+            "#,
+        )
+        .unwrap()
+        .validate()
+        .unwrap();
+        assert_eq!(
+            ch.balancing.hash_key,
+            crate::balancer::HashKey::Cookie("sid".into())
+        );
+    }
+
+    #[test]
+    fn balancing_problems_are_named() {
+        let e = Config::from_toml(r#"backends = [{ address = "127.0.0.1:1", wieght = 2 }]"#)
+            .unwrap_err();
+        assert!(e.contains("unknown field `wieght`"), "{e}");
+        let e = Config::from_toml(r#"algorithm = "random""#).unwrap_err();
+        assert!(e.contains("unknown variant `random`"), "{e}");
+        let c = Config::from_toml(
+            r#"
+            hash_key = "header:"
+            slow_start_ms = 1000
+            backends = [{ address = "127.0.0.1:9001", weight = 0 },
+                        { address = "127.0.0.1:9002", weight = 2 },
+                        { address = "nope", weight = 1001 }]
+            "#,
+        )
+        .unwrap();
+        let Err(ConfigError::Invalid(p)) = c.validate() else {
+            panic!("expected invalid")
+        };
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "backends[0].weight",
+                "backends[1].weight",
+                "backends[2].weight",
+                "backends[2]",
+                "hash_key",
+                "slow_start_ms"
+            ],
+            "{p:?}"
+        );
     }
 
     #[test]

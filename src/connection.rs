@@ -13,7 +13,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::access_log;
-use crate::balancer::{Backend, Failure, Lease, Snapshot};
+use crate::balancer::{Failure, HashKey, Lease, Snapshot};
 use crate::handshake::{self, Reject};
 use crate::listener::Permit;
 use crate::metrics::{OpenGuard, Rejected};
@@ -258,18 +258,19 @@ async fn upgrade<C: ClientStream>(
     let buf = ctx.buffers.take(s.max_request_bytes);
     let limit = s.max_request_bytes;
     // The parsed request reaches the pick here, while its bytes are at hand: the key the
-    // selector is asked with comes from it (the client's address for now; round robin
-    // ignores it), and nothing of the request is copied for later.
+    // selector is asked with is borrowed from it (or is the client's address, on the
+    // stack), and nothing of the request is copied for later.
     let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| {
         let snap = ctx.backends.current();
-        let first = snap.pick(&selection_key(peer.ip()));
+        let ip = selection_key(peer.ip());
+        let first = snap.pick(request_key(snap.key_source(), u, &ip));
         let path = ctx.access_log.is_some().then(|| Box::from(u.path));
         (u.forward_head(peer.ip(), C::SCHEME), (snap, first), path)
     });
     let (client_buf, (forward, pick, path)) = upgrade.await?;
 
     let forward = bytes::Bytes::from(forward);
-    let (mut backend, chosen, backend_buf, response, deadline) =
+    let (mut backend, lease, backend_buf, response, deadline) =
         match connect_and_forward(ctx, &pick.0, pick.1, forward).await {
             Ok(b) => b,
             Err(e) => {
@@ -290,7 +291,7 @@ async fn upgrade<C: ClientStream>(
     if response.status != 101 {
         relay_refusal(&mut client, &mut backend, backend_buf, response, deadline).await;
         return Err(HandshakeError::BackendRefused {
-            addr: chosen.addr,
+            addr: lease.backend().addr,
             status: response.status,
         });
     }
@@ -301,7 +302,7 @@ async fn upgrade<C: ClientStream>(
         backend,
         client_buf,
         backend_buf,
-        lease: Lease::new(chosen),
+        lease,
         path,
     })
 }
@@ -360,8 +361,26 @@ async fn read_upgrade_inner<C: AsyncReadRent, T>(
     }
 }
 
-/// The key a connection is selected by: the client's address (IPv4 as IPv6-mapped, so
-/// every key is 16 bytes), on the stack.
+/// The bytes the selector is asked with: what `hash_key` names, borrowed from the request
+/// (a header's value, a cookie's, a query parameter's, as sent), or the client's address
+/// (`ip`, on the caller's stack). Empty when the request lacks it (the selector then falls
+/// back to least-connections) or when the selector ignores keys (`source` is `None`).
+fn request_key<'a>(
+    source: Option<&HashKey>,
+    u: &'a handshake::Upgrade,
+    ip: &'a [u8; 16],
+) -> &'a [u8] {
+    match source {
+        None => &[],
+        Some(HashKey::Ip) => ip,
+        Some(HashKey::Header(name)) => u.header(name).map_or(&[], <[u8]>::trim_ascii),
+        Some(HashKey::Cookie(name)) => u.cookie(name).unwrap_or_default(),
+        Some(HashKey::Query(name)) => u.query_param(name).map_or(&[], str::as_bytes),
+    }
+}
+
+/// The client's address as a selection key (IPv4 as IPv6-mapped, so every address key is
+/// 16 bytes, and the same client hashes the same over either family's socket).
 fn selection_key(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
@@ -381,22 +400,16 @@ async fn connect_and_forward(
     snap: &Snapshot,
     first: Option<usize>,
     forward: bytes::Bytes,
-) -> Result<
-    (
-        BackendConn,
-        std::sync::Arc<Backend>,
-        Vec<u8>,
-        handshake::Response,
-        Instant,
-    ),
-    HandshakeError,
-> {
+) -> Result<(BackendConn, Lease, Vec<u8>, handshake::Response, Instant), HandshakeError> {
     let s = &ctx.settings;
     let mut tried = 0;
     for b in snap.failover(first) {
         let addr = b.addr;
         tried += 1;
         ctx.backends.selected(b);
+        // Counted open from now (least-connections sees it at once); dropped, and so no
+        // longer counted, if this backend fails.
+        let lease = Lease::new(b.clone());
         let tcp = match connect(addr, s.backend_connect_timeout).await {
             Ok(b) => b,
             Err(e) => {
@@ -434,7 +447,7 @@ async fn connect_and_forward(
         match exchanged {
             Ok((backend, buf, response)) => {
                 ctx.backends.connected(b);
-                return Ok((backend, b.clone(), buf, response, deadline));
+                return Ok((backend, lease, buf, response, deadline));
             }
             Err(Exchange::Broke(reason)) => {
                 tracing::warn!(backend = %addr, "{reason} before answering; trying the next backend");

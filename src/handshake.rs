@@ -205,7 +205,7 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-impl Upgrade<'_, '_> {
+impl<'b> Upgrade<'b, '_> {
     /// The request head sent to the backend: path, query and every header as the client
     /// sent them, except:
     /// - `Sec-WebSocket-Extensions` is dropped, so no extension (permessage-deflate) is
@@ -253,11 +253,37 @@ impl Upgrade<'_, '_> {
     }
 
     /// The value of the first header named `name` (case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&[u8]> {
+    pub fn header(&self, name: &str) -> Option<&'b [u8]> {
         self.headers
             .iter()
             .find(|h| eq(h.name, name))
             .map(|h| h.value)
+    }
+
+    /// The value of the cookie `name` (case-sensitive, RFC 6265), from the first `Cookie`
+    /// header that has it, as sent (quotes and all).
+    pub fn cookie(&self, name: &str) -> Option<&'b [u8]> {
+        self.headers
+            .iter()
+            .filter(|h| eq(h.name, "cookie"))
+            .flat_map(|h| h.value.split(|&c| c == b';'))
+            .find_map(|pair| {
+                let pair = pair.trim_ascii();
+                let eq = pair.iter().position(|&c| c == b'=')?;
+                (pair[..eq].trim_ascii() == name.as_bytes()).then(|| pair[eq + 1..].trim_ascii())
+            })
+    }
+
+    /// The value of the first query parameter `name` (`?name=value&...`), as sent: not
+    /// percent-decoded, so two spellings of one value are two keys. A parameter without
+    /// `=` has the empty value.
+    pub fn query_param(&self, name: &str) -> Option<&'b str> {
+        let path: &'b str = self.path;
+        let (_, query) = path.split_once('?')?;
+        query.split('&').find_map(|pair| {
+            let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (n == name).then_some(v)
+        })
     }
 
     /// The `101 Switching Protocols` a WebSocket server (the echo backend) answers with.
@@ -383,6 +409,8 @@ mod tests {
             (&b"x"[..], "/chat", Some("room=1"))
         );
         assert_eq!(u.header("cookie"), Some(&b"a=b"[..]));
+        assert_eq!(u.query_param("room"), Some("1"));
+        assert_eq!(u.query_param("roo"), None);
         let tls =
             String::from_utf8(u.forward_head("127.0.0.9".parse().unwrap(), Scheme::Https)).unwrap();
         assert!(
@@ -393,6 +421,25 @@ mod tests {
         assert!(f.ends_with("\r\n\r\n"));
         let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
         assert!(parse_request(f.as_bytes(), &mut h2).unwrap().is_some());
+    }
+
+    #[test]
+    fn cookies_and_query_parameters() {
+        let r = req("Cookie: a=1; sid=abc ; b\r\nCookie: sid=second; c=\"q\"\r\n").replacen(
+            "/chat?room=1",
+            "/chat?x&room=1&user=u%20v&room=2",
+            1,
+        );
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let u = parse_request(r.as_bytes(), &mut h).unwrap().unwrap();
+        assert_eq!(u.cookie("sid"), Some(&b"abc"[..]), "the first one");
+        assert_eq!(u.cookie("c"), Some(&b"\"q\""[..]));
+        assert_eq!(u.cookie("SID"), None, "names are case-sensitive");
+        assert_eq!(u.cookie("b"), None, "no = : not a cookie");
+        assert_eq!(u.query_param("room"), Some("1"));
+        assert_eq!(u.query_param("user"), Some("u%20v"));
+        assert_eq!(u.query_param("x"), Some(""));
+        assert_eq!(u.query_param("y"), None);
     }
 
     #[test]

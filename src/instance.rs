@@ -86,15 +86,20 @@ impl Instance {
         // Without health checks nothing would bring a backend back, so failed connects do
         // not take one down either.
         let fall = settings.health.as_ref().map_or(u32::MAX, |h| h.fall);
-        let pool = Arc::new(Pool::new(settings.backends.clone(), fall));
-        if let Some(t) = &settings.backend_tls {
-            pool.set_backends_tls(&settings.backends, Some(t.clone()));
-            if t.insecure() {
-                tracing::warn!(
-                    "tls_backend.insecure_skip_verify is on: backends' certificates are NOT \
-                     verified; anyone on the path can impersonate them (for tests only)"
-                );
-            }
+        let addrs: Vec<_> = settings.backends.iter().map(|b| b.addr).collect();
+        let pool = Arc::new(Pool::new(addrs, fall));
+        pool.configure(
+            &settings.backends,
+            settings.backend_tls.clone(),
+            &settings.balancing,
+        );
+        if let Some(t) = &settings.backend_tls
+            && t.insecure()
+        {
+            tracing::warn!(
+                "tls_backend.insecure_skip_verify is on: backends' certificates are NOT \
+                 verified; anyone on the path can impersonate them (for tests only)"
+            );
         }
         let admission = ConnectionLimit::new(settings.max_connections);
         tracing::info!("connection limit {}", settings.max_connections);

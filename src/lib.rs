@@ -13,8 +13,9 @@
 //!                connection.rs    one connection's life, top to bottom, generic over the
 //!                    │            client's stream (stream.rs: plain TCP or TLS):
 //!                    │  handshake.rs   parse + validate the Upgrade (httparse), rewrite it
-//!                    │  balancer/      the snapshot's selector picks (selection.rs, with a
-//!                    │                 key from the request; round_robin.rs), failover
+//!                    │  balancer/      the snapshot's selector picks (selection/: one file
+//!                    │                 per algorithm, asked with a key from the request),
+//!                    │                 then failover
 //!                    │  handshake.rs   forward to the backend (over TLS for wss://
 //!                    │                 backends, tls/client.rs), relay its 101
 //!                    ▼

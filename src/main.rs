@@ -173,10 +173,11 @@ fn check(config: &std::path::Path) -> ExitCode {
     match Config::from_file(config).and_then(|c| c.validate()) {
         Ok(s) => {
             println!(
-                "{}: ok (listen {}, {} backends, {} workers{})",
+                "{}: ok (listen {}, {} backends, {}, {} workers{})",
                 config.display(),
                 s.listen,
                 s.backends.len(),
+                s.balancing.algorithm.name(),
                 s.workers,
                 match &s.tls {
                     Some(t) => format!(", TLS with {} certificates", t.certificates.len()),
@@ -209,7 +210,10 @@ fn demo() -> anyhow::Result<()> {
     let b = EchoServer::start(any, 1, IoDriver::Auto)?;
     let config = Config {
         listen: "127.0.0.1:8080".into(),
-        backends: vec![a.local_addr.to_string(), b.local_addr.to_string()],
+        backends: vec![
+            a.local_addr.to_string().into(),
+            b.local_addr.to_string().into(),
+        ],
         ..Config::default()
     };
     let supervisor = Supervisor::new();

@@ -9,6 +9,10 @@
 //!   1012 (service restart) on both sides at a frame boundary: each worker is sent the
 //!   list of retired backends ([`Control::Retire`]) and closes their relays at the
 //!   deadline (`worker::obey`). A removed backend added back before that is simply kept.
+//! - **Balancing.** `algorithm`, `hash_key`, `slow_start_ms` and the backends' weights
+//!   are part of the same snapshot: its selector is built for them, and each worker's next
+//!   pick uses it. Open-connection counts live in the backends, which the reload keeps, so
+//!   least-connections stays right across it.
 //! - **TLS certificates.** The files are read again (by the validation that made `new`);
 //!   if any changed, the instance's `tls::Certificates` get the new server config, which
 //!   every worker's next handshake uses (so it has taken effect when the reload returns);
@@ -89,7 +93,13 @@ impl Reloader {
         }
         let change = self
             .pool
-            .set_backends_tls(&new.backends, new.backend_tls.clone());
+            .configure(&new.backends, new.backend_tls.clone(), &new.balancing);
+        if new.balancing != self.running.balancing {
+            tracing::info!(
+                algorithm = new.balancing.algorithm.name(),
+                "reload: balancing changed; new connections use it"
+            );
+        }
         let now = Instant::now();
         let deadline = new.removed_backend_drain.map(|d| now + d);
         let current: Vec<u32> = self.pool.snapshot().backends.iter().map(|b| b.id).collect();
@@ -159,7 +169,7 @@ mod tests {
     #[test]
     fn backends_change_and_fixed_fields_are_named() {
         let old = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
-        let pool = Arc::new(Pool::new(old.backends.clone(), 3));
+        let pool = Arc::new(Pool::new(old.backends.iter().map(|b| b.addr).collect(), 3));
         let (workers, mut inboxes) = crate::control::channels(1);
         let mut r = Reloader::new(&old, pool.clone(), workers, None);
         let new = settings(

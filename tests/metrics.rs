@@ -160,7 +160,7 @@ fn reloads_are_counted_by_result() {
     let before = h.snapshot().last_reload_success;
     let mut c = wslb::config::Config {
         listen: "127.0.0.1:0".into(),
-        backends: vec![b.local_addr.to_string()],
+        backends: vec![b.local_addr.to_string().into()],
         workers: 1,
         ..Default::default()
     };

@@ -118,7 +118,7 @@ fn reload_under_load_moves_new_connections_and_drains_removed_backends_without_l
     // Remove a, add c.
     let mut new = Config {
         listen: "127.0.0.1:0".into(),
-        backends: vec![b.addr.to_string(), c.addr.to_string()],
+        backends: vec![b.addr.to_string().into(), c.addr.to_string().into()],
         workers: 2,
         ..Config::default()
     };

@@ -771,7 +771,7 @@ fn wss_to_wss(pki: &Pki, backend: u16, ca_file: &std::path::Path) -> Instance {
     let (_, cert, key) = pki.leaf("front", &["localhost"]);
     balancer(&[], 1, |c| {
         with_cert(&cert, &key)(c);
-        c.backends = vec![format!("wss://127.0.0.1:{backend}")];
+        c.backends = vec![format!("wss://127.0.0.1:{backend}").into()];
         c.tls_backend.ca = ca_file.display().to_string();
         c.tls_backend.server_name = "localhost".into();
     })

@@ -1,6 +1,7 @@
 //! The client's upgrade request: whatever the bytes, parsing never panics; a rejected
 //! request has a complete HTTP answer; an accepted one is rewritten into a request that is
-//! itself a valid upgrade with the same path and key and no extension offer.
+//! itself a valid upgrade with the same path and key and no extension offer. The
+//! selection keys taken from it (a cookie, a query parameter) are slices of its bytes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -16,6 +17,14 @@ fuzz_target!(|data: &[u8]| {
         }
         Ok(Some(up)) => {
             assert!(up.head_len <= data.len());
+            let within = |s: &[u8]| {
+                let (start, end) = (data.as_ptr() as usize, data.as_ptr() as usize + data.len());
+                s.is_empty() || (s.as_ptr() as usize >= start && s.as_ptr() as usize + s.len() <= end)
+            };
+            for name in ["sid", "a", ""] {
+                assert!(up.cookie(name).is_none_or(within));
+                assert!(up.query_param(name).is_none_or(|v| within(v.as_bytes())));
+            }
             let fwd = up.forward_head("192.0.2.7".parse().unwrap(), wslb::stream::Scheme::Http);
             let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
             // The rewrite adds two headers; at the header limit it may be refused as too

@@ -15,8 +15,16 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+/// Milliseconds on a process-wide monotonic clock, from 1 (0 means "never" to
+/// [`BackendHealth::came_up`]).
+pub fn now_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
 
 /// How a backend is probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +53,9 @@ pub struct BackendHealth {
     failures: AtomicU32,
     /// Consecutive passing checks while down.
     passes: AtomicU32,
+    /// When ([`now_ms`]) the backend last came up, or was added by a reload: where slow
+    /// start's ramp begins. 0: up since the start (no ramp).
+    came_up: AtomicU64,
 }
 
 impl Default for BackendHealth {
@@ -55,6 +66,7 @@ impl Default for BackendHealth {
             up: AtomicBool::new(true),
             failures: AtomicU32::new(0),
             passes: AtomicU32::new(0),
+            came_up: AtomicU64::new(0),
         }
     }
 }
@@ -85,7 +97,24 @@ impl BackendHealth {
             return false;
         }
         let n = self.passes.fetch_add(1, Ordering::Relaxed) + 1;
-        n >= rise && !self.up.swap(true, Ordering::Relaxed)
+        if n < rise {
+            return false;
+        }
+        // Before the flag, though Relaxed: a worker that sees the flag first gives the
+        // backend its full weight for a pick or two, which is harmless.
+        self.came_up.store(now_ms(), Ordering::Relaxed);
+        !self.up.swap(true, Ordering::Relaxed)
+    }
+
+    /// When the backend came up or was added ([`now_ms`]); 0 if up since the start.
+    #[inline]
+    pub fn came_up(&self) -> u64 {
+        self.came_up.load(Ordering::Relaxed)
+    }
+
+    /// A reload added the backend: slow start ramps it from now.
+    pub fn added(&self) {
+        self.came_up.store(now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -291,8 +320,13 @@ mod tests {
         assert!(!h.passed(2));
         h.failed(3); // a failure resets the run of passes
         assert!(!h.passed(2));
+        assert_eq!(h.came_up(), 0, "up since the start, then down: no ramp yet");
         assert!(h.passed(2), "two passes in a row bring it up");
         assert!(h.is_up());
+        let up = h.came_up();
+        assert!(up > 0, "slow start ramps from here");
+        assert!(!h.passed(2));
+        assert_eq!(h.came_up(), up, "a pass while up is not a new start");
     }
 
     #[test]

@@ -1,15 +1,15 @@
-//! The backend pool and how a connection's backend is chosen (`selection.rs`: round robin
-//! first), and backend health (`health.rs`).
+//! The backend pool and how a connection's backend is chosen (`selection/`: one file per
+//! algorithm), and backend health (`health.rs`).
 //!
 //! The backends new connections may go to are an immutable [`Snapshot`], replaced whole by
 //! a reload ([`Pool::set_backends`], SIGHUP). Each worker keeps its own copy ([`LocalPool`])
 //! and fetches the new one at its next connection after the pool's generation moves: the
 //! swap happens at a safe point (the start of a backend pick), and the hot path reads only
 //! worker-local state plus two shared values that rarely change (the generation and the
-//! health flags) and the round-robin counter, the one deliberate cross-core write.
+//! health flags) and the backends' counts; the cross-core writes each algorithm makes are
+//! listed in `selection/mod.rs`.
 
 pub mod health;
-mod round_robin;
 pub mod selection;
 
 use std::cell::RefCell;
@@ -19,8 +19,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub use health::{BackendHealth, HealthConfig, Probe};
-pub use round_robin::RoundRobin;
-pub use selection::{Selection, Selector};
+pub use selection::{Algorithm, Balancing, HashKey, RoundRobin, Selection, Selector};
 
 /// One backend: its id (stable for the life of the instance, also across reloads that
 /// remove and add it back), address, health and counters.
@@ -30,6 +29,20 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub health: BackendHealth,
     pub stats: BackendStats,
+}
+
+/// One configured backend: its address and weight (1..=1000; used by the weighted
+/// algorithms).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub addr: SocketAddr,
+    pub weight: u32,
+}
+
+impl From<SocketAddr> for BackendSpec {
+    fn from(addr: SocketAddr) -> Self {
+        Self { addr, weight: 1 }
+    }
 }
 
 /// How using a backend failed (`wslb_backend_failures_total{kind}`).
@@ -73,7 +86,9 @@ impl BackendStats {
     }
 }
 
-/// One relayed connection to a backend, counted in its open connections until dropped.
+/// One connection to a backend, counted in its open connections until dropped: taken when
+/// the backend is tried (so least-connections counts connections still in their
+/// handshake, and a burst does not all see the same counts), kept while the relay runs.
 #[derive(Debug)]
 pub struct Lease(Arc<Backend>);
 
@@ -96,11 +111,13 @@ impl Drop for Lease {
 }
 
 /// The backends of one configuration, in config order, and their selector, built once
-/// for them (see `selection.rs`).
+/// for them (see `selection/`).
 #[derive(Debug, Clone)]
 pub struct Snapshot {
     pub backends: Vec<Arc<Backend>>,
     pub selector: Selector,
+    /// What the selector was built from (and what a reload of the list alone keeps).
+    pub balancing: Arc<Balancing>,
     /// Which of them are reached over TLS, and how (`None`: none is).
     pub tls: Option<Arc<crate::tls::BackendTls>>,
 }
@@ -118,6 +135,12 @@ impl Snapshot {
     /// The selector's pick for `key` (an index into `backends`), `None` if none is up.
     pub fn pick(&self, key: &[u8]) -> Option<usize> {
         self.selector.first(&self.backends, key)
+    }
+
+    /// What the connection path must extract from the request for [`Snapshot::pick`]:
+    /// `None` when the selector ignores the key.
+    pub fn key_source(&self) -> Option<&HashKey> {
+        self.selector.uses_key().then_some(&self.balancing.hash_key)
     }
 
     /// `first`, then each other backend that is up, in snapshot order from it.
@@ -188,6 +211,7 @@ impl Pool {
             current: Mutex::new(Arc::new(Snapshot {
                 backends: Vec::new(),
                 selector: Selector::round_robin(rr.clone()),
+                balancing: Arc::default(),
                 tls: None,
             })),
             generation: AtomicU64::new(0),
@@ -209,27 +233,37 @@ impl Pool {
             .clone()
     }
 
-    /// Replaces the configured backends (a reload) and says what changed. Backends kept
-    /// keep their id and health; new ones start up, like at startup.
+    /// Replaces the configured backends (each of weight 1), keeping the TLS settings and
+    /// the algorithm, and says what changed. Backends kept keep their id and health; new
+    /// ones start up, like at startup.
     pub fn set_backends(&self, addrs: &[SocketAddr]) -> Change {
-        let tls = self.snapshot().tls.clone();
-        self.set_backends_tls(addrs, tls)
+        let snap = self.snapshot();
+        let specs: Vec<BackendSpec> = addrs.iter().map(|&a| a.into()).collect();
+        self.configure(&specs, snap.tls.clone(), &snap.balancing)
     }
 
-    /// [`Pool::set_backends`], with which of them are reached over TLS: one snapshot, so
-    /// no worker sees the new list with the old TLS settings.
-    pub fn set_backends_tls(
+    /// Replaces the configured backends, their weights, which are reached over TLS and
+    /// how they are balanced (a reload), in one snapshot, so no worker sees the new list
+    /// with the old settings; builds its selector. Says what changed.
+    pub fn configure(
         &self,
-        addrs: &[SocketAddr],
+        specs: &[BackendSpec],
         tls: Option<Arc<crate::tls::BackendTls>>,
+        balancing: &Balancing,
     ) -> Change {
+        // `known` is held throughout, so two reconfigurations never interleave; `current`
+        // only to read and then to swap the snapshot, so that building the selector (a
+        // Maglev table, a weighted sequence: milliseconds for large lists) never holds up
+        // a worker fetching the snapshot, the health checker or a scrape.
         let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
-        let mut backends = Vec::with_capacity(addrs.len());
+        let current = self.snapshot();
+        let mut backends = Vec::with_capacity(specs.len());
+        let mut weights = Vec::with_capacity(specs.len());
         let mut change = Change::default();
-        for &addr in addrs {
+        for spec in specs {
+            let addr = spec.addr;
             if backends.iter().any(|b: &Arc<Backend>| b.addr == addr) {
-                continue; // listed twice: once is enough
+                continue; // listed twice: the first entry is enough
             }
             let b = match known.iter().find(|b| b.addr == addr) {
                 Some(b) => b.clone(),
@@ -246,17 +280,24 @@ impl Pool {
             };
             if !current.backends.iter().any(|c| c.addr == addr) {
                 change.added.push(addr);
+                // Slow start ramps a backend a reload adds, not the first list's.
+                if !current.backends.is_empty() {
+                    b.health.added();
+                }
             }
             backends.push(b);
+            weights.push(spec.weight.max(1));
         }
         for c in &current.backends {
-            if !addrs.contains(&c.addr) {
+            if !backends.iter().any(|b| b.addr == c.addr) {
                 change.removed.push((c.id, c.addr));
             }
         }
-        *current = Arc::new(Snapshot {
+        let selector = Selector::build(balancing, &backends, &weights, self.rr.clone());
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
             backends,
-            selector: Selector::round_robin(self.rr.clone()),
+            selector,
+            balancing: Arc::new(balancing.clone()),
             tls,
         });
         // Release pairs with `LocalPool::current`'s Acquire load: a worker that sees the

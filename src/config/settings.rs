@@ -15,7 +15,9 @@ use super::{Config, ConfigError, HealthMode, IoDriver, Problem};
 /// [`Fixed::changes`], which names it in the "needs a restart" log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub backends: Vec<SocketAddr>,
+    pub backends: Vec<crate::balancer::BackendSpec>,
+    /// The algorithm and its parameters; travels with the pool's snapshot, like the list.
+    pub balancing: crate::balancer::Balancing,
     /// TLS termination's certificates, loaded (`None`: TLS off). Reloadable: a reload
     /// reads the files again and the workers' next handshakes use them.
     pub tls: Option<crate::tls::ServerTls>,
@@ -98,7 +100,8 @@ pub struct AccessLogSettings {
     pub path: Option<std::path::PathBuf>,
 }
 
-/// Keepalive times are kept in a 32-bit millisecond clock; a day is plenty.
+/// Keepalive times are kept in a 32-bit millisecond clock; a day is plenty (and for slow
+/// start, more than plenty).
 const MAX_KEEPALIVE_MS: u64 = 86_400_000;
 
 /// Descriptors this process may open (the soft RLIMIT_NOFILE). Only reads it: `wslb`
@@ -163,7 +166,21 @@ impl Config {
         let mut backends = Vec::with_capacity(self.backends.len());
         let mut tls_backends = Vec::new();
         let mut seen: Vec<(SocketAddr, Option<String>)> = Vec::new();
-        for (i, b) in self.backends.iter().enumerate() {
+        for (i, entry) in self.backends.iter().enumerate() {
+            let b = &entry.address;
+            if !(1..=1000).contains(&entry.weight) {
+                problem(
+                    &format!("backends[{i}].weight"),
+                    format!("{} is outside 1..=1000", entry.weight),
+                );
+            } else if entry.weight != 1 && !self.algorithm.is_weighted() {
+                problem(
+                    &format!("backends[{i}].weight"),
+                    "round-robin ignores weights; use weighted-round-robin (or another \
+                     algorithm that uses them)"
+                        .into(),
+                );
+            }
             let (tls, hostport) = if let Some(rest) = b.strip_prefix("wss://") {
                 (true, rest)
             } else if let Some(rest) = b.strip_prefix("ws://") {
@@ -189,13 +206,49 @@ impl Config {
                         Some(_) => {}
                         None => seen.push((a, how.clone())),
                     }
-                    backends.push(a);
+                    backends.push(crate::balancer::BackendSpec {
+                        addr: a,
+                        weight: entry.weight.clamp(1, 1000) as u32,
+                    });
                     if let Some(host) = how {
                         tls_backends.push((a, host));
                     }
                 }
                 Err(e) => problem(&format!("backends[{i}]"), e),
             }
+        }
+        let hash_key = self.hash_key.parse::<crate::balancer::HashKey>();
+        if let Err(e) = &hash_key {
+            problem("hash_key", e.clone());
+        } else if self.hash_key != "ip"
+            && self.algorithm != crate::balancer::Algorithm::ConsistentHash
+        {
+            problem(
+                "hash_key",
+                format!(
+                    "{} does not hash; hash_key needs algorithm = \"consistent-hash\"",
+                    self.algorithm.name()
+                ),
+            );
+        }
+        if self.slow_start_ms > 0 && !self.algorithm.ramps() {
+            problem(
+                "slow_start_ms",
+                format!(
+                    "{} does not ramp weights; slow start needs weighted-round-robin, \
+                     least-connections or power-of-two",
+                    self.algorithm.name()
+                ),
+            );
+        }
+        if self.slow_start_ms > MAX_KEEPALIVE_MS {
+            problem(
+                "slow_start_ms",
+                format!(
+                    "{} is more than a day ({MAX_KEEPALIVE_MS})",
+                    self.slow_start_ms
+                ),
+            );
         }
         if self.workers > 1024 {
             problem(
@@ -377,6 +430,12 @@ impl Config {
         };
         Ok(Settings {
             backends,
+            balancing: crate::balancer::Balancing {
+                algorithm: self.algorithm,
+                hash_key: hash_key.expect("checked above"),
+                slow_start: (self.slow_start_ms > 0)
+                    .then(|| Duration::from_millis(self.slow_start_ms)),
+            },
             tls,
             backend_tls,
             removed_backend_drain: (t.removed_backend_drain_ms > 0)

@@ -167,7 +167,7 @@ pub fn render(s: &Snapshot) -> String {
         (
             "wslb_backend_connections_open",
             "gauge",
-            "Relayed connections open to the backend.",
+            "Connections open to the backend: relayed, or in their upgrade with it (what least-connections counts).",
         ),
         (
             "wslb_backend_selected_total",

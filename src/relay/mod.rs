@@ -187,7 +187,10 @@ pub(crate) fn test_env() -> WorkerEnv {
     }
     .validate()
     .unwrap();
-    let pool = std::sync::Arc::new(crate::balancer::Pool::new(settings.backends.clone(), 1));
+    let pool = std::sync::Arc::new(crate::balancer::Pool::new(
+        settings.backends.iter().map(|b| b.addr).collect(),
+        1,
+    ));
     WorkerEnv::new(0, std::sync::Arc::new(settings), pool, Default::default())
 }
 

@@ -51,7 +51,7 @@ pub fn balancer(
 pub fn config(backends: &[SocketAddr], workers: usize, tweak: impl FnOnce(&mut Config)) -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".into(),
-        backends: backends.iter().map(|b| b.to_string()).collect(),
+        backends: backends.iter().map(|b| b.to_string().into()).collect(),
         workers,
         ..Config::default()
     };

@@ -1,9 +1,11 @@
-//! The global round-robin counter: the one deliberate cross-core write on the connection path.
+//! Round robin, and the global counter it and weighted round robin draw tickets from: the one
+//! deliberate cross-core write of their picks.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::{Backend, Selection};
+use super::Selection;
+use crate::balancer::Backend;
 
 /// Hands out indexes `0, 1, .., n-1, 0, ..` to all workers together, so the distribution is
 /// exact however the kernel spreads accepts over the workers' SO_REUSEPORT sockets.
@@ -15,6 +17,25 @@ pub struct RoundRobin {
 impl RoundRobin {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Spends `k` tickets at once (weighted round robin's walk past down slots).
+    #[inline]
+    pub fn advance(&self, k: usize) {
+        self.next.fetch_add(k, Ordering::Relaxed);
+    }
+
+    #[cfg(test)]
+    pub(crate) fn starting_at(n: usize) -> Self {
+        Self {
+            next: AtomicUsize::new(n),
+        }
+    }
+
+    /// The next ticket, without taking it.
+    #[cfg(test)]
+    pub(crate) fn peek(&self) -> usize {
+        self.next.load(Ordering::Relaxed)
     }
 
     /// The next index in `0..n`.

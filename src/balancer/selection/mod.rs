@@ -1,0 +1,256 @@
+//! How the backend for a new connection is chosen: one shape for every algorithm, one file
+//! per algorithm.
+//!
+//! A [`Selector`] is built once per backend snapshot (`Pool::configure`) and shared by
+//! every worker's copy of it; the connection path asks it with a key it extracted from the
+//! request (client address, a header, a cookie, a query parameter), and the selector never
+//! reaches into the connection. [`Snapshot::select`](super::Snapshot::select) turns its
+//! pick into the failover order.
+//!
+//! # Cross-core writes per connection, by algorithm
+//! Every algorithm shares these, made by the connection path, not the selector: the
+//! chosen backend's `selected` count (one `fetch_add` per backend tried) and its `open`
+//! count (`Lease`: a `fetch_add` when the backend is tried, a `fetch_sub` when the
+//! connection ends or the attempt fails), each on that backend's own padded line. On top:
+//! - `round-robin`: one `fetch_add` on the pool's counter (`round_robin.rs`).
+//! - `weighted-round-robin`: one `fetch_add` on the same counter, plus one more for each
+//!   slot it skips because that slot's backend is down (or, in slow start, declined), at
+//!   most 32 and then one last `fetch_add` for the rest: no extra one while every backend
+//!   is up and none is ramping.
+//! - `least-connections`: none. It reads every backend's `open` line (lines other cores
+//!   write); ties are broken with a per-thread RNG, not a shared counter.
+//! - `power-of-two`: none. It reads two backends' `open` lines; per-thread RNG.
+//! - `consistent-hash`: none. It reads the shared, immutable table and the health flags;
+//!   a request without the key falls back to least-connections (none either).
+//!
+//! Reads of lines other cores write (the counts, the health flags) cost a cache miss when
+//! they changed; they are per connection, never per frame.
+
+mod least_connections;
+mod maglev;
+mod power_of_two;
+mod rng;
+mod round_robin;
+mod weighted;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::Backend;
+pub use least_connections::LeastConnections;
+pub use maglev::Maglev;
+pub use power_of_two::PowerOfTwo;
+pub use round_robin::RoundRobin;
+pub use weighted::{Ramp, Weighted, Weights};
+
+/// An algorithm: which backend to try first.
+pub trait Selection {
+    /// The index in `backends` of the backend to try first for `key`, among those that
+    /// are up; `None` when none is.
+    fn first(&self, backends: &[Arc<Backend>], key: &[u8]) -> Option<usize>;
+}
+
+/// The `algorithm` config field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Algorithm {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    PowerOfTwo,
+    ConsistentHash,
+}
+
+impl Algorithm {
+    /// As written in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "round-robin",
+            Algorithm::WeightedRoundRobin => "weighted-round-robin",
+            Algorithm::LeastConnections => "least-connections",
+            Algorithm::PowerOfTwo => "power-of-two",
+            Algorithm::ConsistentHash => "consistent-hash",
+        }
+    }
+
+    /// Whether backends' `weight` and `slow_start_ms` mean anything to it.
+    pub fn is_weighted(self) -> bool {
+        matches!(
+            self,
+            Algorithm::WeightedRoundRobin
+                | Algorithm::LeastConnections
+                | Algorithm::PowerOfTwo
+                | Algorithm::ConsistentHash
+        )
+    }
+
+    /// Whether a backend's weight ramps after it comes up (`slow_start_ms`): not for
+    /// consistent hashing, where a key's backend must not depend on the time.
+    pub fn ramps(self) -> bool {
+        self.is_weighted() && self != Algorithm::ConsistentHash
+    }
+}
+
+/// What `consistent-hash` hashes (`hash_key`), extracted from the request by
+/// `connection.rs`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum HashKey {
+    /// The client's IP address (16 bytes, IPv4 as IPv6-mapped).
+    #[default]
+    Ip,
+    /// The value of the first header of this name (case-insensitive), as sent.
+    Header(Box<str>),
+    /// The value of the cookie of this name (case-sensitive), as sent.
+    Cookie(Box<str>),
+    /// The value of the query parameter of this name, as sent (not percent-decoded).
+    Query(Box<str>),
+}
+
+impl std::str::FromStr for HashKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let named = |name: &str, make: fn(Box<str>) -> HashKey| {
+            if name.is_empty() {
+                Err(format!(
+                    "{s:?} names no {}",
+                    s.split(':').next().unwrap_or("")
+                ))
+            } else {
+                Ok(make(name.into()))
+            }
+        };
+        match s.split_once(':') {
+            None if s == "ip" => Ok(HashKey::Ip),
+            Some(("header", n)) => {
+                // A header name is an RFC 9110 token.
+                if n.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+                {
+                    named(n, HashKey::Header)
+                } else {
+                    Err(format!("{n:?} is not a header name"))
+                }
+            }
+            Some(("cookie", n)) => named(n, HashKey::Cookie),
+            Some(("query", n)) => named(n, HashKey::Query),
+            _ => Err(format!(
+                "{s:?} is not \"ip\", \"header:NAME\", \"cookie:NAME\" or \"query:NAME\""
+            )),
+        }
+    }
+}
+
+/// How a pool balances: the reloadable settings its snapshots' selectors are built from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Balancing {
+    pub algorithm: Algorithm,
+    /// Used by `consistent-hash` only.
+    pub hash_key: HashKey,
+    /// `None`: no slow start. Used by the algorithms that [`Algorithm::ramps`].
+    pub slow_start: Option<Duration>,
+}
+
+/// The selector of one snapshot. An enum rather than a trait object: the set of
+/// algorithms is closed and known here, and a pick is one match, not a virtual call.
+/// Cheap to clone (each worker's copy of the snapshot has one): the tables are shared.
+#[derive(Debug, Clone)]
+pub enum Selector {
+    RoundRobin(Arc<RoundRobin>),
+    Weighted(Arc<Weighted>),
+    LeastConnections(LeastConnections),
+    PowerOfTwo(PowerOfTwo),
+    ConsistentHash(Arc<Maglev>),
+}
+
+impl Selector {
+    /// Round robin on `counter`, which the pool keeps across snapshots.
+    pub fn round_robin(counter: Arc<RoundRobin>) -> Self {
+        Selector::RoundRobin(counter)
+    }
+
+    /// The selector for `backends` (each with its weight in `weights`, same order) under
+    /// `balancing`. Built once per snapshot; `counter` is the pool's, kept across them.
+    pub fn build(
+        balancing: &Balancing,
+        backends: &[Arc<Backend>],
+        weights: &[u32],
+        counter: Arc<RoundRobin>,
+    ) -> Self {
+        debug_assert_eq!(backends.len(), weights.len());
+        let ramp = if balancing.algorithm.ramps() {
+            balancing.slow_start.map(Ramp::new)
+        } else {
+            None
+        };
+        let w = Weights::new(weights, ramp);
+        match balancing.algorithm {
+            Algorithm::RoundRobin => Selector::RoundRobin(counter),
+            Algorithm::WeightedRoundRobin => {
+                Selector::Weighted(Arc::new(Weighted::new(weights, ramp, counter)))
+            }
+            Algorithm::LeastConnections => Selector::LeastConnections(LeastConnections::new(w)),
+            Algorithm::PowerOfTwo => Selector::PowerOfTwo(PowerOfTwo::new(w)),
+            Algorithm::ConsistentHash => Selector::ConsistentHash(Arc::new(Maglev::new(
+                backends,
+                weights,
+                LeastConnections::new(w),
+            ))),
+        }
+    }
+
+    /// Whether the pick depends on the key (so the connection path must extract it).
+    pub fn uses_key(&self) -> bool {
+        matches!(self, Selector::ConsistentHash(_))
+    }
+}
+
+impl Selection for Selector {
+    #[inline]
+    fn first(&self, backends: &[Arc<Backend>], key: &[u8]) -> Option<usize> {
+        match self {
+            Selector::RoundRobin(rr) => rr.first(backends, key),
+            Selector::Weighted(w) => w.first(backends, key),
+            Selector::LeastConnections(lc) => lc.first(backends, key),
+            Selector::PowerOfTwo(p) => p.first(backends, key),
+            Selector::ConsistentHash(m) => m.first(backends, key),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::balancer::{BackendHealth, BackendStats};
+    use std::net::SocketAddr;
+
+    /// `n` backends on 127.0.0.1:9000.., all up, none with connections.
+    pub fn backends(n: usize) -> Vec<Arc<Backend>> {
+        (0..n)
+            .map(|i| {
+                Arc::new(Backend {
+                    id: i as u32,
+                    addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    health: BackendHealth::default(),
+                    stats: BackendStats::default(),
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn hash_keys_parse() {
+        assert_eq!("ip".parse(), Ok(HashKey::Ip));
+        assert_eq!(
+            "header:X-User".parse(),
+            Ok(HashKey::Header("X-User".into()))
+        );
+        assert_eq!("cookie:sid".parse(), Ok(HashKey::Cookie("sid".into())));
+        assert_eq!("query:room".parse(), Ok(HashKey::Query("room".into())));
+        for bad in ["", "ipv4", "header:", "header:a b", "path:x", "cookie:"] {
+            assert!(bad.parse::<HashKey>().is_err(), "{bad:?}");
+        }
+    }
+}
