@@ -77,6 +77,28 @@ impl Drop for Child {
     }
 }
 
+/// `wslb echo` in a process of its own (so its heap is not counted here), listening.
+fn echo_process() -> (std::net::SocketAddr, Child) {
+    // Held until the echo listens, so no parallel test's `:0` bind takes the port first.
+    let reserved = common::reserve_addr();
+    let addr = reserved.addr;
+    let echo = Child(
+        Command::new(env!("CARGO_BIN_EXE_wslb"))
+            .args(["echo", "--listen", &addr.to_string(), "--workers", "1"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..100 {
+        if TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(reserved);
+    (addr, echo)
+}
+
 /// A message larger than the relay buffers (16 KiB, growing to at most 64 KiB by
 /// default): the relay reads it in pieces, mid-frame.
 const BUSY: usize = 64 << 10;
@@ -188,21 +210,7 @@ fn measure(lb: &wslb::Instance, open_one: impl Fn() -> TcpStream) -> (Measured, 
 /// idle connection nothing.
 #[test]
 fn idle_connections_hold_under_2_kib_of_heap_each() {
-    let echo_addr = common::reserve_addr();
-    let echo_addr = echo_addr.addr;
-    let _echo = Child(
-        Command::new(env!("CARGO_BIN_EXE_wslb"))
-            .args(["echo", "--listen", &echo_addr.to_string(), "--workers", "1"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    for _ in 0..100 {
-        if TcpStream::connect(echo_addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (echo_addr, _echo) = echo_process();
     let lb = common::balancer(&[echo_addr], 1, |_| {});
     let small = b"hello, idle".to_vec();
     let big: Vec<u8> = (0..BUSY).map(|i| (i % 251) as u8).collect();
@@ -317,20 +325,7 @@ fn idle_wss_connections_hold_no_record_buffer() {
     let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_file, cert.pem()).unwrap();
     std::fs::write(&key_file, key.serialize_pem()).unwrap();
-    let echo_addr = common::reserve_addr().addr;
-    let _echo = Child(
-        Command::new(env!("CARGO_BIN_EXE_wslb"))
-            .args(["echo", "--listen", &echo_addr.to_string(), "--workers", "1"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    for _ in 0..100 {
-        if TcpStream::connect(echo_addr).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let (echo_addr, _echo) = echo_process();
     let lb = common::balancer(&[echo_addr], 1, |c| {
         c.tls.cert = cert_file.display().to_string();
         c.tls.key = key_file.display().to_string();

@@ -35,7 +35,9 @@ use monoio::BufResult;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut, IoVecWrapper, IoVecWrapperMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf};
 use monoio::net::TcpStream;
-use rustls::unbuffered::{ConnectionState, EncryptError, InsufficientSizeError, UnbufferedStatus};
+use rustls::unbuffered::{
+    ConnectionState, EncryptError, InsufficientSizeError, UnbufferedStatus, WriteTraffic,
+};
 
 use super::handshake::{Unbuffered, encode, flush_alert};
 use crate::stream::{Halves, Readiness, ready};
@@ -257,25 +259,13 @@ impl<C: Unbuffered> Shared<C> {
                 Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut out),
                 Ok(ConnectionState::TransmitTlsData(mut t)) => {
                     if let Some(mut w) = t.may_encrypt_app_data() {
-                        write_into(&mut out, plain.len(), |o| {
-                            if close_notify {
-                                w.queue_close_notify(o)
-                            } else {
-                                w.encrypt(plain, o)
-                            }
-                        })?;
+                        seal(&mut w, &mut out, plain, close_notify)?;
                         done = true;
                     }
                     t.done();
                 }
                 Ok(ConnectionState::WriteTraffic(mut w)) => {
-                    write_into(&mut out, plain.len(), |o| {
-                        if close_notify {
-                            w.queue_close_notify(o)
-                        } else {
-                            w.encrypt(plain, o)
-                        }
-                    })?;
+                    seal(&mut w, &mut out, plain, close_notify)?;
                     done = true;
                 }
                 // Records the reader has not decrypted yet (see above): theirs.
@@ -307,6 +297,22 @@ impl<C: Unbuffered> Shared<C> {
             }
         }
     }
+}
+
+/// Appends `plain` encrypted, or a close_notify, to `out`.
+fn seal<D>(
+    w: &mut WriteTraffic<'_, D>,
+    out: &mut Vec<u8>,
+    plain: &[u8],
+    close_notify: bool,
+) -> io::Result<()> {
+    write_into(out, plain.len(), |o| {
+        if close_notify {
+            w.queue_close_notify(o)
+        } else {
+            w.encrypt(plain, o)
+        }
+    })
 }
 
 /// Appends what `f` writes for `plain` bytes of plaintext into a zeroed tail of `out`,
