@@ -1,0 +1,207 @@
+//! Config parsing and validation, checked field by field.
+
+use super::*;
+
+/// The commented example shows the real defaults and stays valid.
+#[test]
+fn example_file_is_valid_and_shows_the_defaults() {
+    let example = Config::from_toml(include_str!("../../wslb.example.toml")).unwrap();
+    let defaults = Config {
+        backends: example.backends.clone(),
+        ..Config::default()
+    };
+    assert_eq!(format!("{example:?}"), format!("{defaults:?}"));
+    example.validate().unwrap();
+}
+
+#[test]
+fn defaults_need_only_backends() {
+    let c = Config::from_toml(r#"backends = ["127.0.0.1:9001"]"#).unwrap();
+    let s = c.validate().unwrap();
+    assert_eq!(s.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(s.max_frame_bytes, 16 << 20);
+    assert!(s.workers >= 1);
+}
+
+#[test]
+fn every_problem_is_named() {
+    let c = Config::from_toml(
+        r#"
+        listen = "nope"
+        backends = ["127.0.0.1:9001", "127.0.0.1", "127.0.0.1:0"]
+        [timeouts]
+        close_grace_ms = 0
+        [limits]
+        max_request_bytes = 10
+        "#,
+    )
+    .unwrap();
+    let Err(ConfigError::Invalid(p)) = c.validate() else {
+        panic!("expected invalid")
+    };
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "listen",
+            "backends[1]",
+            "backends[2]",
+            "timeouts.close_grace_ms",
+            "limits.max_request_bytes"
+        ]
+    );
+}
+
+#[test]
+fn unknown_field_is_rejected() {
+    let e = Config::from_toml("backend = [\"127.0.0.1:1\"]").unwrap_err();
+    assert!(e.contains("unknown field `backend`"), "{e}");
+}
+
+#[test]
+fn wss_backends_are_reached_over_tls_by_the_host_they_name() {
+    let s = Config::from_toml(
+        r#"
+        backends = ["wss://localhost:9443/", "ws://127.0.0.1:9000", "127.0.0.1:9001"]
+        [tls_backend]
+        insecure_skip_verify = true
+        "#,
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    let tls = s.backend_tls.expect("one wss backend");
+    let name = |a: &str| {
+        tls.name(a.parse().unwrap())
+            .map(|n| n.to_str().into_owned())
+    };
+    assert_eq!(name("127.0.0.1:9443").as_deref(), Some("localhost"));
+    assert_eq!(name("127.0.0.1:9000"), None);
+    assert_eq!(name("127.0.0.1:9001"), None);
+    let plain = Config::from_toml(r#"backends = ["127.0.0.1:9001"]"#).unwrap();
+    assert!(plain.validate().unwrap().backend_tls.is_none());
+}
+
+#[test]
+fn one_address_is_reached_one_way() {
+    let c = Config::from_toml(
+        r#"
+        backends = ["wss://127.0.0.1:9443", "ws://127.0.0.1:9443", "127.0.0.1:9000", "127.0.0.1:9000"]
+        [tls_backend]
+        insecure_skip_verify = true
+        "#,
+    )
+    .unwrap();
+    let Err(ConfigError::Invalid(p)) = c.validate() else {
+        panic!("expected invalid")
+    };
+    // The plain one written twice is the same backend; TLS and plain on one address
+    // cannot both be meant.
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["backends[1]"], "{p:?}");
+}
+
+#[test]
+fn unreadable_tls_files_are_named() {
+    let c = Config::from_toml(
+        r#"
+        backends = ["wss://127.0.0.1:9443"]
+        [tls]
+        cert = "/nonexistent/cert.pem"
+        [tls_backend]
+        ca = "/nonexistent/ca.pem"
+        "#,
+    )
+    .unwrap();
+    let Err(ConfigError::Invalid(p)) = c.validate() else {
+        panic!("expected invalid")
+    };
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(fields, ["tls.key", "tls_backend.ca"]);
+}
+
+#[test]
+fn backends_with_weights_and_an_algorithm() {
+    let s = Config::from_toml(
+        r#"
+        algorithm = "weighted-round-robin"
+        slow_start_ms = 30000
+        backends = ["127.0.0.1:9001", { address = "ws://127.0.0.1:9002", weight = 3 },
+                    { address = "127.0.0.1:9003" }]
+        "#,
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    let w: Vec<(u16, u32)> = s
+        .backends
+        .iter()
+        .map(|b| (b.addr.port(), b.weight))
+        .collect();
+    assert_eq!(w, [(9001, 1), (9002, 3), (9003, 1)]);
+    assert_eq!(
+        s.balancing.algorithm,
+        crate::balancer::Algorithm::WeightedRoundRobin
+    );
+    assert_eq!(
+        s.balancing.slow_start,
+        Some(std::time::Duration::from_secs(30))
+    );
+    let ch = Config::from_toml(
+        r#"
+        algorithm = "consistent-hash"
+        hash_key = "cookie:sid"
+        backends = ["127.0.0.1:9001"]
+        "#,
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    assert_eq!(
+        ch.balancing.hash_key,
+        crate::balancer::HashKey::Cookie("sid".into())
+    );
+}
+
+#[test]
+fn balancing_problems_are_named() {
+    let e =
+        Config::from_toml(r#"backends = [{ address = "127.0.0.1:1", wieght = 2 }]"#).unwrap_err();
+    assert!(e.contains("unknown field `wieght`"), "{e}");
+    let e = Config::from_toml(r#"algorithm = "random""#).unwrap_err();
+    assert!(e.contains("unknown variant `random`"), "{e}");
+    let c = Config::from_toml(
+        r#"
+        hash_key = "header:"
+        slow_start_ms = 1000
+        backends = [{ address = "127.0.0.1:9001", weight = 0 },
+                    { address = "127.0.0.1:9002", weight = 2 },
+                    { address = "nope", weight = 1001 }]
+        "#,
+    )
+    .unwrap();
+    let Err(ConfigError::Invalid(p)) = c.validate() else {
+        panic!("expected invalid")
+    };
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "backends[0].weight",
+            "backends[1].weight",
+            "backends[2].weight",
+            "backends[2]",
+            "hash_key",
+            "slow_start_ms"
+        ],
+        "{p:?}"
+    );
+}
+
+#[test]
+fn no_backends_is_a_problem() {
+    let Err(ConfigError::Invalid(p)) = Config::default().validate() else {
+        panic!()
+    };
+    assert_eq!(p[0].field, "backends");
+}
