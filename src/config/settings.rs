@@ -165,7 +165,7 @@ impl Config {
         }
         let mut backends = Vec::with_capacity(self.backends.len());
         let mut tls_backends = Vec::new();
-        let mut seen: Vec<(SocketAddr, Option<String>)> = Vec::new();
+        let mut seen: Vec<(SocketAddr, Option<String>, i64)> = Vec::new();
         for (i, entry) in self.backends.iter().enumerate() {
             let b = &entry.address;
             if !(1..=1000).contains(&entry.weight) {
@@ -176,9 +176,11 @@ impl Config {
             } else if entry.weight != 1 && !self.algorithm.is_weighted() {
                 problem(
                     &format!("backends[{i}].weight"),
-                    "round-robin ignores weights; use weighted-round-robin (or another \
-                     algorithm that uses them)"
-                        .into(),
+                    format!(
+                        "{} ignores weights; use weighted-round-robin, least-connections \
+                         or consistent-hash",
+                        self.algorithm.name()
+                    ),
                 );
             }
             let (tls, hostport) = if let Some(rest) = b.strip_prefix("wss://") {
@@ -196,15 +198,15 @@ impl Config {
                 ),
                 Ok(a) => {
                     // One address is one backend: written twice, it must be reached the
-                    // same way (TLS or not, and by one name).
+                    // same way (TLS or not, and by one name) and weigh the same.
                     let how = tls.then(|| host_of(hostport));
-                    match seen.iter().find(|(addr, _)| *addr == a) {
-                        Some((_, before)) if *before != how => problem(
+                    match seen.iter().find(|(addr, _, _)| *addr == a) {
+                        Some((_, before, w)) if *before != how || *w != entry.weight => problem(
                             &format!("backends[{i}]"),
                             format!("{b:?}: {a} is listed before as another backend"),
                         ),
                         Some(_) => {}
-                        None => seen.push((a, how.clone())),
+                        None => seen.push((a, how.clone(), entry.weight)),
                     }
                     backends.push(crate::balancer::BackendSpec {
                         addr: a,

@@ -83,6 +83,36 @@ fn wss_backends_are_reached_over_tls_by_the_host_they_name() {
 }
 
 #[test]
+fn one_backend_has_one_weight_and_power_of_two_takes_none() {
+    let c = Config::from_toml(
+        r#"
+        algorithm = "least-connections"
+        backends = ["127.0.0.1:9000", { address = "127.0.0.1:9000", weight = 5 }]
+        "#,
+    )
+    .unwrap();
+    let Err(ConfigError::Invalid(p)) = c.validate() else {
+        panic!("expected invalid")
+    };
+    assert_eq!(p[0].field, "backends[1]", "{p:?}");
+    let c = Config::from_toml(
+        r#"
+        algorithm = "power-of-two"
+        backends = [{ address = "127.0.0.1:9000", weight = 5 }, "127.0.0.1:9001"]
+        "#,
+    )
+    .unwrap();
+    let Err(ConfigError::Invalid(p)) = c.validate() else {
+        panic!("expected invalid")
+    };
+    assert_eq!(p[0].field, "backends[0].weight", "{p:?}");
+    assert!(
+        p[0].message.contains("power-of-two ignores weights"),
+        "{p:?}"
+    );
+}
+
+#[test]
 fn one_address_is_reached_one_way() {
     let c = Config::from_toml(
         r#"

@@ -45,6 +45,25 @@ pub struct Maglev {
 /// the last bytes poorly into the high bits). Both are fixed by their definitions, with
 /// no dependency whose update could change them: a table built by any wslb version from
 /// the same list is the same.
+/// An address as the bytes Maglev hashes: 4 or 6, the octets, the port big-endian. The
+/// same on every host and Rust version (an IPv6 scope id is left out: it names an
+/// interface of this host only).
+fn addr_bytes(a: std::net::SocketAddr) -> Vec<u8> {
+    let mut v = Vec::with_capacity(19);
+    match a.ip() {
+        std::net::IpAddr::V4(ip) => {
+            v.push(4);
+            v.extend_from_slice(&ip.octets());
+        }
+        std::net::IpAddr::V6(ip) => {
+            v.push(6);
+            v.extend_from_slice(&ip.octets());
+        }
+    }
+    v.extend_from_slice(&a.port().to_be_bytes());
+    v
+}
+
 pub fn hash(seed: u64, bytes: &[u8]) -> u64 {
     mix(fnv1a(fnv1a(FNV_OFFSET, &seed.to_le_bytes()), bytes))
 }
@@ -101,19 +120,20 @@ impl Maglev {
             };
         }
         let m = table_size(n);
-        // Turn order and permutations depend on the address only (its text: "ip:port",
-        // "[v6]:port"), never on the config's order.
-        let mut order: Vec<(String, usize)> = backends
+        // Turn order and permutations depend on the address only, never on the config's
+        // order: its bytes (family, address octets, port big-endian), not its text, which
+        // std may format differently across versions (IPv6 forms) and hosts (scope ids).
+        let mut order: Vec<(Vec<u8>, usize)> = backends
             .iter()
             .enumerate()
-            .map(|(i, b)| (b.addr.to_string(), i))
+            .map(|(i, b)| (addr_bytes(b.addr), i))
             .collect();
         order.sort();
         let perm: Vec<(u64, u64)> = order
             .iter()
             .map(|(name, _)| {
-                let offset = hash(OFFSET_SEED, name.as_bytes()) % m as u64;
-                let skip = hash(SKIP_SEED, name.as_bytes()) % (m as u64 - 1) + 1;
+                let offset = hash(OFFSET_SEED, name) % m as u64;
+                let skip = hash(SKIP_SEED, name) % (m as u64 - 1) + 1;
                 (offset, skip)
             })
             .collect();
