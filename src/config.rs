@@ -370,10 +370,10 @@ pub struct Overrides {
     #[arg(long, value_name = "ADDR")]
     pub admin: Option<String>,
     /// PEM certificate chain for TLS termination (wss://); with --tls-key. Overrides
-    /// [tls] cert.
+    /// `[tls] cert`.
     #[arg(long, value_name = "FILE")]
     pub tls_cert: Option<String>,
-    /// PEM private key of --tls-cert. Overrides [tls] key.
+    /// PEM private key of --tls-cert. Overrides `[tls] key`.
     #[arg(long, value_name = "FILE")]
     pub tls_key: Option<String>,
 }
