@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Profiles wslb under the load bench and renders a flamegraph (SVG) of the proxy process.
 #
-#   flamegraphs/profile.sh [--size 64|16384] [--secs 8] [--label NAME] [--proxy-bin PATH]
+#   flamegraphs/profile.sh [--size 64|16384] [--wss] [--secs 8] [--label NAME] [--proxy-bin PATH]
 #
 # Runs `cargo bench --bench load` (closed loop, 100 connections, the given message size)
 # against wslb, records the wslb process with `perf record -g` for the whole run, and folds
 # and renders the stacks with inferno. Output: flamegraphs/<label>-<size>.svg and a text
-# summary of the hottest functions, flamegraphs/<label>-<size>.top.txt.
+# summary of the hottest functions, flamegraphs/<label>-<size>.top.txt. --wss: the same over
+# wss (wslb terminating TLS; the bench's wss-tput scenarios), label `wss` unless given.
 #
 # The build uses frame pointers (RUSTFLAGS=-Cforce-frame-pointers=yes, in its own target
 # directory) so user-space stacks unwind without DWARF; kernel stacks need nothing.
@@ -16,18 +17,20 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-size=64 secs=8 label=current proxy_bin=
+size=64 secs=8 label= proxy_bin= wss=
 while [ $# -gt 0 ]; do
   case $1 in
     --size) size=$2; shift 2 ;;
     --secs) secs=$2; shift 2 ;;
     --label) label=$2; shift 2 ;;
+    --wss) wss=wss-; shift ;;
     --proxy-bin) proxy_bin=$(realpath "$2"); shift 2 ;;
     *) echo "profile.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-case $size in 64) scenario=tput-100x64 ;; 16384) scenario=tput-100x16k ;;
+case $size in 64) scenario=${wss}tput-100x64 ;; 16384) scenario=${wss}tput-100x16k ;;
   *) echo "profile.sh: --size is 64 or 16384" >&2; exit 2 ;; esac
+[ -n "$label" ] || label=${wss:+wss}; [ -n "$label" ] || label=current
 
 command -v perf >/dev/null || { echo "installing linux-perf"; apt-get install -y -q linux-perf >/dev/null; }
 command -v inferno-flamegraph >/dev/null || { echo "installing inferno"; cargo install -q inferno; }
@@ -60,7 +63,7 @@ wait "$perf_pid" 2>/dev/null || true
 
 out=$here/$label-$size
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf --all >"$work/folded"
-title="wslb, closed loop 100 conns x $size B ($label)"
+title="wslb, ${wss:+wss }closed loop 100 conns x $size B ($label)"
 inferno-flamegraph --title "$title" --width 1400 <"$work/folded" >"$out.svg"
 {
   echo "$title"

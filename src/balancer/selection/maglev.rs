@@ -187,9 +187,8 @@ impl Maglev {
     }
 }
 
-/// Slots a pick walks past down backends before it settles for the fallback's scan (which
-/// also finds that none is up): with a tenth of the slots down, 64 slots all down happens
-/// once in 10^64.
+/// Slots a pick walks past down backends before it checks that any backend is up at all:
+/// with a tenth of the slots down, 64 slots all down happens once in 10^64.
 const PROBES: usize = 64;
 
 impl Selection for Maglev {
@@ -197,10 +196,19 @@ impl Selection for Maglev {
         if key.is_empty() {
             return self.fallback.scan(backends);
         }
-        self.preference(key)
-            .take(PROBES)
-            .find(|&i| backends[i].health.is_up())
-            .or_else(|| self.fallback.scan(backends))
+        let up = |i: &usize| backends[*i].health.is_up();
+        if let Some(i) = self.preference(key).take(PROBES).find(up) {
+            return Some(i);
+        }
+        // Most of the table is down (a heavy backend, say): the key keeps walking its own
+        // preference order, so it still lands where its hash says and not where the
+        // connection counts do (found in review: with weights 100/1/1 and the first down,
+        // 24% of keys fell back to least-connections and moved with the counts). The walk
+        // ends: some backend is up, so some slot is.
+        if !backends.iter().any(|b| b.health.is_up()) {
+            return None;
+        }
+        self.preference(key).skip(PROBES).find(up)
     }
 }
 
@@ -316,6 +324,35 @@ mod tests {
             }
         }
         assert!(on_four > 800, "{on_four}");
+    }
+
+    /// Regression test (found in review): with a heavy backend down, a key whose first 64
+    /// slots were all its went to least-connections and moved with the counts.
+    #[test]
+    fn keys_stay_put_when_most_of_the_table_is_down() {
+        let bs = backends(3);
+        let w = [100, 1, 1];
+        let t = Maglev::new(&bs, &w, LeastConnections::new(Weights::new(&w, None)));
+        bs[0].health.failed(1);
+        let picks = |bs: &[Arc<Backend>]| -> Vec<Option<usize>> {
+            (0..2000u32)
+                .map(|k| t.first(bs, format!("key-{k}").as_bytes()))
+                .collect()
+        };
+        let before = picks(&bs);
+        assert!(
+            before.iter().all(|p| matches!(p, Some(1 | 2))),
+            "{before:?}"
+        );
+        // Connections open on backend 1 (what least-connections would look at).
+        let held: Vec<_> = (0..50)
+            .map(|_| crate::balancer::Lease::new(bs[1].clone()))
+            .collect();
+        assert_eq!(picks(&bs), before);
+        drop(held);
+        bs[1].health.failed(1);
+        bs[2].health.failed(1);
+        assert_eq!(t.first(&bs, b"key-1"), None);
     }
 
     #[test]
