@@ -116,6 +116,15 @@ impl BackendHealth {
     pub fn added(&self) {
         self.came_up.store(now_ms(), Ordering::Relaxed);
     }
+
+    /// The ramp that began at `since` is over: picks stop reading the clock for this
+    /// backend. One write per ramp, by whichever worker sees its end first; a newer ramp
+    /// (a later `since`) is left alone.
+    pub fn ramp_done(&self, since: u64) {
+        let _ = self
+            .came_up
+            .compare_exchange(since, 0, Ordering::Relaxed, Ordering::Relaxed);
+    }
 }
 
 /// Probes one backend once; an `http` check of a TLS backend (`tls` names it) speaks
@@ -308,6 +317,24 @@ pub fn spawn_checker(pool: Arc<super::Pool>, cfg: HealthConfig) -> std::io::Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_finished_ramp_is_cleared_and_a_newer_one_kept() {
+        let h = BackendHealth::default();
+        h.added();
+        let first = h.came_up();
+        assert_ne!(first, 0);
+        h.ramp_done(first);
+        assert_eq!(h.came_up(), 0, "the ramp that ended is forgotten");
+        h.added();
+        let second = h.came_up();
+        h.ramp_done(second.wrapping_sub(1)); // an older ramp's end
+        assert_eq!(
+            h.came_up(),
+            second,
+            "a newer ramp is not cleared by an older one"
+        );
+    }
 
     #[test]
     fn fall_takes_down_and_only_rise_passes_bring_back() {

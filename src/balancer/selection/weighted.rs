@@ -72,7 +72,16 @@ impl Weights {
             None => 1000,
             Some(r) => match b.health.came_up() {
                 0 => 1000,
-                up => r.permille(up, *now.get_or_insert_with(crate::balancer::health::now_ms)),
+                up => {
+                    let now = *now.get_or_insert_with(crate::balancer::health::now_ms);
+                    let p = r.permille(up, now);
+                    if p == 1000 {
+                        // Ramped: no clock read for it from now on (found in review:
+                        // every pick read the clock once any backend had ever come up).
+                        b.health.ramp_done(up);
+                    }
+                    p
+                }
             },
         };
         w * factor
