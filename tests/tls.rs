@@ -883,3 +883,46 @@ fn a_split_handshake_message_then_garbage_ends_only_that_connection() {
     // ... and its worker (the only one) lives on.
     assert_serves(lb.local_addr, "localhost", &pki.ca);
 }
+
+// ---- client certificates ---------------------------------------------------------------
+
+#[test]
+fn client_certificates_are_verified_required_or_optional() {
+    let pki = Pki::new("client-ca");
+    let (_, cert, key) = pki.leaf("localhost", &["localhost"]);
+    let alice = pki.ca.client_leaf("alice");
+    let mallory = Ca::new("another CA").client_leaf("mallory");
+    let e = echo();
+    for (auth, anonymous_ok) in [("required", false), ("optional", true)] {
+        let lb = balancer(&[e.local_addr], 1, |c| {
+            c.admin.listen = "127.0.0.1:0".into();
+            tls_section(
+                c,
+                &format!(
+                    "[tls]\ncert = {cert:?}\nkey = {key:?}\nclient_ca = {:?}\nclient_auth = {auth:?}",
+                    pki.ca_file.display().to_string()
+                ),
+            );
+        });
+        let with = |leaf: &Leaf| client_config_with_cert(&pki.ca, leaf);
+        assert!(
+            wss_works(lb.local_addr, "localhost", with(&alice)),
+            "{auth}: a client certificate from the CA is let in"
+        );
+        assert!(
+            !wss_works(lb.local_addr, "localhost", with(&mallory)),
+            "{auth}: a client certificate from another CA is refused"
+        );
+        let anonymous = wss_works(lb.local_addr, "localhost", client_config(&pki.ca, &[]));
+        assert_eq!(
+            anonymous, anonymous_ok,
+            "{auth}: a client without a certificate"
+        );
+        // Mallory's refusal, and with `required` the anonymous one's, counted as such.
+        metric_reaches(
+            &lb,
+            r#"wslb_tls_handshake_failures_total{reason="client_cert"}"#,
+            if anonymous_ok { 1.0 } else { 2.0 },
+        );
+    }
+}

@@ -78,6 +78,61 @@ impl Ca {
     }
 }
 
+impl Ca {
+    /// A client certificate for `name` (extended key usage clientAuth), for servers that
+    /// verify clients against this CA.
+    pub fn client_leaf(&self, name: &str) -> Leaf {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(DnType::CommonName, name);
+        p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        p.serial_number = Some(next_serial());
+        let key = KeyPair::generate().unwrap();
+        let cert = p.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            der: cert.der().clone(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// [`client_config`] (TLS 1.3 and 1.2, no resumption) presenting `cert` as the client's.
+pub fn client_config_with_cert(ca: &Ca, cert: &Leaf) -> Arc<ClientConfig> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = RootCertStore::empty();
+    roots.add(ca.der.clone()).unwrap();
+    let mut c = ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(
+        vec![cert.der.clone()],
+        PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    c.alpn_protocols = vec![b"http/1.1".to_vec()];
+    c.resumption = rustls::client::Resumption::disabled();
+    Arc::new(c)
+}
+
+/// Whether a whole wss exchange works with `config`: handshake, upgrade, one echo. (A TLS
+/// 1.3 server refuses a client certificate after the client's handshake is done, so a
+/// refusal may show only at the upgrade.)
+pub fn wss_works(addr: SocketAddr, name: &str, config: Arc<ClientConfig>) -> bool {
+    let Ok(tls) = try_tls_connect(addr, name, config) else {
+        return false;
+    };
+    let Ok((mut ws, _)) = tungstenite::client(format!("wss://{name}/"), tls) else {
+        return false;
+    };
+    ws.send(tungstenite::Message::text("client cert")).is_ok()
+        && ws.read().ok() == Some(tungstenite::Message::text("client cert"))
+}
+
 fn next_serial() -> SerialNumber {
     SerialNumber::from(SERIAL.fetch_add(1, Ordering::Relaxed))
 }
