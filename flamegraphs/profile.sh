@@ -49,8 +49,9 @@ bench=$!
 # The proxy is the `wslb run` the bench starts; record it for the whole run (it is idle
 # while the bench measures the direct target, so that adds no samples).
 pid=
-for _ in $(seq 100); do
-  pid=$(pgrep -f "wslb run .*--listen 127.0.0.1" | head -1 || true)
+for _ in $(seq 300); do
+  # (For wss the bench starts a TLS-terminating wslb next to the plain one: that one.)
+  pid=$(pgrep -f "wslb run .*--listen 127.0.0.1${wss:+.*--tls-cert}" | head -1 || true)
   [ -n "$pid" ] && break
   sleep 0.1
 done
