@@ -367,6 +367,20 @@ pub struct Limits {
     /// a frame moves in one read and one write instead of one per buffer-full. Larger frames
     /// stream through in pieces. Default 65 536. At least `relay_buffer_bytes`, at most 16 MiB.
     pub relay_buffer_max_bytes: usize,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may have open at once; past
+    /// it the client gets 429 with `Retry-After: 1` (a TLS client: a close before the
+    /// handshake). Counted over all workers. Default 0: off. At most 1 000 000. Reloadable.
+    pub max_connections_per_ip: u64,
+    /// New connections per second one client may open, sustained (a token bucket); past
+    /// it, 429 with `Retry-After` saying when the bucket has a token again. Default 0:
+    /// off. At most 100 000. Reloadable.
+    pub handshake_rate_per_ip: u64,
+    /// Connections one client may open at once before `handshake_rate_per_ip` applies
+    /// (the bucket's size). Default 0: as many as the rate, one second's worth, so that a
+    /// client reconnecting everything it had (several tabs, an app's several sockets) after
+    /// a network change gets through while its sustained rate stays bounded. At most
+    /// 100 000. Reloadable.
+    pub handshake_burst_per_ip: u64,
 }
 
 impl Default for Config {
@@ -416,6 +430,9 @@ impl Default for Limits {
             max_message_bytes: 64 << 20,
             relay_buffer_bytes: 16 << 10,
             relay_buffer_max_bytes: 64 << 10,
+            max_connections_per_ip: 0,
+            handshake_rate_per_ip: 0,
+            handshake_burst_per_ip: 0,
         }
     }
 }
@@ -598,6 +615,46 @@ mod tests {
                 "timeouts.close_grace_ms",
                 "limits.max_request_bytes"
             ]
+        );
+    }
+
+    #[test]
+    fn per_ip_limits_resolve_and_their_problems_are_named() {
+        let s = |extra: &str| {
+            Config::from_toml(&format!(
+                "backends = [\"127.0.0.1:9001\"]\n[limits]\n{extra}"
+            ))
+            .unwrap()
+            .validate()
+        };
+        let off = s("").unwrap().per_ip;
+        assert_eq!(off, crate::per_ip::PerIpLimits::default());
+        let p = s("max_connections_per_ip = 10\nhandshake_rate_per_ip = 5")
+            .unwrap()
+            .per_ip;
+        assert_eq!(
+            (p.max_connections, p.rate, p.burst),
+            (10, 5, 5),
+            "burst 0 = rate"
+        );
+        let p = s("handshake_rate_per_ip = 5\nhandshake_burst_per_ip = 20")
+            .unwrap()
+            .per_ip;
+        assert_eq!(p.burst, 20);
+        let Err(ConfigError::Invalid(p)) = s("max_connections_per_ip = 1000001\n\
+             handshake_rate_per_ip = 0\nhandshake_burst_per_ip = 200000")
+        else {
+            panic!("expected invalid")
+        };
+        let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "limits.max_connections_per_ip",
+                "limits.handshake_burst_per_ip",
+                "limits.handshake_burst_per_ip"
+            ],
+            "{p:?}"
         );
     }
 
