@@ -33,7 +33,9 @@
 //! key drawn at start, so a client cannot choose addresses that share a bucket) by a
 //! 32-bit (connections) or 23-bit (rate) fingerprint of the same hash.
 //!
-//! A bucket whose 8 slots are all held by other clients (8 others with connections open,
+//! Nothing is ever evicted: a connection slot is free again when its count returns to 0,
+//! a rate slot when its bucket has refilled (a client in that state is the same as one
+//! never seen). A bucket whose 8 slots are all held by other clients (8 others with connections open,
 //! or with a rate bucket not yet refilled) **fails open**: the client is admitted and not
 //! counted. Failing closed would let an attacker with many addresses (an IPv6 /48 is
 //! 65,536 /64s) fill the buckets and lock everyone else out, turning a protection into a
