@@ -340,7 +340,7 @@ pub struct Timeouts {
     pub removed_backend_drain_ms: u64,
 }
 
-/// Size limits in bytes.
+/// Connection limits (instance-wide and per client) and size limits in bytes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
