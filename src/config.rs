@@ -270,7 +270,7 @@ pub struct Timeouts {
     pub removed_backend_drain_ms: u64,
 }
 
-/// Size limits in bytes.
+/// Connection limits (instance-wide and per client) and size limits in bytes.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -297,6 +297,20 @@ pub struct Limits {
     /// a frame moves in one read and one write instead of one per buffer-full. Larger frames
     /// stream through in pieces. Default 65 536. At least `relay_buffer_bytes`, at most 16 MiB.
     pub relay_buffer_max_bytes: usize,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may have open at once; past
+    /// it the client gets 429 with `Retry-After: 1` (a TLS client: a close before the
+    /// handshake). Counted over all workers. Default 0: off. At most 1 000 000. Reloadable.
+    pub max_connections_per_ip: u64,
+    /// New connections per second one client may open, sustained (a token bucket); past
+    /// it, 429 with `Retry-After` saying when the bucket has a token again. Default 0:
+    /// off. At most 100 000. Reloadable.
+    pub handshake_rate_per_ip: u64,
+    /// Connections one client may open at once before `handshake_rate_per_ip` applies
+    /// (the bucket's size). Default 0: as many as the rate, one second's worth, so that a
+    /// client reconnecting everything it had (several tabs, an app's several sockets) after
+    /// a network change gets through while its sustained rate stays bounded. At most
+    /// 100 000. Reloadable.
+    pub handshake_burst_per_ip: u64,
 }
 
 impl Default for Config {
@@ -346,6 +360,9 @@ impl Default for Limits {
             max_message_bytes: 64 << 20,
             relay_buffer_bytes: 16 << 10,
             relay_buffer_max_bytes: 64 << 10,
+            max_connections_per_ip: 0,
+            handshake_rate_per_ip: 0,
+            handshake_burst_per_ip: 0,
         }
     }
 }

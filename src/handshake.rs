@@ -68,6 +68,24 @@ request header too large\n";
 /// 503: the instance is at `limits.max_connections`; answered right after accept.
 pub const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
 Connection: close\r\nRetry-After: 1\r\nContent-Length: 33\r\n\r\nconnection limit reached, retry\r\n";
+/// 429 over `limits.max_connections_per_ip`; answered right after accept. `Retry-After: 1`:
+/// a place frees up when one of the client's connections closes, which nothing predicts.
+pub const PER_IP_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+Content-Type: text/plain\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 39\r\n\r\n\
+too many connections from your address\n";
+
+/// 429 over `limits.handshake_rate_per_ip`, with the seconds until the client's bucket
+/// has a token again; answered right after accept.
+pub fn per_ip_rate(retry_after: u32) -> Vec<u8> {
+    const BODY: &str = "too many new connections from your address\n";
+    format!(
+        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nConnection: close\r\n\
+         Retry-After: {retry_after}\r\nContent-Length: {}\r\n\r\n{BODY}",
+        BODY.len()
+    )
+    .into_bytes()
+}
+
 /// 503: health checks have every backend down; answered at once, without trying them.
 pub const SERVICE_UNAVAILABLE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
@@ -452,8 +470,21 @@ mod tests {
         ]
         .map(Reject::response)
         .into_iter()
-        .chain([BAD_GATEWAY])
-        {
+        .chain([
+            BAD_GATEWAY,
+            OVER_LIMIT,
+            SERVICE_UNAVAILABLE,
+            PER_IP_CONNECTIONS,
+        ])
+        .chain(
+            [per_ip_rate(1), per_ip_rate(4_000_000_000)]
+                .iter()
+                .map(|r| {
+                    let r: &'static [u8] = r.clone().leak();
+                    assert!(r.starts_with(b"HTTP/1.1 429 Too Many Requests\r\n"));
+                    r
+                }),
+        ) {
             let p = parse_response(r).unwrap().unwrap();
             assert_eq!(p.content_length, Some((r.len() - p.head_len) as u64));
         }

@@ -102,7 +102,17 @@ impl Instance {
             );
         }
         let admission = ConnectionLimit::new(settings.max_connections);
+        admission.per_ip().configure(settings.per_ip);
         tracing::info!("connection limit {}", settings.max_connections);
+        let p = settings.per_ip;
+        if p.max_connections > 0 || p.rate > 0 {
+            tracing::info!(
+                "per-client limits: {} connections, {} new per second (burst {}); 0 = off",
+                p.max_connections,
+                p.rate,
+                p.burst
+            );
+        }
         let dups = listeners
             .iter()
             .map(|l| l.try_clone())
@@ -192,6 +202,7 @@ impl Instance {
             pool.clone(),
             running.control().clone(),
             certificates,
+            admission.clone(),
         );
         let handle = Handle(Arc::new(Shared {
             workers: running.control().clone(),
@@ -332,6 +343,9 @@ impl Handle {
         let s = &self.0;
         let mut totals = Totals::of(&s.stats);
         totals.rejected[Rejected::Limit as usize] += s.admission.refused();
+        for r in [Rejected::PerIpConnections, Rejected::PerIpRate] {
+            totals.rejected[r as usize] += s.admission.per_ip().refused(r);
+        }
         let reloads = *s.reloads.lock().unwrap_or_else(|e| e.into_inner());
         Snapshot {
             totals,

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!  client ──TCP──> listener.rs    SO_REUSEPORT socket per worker (worker.rs: pinned thread,
-//!                    │            monoio runtime on io_uring, epoll fallback), accept loop
+//!                    │            monoio runtime on io_uring, epoll fallback), accept loop;
+//!                    │            admission: the instance's limit, the client's (per_ip.rs)
 //!                    ▼
 //!                tls/             with [tls]: the handshake (rustls, unbuffered), then a
 //!                    │            stream of two halves (tls/stream.rs)
@@ -59,6 +60,7 @@ pub mod handshake;
 pub mod instance;
 pub mod listener;
 pub mod metrics;
+pub mod per_ip;
 pub mod relay;
 pub mod reload;
 pub mod stream;

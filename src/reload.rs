@@ -18,7 +18,11 @@
 //!   every worker's next handshake uses (so it has taken effect when the reload returns);
 //!   open connections keep the session they have. A file that no
 //!   longer loads fails the validation, so the old certificates stay.
-//! - **Nothing else, yet.** Listen address, workers, timeouts, limits, keepalive and
+//! - **Per-client limits.** `limits.max_connections_per_ip`, `handshake_rate_per_ip` and
+//!   `handshake_burst_per_ip` are stored into the instance's `per_ip::PerIp`, which each
+//!   worker's next accept reads (two words, not a message: no worker has anything to do
+//!   when they change). Counts and buckets carry over.
+//! - **Nothing else, yet.** Listen address, workers, timeouts, other limits, keepalive and
 //!   health settings are fixed for the life of the process; a reload that changes them
 //!   says which, in the log, and keeps running on the old values. A binary upgrade (a new
 //!   process taking over the listening sockets, `handover.rs`) applies them without
@@ -33,6 +37,7 @@ use std::time::{Duration, Instant};
 use crate::balancer::{Change, Pool};
 use crate::config::Settings;
 use crate::control::{Broadcast, Control, Retirement};
+use crate::listener::ConnectionLimit;
 
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -54,6 +59,8 @@ pub struct Reloader {
     retired: Vec<Retirement>,
     /// The server config new TLS handshakes use (`None`: TLS off).
     certificates: Option<Arc<crate::tls::Certificates>>,
+    /// The instance's admission, whose per-client limits a reload sets.
+    admission: Arc<ConnectionLimit>,
 }
 
 impl Reloader {
@@ -62,6 +69,7 @@ impl Reloader {
         pool: Arc<Pool>,
         workers: Broadcast,
         certificates: Option<Arc<crate::tls::Certificates>>,
+        admission: Arc<ConnectionLimit>,
     ) -> Self {
         Self {
             running: running.clone(),
@@ -69,6 +77,7 @@ impl Reloader {
             workers,
             retired: Vec::new(),
             certificates,
+            admission,
         }
     }
 
@@ -98,6 +107,16 @@ impl Reloader {
             tracing::info!(
                 algorithm = new.balancing.algorithm.name(),
                 "reload: balancing changed; new connections use it"
+            );
+        }
+        if new.per_ip != self.running.per_ip {
+            let l = new.per_ip;
+            self.admission.per_ip().configure(l);
+            tracing::info!(
+                max_connections_per_ip = l.max_connections,
+                handshake_rate_per_ip = l.rate,
+                handshake_burst_per_ip = l.burst,
+                "reload: per-client limits changed; new connections are checked against them"
             );
         }
         let now = Instant::now();
@@ -171,18 +190,31 @@ mod tests {
         let old = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
         let pool = Arc::new(Pool::new(old.backends.iter().map(|b| b.addr).collect(), 3));
         let (workers, mut inboxes) = crate::control::channels(1);
-        let mut r = Reloader::new(&old, pool.clone(), workers, None);
+        let admission = ConnectionLimit::new(100);
+        let mut r = Reloader::new(&old, pool.clone(), workers, None, admission.clone());
         let new = settings(
             r#"
             backends = ["127.0.0.1:9002", "127.0.0.1:9003"]
             listen = "127.0.0.1:8081"
             [timeouts]
             removed_backend_drain_ms = 1000
+            [limits]
+            max_connections_per_ip = 2
+            handshake_rate_per_ip = 5
             [keepalive]
             ping_interval_ms = 0
             "#,
         );
         let applied = r.apply(&new);
+        assert_eq!(
+            admission.per_ip().limits(),
+            crate::per_ip::PerIpLimits {
+                max_connections: 2,
+                rate: 5,
+                burst: 5
+            },
+            "per-client limits are reloadable"
+        );
         assert_eq!(
             applied.backends.added,
             vec!["127.0.0.1:9003".parse().unwrap()]

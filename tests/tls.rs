@@ -272,6 +272,38 @@ fn sessions_resume_tls13_by_ticket_and_tls12_by_the_session_cache() {
 }
 
 #[test]
+fn a_tls_client_over_its_per_ip_limit_is_closed_before_the_handshake() {
+    let (pki, _e, lb) = tls_balancer("per-ip", |c| c.limits.max_connections_per_ip = 1);
+    let mut held = wss_connect(lb.local_addr, "localhost", &pki.ca);
+    held.send(Message::text("holds its one place")).unwrap();
+    assert_eq!(held.read().unwrap(), Message::text("holds its one place"));
+    // The same client again: closed with nothing sent, not even a ServerHello (the
+    // handshake is the cost the limit spares).
+    let got = raw_exchange(lb.local_addr, &client_hello(&pki.ca, "localhost"));
+    assert!(
+        got.is_empty(),
+        "answered: {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let h = lb.handle();
+    let mut refused = 0;
+    for _ in 0..500 {
+        refused = h
+            .snapshot()
+            .totals
+            .rejected(wslb::metrics::Rejected::PerIpConnections);
+        if refused > 0 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(refused, 1);
+    assert_eq!(h.snapshot().totals.tls_handshakes.iter().sum::<u64>(), 1);
+    held.send(Message::text("still here")).unwrap();
+    assert_eq!(held.read().unwrap(), Message::text("still here"));
+}
+
+#[test]
 fn a_tls_client_over_the_connection_limit_is_closed_and_counted() {
     let (pki, _e, lb) = tls_balancer("limit", |c| c.limits.max_connections = 1);
     let mut held = wss_connect(lb.local_addr, "localhost", &pki.ca);

@@ -26,6 +26,10 @@ pub struct Settings {
     pub backend_tls: Option<std::sync::Arc<crate::tls::BackendTls>>,
     /// `None`: removed backends' connections stay until they close.
     pub removed_backend_drain: Option<Duration>,
+    /// `limits.max_connections_per_ip`, `handshake_rate_per_ip` and `handshake_burst_per_ip`
+    /// (resolved: a burst of 0 is the rate). Applied by a reload to the instance's
+    /// `per_ip::PerIp`, which each accept reads.
+    pub per_ip: crate::per_ip::PerIpLimits,
     pub fixed: Fixed,
 }
 
@@ -351,6 +355,33 @@ impl Config {
                 ),
             );
         }
+        for (name, v, max) in [
+            (
+                "limits.max_connections_per_ip",
+                l.max_connections_per_ip,
+                1_000_000,
+            ),
+            (
+                "limits.handshake_rate_per_ip",
+                l.handshake_rate_per_ip,
+                100_000,
+            ),
+            (
+                "limits.handshake_burst_per_ip",
+                l.handshake_burst_per_ip,
+                100_000,
+            ),
+        ] {
+            if v > max {
+                problem(name, format!("{v} is more than {max}"));
+            }
+        }
+        if l.handshake_burst_per_ip > 0 && l.handshake_rate_per_ip == 0 {
+            problem(
+                "limits.handshake_burst_per_ip",
+                "a burst without handshake_rate_per_ip limits nothing".into(),
+            );
+        }
 
         let tls = match crate::tls::ServerTls::load(&self.tls) {
             Ok(t) => t,
@@ -442,6 +473,14 @@ impl Config {
             backend_tls,
             removed_backend_drain: (t.removed_backend_drain_ms > 0)
                 .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
+            per_ip: crate::per_ip::PerIpLimits {
+                max_connections: l.max_connections_per_ip as u32,
+                rate: l.handshake_rate_per_ip as u32,
+                burst: match l.handshake_burst_per_ip {
+                    0 => l.handshake_rate_per_ip as u32,
+                    b => b as u32,
+                },
+            },
             fixed,
         })
     }

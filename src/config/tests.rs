@@ -235,3 +235,43 @@ fn no_backends_is_a_problem() {
     };
     assert_eq!(p[0].field, "backends");
 }
+
+#[test]
+fn per_ip_limits_resolve_and_their_problems_are_named() {
+    let s = |extra: &str| {
+        Config::from_toml(&format!(
+            "backends = [\"127.0.0.1:9001\"]\n[limits]\n{extra}"
+        ))
+        .unwrap()
+        .validate()
+    };
+    let off = s("").unwrap().per_ip;
+    assert_eq!(off, crate::per_ip::PerIpLimits::default());
+    let p = s("max_connections_per_ip = 10\nhandshake_rate_per_ip = 5")
+        .unwrap()
+        .per_ip;
+    assert_eq!(
+        (p.max_connections, p.rate, p.burst),
+        (10, 5, 5),
+        "burst 0 = rate"
+    );
+    let p = s("handshake_rate_per_ip = 5\nhandshake_burst_per_ip = 20")
+        .unwrap()
+        .per_ip;
+    assert_eq!(p.burst, 20);
+    let Err(ConfigError::Invalid(p)) = s("max_connections_per_ip = 1000001\n\
+         handshake_rate_per_ip = 0\nhandshake_burst_per_ip = 200000")
+    else {
+        panic!("expected invalid")
+    };
+    let fields: Vec<_> = p.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "limits.max_connections_per_ip",
+            "limits.handshake_burst_per_ip",
+            "limits.handshake_burst_per_ip"
+        ],
+        "{p:?}"
+    );
+}

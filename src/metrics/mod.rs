@@ -170,6 +170,10 @@ impl Drop for OpenGuard {
 pub enum Rejected {
     /// Over `limits.max_connections`: 503 at once.
     Limit,
+    /// Over `limits.max_connections_per_ip`: 429 at once (a TLS client: closed).
+    PerIpConnections,
+    /// Over `limits.handshake_rate_per_ip`: 429 at once (a TLS client: closed).
+    PerIpRate,
     /// A bad request, answered with its status.
     BadRequest400,
     MethodNotAllowed405,
@@ -191,8 +195,10 @@ pub enum Rejected {
 }
 
 impl Rejected {
-    pub const ALL: [Rejected; 11] = [
+    pub const ALL: [Rejected; 13] = [
         Rejected::Limit,
+        Rejected::PerIpConnections,
+        Rejected::PerIpRate,
         Rejected::BadRequest400,
         Rejected::MethodNotAllowed405,
         Rejected::UpgradeRequired426,
@@ -209,6 +215,8 @@ impl Rejected {
     pub fn label(self) -> &'static str {
         match self {
             Rejected::Limit => "limit",
+            Rejected::PerIpConnections => "per_ip_connections",
+            Rejected::PerIpRate => "per_ip_rate",
             Rejected::BadRequest400 => "bad_request_400",
             Rejected::MethodNotAllowed405 => "bad_request_405",
             Rejected::UpgradeRequired426 => "bad_request_426",

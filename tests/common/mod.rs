@@ -234,7 +234,28 @@ impl Peer {
 
     /// A connected, not yet upgraded, client.
     pub fn client(addr: SocketAddr) -> Peer {
-        let stream = TcpStream::connect(addr).unwrap();
+        Self::client_stream(TcpStream::connect(addr).unwrap())
+    }
+
+    /// A client connecting from `source` (another loopback address, 127.0.0.2 and up, to
+    /// be another client to per-client limits).
+    pub fn client_from(source: std::net::IpAddr, addr: SocketAddr) -> Peer {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&SocketAddr::new(source, 0).into()).unwrap();
+        s.connect(&addr.into()).unwrap();
+        Self::client_stream(s.into())
+    }
+
+    /// Opens a client connection from `source` and completes the upgrade, asserting a 101.
+    pub fn connect_from(source: std::net::IpAddr, addr: SocketAddr) -> Peer {
+        let mut p = Peer::client_from(source, addr);
+        p.stream.write_all(upgrade_request("/").as_bytes()).unwrap();
+        let head = p.read_head();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        p
+    }
+
+    fn client_stream(stream: TcpStream) -> Peer {
         stream.set_read_timeout(Some(TIMEOUT)).unwrap();
         stream.set_nodelay(true).unwrap();
         Peer {
