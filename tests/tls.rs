@@ -779,10 +779,16 @@ impl Drop for PythonBackend {
 }
 
 fn python_backend(cert: &str, key: &str) -> PythonBackend {
+    python_backend_with(cert, key, &[])
+}
+
+/// [`python_backend`] with more arguments for server.py (`--client-ca FILE`).
+fn python_backend_with(cert: &str, key: &str, more: &[&str]) -> PythonBackend {
     use std::io::BufRead;
     let mut child = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/server.py"))
         .args(["--cert", cert, "--key", key])
+        .args(more)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("python3 on PATH");
@@ -800,12 +806,22 @@ fn python_backend(cert: &str, key: &str) -> PythonBackend {
 /// A balancer terminating TLS in front of `backend` (written `wss://127.0.0.1:PORT`,
 /// verified as "localhost" against `ca_file`).
 fn wss_to_wss(pki: &Pki, backend: u16, ca_file: &std::path::Path) -> Instance {
+    wss_to_wss_with(pki, backend, ca_file, |_| {})
+}
+
+fn wss_to_wss_with(
+    pki: &Pki,
+    backend: u16,
+    ca_file: &std::path::Path,
+    tweak: impl FnOnce(&mut Config),
+) -> Instance {
     let (_, cert, key) = pki.leaf("front", &["localhost"]);
     balancer(&[], 1, |c| {
         with_cert(&cert, &key)(c);
         c.backends = vec![format!("wss://127.0.0.1:{backend}").into()];
         c.tls_backend.ca = ca_file.display().to_string();
         c.tls_backend.server_name = "localhost".into();
+        tweak(c);
     })
 }
 
@@ -821,6 +837,34 @@ fn a_backend_reached_over_tls_echoes_everything() {
     assert_serves(lb.local_addr, "localhost", &pki.ca);
     let snap = lb.handle().snapshot();
     assert_eq!(snap.backends[0].failures, [0, 0, 0], "{:?}", snap.backends);
+}
+
+/// A backend that asks for client certificates: wslb presents `[tls_backend] cert/key`;
+/// without them the backend refuses it and the client gets 502.
+#[test]
+fn a_backend_that_wants_a_client_certificate_gets_wslbs() {
+    let pki = Pki::new("backend-client-cert");
+    let (_, cert, key) = pki.leaf("backend", &["localhost"]);
+    let ca = pki.ca_file.display().to_string();
+    let backend = python_backend_with(&cert, &key, &["--client-ca", &ca]);
+    let wslb_cert = pki.ca.client_leaf("wslb");
+    let (client_cert, client_key) = pki.paths("wslb-client");
+    wslb_cert.write(
+        std::path::Path::new(&client_cert),
+        std::path::Path::new(&client_key),
+    );
+    let lb = wss_to_wss_with(&pki, backend.port, &pki.ca_file, |c| {
+        c.tls_backend.cert = client_cert.clone();
+        c.tls_backend.key = client_key.clone();
+    });
+    assert_serves(lb.local_addr, "localhost", &pki.ca);
+    let without = wss_to_wss(&pki, backend.port, &pki.ca_file);
+    let mut tls = tls_connect(without.local_addr, "localhost", client_config(&pki.ca, &[]));
+    tls.write_all(upgrade_request("/").as_bytes()).unwrap();
+    let mut answer = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut tls, &mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
 }
 
 #[test]

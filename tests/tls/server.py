@@ -3,7 +3,9 @@
 `ssl` module, on 127.0.0.1 and a free port, which it prints on its first line. It echoes
 every message (and a close code, as websockets does). Runs until killed.
 
-    server.py --cert leaf.pem --key leaf.key
+    server.py --cert leaf.pem --key leaf.key [--client-ca ca.pem]
+
+With --client-ca, clients must present a certificate from that CA.
 """
 
 import argparse
@@ -34,9 +36,13 @@ async def main():
     p = argparse.ArgumentParser()
     p.add_argument("--cert", required=True)
     p.add_argument("--key", required=True)
+    p.add_argument("--client-ca")
     a = p.parse_args()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(a.cert, a.key)
+    if a.client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(a.client_ca)
     async with serve(echo, "127.0.0.1", 0, ssl=ctx, max_size=None) as server:
         print(server.sockets[0].getsockname()[1], flush=True)
         await asyncio.Future()
