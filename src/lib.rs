@@ -6,7 +6,7 @@
 //! ```text
 //!  client ──TCP──> listener.rs    SO_REUSEPORT socket per worker (worker.rs: pinned thread,
 //!                    │            monoio runtime on io_uring, epoll fallback), accept loop;
-//!                    │            admission: the instance's limit, the client's (per_ip.rs)
+//!                    │            admission: the instance's limit, the client's (per_ip/)
 //!                    ▼
 //!                tls/             with [tls]: the handshake (rustls, unbuffered), then a
 //!                    │            stream of two halves (tls/stream.rs)

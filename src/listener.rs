@@ -92,7 +92,7 @@ fn socket(addr: SocketAddr) -> io::Result<Socket> {
 
 /// The instance-wide cap on concurrent connections (`limits.max_connections`), the
 /// instance's count of open connections, which a drain waits on, and the per-client limits
-/// (`per_ip.rs`).
+/// (`per_ip/`).
 ///
 /// Shared by all workers: one `fetch_add` and one `fetch_sub` per connection (never per
 /// frame), the second deliberate cross-core write on the connection path after the
@@ -152,7 +152,7 @@ impl ConnectionLimit {
 
     /// A permit for one more connection from `ip`: under the instance's limit first (a
     /// client refused there is not counted against its own limits), then under the
-    /// client's (see `per_ip.rs`).
+    /// client's (see `per_ip/`).
     pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<Permit, Refusal> {
         let mut permit = self.try_acquire().ok_or(Refusal::Limit)?;
         permit.per_ip = self.per_ip.admit(ip).map_err(Refusal::PerIp)?;

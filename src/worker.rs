@@ -5,7 +5,7 @@
 //! backend `Pool` snapshot, of which each keeps its own reference), except for a few
 //! deliberate cross-core writes, each per connection or rarer, never per frame: the pool's
 //! round-robin counter, the instance-wide connection count (`listener::ConnectionLimit`),
-//! with per-client limits on, the client's slots in the shared tables (`per_ip.rs`),
+//! with per-client limits on, the client's slots in the shared tables (`per_ip/`),
 //! a backend's health marks on a failed connect (`balancer/health.rs`), and each worker's
 //! own counters, which other threads only read. Control messages arrive through a channel
 //! per worker (`control.rs`).
