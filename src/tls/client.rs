@@ -94,29 +94,12 @@ impl BackendTls {
                 );
             }
         } else {
-            match std::fs::read(&c.ca) {
-                Ok(bytes) => {
-                    for cert in CertificateDer::pem_slice_iter(&bytes) {
-                        match cert
-                            .map_err(|e| e.to_string())
-                            .and_then(|cert| roots.add(cert).map_err(|e| e.to_string()))
-                        {
-                            Ok(()) => {}
-                            Err(e) => {
-                                problem(&mut problems, "tls_backend.ca", format!("{}: {e}", c.ca))
-                            }
-                        }
-                    }
-                    if roots.is_empty() {
-                        problem(
-                            &mut problems,
-                            "tls_backend.ca",
-                            format!("{}: no PEM certificate in it", c.ca),
-                        );
-                    }
+            match super::load_roots(&c.ca) {
+                Ok((r, bytes)) => {
+                    roots = r;
                     material.push(bytes);
                 }
-                Err(e) => problem(&mut problems, "tls_backend.ca", format!("{}: {e}", c.ca)),
+                Err(e) => problem(&mut problems, "tls_backend.ca", e),
             }
         }
         let client_cert = match (c.cert.as_str(), c.key.as_str()) {

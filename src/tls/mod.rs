@@ -101,6 +101,25 @@ impl LocalCertificates {
     }
 }
 
+/// Reads a PEM bundle of CA certificates (client CAs, backend CAs): the roots and the
+/// file's bytes (for telling a reload that changed it), or what is wrong with it.
+pub(crate) fn load_roots(path: &str) -> Result<(rustls::RootCertStore, Vec<u8>), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&bytes) {
+        let c = c.map_err(|e| format!("{path}: {e}"))?;
+        roots
+            .add(c)
+            .map_err(|e| format!("{path}: not a usable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err(format!("{path}: no PEM certificate in it"));
+    }
+    Ok((roots, bytes))
+}
+
 /// One configured certificate, as the metrics and the log describe it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {

@@ -329,17 +329,7 @@ fn load_client_verifier(
     path: &str,
     auth: ClientAuth,
 ) -> Result<(Arc<dyn rustls::server::danger::ClientCertVerifier>, Vec<u8>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{path}: {e}"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(&bytes) {
-        let c = c.map_err(|e| format!("{path}: {e}"))?;
-        roots
-            .add(c)
-            .map_err(|e| format!("{path}: not a usable CA certificate: {e}"))?;
-    }
-    if roots.is_empty() {
-        return Err(format!("{path}: no PEM certificate in it"));
-    }
+    let (roots, bytes) = super::load_roots(path)?;
     let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
         Arc::new(roots),
         provider.clone(),
