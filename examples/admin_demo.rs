@@ -70,6 +70,7 @@ impl AdminView for Demo {
             .zip(weights)
             .enumerate()
             .map(|(i, ((addr, up), w))| BackendView {
+                route: "default".into(),
                 addr: addr.parse().unwrap(),
                 up,
                 open: if up {
@@ -82,6 +83,7 @@ impl AdminView for Demo {
             })
             .collect();
         Snapshot {
+            rebalance: Vec::new(),
             totals,
             backends,
             draining: self.draining.load(Ordering::Relaxed),

@@ -83,6 +83,18 @@ pub struct Config {
     pub access_log: AccessLog,
     pub tls: Tls,
     pub tls_backend: TlsBackend,
+    /// More pools, chosen by Host and path (see `routes.rs`); the top-level `backends` are
+    /// the default route (any host, `/`). Reloadable: added, changed and removed routes.
+    pub routes: Vec<RouteConfig>,
+    /// `none` (default) or `cookie`: the 101 sets a cookie naming the backend, and a
+    /// request carrying it goes back there while it is up. Per route too.
+    pub sticky: StickyMode,
+    /// The sticky cookie's name. Default `wslb_backend`. Per route too.
+    pub sticky_cookie: String,
+    /// Secret (16 bytes or more) sticky cookies are signed with; instances sharing it
+    /// honour each other's cookies. Default empty: a key drawn at start, for this process.
+    pub sticky_secret: String,
+    pub rebalance: Rebalance,
 }
 
 /// One `backends` entry: an address (`"host:port"`, `"ws://host:port"`,
@@ -334,6 +346,11 @@ impl Default for Config {
             access_log: AccessLog::default(),
             tls: Tls::default(),
             tls_backend: TlsBackend::default(),
+            routes: Vec::new(),
+            sticky: StickyMode::None,
+            sticky_cookie: "wslb_backend".into(),
+            sticky_secret: String::new(),
+            rebalance: Rebalance::default(),
         }
     }
 }
@@ -441,6 +458,10 @@ impl Source {
 /// The TLS sections: see `config/tls.rs`.
 mod tls;
 pub use tls::{CertFiles, ClientAuth, Tls, TlsBackend, UnknownSni};
+
+/// `[[routes]]`, sticky cookies and `[rebalance]`: see `config/routes.rs`.
+mod routes;
+pub use routes::{Rebalance, RebalanceSettings, RouteConfig, RouteHealth, StickyMode};
 
 /// The validated, resolved configuration: see `config/settings.rs`.
 mod settings;

@@ -13,7 +13,7 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 
 use crate::access_log;
-use crate::balancer::{Failure, HashKey, Lease, Snapshot};
+use crate::balancer::{Failure, HashKey, Lease, Pool, Snapshot};
 use crate::handshake::{self, Reject};
 use crate::listener::Permit;
 use crate::metrics::{OpenGuard, Rejected};
@@ -35,6 +35,8 @@ pub enum HandshakeError {
     Tls(tls::Failure),
     #[error("client I/O error: {0}")]
     ClientIo(std::io::Error),
+    #[error("no route for this host and path; answered 404")]
+    NoRoute,
     #[error("every backend is down (health checks); answered 503")]
     AllDown,
     #[error("no backend reachable (tried {tried}); answered 502")]
@@ -215,6 +217,7 @@ impl HandshakeError {
                 Rejected::BackendFailed
             }
             HandshakeError::BackendRefused { .. } => Rejected::BackendRefused,
+            HandshakeError::NoRoute => Rejected::NoRoute,
         }
     }
 }
@@ -261,17 +264,34 @@ async fn upgrade<C: ClientStream>(
     // selector is asked with is borrowed from it (or is the client's address, on the
     // stack), and nothing of the request is copied for later.
     let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| {
-        let snap = ctx.backends.current();
+        let routes = ctx.routes.current();
+        let route = routes.table.find(u.host, u.path)?;
+        let snap = routes.pools[route].current();
         let ip = selection_key(peer.ip());
-        let first = snap.pick(request_key(snap.key_source(), u, &ip));
+        // A sticky cookie naming a backend that is up wins over the algorithm.
+        let cookie = snap.sticky.as_ref().and_then(|s| u.cookie(&s.cookie));
+        let sticky = snap.sticky_pick(cookie);
+        let first = sticky.or_else(|| snap.pick(request_key(snap.key_source(), u, &ip)));
         let path = ctx.access_log.is_some().then(|| Box::from(u.path));
-        (u.forward_head(peer.ip(), C::SCHEME), (snap, first), path)
+        let pick = Pick {
+            routes: routes.clone(),
+            route,
+            snap,
+            first,
+            sticky,
+        };
+        Some((u.forward_head(peer.ip(), C::SCHEME), pick, path))
     });
-    let (client_buf, (forward, pick, path)) = upgrade.await?;
+    let (client_buf, picked) = upgrade.await?;
+    let Some((forward, pick, path)) = picked else {
+        let _ = client.write_all(handshake::NOT_FOUND).await;
+        return Err(HandshakeError::NoRoute);
+    };
+    let pool: &Pool = &pick.routes.pools[pick.route];
 
     let forward = bytes::Bytes::from(forward);
     let (mut backend, lease, backend_buf, response, deadline) =
-        match connect_and_forward(ctx, &pick.0, pick.1, forward).await {
+        match connect_and_forward(ctx, pool, &pick.snap, pick.first, forward).await {
             Ok(b) => b,
             Err(e) => {
                 // Counted with every other rejection, by `serve`.
@@ -283,10 +303,34 @@ async fn upgrade<C: ClientStream>(
                 return Err(e);
             }
         };
-    let (res, mut backend_buf) = client
-        .write_all(backend_buf.slice(0..response.head_len))
-        .await
-        .map_buf();
+    // The 101 gets the sticky cookie when the request did not already name this backend.
+    let cookie = match &pick.snap.sticky {
+        Some(s) if response.status == 101 => {
+            let chosen = pick
+                .snap
+                .backends
+                .iter()
+                .position(|b| b.id == lease.backend().id);
+            chosen
+                .filter(|&i| Some(i) != pick.sticky)
+                .map(|i| s.set_cookie(i, matches!(C::SCHEME, crate::stream::Scheme::Https)))
+        }
+        _ => None,
+    };
+    let (res, mut backend_buf) = match cookie {
+        None => client
+            .write_all(backend_buf.slice(0..response.head_len))
+            .await
+            .map_buf(),
+        Some(line) => {
+            // The head without its final CRLF, the cookie's line, the CRLF.
+            let mut head = Vec::with_capacity(response.head_len + line.len());
+            head.extend_from_slice(&backend_buf[..response.head_len - 2]);
+            head.extend_from_slice(line.as_bytes());
+            head.extend_from_slice(b"\r\n");
+            (client.write_all(head).await.0, backend_buf)
+        }
+    };
     res.map_err(HandshakeError::ClientIo)?;
     if response.status != 101 {
         // A 5xx answer to an upgrade is the backend failing, not the application refusing
@@ -295,7 +339,7 @@ async fn upgrade<C: ClientStream>(
         // review: least-connections sent 997 of 1,000 connections to a backend answering
         // 503, since a refusal holds no lease).
         if response.status >= 500 {
-            ctx.backends.failed(lease.backend(), Failure::Handshake);
+            pool.failed(lease.backend(), Failure::Handshake);
         }
         relay_refusal(&mut client, &mut backend, backend_buf, response, deadline).await;
         return Err(HandshakeError::BackendRefused {
@@ -313,6 +357,17 @@ async fn upgrade<C: ClientStream>(
         lease,
         path,
     })
+}
+
+/// Where a request goes: its route (in the worker's copy of the table, held so the route's
+/// pool outlives a reload during the handshake), the pool's snapshot, the selector's pick
+/// and the backend its sticky cookie named, if any.
+struct Pick {
+    routes: Rc<crate::routes::LocalTable>,
+    route: usize,
+    snap: Rc<Snapshot>,
+    first: Option<usize>,
+    sticky: Option<usize>,
 }
 
 /// Reads until a complete, valid upgrade request is in `buf` and applies `respond` to it.
@@ -405,6 +460,7 @@ fn selection_key(ip: IpAddr) -> [u8; 16] {
 /// a client waits at most one handshake timeout.
 async fn connect_and_forward(
     ctx: &WorkerEnv,
+    pool: &Pool,
     snap: &Snapshot,
     first: Option<usize>,
     forward: bytes::Bytes,
@@ -414,7 +470,7 @@ async fn connect_and_forward(
     for b in snap.failover(first) {
         let addr = b.addr;
         tried += 1;
-        ctx.backends.selected(b);
+        pool.selected(b);
         // Counted open from now (least-connections sees it at once); dropped, and so no
         // longer counted, if this backend fails.
         let lease = Lease::new(b.clone());
@@ -422,7 +478,7 @@ async fn connect_and_forward(
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(backend = %addr, "{e}; trying the next backend");
-                ctx.backends.failed(b, Failure::Connect);
+                pool.failed(b, Failure::Connect);
                 continue;
             }
         };
@@ -454,17 +510,17 @@ async fn connect_and_forward(
         };
         match exchanged {
             Ok((backend, buf, response)) => {
-                ctx.backends.connected(b);
+                pool.connected(b);
                 return Ok((backend, lease, buf, response, deadline));
             }
             Err(Exchange::Broke(reason)) => {
                 tracing::warn!(backend = %addr, "{reason} before answering; trying the next backend");
-                ctx.backends.failed(b, Failure::Handshake);
+                pool.failed(b, Failure::Handshake);
             }
             Err(Exchange::Bad(reason)) => {
                 // Not retried (see above), but counted: a backend answering garbage or
                 // nothing goes down like one that refuses connects.
-                ctx.backends.failed(b, Failure::Handshake);
+                pool.failed(b, Failure::Handshake);
                 return Err(HandshakeError::Backend { addr, reason });
             }
         }

@@ -7,6 +7,8 @@
 //! feature). Unbounded because the messages are few and rare (a drain, a reload) and the
 //! sender, often a signal-handling or main thread, must never block on a busy worker.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use tokio::sync::mpsc;
@@ -22,6 +24,9 @@ pub enum Control {
     /// 1012. The whole current list each time: a backend no longer in it (added back) is
     /// no longer retired.
     Retire(Vec<Retirement>),
+    /// A rebalancing pass: close 1012 to up to this many connections of each backend
+    /// (quotas shared by every worker; see `balancer/rebalance.rs`).
+    Shed(Arc<Shed>),
     /// End the worker now (the instance is dropped or stopped). Connections still open are
     /// abandoned, not closed: drain first for a graceful end.
     Stop,
@@ -35,6 +40,54 @@ pub struct Retirement {
     /// `None`: they may stay until they close.
     pub deadline: Option<Instant>,
 }
+
+/// How many connections of which backends one rebalancing pass closes. Every worker takes
+/// from the same quotas, so the pass closes what it asked for (or every such connection
+/// there is), however the connections are spread over the workers. What is left after the
+/// workers have been through it says how many could not be found.
+#[derive(Debug)]
+pub struct Shed {
+    /// Backend id, connections still to close.
+    quotas: Vec<(u32, AtomicU32)>,
+}
+
+impl Shed {
+    pub fn new(quotas: impl IntoIterator<Item = (u32, u32)>) -> Self {
+        Self {
+            quotas: quotas
+                .into_iter()
+                .map(|(b, n)| (b, AtomicU32::new(n)))
+                .collect(),
+        }
+    }
+
+    /// Takes one from `backend`'s quota; false when it has none (or is not in this pass).
+    pub fn take(&self, backend: u32) -> bool {
+        self.quotas.iter().any(|(b, left)| {
+            *b == backend
+                // Relaxed: a count; workers only need to agree on it, not order around it.
+                && left
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                    .is_ok()
+        })
+    }
+
+    /// The connections still to close, by backend id.
+    pub fn left(&self) -> Vec<(u32, u32)> {
+        self.quotas
+            .iter()
+            .map(|(b, n)| (*b, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+}
+
+impl PartialEq for Shed {
+    fn eq(&self, other: &Self) -> bool {
+        self.left() == other.left()
+    }
+}
+
+impl Eq for Shed {}
 
 /// Sends to every worker of one instance.
 #[derive(Debug, Clone, Default)]

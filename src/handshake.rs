@@ -86,6 +86,9 @@ pub fn per_ip_rate(retry_after: u32) -> Vec<u8> {
     .into_bytes()
 }
 
+/// 404: no route matches the request's host and path.
+pub const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nContent-Length: 26\r\n\r\nno route for this request\n";
 /// 503: health checks have every backend down; answered at once, without trying them.
 pub const SERVICE_UNAVAILABLE: &[u8] =
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
@@ -472,6 +475,7 @@ mod tests {
         .into_iter()
         .chain([
             BAD_GATEWAY,
+            NOT_FOUND,
             OVER_LIMIT,
             SERVICE_UNAVAILABLE,
             PER_IP_CONNECTIONS,

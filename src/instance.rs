@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use crate::access_log::AccessLog;
 use crate::admin::{self, AdminServer, AdminView};
-use crate::balancer::{Pool, health};
+use crate::balancer::{affinity, health};
 use crate::config::{Fixed, IoDriver, Settings};
 use crate::control::{Broadcast, Control};
 use crate::drain::{Drain, DrainReport};
 use crate::listener::{self, ConnectionLimit};
 use crate::metrics::{BackendView, Process, Rejected, Snapshot, Totals, WorkerStats, unix_now};
 use crate::reload::{Applied, Reloader};
+use crate::routes::Router;
 use crate::worker::{self, StartError, WorkerEnv, WorkerInfo, Workers};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -54,8 +55,9 @@ struct Shared {
     /// Duplicates of the workers' listening sockets, for the life of the instance: the
     /// drain shuts them down, a binary upgrade hands them over.
     listeners: Vec<std::net::TcpListener>,
-    pool: Arc<Pool>,
+    router: Arc<Router>,
     reloader: Mutex<Reloader>,
+    rebalancer: crate::balancer::rebalance::Rebalancer,
 }
 
 impl Instance {
@@ -83,16 +85,27 @@ impl Instance {
         taken_over: bool,
     ) -> Result<Instance, StartError> {
         let local_addr = local_addr(&listeners, settings.listen);
-        // Without health checks nothing would bring a backend back, so failed connects do
-        // not take one down either.
-        let fall = settings.health.as_ref().map_or(u32::MAX, |h| h.fall);
-        let addrs: Vec<_> = settings.backends.iter().map(|b| b.addr).collect();
-        let pool = Arc::new(Pool::new(addrs, fall));
-        pool.configure(
-            &settings.backends,
-            settings.backend_tls.clone(),
-            &settings.balancing,
-        );
+        // Sticky-cookie tokens: signed with the configured secret, or a key drawn now and
+        // kept for the life of the process (reloads included).
+        let key = match &settings.sticky_secret {
+            Some(secret) => affinity::Key::from_secret(secret),
+            None => affinity::Key::generate(),
+        };
+        let router = Arc::new(Router::new(key));
+        router.configure(&settings.routes, settings.backend_tls.clone());
+        for w in &settings.warnings {
+            tracing::warn!("{w}");
+        }
+        for r in &settings.routes {
+            tracing::info!(
+                route = %r.name,
+                host = %r.host.as_config(),
+                path_prefix = %r.path_prefix,
+                backends = r.backends.len(),
+                algorithm = r.balancing.algorithm.name(),
+                "route"
+            );
+        }
         if let Some(t) = &settings.backend_tls
             && t.insecure()
         {
@@ -121,15 +134,10 @@ impl Instance {
                 what: "duplicating the listening sockets",
                 source,
             })?;
-        let health = settings
-            .health
-            .clone()
-            .map(|h| health::spawn_checker(pool.clone(), h))
-            .transpose()
-            .map_err(|source| StartError::Setup {
-                what: "starting the health checker",
-                source,
-            })?;
+        let health = health::spawn_checker(router.clone()).map_err(|source| StartError::Setup {
+            what: "starting the health checker",
+            source,
+        })?;
         let access_log = match &settings.access_log {
             None => None,
             Some(a) => Some(Arc::new(
@@ -145,7 +153,7 @@ impl Instance {
             .as_ref()
             .map(|t| Arc::new(crate::tls::Certificates::new(t.config.clone())));
         let running = {
-            let (settings, pool) = (Arc::new(settings.clone()), pool.clone());
+            let (settings, router) = (Arc::new(settings.clone()), router.clone());
             let (stats, limit) = (stats.clone(), admission.clone());
             let access_log = access_log.clone();
             let certificates = certificates.clone();
@@ -155,7 +163,8 @@ impl Instance {
                 settings.io_driver,
                 move |id, l, inbox| {
                     let stats = stats[id].clone();
-                    let mut env = WorkerEnv::new(id, settings.clone(), pool.clone(), stats.clone());
+                    let mut env =
+                        WorkerEnv::new(id, settings.clone(), router.clone(), stats.clone());
                     env.access_log = access_log.clone();
                     env.tls = certificates.clone().map(crate::tls::LocalCertificates::new);
                     let tls_enabled = settings.tls_enabled;
@@ -197,9 +206,27 @@ impl Instance {
             }
             None => tracing::info!("balancing {local_addr}"),
         }
+        let rebalancer = crate::balancer::rebalance::Rebalancer::spawn(
+            settings.rebalance,
+            router.clone(),
+            running.control().clone(),
+        )
+        .map_err(|source| StartError::Setup {
+            what: "starting the rebalancer",
+            source,
+        })?;
+        if let Some(r) = &settings.rebalance {
+            tracing::info!(
+                tolerance = r.tolerance,
+                max_per_second = r.max_per_second,
+                "rebalancing on"
+            );
+        }
         let reloader = Reloader::new(
             &settings,
-            pool.clone(),
+            router.clone(),
+            health.rewake(),
+            rebalancer.configure(),
             running.control().clone(),
             certificates,
             admission.clone(),
@@ -219,8 +246,9 @@ impl Instance {
                 _ => "io_uring",
             },
             listeners: dups,
-            pool,
+            router,
             reloader: Mutex::new(reloader),
+            rebalancer,
         }));
         let admin = match settings.admin {
             None => None,
@@ -252,7 +280,7 @@ impl Instance {
             stats: stats.clone(),
             handle,
             running,
-            health,
+            health: Some(health),
         })
     }
 
@@ -266,10 +294,13 @@ impl Instance {
         self.handle.clone()
     }
 
-    /// Each backend's health (up or down), in config order.
+    /// Each backend's health (up or down), route by route (see `BackendView::of`), each
+    /// route's in config order.
     pub fn backends_up(&self) -> Vec<bool> {
-        let pool = self.handle.0.pool.snapshot();
-        pool.backends.iter().map(|b| b.health.is_up()).collect()
+        BackendView::of(&self.handle.0.router)
+            .iter()
+            .map(|b| b.up)
+            .collect()
     }
 
     /// Applies a new configuration (SIGHUP): see [`Handle::reload`].
@@ -349,13 +380,14 @@ impl Handle {
         let reloads = *s.reloads.lock().unwrap_or_else(|e| e.into_inner());
         Snapshot {
             totals,
-            backends: BackendView::of(&s.pool),
+            backends: BackendView::of(&s.router),
             draining: s.draining.load(Ordering::Relaxed),
             reloads_ok: reloads.ok,
             reloads_failed: reloads.failed,
             last_reload_success: reloads.last_success,
             io_driver: s.io_driver,
             process: Process::read(),
+            rebalance: s.rebalancer.stats(),
             certificates: s
                 .reloader
                 .lock()
@@ -371,8 +403,11 @@ impl Handle {
         if self.0.draining.load(Ordering::Relaxed) {
             return Err("draining".into());
         }
-        let snap = self.0.pool.snapshot();
-        if !snap.backends.iter().any(|b| b.health.is_up()) {
+        let table = self.0.router.table();
+        let up = |r: &Arc<crate::routes::Route>| {
+            r.pool.snapshot().backends.iter().any(|b| b.health.is_up())
+        };
+        if !table.routes.iter().any(up) {
             return Err("every backend is down".into());
         }
         Ok(())
@@ -451,7 +486,9 @@ impl EchoServer {
                     },
                 ));
                 // The echo backend never drains: any message that ends accepting ends it.
-                while let Some(Control::GoAway | Control::Retire(_)) = inbox.recv().await {}
+                while let Some(Control::GoAway | Control::Retire(_) | Control::Shed(_)) =
+                    inbox.recv().await
+                {}
                 drop(accepting.cancel());
                 accept.await;
             }

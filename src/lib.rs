@@ -63,6 +63,7 @@ pub mod metrics;
 pub mod per_ip;
 pub mod relay;
 pub mod reload;
+pub mod routes;
 pub mod stream;
 pub mod supervise;
 pub mod tls;

@@ -172,19 +172,46 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn check(config: &std::path::Path) -> ExitCode {
     match Config::from_file(config).and_then(|c| c.validate()) {
         Ok(s) => {
+            let backends: usize = s.routes.iter().map(|r| r.backends.len()).sum();
             println!(
-                "{}: ok (listen {}, {} backends, {}, {} workers{})",
+                "{}: ok (listen {}, {} routes, {} backends, {} workers{}{})",
                 config.display(),
                 s.listen,
-                s.backends.len(),
-                s.balancing.algorithm.name(),
+                s.routes.len(),
+                backends,
                 s.workers,
                 match &s.tls {
                     Some(t) => format!(", TLS with {} certificates", t.certificates.len()),
                     None => String::new(),
+                },
+                if s.rebalance.is_some() {
+                    ", rebalancing"
+                } else {
+                    ""
                 }
             );
-            for w in s.tls.iter().flat_map(|t| &t.warnings) {
+            for r in &s.routes {
+                let host = r.host.as_config();
+                println!(
+                    "  route {:?}: host {}, path_prefix {}, {} backends, {}{}{}",
+                    r.name,
+                    if host.is_empty() { "any" } else { &host },
+                    r.path_prefix,
+                    r.backends.len(),
+                    r.balancing.algorithm.name(),
+                    if r.balancing.sticky.is_some() {
+                        ", sticky cookie"
+                    } else {
+                        ""
+                    },
+                    if r.health.is_some() {
+                        ", health checks"
+                    } else {
+                        ""
+                    },
+                );
+            }
+            for w in s.tls.iter().flat_map(|t| &t.warnings).chain(&s.warnings) {
                 eprintln!("  warning: {w}");
             }
             ExitCode::SUCCESS

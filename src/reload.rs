@@ -2,7 +2,12 @@
 //! nobody's connection dropped.
 //!
 //! What a reload changes:
-//! - **Backends.** The pool's snapshot is replaced (see `balancer/mod.rs`): added backends
+//! - **Routes.** `[[routes]]` may be added, changed and removed (`routes.rs`): a route
+//!   with the host and prefix of a running one keeps its pool (counts, health, rotation);
+//!   a new one starts with a new pool; a removed one takes no new request, and its
+//!   backends' connections are retired like a removed backend's (below). Each route's
+//!   health settings are part of it: the checker reads them again at once.
+//! - **Backends.** Each route's pool snapshot is replaced (see `balancer/mod.rs`): added backends
 //!   take new connections from each worker's next pick on; removed ones get no new
 //!   connections. Connections already on a removed backend carry on untouched until they
 //!   close, or until `timeouts.removed_backend_drain_ms` has passed; then each gets close
@@ -22,8 +27,9 @@
 //!   `handshake_burst_per_ip` are stored into the instance's `per_ip::PerIp`, which each
 //!   worker's next accept reads (two words, not a message: no worker has anything to do
 //!   when they change). Counts and buckets carry over.
-//! - **Nothing else, yet.** Listen address, workers, timeouts, other limits, keepalive and
-//!   health settings are fixed for the life of the process; a reload that changes them
+//! - **Rebalancing** (`[rebalance]`): the rebalancer's next pass uses the new settings.
+//! - **Nothing else, yet.** Listen address, workers, timeouts, other limits and keepalive
+//!   are fixed for the life of the process; a reload that changes them
 //!   says which, in the log, and keeps running on the old values. A binary upgrade (a new
 //!   process taking over the listening sockets, `handover.rs`) applies them without
 //!   dropping anyone.
@@ -34,15 +40,20 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::balancer::{Change, Pool};
+use crate::balancer::Change;
+use crate::balancer::health::Rewake;
 use crate::config::Settings;
 use crate::control::{Broadcast, Control, Retirement};
 use crate::listener::ConnectionLimit;
+use crate::routes::{Router, RoutesChange};
 
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
+    /// The backends added and removed, over every route (a removed route's backends
+    /// among the removed).
     pub backends: Change,
+    pub routes: RoutesChange,
     /// Settings that differ from the running ones but need a restart (or a binary
     /// upgrade) to take effect, by config field name.
     pub needs_restart: Vec<&'static str>,
@@ -54,7 +65,11 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Reloader {
     running: Settings,
-    pool: Arc<Pool>,
+    router: Arc<Router>,
+    /// Tells the health checker the routes changed.
+    health: Rewake,
+    /// Gives the rebalancer its new settings.
+    rebalance: crate::balancer::rebalance::Configure,
     workers: Broadcast,
     retired: Vec<Retirement>,
     /// The server config new TLS handshakes use (`None`: TLS off).
@@ -66,14 +81,18 @@ pub struct Reloader {
 impl Reloader {
     pub fn new(
         running: &Settings,
-        pool: Arc<Pool>,
+        router: Arc<Router>,
+        health: Rewake,
+        rebalance: crate::balancer::rebalance::Configure,
         workers: Broadcast,
         certificates: Option<Arc<crate::tls::Certificates>>,
         admission: Arc<ConnectionLimit>,
     ) -> Self {
         Self {
             running: running.clone(),
-            pool,
+            router,
+            health,
+            rebalance,
             workers,
             retired: Vec::new(),
             certificates,
@@ -89,10 +108,6 @@ impl Reloader {
             .map_or_else(Vec::new, |t| t.certificates.clone())
     }
 
-    pub fn pool(&self) -> &Arc<Pool> {
-        &self.pool
-    }
-
     /// Applies `new` (already validated) and logs what changed.
     pub fn apply(&mut self, new: &Settings) -> Applied {
         let needs_restart = self.running.fixed.changes(&new.fixed);
@@ -100,13 +115,38 @@ impl Reloader {
         for field in &needs_restart {
             tracing::warn!("reload: {field} changed; it takes effect only after a restart");
         }
-        let change = self
-            .pool
-            .configure(&new.backends, new.backend_tls.clone(), &new.balancing);
-        if new.balancing != self.running.balancing {
+        let routes = self.router.configure(&new.routes, new.backend_tls.clone());
+        self.health.routes_changed();
+        for name in &routes.added {
+            tracing::info!(route = %name, "reload: route added");
+        }
+        for name in &routes.removed {
+            tracing::info!(route = %name, "reload: route removed; it takes no new requests");
+        }
+        for r in &new.routes {
+            let old = self.running.routes.iter().find(|o| o.name == r.name);
+            if old.is_some_and(|o| o.balancing != r.balancing) {
+                tracing::info!(
+                    route = %r.name,
+                    algorithm = r.balancing.algorithm.name(),
+                    "reload: balancing changed; new connections use it"
+                );
+            }
+            if old.is_some_and(|o| o.health != r.health) {
+                tracing::info!(route = %r.name, "reload: health checks changed");
+            }
+        }
+        let mut change = Change::default();
+        for (_, c) in &routes.backends {
+            change.added.extend(&c.added);
+            change.removed.extend(&c.removed);
+        }
+        change.removed.extend(&routes.retired);
+        if new.rebalance != self.running.rebalance {
+            self.rebalance.set(new.rebalance);
             tracing::info!(
-                algorithm = new.balancing.algorithm.name(),
-                "reload: balancing changed; new connections use it"
+                enabled = new.rebalance.is_some(),
+                "reload: rebalancing changed; its next pass uses it"
             );
         }
         if new.per_ip != self.running.per_ip {
@@ -121,7 +161,20 @@ impl Reloader {
         }
         let now = Instant::now();
         let deadline = new.removed_backend_drain.map(|d| now + d);
-        let current: Vec<u32> = self.pool.snapshot().backends.iter().map(|b| b.id).collect();
+        let current: Vec<u32> = self
+            .router
+            .table()
+            .routes
+            .iter()
+            .flat_map(|r| {
+                r.pool
+                    .snapshot()
+                    .backends
+                    .iter()
+                    .map(|b| b.id)
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         // Back in the config: no longer retired. Long past their deadline: nothing left
         // to close (no new connection can reach a removed backend).
         self.retired.retain(|r| {
@@ -170,6 +223,7 @@ impl Reloader {
         };
         Applied {
             backends: change,
+            routes,
             needs_restart,
             tls,
         }
@@ -188,10 +242,19 @@ mod tests {
     #[test]
     fn backends_change_and_fixed_fields_are_named() {
         let old = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
-        let pool = Arc::new(Pool::new(old.backends.iter().map(|b| b.addr).collect(), 3));
+        let router = Arc::new(Router::new(crate::balancer::affinity::Key::generate()));
+        router.configure(&old.routes, None);
         let (workers, mut inboxes) = crate::control::channels(1);
         let admission = ConnectionLimit::new(100);
-        let mut r = Reloader::new(&old, pool.clone(), workers, None, admission.clone());
+        let mut r = Reloader::new(
+            &old,
+            router,
+            Rewake::default(),
+            crate::balancer::rebalance::Configure::detached(),
+            workers,
+            None,
+            admission.clone(),
+        );
         let new = settings(
             r#"
             backends = ["127.0.0.1:9002", "127.0.0.1:9003"]

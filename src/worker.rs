@@ -18,7 +18,6 @@ use std::time::Instant;
 use monoio::io::Canceller;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
-use crate::balancer::{LocalPool, Pool};
 use crate::buffers::BufferPool;
 use crate::config::{IoDriver, Settings};
 use crate::control::{Broadcast, Control, Inbox, Retirement};
@@ -35,7 +34,8 @@ use crate::relay::registry::Registry;
 pub struct WorkerEnv {
     pub id: usize,
     pub settings: Arc<Settings>,
-    pub backends: LocalPool,
+    /// The worker's copy of the routes and their pools.
+    pub routes: crate::routes::LocalRoutes,
     /// The relay's limits and close grace, resolved once from `settings`.
     pub relay: RelayConfig,
     /// Relay buffers (handshake reads borrow from here too).
@@ -57,7 +57,7 @@ impl WorkerEnv {
     pub fn new(
         id: usize,
         settings: Arc<Settings>,
-        pool: Arc<Pool>,
+        router: Arc<crate::routes::Router>,
         stats: Arc<WorkerStats>,
     ) -> Self {
         let relay = RelayConfig::new(
@@ -70,7 +70,7 @@ impl WorkerEnv {
         );
         Self {
             id,
-            backends: LocalPool::new(pool),
+            routes: crate::routes::LocalRoutes::new(router),
             relay,
             buffers: BufferPool::new(settings.relay_buffer_bytes, settings.relay_buffer_max_bytes),
             registry: Registry::new(settings.keepalive),
@@ -340,6 +340,12 @@ pub async fn obey(mut inbox: Inbox, registry: &Registry, accepting: Canceller) {
                 // Without a deadline a retirement never closes anything.
                 pending = list.into_iter().filter(|r| r.deadline.is_some()).collect();
                 retire_due(&mut pending, &mut marked, registry);
+            }
+            Some(Control::Shed(shed)) => {
+                let hit = registry.shed(&shed);
+                if hit > 0 {
+                    tracing::debug!("rebalancing: {hit} connections told to close (1012)");
+                }
             }
             Some(Control::Stop) | None => {
                 stop_accepting();

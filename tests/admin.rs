@@ -42,6 +42,7 @@ impl Fake {
 
 fn backend(addr: &str, up: bool, open: u64, selected: u64, failures: [u64; 3]) -> BackendView {
     BackendView {
+        route: "default".into(),
         addr: addr.parse().unwrap(),
         up,
         open,
@@ -64,6 +65,7 @@ fn snapshot() -> Snapshot {
     totals.rejected[0] = 3;
     totals.closes[0][0] = 5;
     Snapshot {
+        rebalance: Vec::new(),
         totals,
         backends: vec![
             backend("127.0.0.1:9001", true, 4, 60, [0, 0, 0]),
@@ -312,11 +314,11 @@ fn backends_is_a_json_array_of_each_backend() {
     assert_eq!(
         v,
         serde_json::json!([
-            {"address": "127.0.0.1:9001", "up": true, "open": 4, "selected": 60,
+            {"route": "default", "address": "127.0.0.1:9001", "up": true, "open": 4, "selected": 60,
              "failures": {"connect": 0, "handshake": 0, "health_check": 0}},
-            {"address": "127.0.0.1:9002", "up": true, "open": 3, "selected": 57,
+            {"route": "default", "address": "127.0.0.1:9002", "up": true, "open": 3, "selected": 57,
              "failures": {"connect": 1, "handshake": 2, "health_check": 0}},
-            {"address": "[::1]:9003", "up": false, "open": 0, "selected": 3,
+            {"route": "default", "address": "[::1]:9003", "up": false, "open": 0, "selected": 3,
              "failures": {"connect": 4, "handshake": 0, "health_check": 9}},
         ])
     );

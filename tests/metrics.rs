@@ -69,7 +69,7 @@ fn thirty_connections_over_three_backends_are_counted_exactly() {
         assert_eq!(value(&text, series), v, "{series}");
     }
     for a in &addrs {
-        let series = format!("wslb_backend_selected_total{{backend=\"{a}\"}}");
+        let series = format!("wslb_backend_selected_total{{route=\"default\",backend=\"{a}\"}}");
         assert_eq!(value(&text, &series), 10.0);
     }
 }
@@ -310,7 +310,7 @@ fn the_binary_serves_metrics_and_readiness_and_is_unready_while_draining() {
     assert_eq!(value(&text, "wslb_connections_accepted_total"), 1.0);
     assert_eq!(value(&text, "wslb_connections_open"), 1.0);
     let series = format!(
-        "wslb_backend_connections_open{{backend=\"{}\"}}",
+        "wslb_backend_connections_open{{route=\"default\",backend=\"{}\"}}",
         backend.local_addr
     );
     assert_eq!(value(&text, &series), 1.0);

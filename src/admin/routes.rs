@@ -52,6 +52,8 @@ fn json(value: &impl Serialize) -> Response {
 /// One backend in `/backends` and `/stats.json`.
 #[derive(Debug, Serialize)]
 pub struct Backend {
+    /// The route the backend serves (`default`: the top-level `backends`).
+    pub route: String,
     pub address: String,
     pub up: bool,
     pub open: u64,
@@ -71,6 +73,7 @@ fn backends(views: &[BackendView]) -> Vec<Backend> {
     views
         .iter()
         .map(|b| Backend {
+            route: b.route.clone(),
             address: b.addr.to_string(),
             up: b.up,
             open: b.open,

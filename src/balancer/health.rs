@@ -272,7 +272,7 @@ fn check_round(pool: &super::Pool, cfg: &HealthConfig) {
 /// The checker thread, stopped (and joined) by [`Checker::stop`] or on drop.
 #[derive(Debug)]
 pub struct Checker {
-    stop: Option<std::sync::mpsc::Sender<()>>,
+    wake: Option<std::sync::mpsc::Sender<Wake>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -281,9 +281,16 @@ impl Checker {
         self.halt();
     }
 
+    /// What a reload tells the checker with (the routes changed: see [`Rewake`]).
+    pub fn rewake(&self) -> Rewake {
+        Rewake(self.wake.clone())
+    }
+
     fn halt(&mut self) {
-        // Closing the channel ends the wait between rounds at once.
-        drop(self.stop.take());
+        // Ends the wait between rounds at once.
+        if let Some(w) = self.wake.take() {
+            let _ = w.send(Wake::Stop);
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -296,20 +303,70 @@ impl Drop for Checker {
     }
 }
 
-/// Starts the checker thread: a round, then `interval`, until stopped. The interval is a
-/// wait on the stop channel, so a stop ends it at once (no flag polled on a timer).
-pub fn spawn_checker(pool: Arc<super::Pool>, cfg: HealthConfig) -> std::io::Result<Checker> {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+#[derive(Debug)]
+enum Wake {
+    Reload,
+    Stop,
+}
+
+/// Tells the checker that the routes changed (a reload): it looks at them again now, so
+/// that a route added with health checks gets its first round at once.
+#[derive(Debug, Clone, Default)]
+pub struct Rewake(Option<std::sync::mpsc::Sender<Wake>>);
+
+impl Rewake {
+    pub fn routes_changed(&self) {
+        if let Some(w) = &self.0 {
+            let _ = w.send(Wake::Reload);
+        }
+    }
+}
+
+/// Starts the checker thread for every route with health checks: each route's round every
+/// its `interval` (the routes' rounds one after the other), until stopped. Between rounds
+/// it waits on its channel until the next one is due: a stop ends the wait at once, a
+/// reload ([`Checker::reconfigured`]) makes it read the routes again (no flag polled on a
+/// timer).
+pub fn spawn_checker(router: Arc<crate::routes::Router>) -> std::io::Result<Checker> {
+    let (wake, woken) = std::sync::mpsc::channel::<Wake>();
     let thread = std::thread::Builder::new()
         .name("wslb-health".into())
         .spawn(move || {
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = {
-                check_round(&pool, &cfg);
-                stopped.recv_timeout(cfg.interval)
-            } {}
+            // When each route's next round is due, by its pool (kept across reloads).
+            let mut due: Vec<(*const super::Pool, Instant)> = Vec::new();
+            loop {
+                let table = router.table();
+                let checked: Vec<_> = table
+                    .routes
+                    .iter()
+                    .filter_map(|r| Some((&r.pool, r.spec.health.as_ref()?)))
+                    .collect();
+                due.retain(|(p, _)| checked.iter().any(|(q, _)| Arc::as_ptr(q) == *p));
+                for (pool, cfg) in &checked {
+                    let key = Arc::as_ptr(pool);
+                    let now = Instant::now();
+                    match due.iter_mut().find(|(p, _)| *p == key) {
+                        Some((_, at)) if *at > now => continue,
+                        Some((_, at)) => *at = now + cfg.interval,
+                        None => due.push((key, now + cfg.interval)),
+                    }
+                    check_round(pool, cfg);
+                }
+                let next = due.iter().map(|(_, at)| *at).min();
+                let woke = match next {
+                    None => woken
+                        .recv()
+                        .map_err(|_| std::sync::mpsc::RecvTimeoutError::Disconnected),
+                    Some(at) => woken.recv_timeout(at.saturating_duration_since(Instant::now())),
+                };
+                match woke {
+                    Ok(Wake::Stop) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    Ok(Wake::Reload) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                }
+            }
         })?;
     Ok(Checker {
-        stop: Some(stop),
+        wake: Some(wake),
         thread: Some(thread),
     })
 }

@@ -9,7 +9,9 @@
 //! health flags) and the backends' counts; the cross-core writes each algorithm makes are
 //! listed in `selection/mod.rs`.
 
+pub mod affinity;
 pub mod health;
+pub mod rebalance;
 pub mod selection;
 
 use std::cell::RefCell;
@@ -120,6 +122,8 @@ pub struct Snapshot {
     pub balancing: Arc<Balancing>,
     /// Which of them are reached over TLS, and how (`None`: none is).
     pub tls: Option<Arc<crate::tls::BackendTls>>,
+    /// The sticky cookie and each backend's token (`None`: no affinity).
+    pub sticky: Option<Arc<affinity::Sticky>>,
 }
 
 impl Snapshot {
@@ -141,6 +145,25 @@ impl Snapshot {
     /// `None` when the selector ignores the key.
     pub fn key_source(&self) -> Option<&HashKey> {
         self.selector.uses_key().then_some(&self.balancing.hash_key)
+    }
+
+    /// The backend a sticky cookie's value names, if it is up (`None` also without
+    /// affinity, and for a value no backend has: tampered, or from a removed backend).
+    pub fn sticky_pick(&self, value: Option<&[u8]>) -> Option<usize> {
+        let (sticky, value) = (self.sticky.as_ref()?, value?);
+        match sticky.lookup(value) {
+            Some(i) if self.backends[i].health.is_up() => Some(i),
+            Some(i) => {
+                tracing::debug!(backend = %self.backends[i].addr, "sticky cookie names a backend that is down; choosing another");
+                None
+            }
+            None => {
+                tracing::debug!(
+                    "sticky cookie names no backend (tampered, or from a removed one); ignored"
+                );
+                None
+            }
+        }
     }
 
     /// `first`, then each other backend that is up, in snapshot order from it.
@@ -184,8 +207,11 @@ pub struct Pool {
     /// back gets its id and health state back.
     known: Mutex<Vec<Arc<Backend>>>,
     ids: Arc<BackendIds>,
-    /// Connect failures in a row that take a backend down (the health config's `fall`).
-    fall: u32,
+    /// Connect failures in a row that take a backend down (the health config's `fall`;
+    /// `u32::MAX` without health checks). Set by each reconfiguration.
+    fall: AtomicU32,
+    /// What sticky-cookie tokens are made with (the instance's, shared by its pools).
+    key: Arc<affinity::Key>,
     /// The pool's round-robin counter: it outlives snapshots, so a reload does not
     /// restart the rotation.
     rr: Arc<RoundRobin>,
@@ -200,26 +226,35 @@ impl Pool {
         Self::with_ids(backends, fall, Arc::default())
     }
 
+    /// An empty pool of a route, whose backend ids come from `ids` and whose sticky tokens
+    /// are made with `key` (both the instance's); [`Pool::configure`] gives it backends.
+    pub fn for_route(ids: Arc<BackendIds>, key: Arc<affinity::Key>) -> Self {
+        let rr = Arc::new(RoundRobin::new());
+        Self {
+            current: Mutex::new(Arc::new(Snapshot {
+                backends: Vec::new(),
+                selector: Selector::round_robin(rr.clone()),
+                balancing: Arc::default(),
+                tls: None,
+                sticky: None,
+            })),
+            generation: AtomicU64::new(0),
+            known: Mutex::new(Vec::new()),
+            ids,
+            fall: AtomicU32::new(u32::MAX),
+            key,
+            rr,
+        }
+    }
+
     /// A pool whose backend ids come from `ids`, shared with the instance's other pools.
     ///
     /// # Panics
     /// If `backends` is empty (config validation guarantees at least one).
     pub fn with_ids(backends: Vec<SocketAddr>, fall: u32, ids: Arc<BackendIds>) -> Self {
         assert!(!backends.is_empty(), "a pool needs at least one backend");
-        let rr = Arc::new(RoundRobin::new());
-        let pool = Self {
-            current: Mutex::new(Arc::new(Snapshot {
-                backends: Vec::new(),
-                selector: Selector::round_robin(rr.clone()),
-                balancing: Arc::default(),
-                tls: None,
-            })),
-            generation: AtomicU64::new(0),
-            known: Mutex::new(Vec::new()),
-            ids,
-            fall: fall.max(1),
-            rr,
-        };
+        let pool = Self::for_route(ids, Arc::new(affinity::Key::generate()));
+        pool.set_fall(fall);
         pool.set_backends(&backends);
         pool
     }
@@ -231,6 +266,12 @@ impl Pool {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Connect failures in a row that take a backend down from now on (`u32::MAX`:
+    /// never, as without health checks).
+    pub fn set_fall(&self, fall: u32) {
+        self.fall.store(fall.max(1), Ordering::Relaxed);
     }
 
     /// Replaces the configured backends (each of weight 1), keeping the TLS settings and
@@ -294,11 +335,15 @@ impl Pool {
             }
         }
         let selector = Selector::build(balancing, &backends, &weights, self.rr.clone());
+        let sticky = balancing.sticky.as_deref().map(|cookie| {
+            affinity::Sticky::new(cookie, &self.key, backends.iter().map(|b| b.addr))
+        });
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
             backends,
             selector,
             balancing: Arc::new(balancing.clone()),
             tls,
+            sticky,
         });
         // Release pairs with `LocalPool::current`'s Acquire load: a worker that sees the
         // new generation then reads the new snapshot under the lock anyway.
@@ -315,11 +360,11 @@ impl Pool {
     /// it down.
     pub fn failed(&self, b: &Backend, kind: Failure) {
         b.stats.failed(kind);
-        if b.health.failed(self.fall) {
+        let fall = self.fall.load(Ordering::Relaxed);
+        if b.health.failed(fall) {
             tracing::warn!(
                 backend = %b.addr,
-                "backend is down: {} connects or handshakes failed in a row; it returns after passing health checks",
-                self.fall
+                "backend is down: {fall} connects or handshakes failed in a row; it returns after passing health checks",
             );
         }
     }

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::{Config, ConfigError, HealthMode, IoDriver, Problem};
+use super::{Config, ConfigError, IoDriver, Problem};
 
 /// The validated, resolved configuration the workers run on: the part a reload may change
 /// (the fields here) and the part it may not ([`Fixed`], read through `Deref` as if its
@@ -15,9 +15,15 @@ use super::{Config, ConfigError, HealthMode, IoDriver, Problem};
 /// [`Fixed::changes`], which names it in the "needs a restart" log.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
-    pub backends: Vec<crate::balancer::BackendSpec>,
-    /// The algorithm and its parameters; travels with the pool's snapshot, like the list.
-    pub balancing: crate::balancer::Balancing,
+    /// The routes (the default one, from the top-level `backends`, first), each with its
+    /// backends, balancing and health settings.
+    pub routes: Vec<crate::routes::RouteSpec>,
+    /// `[rebalance]` (`None`: off).
+    pub rebalance: Option<super::RebalanceSettings>,
+    /// `sticky_secret` (`None`: the instance draws a key at start and keeps it).
+    pub sticky_secret: Option<Box<[u8]>>,
+    /// Things worth saying that are not errors (`wslb check` prints them, a start logs them).
+    pub warnings: Vec<String>,
     /// TLS termination's certificates, loaded (`None`: TLS off). Reloadable: a reload
     /// reads the files again and the workers' next handshakes use them.
     pub tls: Option<crate::tls::ServerTls>,
@@ -86,8 +92,6 @@ fixed_settings! {
     relay_buffer_bytes: usize = "limits.relay_buffer_bytes",
     relay_buffer_max_bytes: usize = "limits.relay_buffer_max_bytes",
     keepalive: crate::relay::registry::Keepalive = "keepalive",
-    /// `None` when health checks are off.
-    health: Option<crate::balancer::HealthConfig> = "health",
     /// `None`: no admin server.
     admin: Option<SocketAddr> = "admin.listen",
     /// `None`: no access log.
@@ -106,7 +110,7 @@ pub struct AccessLogSettings {
 
 /// Keepalive times are kept in a 32-bit millisecond clock; a day is plenty (and for slow
 /// start, more than plenty).
-const MAX_KEEPALIVE_MS: u64 = 86_400_000;
+pub(super) const MAX_KEEPALIVE_MS: u64 = 86_400_000;
 
 /// Descriptors this process may open (the soft RLIMIT_NOFILE). Only reads it: `wslb`
 /// raises the soft limit to the hard one at startup (`main.rs`), not when a config is
@@ -161,101 +165,7 @@ impl Config {
                 }
             },
         };
-        if self.backends.is_empty() {
-            problem(
-                "backends",
-                "at least one backend address is required".into(),
-            );
-        }
-        let mut backends = Vec::with_capacity(self.backends.len());
-        let mut tls_backends = Vec::new();
-        let mut seen: Vec<(SocketAddr, Option<String>, i64)> = Vec::new();
-        for (i, entry) in self.backends.iter().enumerate() {
-            let b = &entry.address;
-            if !(1..=1000).contains(&entry.weight) {
-                problem(
-                    &format!("backends[{i}].weight"),
-                    format!("{} is outside 1..=1000", entry.weight),
-                );
-            } else if entry.weight != 1 && !self.algorithm.is_weighted() {
-                problem(
-                    &format!("backends[{i}].weight"),
-                    format!(
-                        "{} ignores weights; use weighted-round-robin, least-connections \
-                         or consistent-hash",
-                        self.algorithm.name()
-                    ),
-                );
-            }
-            let (tls, hostport) = if let Some(rest) = b.strip_prefix("wss://") {
-                (true, rest)
-            } else if let Some(rest) = b.strip_prefix("ws://") {
-                (false, rest)
-            } else {
-                (self.tls_backend.enabled, b.as_str())
-            };
-            let hostport = hostport.strip_suffix('/').unwrap_or(hostport);
-            match resolve(hostport) {
-                Ok(a) if a.port() == 0 => problem(
-                    &format!("backends[{i}]"),
-                    format!("{b:?}: backend port must not be 0"),
-                ),
-                Ok(a) => {
-                    // One address is one backend: written twice, it must be reached the
-                    // same way (TLS or not, and by one name) and weigh the same.
-                    let how = tls.then(|| host_of(hostport));
-                    match seen.iter().find(|(addr, _, _)| *addr == a) {
-                        Some((_, before, w)) if *before != how || *w != entry.weight => problem(
-                            &format!("backends[{i}]"),
-                            format!("{b:?}: {a} is listed before as another backend"),
-                        ),
-                        Some(_) => {}
-                        None => seen.push((a, how.clone(), entry.weight)),
-                    }
-                    backends.push(crate::balancer::BackendSpec {
-                        addr: a,
-                        weight: entry.weight.clamp(1, 1000) as u32,
-                    });
-                    if let Some(host) = how {
-                        tls_backends.push((a, host));
-                    }
-                }
-                Err(e) => problem(&format!("backends[{i}]"), e),
-            }
-        }
-        let hash_key = self.hash_key.parse::<crate::balancer::HashKey>();
-        if let Err(e) = &hash_key {
-            problem("hash_key", e.clone());
-        } else if self.hash_key != "ip"
-            && self.algorithm != crate::balancer::Algorithm::ConsistentHash
-        {
-            problem(
-                "hash_key",
-                format!(
-                    "{} does not hash; hash_key needs algorithm = \"consistent-hash\"",
-                    self.algorithm.name()
-                ),
-            );
-        }
-        if self.slow_start_ms > 0 && !self.algorithm.ramps() {
-            problem(
-                "slow_start_ms",
-                format!(
-                    "{} does not ramp weights; slow start needs weighted-round-robin, \
-                     least-connections or power-of-two",
-                    self.algorithm.name()
-                ),
-            );
-        }
-        if self.slow_start_ms > MAX_KEEPALIVE_MS {
-            problem(
-                "slow_start_ms",
-                format!(
-                    "{} is more than a day ({MAX_KEEPALIVE_MS})",
-                    self.slow_start_ms
-                ),
-            );
-        }
+        let routes = self.validate_routes(&mut problem);
         if self.workers > 1024 {
             problem(
                 "workers",
@@ -285,20 +195,6 @@ impl Config {
             if v == 0 {
                 problem(name, "must be at least 1 ms".into());
             }
-        }
-        let h = &self.health;
-        for (name, v) in [
-            ("health.interval_ms", h.interval_ms),
-            ("health.timeout_ms", h.timeout_ms),
-            ("health.rise", h.rise as u64),
-            ("health.fall", h.fall as u64),
-        ] {
-            if v == 0 {
-                problem(name, "must be at least 1".into());
-            }
-        }
-        if h.mode == HealthMode::Http && !h.path.starts_with('/') {
-            problem("health.path", format!("{:?} must start with /", h.path));
         }
         let k = &self.keepalive;
         for (name, v) in [
@@ -390,13 +286,14 @@ impl Config {
                 None
             }
         };
-        let backend_tls = match crate::tls::BackendTls::load(&self.tls_backend, tls_backends) {
-            Ok(t) => t.map(std::sync::Arc::new),
-            Err(p) => {
-                problems.extend(p);
-                None
-            }
-        };
+        let backend_tls =
+            match crate::tls::BackendTls::load(&self.tls_backend, routes.tls_backends.clone()) {
+                Ok(t) => t.map(std::sync::Arc::new),
+                Err(p) => {
+                    problems.extend(p);
+                    None
+                }
+            };
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -448,27 +345,12 @@ impl Config {
                     .then(|| self.access_log.path.clone().into()),
             }),
             tls_enabled: tls.is_some(),
-            health: h.enabled.then(|| crate::balancer::HealthConfig {
-                interval: Duration::from_millis(h.interval_ms),
-                timeout: Duration::from_millis(h.timeout_ms),
-                rise: h.rise,
-                fall: h.fall,
-                probe: match h.mode {
-                    HealthMode::Tcp => crate::balancer::Probe::Tcp,
-                    HealthMode::Http => crate::balancer::Probe::Http {
-                        path: h.path.clone(),
-                    },
-                },
-            }),
         };
         Ok(Settings {
-            backends,
-            balancing: crate::balancer::Balancing {
-                algorithm: self.algorithm,
-                hash_key: hash_key.expect("checked above"),
-                slow_start: (self.slow_start_ms > 0)
-                    .then(|| Duration::from_millis(self.slow_start_ms)),
-            },
+            routes: routes.routes,
+            rebalance: routes.rebalance,
+            sticky_secret: routes.sticky_secret,
+            warnings: routes.warnings,
             tls,
             backend_tls,
             removed_backend_drain: (t.removed_backend_drain_ms > 0)
@@ -495,7 +377,7 @@ pub fn available_cores() -> usize {
 }
 
 /// The host of `host:port` (`[v6]:port` without the brackets), as a TLS name.
-fn host_of(hostport: &str) -> String {
+pub(super) fn host_of(hostport: &str) -> String {
     let host = hostport.rsplit_once(':').map_or(hostport, |(h, _)| h);
     host.trim_start_matches('[')
         .trim_end_matches(']')
@@ -503,7 +385,7 @@ fn host_of(hostport: &str) -> String {
 }
 
 /// `ip:port` directly, or `host:port` through the system resolver (once, at startup).
-fn resolve(s: &str) -> Result<SocketAddr, String> {
+pub(super) fn resolve(s: &str) -> Result<SocketAddr, String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
         return Ok(a);
     }

@@ -163,18 +163,18 @@ fn backends_with_weights_and_an_algorithm() {
     .unwrap()
     .validate()
     .unwrap();
-    let w: Vec<(u16, u32)> = s
+    let w: Vec<(u16, u32)> = s.routes[0]
         .backends
         .iter()
         .map(|b| (b.addr.port(), b.weight))
         .collect();
     assert_eq!(w, [(9001, 1), (9002, 3), (9003, 1)]);
     assert_eq!(
-        s.balancing.algorithm,
+        s.routes[0].balancing.algorithm,
         crate::balancer::Algorithm::WeightedRoundRobin
     );
     assert_eq!(
-        s.balancing.slow_start,
+        s.routes[0].balancing.slow_start,
         Some(std::time::Duration::from_secs(30))
     );
     let ch = Config::from_toml(
@@ -188,7 +188,7 @@ fn backends_with_weights_and_an_algorithm() {
     .validate()
     .unwrap();
     assert_eq!(
-        ch.balancing.hash_key,
+        ch.routes[0].balancing.hash_key,
         crate::balancer::HashKey::Cookie("sid".into())
     );
 }
@@ -273,5 +273,136 @@ fn per_ip_limits_resolve_and_their_problems_are_named() {
             "limits.handshake_burst_per_ip"
         ],
         "{p:?}"
+    );
+}
+
+#[test]
+fn routes_take_the_top_level_defaults_and_their_own_fields() {
+    let s = Config::from_toml(
+        r#"
+        backends = ["127.0.0.1:9001"]
+        algorithm = "least-connections"
+        [health]
+        interval_ms = 500
+        [[routes]]
+        host = "chat.example.com"
+        path_prefix = "/ws"
+        backends = ["127.0.0.1:9002", { address = "127.0.0.1:9003", weight = 3 }]
+        [[routes]]
+        name = "api"
+        path_prefix = "/api"
+        backends = ["127.0.0.1:9004"]
+        algorithm = "consistent-hash"
+        hash_key = "header:X-User"
+        sticky = "cookie"
+        sticky_cookie = "srv"
+        [routes.health]
+        enabled = false
+        "#,
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    let names: Vec<&str> = s.routes.iter().map(|r| &*r.name).collect();
+    assert_eq!(names, ["default", "chat.example.com/ws", "api"]);
+    let chat = &s.routes[1];
+    assert_eq!(
+        chat.balancing.algorithm,
+        crate::balancer::Algorithm::LeastConnections
+    );
+    assert_eq!(chat.backends[1].weight, 3);
+    assert_eq!(
+        chat.health.as_ref().unwrap().interval,
+        std::time::Duration::from_millis(500)
+    );
+    let api = &s.routes[2];
+    assert_eq!(api.balancing.sticky.as_deref(), Some("srv"));
+    assert!(api.health.is_none());
+    assert!(s.routes[0].balancing.sticky.is_none());
+    assert!(
+        s.warnings.iter().any(|w| w.contains("sticky_secret")),
+        "{:?}",
+        s.warnings
+    );
+}
+
+#[test]
+fn bad_routes_are_named() {
+    let problems = |toml: &str| match Config::from_toml(toml).unwrap().validate() {
+        Err(ConfigError::Invalid(p)) => p.into_iter().map(|p| p.field).collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        problems(
+            r#"
+            [[routes]]
+            host = "chat.example.com:80"
+            path_prefix = "ws"
+            backends = []
+            algorithm = "round-robin"
+            hash_key = "header:X"
+            sticky = "cookie"
+            sticky_cookie = "a b"
+            [routes.health]
+            rise = 0
+            "#
+        ),
+        [
+            "routes[0].backends",
+            "routes[0].host",
+            "routes[0].path_prefix",
+            "routes[0].hash_key",
+            "routes[0].sticky_cookie",
+            "routes[0].health.rise",
+        ]
+    );
+    assert_eq!(
+        problems(
+            r#"
+            backends = ["127.0.0.1:9001"]
+            [[routes]]
+            backends = ["127.0.0.1:9002"]
+            "#
+        ),
+        ["routes (*/)"],
+        "a route of any host and / is the default route's place"
+    );
+    assert_eq!(
+        problems(
+            r#"
+            backends = ["wss://127.0.0.1:9001"]
+            [[routes]]
+            path_prefix = "/x"
+            backends = ["127.0.0.1:9001"]
+            [[routes]]
+            name = "x"
+            path_prefix = "/y"
+            backends = ["127.0.0.1:9002"]
+            [[routes]]
+            name = "x"
+            path_prefix = "/z"
+            backends = ["127.0.0.1:9003"]
+            "#
+        ),
+        ["routes[0].backends[0]", "routes[2].name"]
+    );
+    assert_eq!(problems(""), ["backends"]);
+    assert_eq!(
+        problems(
+            r#"
+            backends = ["127.0.0.1:9001"]
+            sticky_secret = "short"
+            [rebalance]
+            tolerance = 0
+            max_per_second = 0
+            interval_ms = 5
+            "#
+        ),
+        [
+            "sticky_secret",
+            "rebalance.tolerance",
+            "rebalance.max_per_second",
+            "rebalance.interval_ms"
+        ]
     );
 }

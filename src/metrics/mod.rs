@@ -37,6 +37,8 @@ pub enum Event {
     IdleClose,
     /// A connection to a backend removed by a reload got close 1012 at its deadline.
     RemovedBackendClose,
+    /// A connection got close 1012 from the rebalancer (its backend held more than its share).
+    RebalanceClose,
     /// A client broke the protocol (bad frame).
     ClientProtocolError,
     /// A backend broke the protocol.
@@ -44,11 +46,12 @@ pub enum Event {
 }
 
 impl Event {
-    pub const ALL: [Event; 6] = [
+    pub const ALL: [Event; 7] = [
         Event::KeepalivePing,
         Event::DeadPeer,
         Event::IdleClose,
         Event::RemovedBackendClose,
+        Event::RebalanceClose,
         Event::ClientProtocolError,
         Event::BackendProtocolError,
     ];
@@ -59,6 +62,7 @@ impl Event {
             Event::DeadPeer => "dead peers",
             Event::IdleClose => "idle closes",
             Event::RemovedBackendClose => "removed-backend closes",
+            Event::RebalanceClose => "rebalancing closes",
             Event::ClientProtocolError => "client protocol errors",
             Event::BackendProtocolError => "backend protocol errors",
         }
@@ -192,10 +196,12 @@ pub enum Rejected {
     /// The client's TLS handshake failed (`wslb_tls_handshake_failures_total` says why);
     /// one that timed out counts as `ClientTimeout`.
     TlsHandshake,
+    /// No route matches the request's host and path: 404.
+    NoRoute,
 }
 
 impl Rejected {
-    pub const ALL: [Rejected; 13] = [
+    pub const ALL: [Rejected; 14] = [
         Rejected::Limit,
         Rejected::PerIpConnections,
         Rejected::PerIpRate,
@@ -209,6 +215,7 @@ impl Rejected {
         Rejected::BackendFailed,
         Rejected::BackendRefused,
         Rejected::TlsHandshake,
+        Rejected::NoRoute,
     ];
 
     /// The `reason` label.
@@ -227,6 +234,7 @@ impl Rejected {
             Rejected::BackendFailed => "backend_failed",
             Rejected::BackendRefused => "backend_refused",
             Rejected::TlsHandshake => "tls_handshake",
+            Rejected::NoRoute => "no_route",
         }
     }
 

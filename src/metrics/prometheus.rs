@@ -138,6 +138,36 @@ pub fn render(s: &Snapshot) -> String {
         }
     }
 
+    if !s.rebalance.is_empty() {
+        for (name, kind, help) in [
+            (
+                "wslb_rebalance_spread_ratio",
+                "gauge",
+                "How far the route's most loaded backend was above its share at the last rebalancing pass (0.5 = 50%).",
+            ),
+            (
+                "wslb_rebalance_passes_total",
+                "counter",
+                "Rebalancing passes that closed connections, by route.",
+            ),
+            (
+                "wslb_rebalance_moved_total",
+                "counter",
+                "Connections rebalancing closed (1012) to move them, by route.",
+            ),
+        ] {
+            o.head(name, kind, help);
+            for r in &s.rebalance {
+                let labels = [("route", r.route.as_str())];
+                match name {
+                    "wslb_rebalance_spread_ratio" => o.sample(name, &labels, r.spread.max(0.0)),
+                    "wslb_rebalance_passes_total" => o.sample(name, &labels, r.passes),
+                    _ => o.sample(name, &labels, r.moved),
+                }
+            }
+        }
+    }
+
     let name = "wslb_handshake_duration_seconds";
     o.head(
         name,
@@ -179,7 +209,11 @@ pub fn render(s: &Snapshot) -> String {
         o.head(name, kind, help);
         for b in &s.backends {
             let v = [u64::from(b.up), b.open, b.selected][i];
-            o.sample(name, &[("backend", &b.addr.to_string())], v);
+            o.sample(
+                name,
+                &[("route", &b.route), ("backend", &b.addr.to_string())],
+                v,
+            );
         }
     }
     let name = "wslb_backend_failures_total";
@@ -191,7 +225,11 @@ pub fn render(s: &Snapshot) -> String {
     for b in &s.backends {
         let addr = b.addr.to_string();
         for (kind, v) in FAILURE_KINDS.iter().zip(b.failures) {
-            o.sample(name, &[("backend", &addr), ("kind", kind)], v);
+            o.sample(
+                name,
+                &[("route", &b.route), ("backend", &addr), ("kind", kind)],
+                v,
+            );
         }
     }
 
@@ -246,6 +284,11 @@ pub fn render(s: &Snapshot) -> String {
             "wslb_removed_backend_closes_total",
             "Connections closed (1012) after their backend was removed by a reload.",
             Event::RemovedBackendClose,
+        ),
+        (
+            "wslb_rebalance_closes_total",
+            "Connections closed (1012) by rebalancing, to reconnect to a lighter backend.",
+            Event::RebalanceClose,
         ),
     ] {
         o.one(name, "counter", help, t.event(e));
@@ -334,6 +377,7 @@ mod tests {
         Snapshot {
             totals: Totals::of(workers),
             backends: vec![BackendView {
+                route: "default".into(),
                 addr: "127.0.0.1:9001".parse().unwrap(),
                 up: true,
                 open: 2,
@@ -346,6 +390,7 @@ mod tests {
             last_reload_success: 1.7e9,
             io_driver: "io_uring",
             process: Process::default(),
+            rebalance: Vec::new(),
             certificates: vec![crate::tls::CertInfo {
                 file: "/etc/wslb/cert.pem".into(),
                 names: vec!["localhost".into()],
@@ -442,7 +487,7 @@ mod tests {
         assert_eq!(value(&text, &format!("{h}_bucket{{le=\"+Inf\"}}")), 2.0);
         assert_eq!(value(&text, &format!("{h}_count")), 2.0);
         assert!((value(&text, &format!("{h}_sum")) - 20.003).abs() < 1e-6);
-        let b = r#"{backend="127.0.0.1:9001"}"#;
+        let b = r#"{route="default",backend="127.0.0.1:9001"}"#;
         assert_eq!(
             value(&text, &format!("wslb_backend_selected_total{b}")),
             7.0
@@ -454,7 +499,7 @@ mod tests {
         assert_eq!(
             value(
                 &text,
-                r#"wslb_backend_failures_total{backend="127.0.0.1:9001",kind="health_check"}"#
+                r#"wslb_backend_failures_total{route="default",backend="127.0.0.1:9001",kind="health_check"}"#
             ),
             3.0
         );

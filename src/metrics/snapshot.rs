@@ -88,6 +88,8 @@ impl Totals {
 /// One backend as the metrics and `/backends` show it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendView {
+    /// The route's name (`default` for the top-level `backends`).
+    pub route: String,
     pub addr: SocketAddr,
     pub up: bool,
     pub open: u64,
@@ -97,12 +99,24 @@ pub struct BackendView {
 }
 
 impl BackendView {
+    /// The backends of every route's current snapshot, route by route (in matching
+    /// order), each route's in config order.
+    pub fn of(router: &crate::routes::Router) -> Vec<BackendView> {
+        let table = router.table();
+        table
+            .routes
+            .iter()
+            .flat_map(|r| Self::of_pool(&r.spec.name, &r.pool))
+            .collect()
+    }
+
     /// The backends of `pool`'s current snapshot, in config order.
-    pub fn of(pool: &crate::balancer::Pool) -> Vec<BackendView> {
+    pub fn of_pool(route: &str, pool: &crate::balancer::Pool) -> Vec<BackendView> {
         pool.snapshot()
             .backends
             .iter()
             .map(|b| BackendView {
+                route: route.to_string(),
                 addr: b.addr,
                 up: b.health.is_up(),
                 open: b.stats.open(),
@@ -128,6 +142,8 @@ pub struct Snapshot {
     pub process: Process,
     /// The TLS certificates in use (empty without TLS).
     pub certificates: Vec<crate::tls::CertInfo>,
+    /// Each route's rebalancing figures (empty while rebalancing never ran).
+    pub rebalance: Vec<crate::balancer::rebalance::RouteStats>,
 }
 
 /// One line summing the workers' counters, e.g.

@@ -187,11 +187,14 @@ pub(crate) fn test_env() -> WorkerEnv {
     }
     .validate()
     .unwrap();
-    let pool = std::sync::Arc::new(crate::balancer::Pool::new(
-        settings.backends.iter().map(|b| b.addr).collect(),
-        1,
-    ));
-    WorkerEnv::new(0, std::sync::Arc::new(settings), pool, Default::default())
+    let router = crate::routes::Router::new(crate::balancer::affinity::Key::generate());
+    router.configure(&settings.routes, None);
+    WorkerEnv::new(
+        0,
+        std::sync::Arc::new(settings),
+        std::sync::Arc::new(router),
+        Default::default(),
+    )
 }
 
 #[cfg(test)]

@@ -64,8 +64,8 @@ where
             self.forward_buffered(link).await;
             let at_boundary = self.walker.pending == 0;
             match link.attention(self.from, self.close == CloseState::Open) {
-                // The instance drains (1001), the connection idled out (1001) or its
-                // backend was removed (1012): a close to this pump's destination, at a
+                // The instance drains (1001), the connection idled out (1001), its
+                // backend was removed (1012) or it is moved by rebalancing (1012): a close to this pump's destination, at a
                 // frame boundary. The peer's close reply is then dropped (a close already
                 // went its way), and its TCP end finishes this pump.
                 Some(Attention::GoAway(why)) if at_boundary => {
@@ -73,6 +73,7 @@ where
                     let event = match why {
                         GoAway::Idle => Some(Event::IdleClose),
                         GoAway::RemovedBackend => Some(Event::RemovedBackendClose),
+                        GoAway::Rebalance => Some(Event::RebalanceClose),
                         GoAway::Drain => None,
                     };
                     if let (Some(e), Side::Client) = (event, self.from) {

@@ -65,6 +65,9 @@ pub enum GoAway {
     Idle,
     /// The backend was removed by a reload and its drain deadline passed.
     RemovedBackend,
+    /// The backend holds more than its share of its route's connections: the rebalancer
+    /// moves this one (the client reconnects and is placed on a lighter backend).
+    Rebalance,
 }
 
 impl GoAway {
@@ -74,6 +77,7 @@ impl GoAway {
             GoAway::Drain => (1001, "going away"),
             GoAway::Idle => (1001, "idle timeout"),
             GoAway::RemovedBackend => (1012, "service restart"),
+            GoAway::Rebalance => (1012, "rebalancing"),
         }
     }
 }
@@ -81,6 +85,7 @@ impl GoAway {
 /// Why the relay was kicked from outside.
 const KICK_NONE: u8 = 0;
 const KICK_RETIRED: u8 = 1;
+const KICK_REBALANCE: u8 = 2;
 
 /// One relay's registration. The per-peer arrays are indexed by [`Side::index`].
 #[derive(Debug)]
@@ -309,8 +314,10 @@ impl Registry {
         }
         let slots = self.slots.borrow();
         let s = &slots[key];
-        if s.kick == KICK_RETIRED {
-            return Some(Attention::GoAway(GoAway::RemovedBackend));
+        match s.kick {
+            KICK_RETIRED => return Some(Attention::GoAway(GoAway::RemovedBackend)),
+            KICK_REBALANCE => return Some(Attention::GoAway(GoAway::Rebalance)),
+            _ => {}
         }
         let (now, k) = (self.now.get(), self.keepalive);
         if idle(s, now, k) {
@@ -355,6 +362,24 @@ impl Registry {
         }
         if hit > 0 {
             self.wake_all(|s| s.kick == KICK_RETIRED);
+        }
+        hit
+    }
+
+    /// A rebalancing pass: marks relays of the backends in `shed` for close 1012, as many
+    /// per backend as its quota still allows (the quota is shared by every worker, so the
+    /// pass closes the number it asked for whichever workers hold the connections), and
+    /// wakes them; each closes at its next frame boundary. Returns how many were marked.
+    pub fn shed(&self, shed: &crate::control::Shed) -> usize {
+        let mut hit = 0;
+        for s in self.slots.borrow_mut().iter_mut() {
+            if s.waker.is_some() && s.kick == KICK_NONE && shed.take(s.backend) {
+                s.kick = KICK_REBALANCE;
+                hit += 1;
+            }
+        }
+        if hit > 0 {
+            self.wake_all(|s| s.kick == KICK_REBALANCE);
         }
         hit
     }

@@ -170,6 +170,9 @@ pub struct Balancing {
     pub hash_key: HashKey,
     /// `None`: no slow start. Used by the algorithms that [`Algorithm::ramps`].
     pub slow_start: Option<Duration>,
+    /// `sticky = "cookie"`: the cookie's name (`None`: no affinity). Checked before the
+    /// algorithm, by `Snapshot::sticky_pick`.
+    pub sticky: Option<Box<str>>,
 }
 
 /// The selector of one snapshot. An enum rather than a trait object: the set of

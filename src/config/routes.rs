@@ -1,0 +1,449 @@
+//! The routing sections of the config: `[[routes]]`, the sticky cookie and `[rebalance]`,
+//! and their validation into [`crate::routes::RouteSpec`]s.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{BackendEntry, Config, Health, HealthMode};
+use crate::balancer::{Algorithm, BackendSpec, Balancing, HashKey, HealthConfig};
+use crate::routes::{HostMatch, RouteSpec};
+
+/// One `[[routes]]` entry. Fields left out take the top-level value (`algorithm`,
+/// `hash_key`, `slow_start_ms`, `sticky`, `sticky_cookie`, and each `[health]` field).
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteConfig {
+    /// Its label in metrics, logs and `/backends`. Default: host and prefix
+    /// (`chat.example.com/ws`, `*/ws` for any host).
+    pub name: String,
+    /// An exact host name, `*.example.com`, or empty (default) for any host.
+    pub host: String,
+    /// Default `/`. The longest matching prefix wins, at a path segment boundary.
+    pub path_prefix: String,
+    /// As the top-level `backends`. At least one.
+    pub backends: Vec<BackendEntry>,
+    pub algorithm: Option<Algorithm>,
+    pub hash_key: Option<String>,
+    pub slow_start_ms: Option<u64>,
+    pub sticky: Option<StickyMode>,
+    pub sticky_cookie: Option<String>,
+    pub health: RouteHealth,
+}
+
+/// A route's `[routes.health]`: each field left out is the top-level `[health]` one.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RouteHealth {
+    pub enabled: Option<bool>,
+    pub mode: Option<HealthMode>,
+    pub path: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub rise: Option<u32>,
+    pub fall: Option<u32>,
+}
+
+impl RouteHealth {
+    fn over(&self, h: &Health) -> Health {
+        Health {
+            enabled: self.enabled.unwrap_or(h.enabled),
+            mode: self.mode.unwrap_or(h.mode),
+            path: self.path.clone().unwrap_or_else(|| h.path.clone()),
+            interval_ms: self.interval_ms.unwrap_or(h.interval_ms),
+            timeout_ms: self.timeout_ms.unwrap_or(h.timeout_ms),
+            rise: self.rise.unwrap_or(h.rise),
+            fall: self.fall.unwrap_or(h.fall),
+        }
+    }
+}
+
+/// `sticky`: `none` (default) or `cookie`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StickyMode {
+    #[default]
+    None,
+    Cookie,
+}
+
+/// `[rebalance]`: closing connections (1012) of backends holding more than their share, so
+/// that they reconnect to the lighter ones (see `balancer/rebalance.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Rebalance {
+    /// Default false.
+    pub enabled: bool,
+    /// How far above its share (the route's mean, by weight) a backend's open connections
+    /// may be before connections are moved: 0.2 = 20% (default). 0.01..=10.
+    pub tolerance: f64,
+    /// Most connections closed per second, over all routes. Default 50.
+    pub max_per_second: u32,
+    /// Time between passes. Default 1 000 ms.
+    pub interval_ms: u64,
+}
+
+impl Default for Rebalance {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            tolerance: 0.2,
+            max_per_second: 50,
+            interval_ms: 1_000,
+        }
+    }
+}
+
+/// `[rebalance]`, validated (`None` when off).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RebalanceSettings {
+    pub tolerance: f64,
+    pub max_per_second: u32,
+    pub interval: Duration,
+}
+
+/// What the routes' validation gives back to `validate`.
+pub(super) struct Validated {
+    pub routes: Vec<RouteSpec>,
+    /// Backends written `wss://` (or all, with `[tls_backend] enabled`), with the host name
+    /// they are verified by.
+    pub tls_backends: Vec<(SocketAddr, String)>,
+    pub warnings: Vec<String>,
+    pub rebalance: Option<RebalanceSettings>,
+    pub sticky_secret: Option<Box<[u8]>>,
+}
+
+impl Config {
+    /// The default route (top-level `backends`, if any) and every `[[routes]]` entry.
+    pub(super) fn validate_routes(&self, problem: &mut dyn FnMut(&str, String)) -> Validated {
+        let mut out = Validated {
+            routes: Vec::new(),
+            tls_backends: Vec::new(),
+            warnings: Vec::new(),
+            rebalance: None,
+            sticky_secret: None,
+        };
+        if self.backends.is_empty() && self.routes.is_empty() {
+            problem(
+                "backends",
+                "at least one backend address (or a [[routes]] entry) is required".into(),
+            );
+        }
+        // An address is one backend: reached one way (TLS or not, by one name) everywhere.
+        let mut seen: Vec<(SocketAddr, Option<String>)> = Vec::new();
+        let top = RouteConfig::default();
+        if !self.backends.is_empty() {
+            let spec = self.route(
+                &top,
+                "backends",
+                "default".into(),
+                &mut seen,
+                &mut out,
+                problem,
+            );
+            out.routes.extend(spec);
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            let field = format!("routes[{i}]");
+            if r.backends.is_empty() {
+                problem(
+                    &format!("{field}.backends"),
+                    "at least one backend is required".into(),
+                );
+            }
+            let name = if r.name.is_empty() {
+                let host = if r.host.is_empty() { "*" } else { &r.host };
+                let prefix = if r.path_prefix.is_empty() {
+                    "/"
+                } else {
+                    &r.path_prefix
+                };
+                format!("{host}{prefix}")
+            } else {
+                r.name.clone()
+            };
+            if out.routes.iter().any(|s| *s.name == *name) {
+                problem(
+                    &format!("{field}.name"),
+                    format!("{name:?} names another route too"),
+                );
+            }
+            let spec = self.route(r, &field, name, &mut seen, &mut out, problem);
+            out.routes.extend(spec);
+        }
+        let (dups, warnings) = crate::routes::check(&out.routes);
+        for (name, message) in dups {
+            problem(&format!("routes ({name})"), message);
+        }
+        out.warnings.extend(warnings);
+
+        let sticky_used = out.routes.iter().any(|r| r.balancing.sticky.is_some());
+        match self.sticky_secret.len() {
+            0 if sticky_used => out.warnings.push(
+                "sticky_secret is not set: sticky cookies are signed with a key drawn at start, \
+                 valid for this process only (a restart, or another instance, ignores them)"
+                    .into(),
+            ),
+            0 => {}
+            n if n < 16 => problem(
+                "sticky_secret",
+                format!("{n} bytes is too short to sign cookies with; use at least 16"),
+            ),
+            _ => out.sticky_secret = Some(self.sticky_secret.as_bytes().into()),
+        }
+        let rb = &self.rebalance;
+        if !(0.01..=10.0).contains(&rb.tolerance) {
+            problem(
+                "rebalance.tolerance",
+                format!("{} is outside 0.01..=10 (0.2 = 20%)", rb.tolerance),
+            );
+        }
+        if rb.max_per_second == 0 || rb.max_per_second > 100_000 {
+            problem(
+                "rebalance.max_per_second",
+                format!("{} is outside 1..=100000", rb.max_per_second),
+            );
+        }
+        if !(100..=3_600_000).contains(&rb.interval_ms) {
+            problem(
+                "rebalance.interval_ms",
+                format!("{} is outside 100..=3600000", rb.interval_ms),
+            );
+        }
+        out.rebalance = rb.enabled.then_some(RebalanceSettings {
+            tolerance: rb.tolerance,
+            max_per_second: rb.max_per_second,
+            interval: Duration::from_millis(rb.interval_ms),
+        });
+        out
+    }
+
+    /// One route: `r`'s fields over the top-level ones (for the default route `r` is empty
+    /// and its backends are the top-level list).
+    fn route(
+        &self,
+        r: &RouteConfig,
+        field: &str,
+        name: String,
+        seen: &mut Vec<(SocketAddr, Option<String>)>,
+        out: &mut Validated,
+        problem: &mut dyn FnMut(&str, String),
+    ) -> Option<RouteSpec> {
+        let at = |f: &str| {
+            if field == "backends" {
+                f.to_string()
+            } else {
+                format!("{field}.{f}")
+            }
+        };
+        let mut ok = true;
+        let mut bad = |f: &str, m: String| {
+            ok = false;
+            problem(f, m);
+        };
+        let host = HostMatch::parse(&r.host)
+            .map_err(|e| bad(&at("host"), e))
+            .ok();
+        let path_prefix = if r.path_prefix.is_empty() {
+            "/"
+        } else {
+            r.path_prefix.as_str()
+        };
+        if !path_prefix.starts_with('/') || path_prefix.contains(['?', '#', ' ']) {
+            bad(
+                &at("path_prefix"),
+                format!("{path_prefix:?} must start with / and have no query"),
+            );
+        }
+        let algorithm = r.algorithm.unwrap_or(self.algorithm);
+        let entries = if field == "backends" {
+            &self.backends
+        } else {
+            &r.backends
+        };
+        let backends = self.backend_list(
+            entries,
+            algorithm,
+            field,
+            seen,
+            &mut out.tls_backends,
+            &mut bad,
+        );
+        let hash_key_text = r.hash_key.as_deref().unwrap_or(&self.hash_key);
+        let hash_key = hash_key_text
+            .parse::<HashKey>()
+            .map_err(|e| bad(&at("hash_key"), e))
+            .ok();
+        if hash_key.is_some() && hash_key_text != "ip" && algorithm != Algorithm::ConsistentHash {
+            bad(
+                &at("hash_key"),
+                format!(
+                    "{} does not hash; hash_key needs algorithm = \"consistent-hash\"",
+                    algorithm.name()
+                ),
+            );
+        }
+        let slow_start_ms = r.slow_start_ms.unwrap_or(self.slow_start_ms);
+        if slow_start_ms > 0 && !algorithm.ramps() {
+            bad(
+                &at("slow_start_ms"),
+                format!(
+                    "{} does not ramp weights; slow start needs weighted-round-robin, \
+                     least-connections or power-of-two",
+                    algorithm.name()
+                ),
+            );
+        }
+        if slow_start_ms > super::settings::MAX_KEEPALIVE_MS {
+            bad(
+                &at("slow_start_ms"),
+                format!("{slow_start_ms} is more than a day"),
+            );
+        }
+        let sticky = r.sticky.unwrap_or(self.sticky) == StickyMode::Cookie;
+        let cookie = r.sticky_cookie.as_deref().unwrap_or(&self.sticky_cookie);
+        if sticky && (cookie.is_empty() || !cookie.bytes().all(is_token)) {
+            bad(
+                &at("sticky_cookie"),
+                format!("{cookie:?} is not a cookie name"),
+            );
+        }
+        let health = r.health.over(&self.health);
+        let health = health_config(&health, &at("health"), &mut bad);
+        if !ok {
+            return None;
+        }
+        Some(RouteSpec {
+            name: name.into(),
+            host: host?,
+            path_prefix: path_prefix.into(),
+            backends,
+            balancing: Balancing {
+                algorithm,
+                hash_key: hash_key?,
+                slow_start: (slow_start_ms > 0).then(|| Duration::from_millis(slow_start_ms)),
+                sticky: sticky.then(|| cookie.into()),
+            },
+            health,
+        })
+    }
+
+    /// A `backends` list: addresses resolved, weights checked against the algorithm.
+    fn backend_list(
+        &self,
+        entries: &[BackendEntry],
+        algorithm: Algorithm,
+        field: &str,
+        seen: &mut Vec<(SocketAddr, Option<String>)>,
+        tls_backends: &mut Vec<(SocketAddr, String)>,
+        problem: &mut dyn FnMut(&str, String),
+    ) -> Vec<BackendSpec> {
+        let list = if field == "backends" {
+            "backends".to_string()
+        } else {
+            format!("{field}.backends")
+        };
+        let mut backends: Vec<BackendSpec> = Vec::with_capacity(entries.len());
+        for (i, entry) in entries.iter().enumerate() {
+            let b = &entry.address;
+            if !(1..=1000).contains(&entry.weight) {
+                problem(
+                    &format!("{list}[{i}].weight"),
+                    format!("{} is outside 1..=1000", entry.weight),
+                );
+            } else if entry.weight != 1 && !algorithm.is_weighted() {
+                problem(
+                    &format!("{list}[{i}].weight"),
+                    format!(
+                        "{} ignores weights; use weighted-round-robin, least-connections \
+                         or consistent-hash",
+                        algorithm.name()
+                    ),
+                );
+            }
+            let (tls, hostport) = if let Some(rest) = b.strip_prefix("wss://") {
+                (true, rest)
+            } else if let Some(rest) = b.strip_prefix("ws://") {
+                (false, rest)
+            } else {
+                (self.tls_backend.enabled, b.as_str())
+            };
+            let hostport = hostport.strip_suffix('/').unwrap_or(hostport);
+            match super::settings::resolve(hostport) {
+                Ok(a) if a.port() == 0 => problem(
+                    &format!("{list}[{i}]"),
+                    format!("{b:?}: backend port must not be 0"),
+                ),
+                Ok(a) => {
+                    let how = tls.then(|| super::settings::host_of(hostport));
+                    match seen.iter().find(|(addr, _)| *addr == a) {
+                        Some((_, before)) if *before != how => problem(
+                            &format!("{list}[{i}]"),
+                            format!("{b:?}: {a} is reached another way (TLS or name) elsewhere"),
+                        ),
+                        Some(_) => {}
+                        None => {
+                            seen.push((a, how.clone()));
+                            if let Some(host) = how {
+                                tls_backends.push((a, host));
+                            }
+                        }
+                    }
+                    let weight = entry.weight.clamp(1, 1000) as u32;
+                    match backends.iter().find(|s| s.addr == a) {
+                        Some(s) if s.weight != weight => problem(
+                            &format!("{list}[{i}]"),
+                            format!("{b:?}: {a} is listed before with another weight"),
+                        ),
+                        Some(_) => {}
+                        None => backends.push(BackendSpec { addr: a, weight }),
+                    }
+                }
+                Err(e) => problem(&format!("{list}[{i}]"), e),
+            }
+        }
+        backends
+    }
+}
+
+/// An RFC 9110 token character (cookie and header names).
+fn is_token(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
+}
+
+/// A `[health]` table (merged for a route), checked: `None` when checks are off.
+fn health_config(
+    h: &Health,
+    field: &str,
+    problem: &mut dyn FnMut(&str, String),
+) -> Option<HealthConfig> {
+    for (name, v) in [
+        ("interval_ms", h.interval_ms),
+        ("timeout_ms", h.timeout_ms),
+        ("rise", h.rise as u64),
+        ("fall", h.fall as u64),
+    ] {
+        if v == 0 {
+            problem(&format!("{field}.{name}"), "must be at least 1".into());
+        }
+    }
+    if h.mode == HealthMode::Http && !h.path.starts_with('/') {
+        problem(
+            &format!("{field}.path"),
+            format!("{:?} must start with /", h.path),
+        );
+    }
+    h.enabled.then(|| HealthConfig {
+        interval: Duration::from_millis(h.interval_ms),
+        timeout: Duration::from_millis(h.timeout_ms),
+        rise: h.rise,
+        fall: h.fall,
+        probe: match h.mode {
+            HealthMode::Tcp => crate::balancer::Probe::Tcp,
+            HealthMode::Http => crate::balancer::Probe::Http {
+                path: h.path.clone(),
+            },
+        },
+    })
+}
