@@ -14,6 +14,9 @@
 //! boundary. The thread's wait between passes is on its channel, so a stop or a reload
 //! (new settings) reaches it at once.
 //!
+//! Routes whose key decides the backend (consistent hashing, sticky cookies) are left
+//! alone: a moved client would come straight back ([`rebalances`]).
+//!
 //! Each pass is logged (route, spread before, connections asked to close, by backend) and
 //! counted (`wslb_rebalance_*`); when a route comes back within tolerance the log says so,
 //! with the spread then and the connections moved to get there.
@@ -218,6 +221,14 @@ fn run(
     }
 }
 
+/// Whether rebalancing moves this route's connections: not where the key decides the
+/// backend (consistent hashing, a sticky cookie), since a moved client would reconnect to
+/// the backend it left.
+pub fn rebalances(route: &crate::routes::RouteSpec) -> bool {
+    route.balancing.algorithm != crate::balancer::Algorithm::ConsistentHash
+        && route.balancing.sticky.is_none()
+}
+
 fn pass(
     s: &RebalanceSettings,
     router: &Router,
@@ -231,7 +242,7 @@ fn pass(
     let mut figures = stats.lock().unwrap_or_else(|e| e.into_inner());
     memory.retain(|m| table.routes.iter().any(|r| *r.spec.name == *m.route));
     figures.retain(|f| table.routes.iter().any(|r| *r.spec.name == *f.route));
-    for route in &table.routes {
+    for route in table.routes.iter().filter(|r| rebalances(&r.spec)) {
         let name = &*route.spec.name;
         let m = match memory.iter().position(|m| m.route == name) {
             Some(i) => &mut memory[i],

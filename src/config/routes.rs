@@ -211,6 +211,19 @@ impl Config {
                 format!("{} is outside 100..=3600000", rb.interval_ms),
             );
         }
+        if rb.enabled {
+            for r in out
+                .routes
+                .iter()
+                .filter(|r| !crate::balancer::rebalance::rebalances(r))
+            {
+                out.warnings.push(format!(
+                    "route {:?} is not rebalanced: with {} its clients would reconnect to                      the backend they left",
+                    r.name,
+                    if r.balancing.sticky.is_some() { "a sticky cookie" } else { "consistent-hash" }
+                ));
+            }
+        }
         out.rebalance = rb.enabled.then_some(RebalanceSettings {
             tolerance: rb.tolerance,
             max_per_second: rb.max_per_second,

@@ -406,3 +406,39 @@ fn bad_routes_are_named() {
         ]
     );
 }
+
+#[test]
+fn rebalancing_leaves_routes_whose_key_decides_the_backend_and_says_so() {
+    let s = Config::from_toml(
+        r#"
+        backends = ["127.0.0.1:9001", "127.0.0.1:9002"]
+        [rebalance]
+        enabled = true
+        [[routes]]
+        name = "hashed"
+        path_prefix = "/h"
+        algorithm = "consistent-hash"
+        backends = ["127.0.0.1:9003"]
+        [[routes]]
+        name = "pinned"
+        path_prefix = "/p"
+        sticky = "cookie"
+        backends = ["127.0.0.1:9004"]
+        "#,
+    )
+    .unwrap()
+    .validate()
+    .unwrap();
+    let moved: Vec<bool> = s
+        .routes
+        .iter()
+        .map(crate::balancer::rebalance::rebalances)
+        .collect();
+    assert_eq!(moved, [true, false, false]);
+    let notes: Vec<&String> = s
+        .warnings
+        .iter()
+        .filter(|w| w.contains("is not rebalanced"))
+        .collect();
+    assert_eq!(notes.len(), 2, "{notes:?}");
+}
