@@ -1,8 +1,10 @@
-"""Tallies an Autobahn fuzzingclient report: agent 'direct' and every agent through wslb
-('wslb', 'wslb-wss').
+"""Tallies an Autobahn fuzzingclient report: each backend directly ('direct': wslb's echo;
+'direct-deflate': a compressing Python websockets echo) and every agent through wslb in
+front of it ('wslb', 'wslb-wss'; 'wslb-deflate'). An agent named '...-deflate' is compared
+with 'direct-deflate', the others with 'direct'.
 
-Exit 1 if the echo backend fails a case on its own, or if any case fails through wslb
-(over ws or wss) that does not fail directly.
+Exit 1 if a backend fails a case on its own, or if any case fails (or is UNIMPLEMENTED:
+an extension lost on the way) through wslb that passes directly.
 """
 import collections
 import json
@@ -17,25 +19,27 @@ def main(path):
     with open(path) as f:
         index = json.load(f)
     tallies = {}
-    agents = ["direct"] + sorted(a for a in index if a != "direct")
+    bases = [a for a in ("direct", "direct-deflate") if a in index]
+    agents = bases + sorted(a for a in index if a not in bases)
     for agent in agents:
         results = index[agent]
         tallies[agent] = collections.Counter(r["behavior"] for r in results.values())
-        print("%-8s %d cases: %s" % (agent, len(results), ", ".join(
+        print("%-14s %d cases: %s" % (agent, len(results), ", ".join(
             "%s %d" % kv for kv in sorted(tallies[agent].items()))))
     bad = False
-    direct = index["direct"]
-    for case in sorted(direct, key=key):
-        if direct[case]["behavior"] == "FAILED":
-            print("echo backend fails %s on its own" % case)
-            bad = True
-    for agent in agents[1:]:
+    for base in bases:
+        for case in sorted(index[base], key=key):
+            if index[base][case]["behavior"] == "FAILED":
+                print("%s: the backend fails %s on its own" % (base, case))
+                bad = True
+    for agent in agents[len(bases):]:
         proxied = index[agent]
+        direct = index["direct-deflate" if agent.endswith("-deflate") else "direct"]
         for case in sorted(proxied, key=key):
             b = proxied[case]["behavior"]
             d = direct.get(case, {}).get("behavior")
-            if b == "FAILED" and d != "FAILED":
-                print("case %s FAILED through %s (direct: %s)" % (case, agent, d))
+            if b in ("FAILED", "UNIMPLEMENTED") and d not in ("FAILED", "UNIMPLEMENTED"):
+                print("case %s %s through %s (direct: %s)" % (case, b, agent, d))
                 bad = True
             elif b != d:
                 print("case %s: %s through %s, %s direct" % (case, b, agent, d))

@@ -61,6 +61,7 @@ fn walk(c: &mut Criterion) {
                         let rules = Rules {
                             from: sender,
                             limits: Limits::NONE,
+                            rsv1: false,
                         };
                         let r = w.walk(black_box(chunk), &rules);
                         forwarded += r.ready;
@@ -84,6 +85,7 @@ fn walk(c: &mut Criterion) {
                 &Rules {
                     from: Side::Client,
                     limits: Limits::NONE,
+                    rsv1: false,
                 },
             )
         })
@@ -222,5 +224,39 @@ fn build(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, walk, close, select, algorithms, build);
+/// Route matching per request: `n` routes of their own host (and a default), the request
+/// for the last of them (the worst case: every route is looked at).
+fn routes(c: &mut Criterion) {
+    use wslb::routes::{HostMatch, RouteSpec, Router};
+    let mut g = c.benchmark_group("routes");
+    for n in [1usize, 10, 100] {
+        let mut specs: Vec<RouteSpec> = (0..n)
+            .map(|i| RouteSpec {
+                name: format!("app{i}").into(),
+                host: HostMatch::parse(&format!("app{i}.example.com")).unwrap(),
+                path_prefix: "/ws".into(),
+                backends: vec![std::net::SocketAddr::from(([127, 0, 0, 1], 9000)).into()],
+                balancing: Default::default(),
+                health: None,
+                extensions: Default::default(),
+            })
+            .collect();
+        specs.push(RouteSpec {
+            name: "default".into(),
+            host: HostMatch::Any,
+            path_prefix: "/".into(),
+            ..specs[0].clone()
+        });
+        let router = Router::new(wslb::balancer::affinity::Key::generate());
+        router.configure(&specs, None);
+        let table = router.table();
+        let host = format!("APP{}.example.com:443", n - 1);
+        g.bench_function(BenchmarkId::new("find", n), |b| {
+            b.iter(|| table.find(std::hint::black_box(host.as_bytes()), "/ws/room?id=7"))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, walk, close, select, algorithms, build, routes);
 criterion_main!(benches);

@@ -77,7 +77,11 @@ async fn proxy(
     let up = wslb::handshake::parse_request(&req, &mut h)
         .map_err(|e| e.to_string())?
         .ok_or("partial")?;
-    let fwd = up.forward_head(peer.ip(), wslb::stream::Scheme::Http);
+    let fwd = up.forward_head(
+        peer.ip(),
+        wslb::stream::Scheme::Http,
+        wslb::handshake::Extensions::Strip,
+    );
     let mut backend = TcpStream::connect_addr(addr).await?;
     backend.set_nodelay(true)?;
     backend.write_all(fwd).await.0?;

@@ -95,6 +95,10 @@ pub struct Config {
     /// honour each other's cookies. Default empty: a key drawn at start, for this process.
     pub sticky_secret: String,
     pub rebalance: Rebalance,
+    /// `pass` (default): permessage-deflate is negotiated end to end (the relay stays
+    /// zero-copy and allows RSV1 where it marks a compressed message); `strip`: no
+    /// extension is negotiated. Per route too.
+    pub extensions: crate::handshake::Extensions,
 }
 
 /// One `backends` entry: an address (`"host:port"`, `"ws://host:port"`,
@@ -351,6 +355,7 @@ impl Default for Config {
             sticky_cookie: "wslb_backend".into(),
             sticky_secret: String::new(),
             rebalance: Rebalance::default(),
+            extensions: crate::handshake::Extensions::Pass,
         }
     }
 }

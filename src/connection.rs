@@ -162,7 +162,16 @@ async fn relay_upgraded<C: ClientStream>(
     let id = lease.backend().id;
     let outcome = match up.backend {
         BackendConn::Plain(backend) => {
-            relay::run(up.client, backend, up.client_buf, up.backend_buf, id, &ctx).await
+            relay::run(
+                up.client,
+                backend,
+                up.client_buf,
+                up.backend_buf,
+                id,
+                up.deflate,
+                &ctx,
+            )
+            .await
         }
         // Boxed: a relay to a TLS backend is a different (larger) future, and held inline
         // it would make every connection's task as large.
@@ -173,6 +182,7 @@ async fn relay_upgraded<C: ClientStream>(
                 up.client_buf,
                 up.backend_buf,
                 id,
+                up.deflate,
                 &ctx,
             ))
             .await
@@ -232,6 +242,8 @@ struct Upgraded<C> {
     lease: Lease,
     /// The request target, kept only for the access log.
     path: Option<Box<str>>,
+    /// The 101 accepted permessage-deflate.
+    deflate: bool,
 }
 
 /// A connected backend: plain TCP, or TLS (a `wss://` backend).
@@ -273,14 +285,16 @@ async fn upgrade<C: ClientStream>(
         let sticky = snap.sticky_pick(cookie);
         let first = sticky.or_else(|| snap.pick(request_key(snap.key_source(), u, &ip)));
         let path = ctx.access_log.is_some().then(|| Box::from(u.path));
+        let ext = routes.table.routes[route].spec.extensions;
         let pick = Pick {
             routes: routes.clone(),
             route,
             snap,
             first,
             sticky,
+            ext,
         };
-        Some((u.forward_head(peer.ip(), C::SCHEME), pick, path))
+        Some((u.forward_head(peer.ip(), C::SCHEME, ext), pick, path))
     });
     let (client_buf, picked) = upgrade.await?;
     let Some((forward, pick, path)) = picked else {
@@ -303,6 +317,16 @@ async fn upgrade<C: ClientStream>(
                 return Err(e);
             }
         };
+    if response.deflate && pick.ext == handshake::Extensions::Strip {
+        // Accepted what was never offered: the client would fail the connection, and the
+        // relay could not tell its frames' RSV bits.
+        pool.failed(lease.backend(), Failure::Handshake);
+        let _ = client.write_all(handshake::BAD_GATEWAY).await;
+        return Err(HandshakeError::Backend {
+            addr: lease.backend().addr,
+            reason: "its 101 accepted permessage-deflate, which was not offered".into(),
+        });
+    }
     // The 101 gets the sticky cookie when the request did not already name this backend.
     let cookie = match &pick.snap.sticky {
         Some(s) if response.status == 101 => {
@@ -356,6 +380,7 @@ async fn upgrade<C: ClientStream>(
         backend_buf,
         lease,
         path,
+        deflate: response.deflate,
     })
 }
 
@@ -368,6 +393,7 @@ struct Pick {
     snap: Rc<Snapshot>,
     first: Option<usize>,
     sticky: Option<usize>,
+    ext: handshake::Extensions,
 }
 
 /// Reads until a complete, valid upgrade request is in `buf` and applies `respond` to it.

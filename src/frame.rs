@@ -184,23 +184,34 @@ impl Side {
 pub struct Rules {
     pub from: Side,
     pub limits: Limits,
+    /// RSV1 is allowed on the first frame of a data message: the backend's 101 accepted
+    /// permessage-deflate (RFC 7692 §6). Never on control or continuation frames.
+    pub rsv1: bool,
 }
 
 impl Header {
     /// Validates this header against RFC 6455 for frames from `from` and returns its
-    /// opcode. `limits` apply to data frames. Updates the fragmentation and size state.
+    /// opcode. `limits` apply to data frames (counting wire bytes: compressed ones, with
+    /// permessage-deflate). `rsv1`: RSV1 may mark the first frame of a data message
+    /// (permessage-deflate negotiated). Updates the fragmentation and size state.
     #[inline]
     pub fn check(
         &self,
         from: Side,
         state: &mut MessageState,
         limits: Limits,
+        rsv1: bool,
     ) -> Result<OpCode, Violation> {
-        if self.rsv != 0 {
+        let allowed = if rsv1 { RSV1 } else { 0 };
+        if self.rsv & !allowed != 0 {
             return Err(Violation::ReservedBits);
         }
         let opcode = OpCode::try_from(self.raw_opcode)
             .map_err(|_| Violation::ReservedOpcode(self.raw_opcode))?;
+        if self.rsv != 0 && !matches!(opcode, OpCode::Text | OpCode::Binary) {
+            // RSV1 marks a compressed message on its first frame only.
+            return Err(Violation::ReservedBits);
+        }
         match (from, self.mask.is_some()) {
             (Side::Client, false) => return Err(Violation::Unmasked),
             (Side::Backend, true) => return Err(Violation::Masked),
@@ -240,6 +251,9 @@ impl Header {
         Ok(opcode)
     }
 }
+
+/// RSV1 in [`Header::rsv`].
+const RSV1: u8 = 0b100;
 
 /// Validates a close frame's payload (still masked if `mask` is set) and returns its code
 /// (`None` for an empty close).
@@ -370,7 +384,7 @@ pub(crate) mod tests {
         let ok = |fin, op, mask, len, s: &mut MessageState, who| {
             parse_header(&encode(fin, op, mask, len))
                 .unwrap()
-                .check(who, s, LIM1000)
+                .check(who, s, LIM1000, false)
         };
         let c = Side::Client;
         let mut s = MessageState::default();
@@ -434,8 +448,48 @@ pub(crate) mod tests {
         let mut rsv = encode(true, 1, m, 5);
         rsv[0] |= 0x40;
         assert_eq!(
-            parse_header(&rsv).unwrap().check(c, &mut s, LIM1000),
+            parse_header(&rsv).unwrap().check(c, &mut s, LIM1000, false),
             Err(Violation::ReservedBits)
+        );
+    }
+
+    #[test]
+    fn rsv1_marks_a_compressed_message_on_its_first_frame_only() {
+        let (c, m) = (Side::Client, Some([1, 2, 3, 4]));
+        let with = |fin, op, bits: u8, s: &mut MessageState, deflate| {
+            let mut f = encode(fin, op, m, 5);
+            f[0] |= bits << 4;
+            parse_header(&f).unwrap().check(c, s, LIM1000, deflate)
+        };
+        let mut s = MessageState::default();
+        assert_eq!(with(true, 1, 0b100, &mut s, true), Ok(OpCode::Text));
+        assert_eq!(with(false, 2, 0b100, &mut s, true), Ok(OpCode::Binary));
+        assert_eq!(
+            with(false, 0, 0b100, &mut s, true),
+            Err(Violation::ReservedBits),
+            "not on a continuation"
+        );
+        assert_eq!(with(true, 0, 0, &mut s, true), Ok(OpCode::Continuation));
+        for (op, bits) in [
+            (9, 0b100),
+            (8, 0b100),
+            (10, 0b100),
+            (1, 0b010),
+            (1, 0b001),
+            (1, 0b110),
+        ] {
+            let mut s = MessageState::default();
+            assert_eq!(
+                with(true, op, bits, &mut s, true),
+                Err(Violation::ReservedBits),
+                "opcode {op} rsv {bits:03b}"
+            );
+        }
+        let mut s = MessageState::default();
+        assert_eq!(
+            with(true, 1, 0b100, &mut s, false),
+            Err(Violation::ReservedBits),
+            "nothing negotiated"
         );
     }
 

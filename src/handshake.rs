@@ -13,6 +13,20 @@ use crate::stream::Scheme;
 use base64::Engine;
 use sha1::{Digest, Sha1};
 
+/// What happens to the client's `Sec-WebSocket-Extensions` (`extensions`, per route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Extensions {
+    /// Offers of permessage-deflate go to the backend and its choice comes back in the
+    /// 101; the relay then allows RSV1 on a message's first frame and stays zero-copy
+    /// (it never inflates). Offers of any other extension are removed, since wslb cannot
+    /// tell which RSV bits they would use.
+    #[default]
+    Pass,
+    /// No extension is negotiated: both peers speak uncompressed frames.
+    Strip,
+}
+
 /// Most header lines accepted in a request or response. Browsers send 10-20.
 pub const MAX_HEADERS: usize = 64;
 
@@ -229,19 +243,31 @@ pub fn accept_key(key: &[u8]) -> String {
 impl<'b> Upgrade<'b, '_> {
     /// The request head sent to the backend: path, query and every header as the client
     /// sent them, except:
-    /// - `Sec-WebSocket-Extensions` is dropped, so no extension (permessage-deflate) is
-    ///   negotiated: RSV bits stay zero and payloads can be relayed untouched. Both peers
-    ///   fall back to uncompressed frames, as RFC 6455 §9.1 lets them.
+    /// - `Sec-WebSocket-Extensions`: with [`Extensions::Pass`], only its permessage-deflate
+    ///   offers are kept (any other extension is removed, as wslb cannot know its RSV
+    ///   bits); with [`Extensions::Strip`] the header is dropped and no extension is
+    ///   negotiated, so both peers fall back to uncompressed frames (RFC 6455 §9.1).
     /// - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` is set
     ///   to the scheme the client reached wslb with.
-    pub fn forward_head(&self, client_ip: IpAddr, scheme: Scheme) -> Vec<u8> {
+    pub fn forward_head(&self, client_ip: IpAddr, scheme: Scheme, ext: Extensions) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head_len + 64);
         out.extend_from_slice(b"GET ");
         out.extend_from_slice(self.path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut xff = Vec::new();
         for h in self.headers {
-            if eq(h.name, "sec-websocket-extensions") || eq(h.name, "x-forwarded-proto") {
+            if eq(h.name, "sec-websocket-extensions") {
+                if ext == Extensions::Pass {
+                    let kept = deflate_offers(h.value);
+                    if !kept.is_empty() {
+                        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+                        out.extend_from_slice(&kept);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                }
+                continue;
+            }
+            if eq(h.name, "x-forwarded-proto") {
                 continue;
             }
             if eq(h.name, "x-forwarded-for") {
@@ -318,6 +344,26 @@ impl<'b> Upgrade<'b, '_> {
     }
 }
 
+/// The permessage-deflate offers of one `Sec-WebSocket-Extensions` value, comma-joined
+/// as sent (parameters and all); other extensions' offers are left out.
+fn deflate_offers(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for offer in value.split(|&c| c == b',') {
+        let offer = offer.trim_ascii();
+        let name = offer.split(|&c| c == b';').next().unwrap_or_default();
+        if name
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"permessage-deflate")
+        {
+            if !out.is_empty() {
+                out.extend_from_slice(b", ");
+            }
+            out.extend_from_slice(offer);
+        }
+    }
+    out
+}
+
 /// The head of a backend's response to the forwarded upgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Response {
@@ -325,6 +371,8 @@ pub struct Response {
     pub head_len: usize,
     /// `Content-Length` of a non-101 response, if given.
     pub content_length: Option<u64>,
+    /// The 101 accepted permessage-deflate (`Sec-WebSocket-Extensions`).
+    pub deflate: bool,
 }
 
 /// Parses a backend response head. `Ok(None)` means more bytes are needed.
@@ -342,10 +390,35 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, &'static str> {
         .iter()
         .find(|h| eq(h.name, "content-length"))
         .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok());
+    let mut deflate = false;
+    if status == 101 {
+        let accepted = resp
+            .headers
+            .iter()
+            .filter(|h| eq(h.name, "sec-websocket-extensions"))
+            .flat_map(|h| h.value.split(|&c| c == b','))
+            .map(|e| {
+                e.split(|&c| c == b';')
+                    .next()
+                    .unwrap_or_default()
+                    .trim_ascii()
+            })
+            .filter(|name| !name.is_empty());
+        for name in accepted {
+            // Only what wslb forwarded can have been accepted, and only once (RFC 7692
+            // §5: one permessage-deflate); anything else would leave the relay unable to
+            // tell the frames' RSV bits.
+            if !name.eq_ignore_ascii_case(b"permessage-deflate") || deflate {
+                return Err("backend's 101 accepted an extension that was not offered");
+            }
+            deflate = true;
+        }
+    }
     Ok(Some(Response {
         status,
         head_len,
         content_length,
+        deflate,
     }))
 }
 
@@ -417,8 +490,12 @@ mod tests {
         );
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let u = parse_request(r.as_bytes(), &mut h).unwrap().unwrap();
-        let f =
-            String::from_utf8(u.forward_head("127.0.0.9".parse().unwrap(), Scheme::Http)).unwrap();
+        let f = String::from_utf8(u.forward_head(
+            "127.0.0.9".parse().unwrap(),
+            Scheme::Http,
+            Extensions::Strip,
+        ))
+        .unwrap();
         assert!(f.starts_with("GET /chat?room=1 HTTP/1.1\r\n"), "{f}");
         assert!(f.contains("Sec-WebSocket-Protocol: chat\r\n"));
         assert!(f.contains("Cookie: a=b\r\n"));
@@ -432,8 +509,12 @@ mod tests {
         assert_eq!(u.header("cookie"), Some(&b"a=b"[..]));
         assert_eq!(u.query_param("room"), Some("1"));
         assert_eq!(u.query_param("roo"), None);
-        let tls =
-            String::from_utf8(u.forward_head("127.0.0.9".parse().unwrap(), Scheme::Https)).unwrap();
+        let tls = String::from_utf8(u.forward_head(
+            "127.0.0.9".parse().unwrap(),
+            Scheme::Https,
+            Extensions::Strip,
+        ))
+        .unwrap();
         assert!(
             tls.contains("X-Forwarded-Proto: https\r\n"),
             "follows the listener"
@@ -505,5 +586,42 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((p.status, p.content_length), (404, Some(5)));
+        assert!(!p.deflate);
+    }
+
+    #[test]
+    fn extensions_pass_forwards_only_deflate_offers_and_reads_the_choice() {
+        let r = req(
+            "Sec-WebSocket-Extensions: x-webkit-deflate-frame, permessage-deflate; client_max_window_bits\r\n\
+             Sec-WebSocket-Extensions: foo;bar=1,PerMessage-Deflate;server_no_context_takeover\r\n\
+             Sec-WebSocket-Extensions: x-unknown\r\n",
+        );
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let u = parse_request(r.as_bytes(), &mut h).unwrap().unwrap();
+        let ip = "127.0.0.9".parse().unwrap();
+        let f = String::from_utf8(u.forward_head(ip, Scheme::Http, Extensions::Pass)).unwrap();
+        let ext: Vec<&str> = f
+            .lines()
+            .filter(|l| l.starts_with("Sec-WebSocket-Extensions"))
+            .collect();
+        assert_eq!(
+            ext,
+            [
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits",
+                "Sec-WebSocket-Extensions: PerMessage-Deflate;server_no_context_takeover"
+            ]
+        );
+        let stripped =
+            String::from_utf8(u.forward_head(ip, Scheme::Http, Extensions::Strip)).unwrap();
+        assert!(!stripped.to_ascii_lowercase().contains("extensions"));
+
+        let ok = b"HTTP/1.1 101 S\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n\r\n";
+        assert!(parse_response(ok).unwrap().unwrap().deflate);
+        for bad in [
+            &b"HTTP/1.1 101 S\r\nSec-WebSocket-Extensions: x-unknown\r\n\r\n"[..],
+            b"HTTP/1.1 101 S\r\nSec-WebSocket-Extensions: permessage-deflate, permessage-deflate\r\n\r\n",
+        ] {
+            assert!(parse_response(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

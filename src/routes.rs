@@ -138,6 +138,8 @@ pub struct RouteSpec {
     pub balancing: Balancing,
     /// `None`: no health checks for this route's backends.
     pub health: Option<HealthConfig>,
+    /// What happens to the client's extension offers (permessage-deflate).
+    pub extensions: crate::handshake::Extensions,
 }
 
 impl RouteSpec {

@@ -16,7 +16,8 @@ fuzz_target!(|data: &[u8]| {
     } else {
         Limits { frame: 1000, message: 2500, buffer: 1 << 16 }
     };
-    let rules = Rules { from, limits };
+    // Bit 7: permessage-deflate negotiated (RSV1 allowed on a message's first frame).
+    let rules = Rules { from, limits, rsv1: ctl & 0x80 != 0 };
     // Bit 6: the relay awaits its keepalive pong (drops it) rather than forwarding it.
     let drop_pong = ctl & 0x40 != 0;
     let step = 1 + (ctl >> 2 & 0xf) as usize; // bytes per simulated read: 1..=16

@@ -25,7 +25,28 @@ fuzz_target!(|data: &[u8]| {
                 assert!(up.cookie(name).is_none_or(within));
                 assert!(up.query_param(name).is_none_or(|v| within(v.as_bytes())));
             }
-            let fwd = up.forward_head("192.0.2.7".parse().unwrap(), wslb::stream::Scheme::Http);
+            let fwd = up.forward_head(
+                "192.0.2.7".parse().unwrap(),
+                wslb::stream::Scheme::Http,
+                wslb::handshake::Extensions::Strip,
+            );
+            // Passing extensions keeps only permessage-deflate offers, and re-parses.
+            let pass = up.forward_head(
+                "192.0.2.7".parse().unwrap(),
+                wslb::stream::Scheme::Http,
+                wslb::handshake::Extensions::Pass,
+            );
+            let mut h3 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            if let Ok(Some(again)) = parse_request(&pass, &mut h3) {
+                for offer in again
+                    .header("sec-websocket-extensions")
+                    .unwrap_or_default()
+                    .split(|&c| c == b',')
+                {
+                    let name = offer.split(|&c| c == b';').next().unwrap_or_default();
+                    assert!(name.trim_ascii().eq_ignore_ascii_case(b"permessage-deflate"));
+                }
+            }
             let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
             // The rewrite adds two headers; at the header limit it may be refused as too
             // large, which the backend would answer itself. Anything else must re-parse.

@@ -29,6 +29,7 @@ pub struct RouteConfig {
     pub slow_start_ms: Option<u64>,
     pub sticky: Option<StickyMode>,
     pub sticky_cookie: Option<String>,
+    pub extensions: Option<crate::handshake::Extensions>,
     pub health: RouteHealth,
 }
 
@@ -339,6 +340,7 @@ impl Config {
                 sticky: sticky.then(|| cookie.into()),
             },
             health,
+            extensions: r.extensions.unwrap_or(self.extensions),
         })
     }
 

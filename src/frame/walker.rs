@@ -66,7 +66,7 @@ impl Walker {
             let Some(h) = parse_header(&buf[ready..]) else {
                 break;
             };
-            let opcode = match h.check(rules.from, &mut self.msg, rules.limits) {
+            let opcode = match h.check(rules.from, &mut self.msg, rules.limits, rules.rsv1) {
                 Ok(op) => op,
                 Err(v) => {
                     return Walk {
@@ -127,6 +127,7 @@ mod tests {
     const CLIENT: Rules = Rules {
         from: Side::Client,
         limits: LIM,
+        rsv1: false,
     };
 
     /// Feeds `stream` to a walker in pieces cut at `cuts`, the way reads deliver it, and

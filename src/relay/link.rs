@@ -49,6 +49,8 @@ pub(super) struct Link<'e> {
     task: Waker,
     env: &'e WorkerEnv,
     key: u32,
+    /// permessage-deflate was negotiated: RSV1 may mark a message's first frame.
+    deflate: bool,
 }
 
 impl Drop for Link<'_> {
@@ -58,7 +60,7 @@ impl Drop for Link<'_> {
 }
 
 impl<'e> Link<'e> {
-    pub(super) fn new(task: Waker, env: &'e WorkerEnv, backend: u32) -> Self {
+    pub(super) fn new(task: Waker, env: &'e WorkerEnv, backend: u32, deflate: bool) -> Self {
         Self {
             deadline: Cell::new(None),
             owed: Default::default(),
@@ -69,11 +71,12 @@ impl<'e> Link<'e> {
             key: env.registry.register(task.clone(), backend),
             task,
             env,
+            deflate,
         }
     }
 
     pub(super) fn rules(&self, from: Side) -> &Rules {
-        self.env.relay.rules(from)
+        self.env.relay.rules(from, self.deflate)
     }
 
     pub(super) fn buffers(&self) -> &BufferPool {

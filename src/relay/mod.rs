@@ -60,8 +60,9 @@ use pump::Pump;
 /// What a relay needs from the configuration.
 #[derive(Debug, Clone, Copy)]
 pub struct RelayConfig {
-    /// The rules for each side's frames, by [`Side::index`].
-    rules: [Rules; 2],
+    /// The rules for each side's frames, by [`Side::index`]: without an extension, and
+    /// with permessage-deflate negotiated (RSV1 allowed on a message's first frame).
+    rules: [[Rules; 2]; 2],
     /// Time the peers get to finish the close handshake once closing has begun.
     pub close_grace: Duration,
 }
@@ -75,23 +76,29 @@ impl RelayConfig {
             buffer: client.buffer,
             ..Limits::NONE
         };
-        Self {
-            rules: [
+        let rules = |rsv1| {
+            [
                 Rules {
                     from: Side::Client,
                     limits: client,
+                    rsv1,
                 },
                 Rules {
                     from: Side::Backend,
                     limits: backend,
+                    rsv1,
                 },
-            ],
+            ]
+        };
+        Self {
+            rules: [rules(false), rules(true)],
             close_grace,
         }
     }
 
-    pub fn rules(&self, from: Side) -> &Rules {
-        &self.rules[from.index()]
+    /// The rules for `from`'s frames; `deflate`: permessage-deflate was negotiated.
+    pub fn rules(&self, from: Side, deflate: bool) -> &Rules {
+        &self.rules[usize::from(deflate)][from.index()]
     }
 }
 
@@ -143,6 +150,7 @@ pub fn run<'e, C: Halves, B: Halves>(
     client_buf: Vec<u8>,
     backend_buf: Vec<u8>,
     backend_id: u32,
+    deflate: bool,
     env: &'e WorkerEnv,
 ) -> impl std::future::Future<Output = Outcome> + 'e {
     let (client_rd, client_wr) = client.into_halves();
@@ -151,7 +159,7 @@ pub fn run<'e, C: Halves, B: Halves>(
     let mut down = Pump::new(Side::Backend, backend_rd, client_wr, backend_buf);
     async move {
         let task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
-        let link = Link::new(task, env, backend_id);
+        let link = Link::new(task, env, backend_id, deflate);
         let (client_to_backend, backend_to_client) = {
             let mut up_fut = std::pin::pin!(up.run(&link));
             let mut down_fut = std::pin::pin!(down.run(&link));
@@ -217,7 +225,7 @@ mod tests {
             let b = l.accept().unwrap().0;
             let [a, b] = [a, b].map(|s| TcpStream::from_std(s).unwrap());
             let env = test_env();
-            let f = run(a, b, Vec::new(), Vec::new(), 0, &env);
+            let f = run(a, b, Vec::new(), Vec::new(), 0, false, &env);
             let size = std::mem::size_of_val(&f);
             eprintln!("relay::run future: {size} bytes");
             assert!(size <= 1024, "relay future grew to {size} bytes");

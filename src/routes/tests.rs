@@ -9,6 +9,7 @@ fn spec(name: &str, host: &str, prefix: &str, port: u16) -> RouteSpec {
         backends: vec![SocketAddr::from(([127, 0, 0, 1], port)).into()],
         balancing: Balancing::default(),
         health: None,
+        extensions: Default::default(),
     }
 }
 
