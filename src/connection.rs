@@ -271,7 +271,10 @@ async fn upgrade<C: ClientStream>(
         // A sticky cookie naming a backend that is up wins over the algorithm.
         let cookie = snap.sticky.as_ref().and_then(|s| u.cookie(&s.cookie));
         let sticky = snap.sticky_pick(cookie);
-        let first = sticky.or_else(|| snap.pick(request_key(snap.key_source(), u, &ip)));
+        let first = match sticky {
+            Some(i) => crate::balancer::selection::Pick::of(Some(i)),
+            None => snap.pick(request_key(snap.key_source(), u, &ip)),
+        };
         let path = ctx.access_log.is_some().then(|| Box::from(u.path));
         let pick = Pick {
             routes: routes.clone(),
@@ -366,7 +369,7 @@ struct Pick {
     routes: Rc<crate::routes::LocalTable>,
     route: usize,
     snap: Rc<Snapshot>,
-    first: Option<usize>,
+    first: crate::balancer::selection::Pick,
     sticky: Option<usize>,
 }
 
@@ -452,7 +455,7 @@ fn selection_key(ip: IpAddr) -> [u8; 16] {
 }
 
 /// Connects to the selector's pick (`first`) and forwards the upgrade to it; failing that,
-/// to each other healthy backend once. A backend counts as failed (and the next is tried) when the
+/// to each other healthy backend once, in the selector's failover order. A backend counts as failed (and the next is tried) when the
 /// connect is refused or times out, or when the connection breaks before the first byte
 /// of a response: the upgrade is a GET the backend has not answered, so sending it
 /// elsewhere is safe. (A backend dying during `kill -9` can accept a connect and reset it.)
@@ -462,7 +465,7 @@ async fn connect_and_forward(
     ctx: &WorkerEnv,
     pool: &Pool,
     snap: &Snapshot,
-    first: Option<usize>,
+    first: crate::balancer::selection::Pick,
     forward: bytes::Bytes,
 ) -> Result<(BackendConn, Lease, Vec<u8>, handshake::Response, Instant), HandshakeError> {
     let s = &ctx.settings;
