@@ -12,11 +12,11 @@
 //! chosen backend's `selected` count (one `fetch_add` per backend tried) and its `open`
 //! count (`Lease`: a `fetch_add` when the backend is tried, a `fetch_sub` when the
 //! connection ends or the attempt fails), each on that backend's own padded line. On top:
-//! - `round-robin`: one `fetch_add` on the pool's counter (`round_robin.rs`).
-//! - `weighted-round-robin`: one `fetch_add` on the same counter, plus one more for each
-//!   slot it skips because that slot's backend is down (or, in slow start, declined), at
-//!   most 32 and then one last `fetch_add` for the rest: no extra one while every backend
-//!   is up and none is ramping.
+//! - `round-robin`: one `fetch_add` on the pool's counter, plus one more for each backend
+//!   it skips because it is down, at most 32 and then one last `fetch_add` for the rest
+//!   (`round_robin.rs`): no extra one while every backend is up.
+//! - `weighted-round-robin`: the same on the same counter, a slot of its sequence for a
+//!   ticket; a ramping backend's slot (slow start) can be declined and skipped too.
 //! - `least-connections`: none. It reads every backend's `open` line (lines other cores
 //!   write); ties are broken with a per-thread RNG, not a shared counter.
 //! - `power-of-two`: none. It reads two backends' `open` lines; per-thread RNG.

@@ -98,12 +98,10 @@ impl Weights {
 /// pool's global counter, so the shares are exact across workers over every full cycle,
 /// however the kernel spreads accepts over them.
 ///
-/// Backends that are down are skipped by drawing a fresh ticket, not by taking the next
-/// slot: the next slot's ticket goes to another connection, which would then give that
-/// slot's backend two connections for one. A skipped slot's ticket is simply spent, so
-/// over every full cycle of the counter each backend that is up still gets exactly its
-/// weight (the down ones' slots are consumed by skips), at the price of one more counter
-/// increment per skipped slot (none while all are up). Recomputing the sequence over the
+/// Backends that are down are skipped by drawing a fresh ticket ([`RoundRobin::draw`], as
+/// round robin does), so over every full cycle of the counter each backend that is up
+/// still gets exactly its weight (the down ones' slots are consumed by skips), at the price
+/// of one more counter increment per skipped slot (none while all are up). Recomputing the sequence over the
 /// backends that are up would need a snapshot per health change; health flags change
 /// under a snapshot, not with one. Slow start declines a ramping backend's slot the same
 /// way, with probability `1 - factor`, so its share is `weight × factor` in expectation.
@@ -114,10 +112,6 @@ pub struct Weighted {
     counter: Arc<RoundRobin>,
     ramp: Option<Ramp>,
 }
-
-/// Tickets drawn before a pick stops drawing and walks the sequence instead (most of the
-/// weight is down or ramping): bounds the counter increments one pick can make.
-const DRAWS: usize = 32;
 
 impl Weighted {
     pub fn new(weights: &[u32], ramp: Option<Ramp>, counter: Arc<RoundRobin>) -> Self {
@@ -163,43 +157,22 @@ fn gcd(a: u32, b: u32) -> u32 {
 impl Selection for Weighted {
     /// The key plays no part.
     fn first(&self, backends: &[Arc<Backend>], _key: &[u8]) -> Option<usize> {
-        let len = self.sequence.len();
-        if len == 0 {
-            return None;
-        }
         let mut now = None;
-        let mut t = 0;
-        for _ in 0..DRAWS {
-            t = self.counter.next(len);
-            let i = self.sequence[t] as usize;
-            let b = &backends[i];
-            if !b.health.is_up() {
-                continue;
-            }
-            if let Some(r) = self.ramp
-                && b.health.came_up() != 0
-            {
-                let f = r.permille(
-                    b.health.came_up(),
-                    *now.get_or_insert_with(crate::balancer::health::now_ms),
-                );
-                if f < 1000 && rng::below(1000) as u64 >= f {
-                    continue;
+        let ramp = self.ramp;
+        self.counter.draw(
+            self.sequence.len(),
+            backends,
+            |t| self.sequence[t] as usize,
+            |b| {
+                let Some(r) = ramp else { return true };
+                let up = b.health.came_up();
+                if up == 0 {
+                    return true;
                 }
-            }
-            return Some(i);
-        }
-        // Walk on from the last ticket to the next slot that is up (ramps not applied),
-        // then spend the tickets up to it in one increment, as if drawn one by one. Exact
-        // when no other worker draws meanwhile; otherwise one slot may be served twice,
-        // and only after more than `DRAWS` down slots in a row.
-        let k = (1..=len).find(|&k| {
-            backends[self.sequence[(t + k) % len] as usize]
-                .health
-                .is_up()
-        })?;
-        self.counter.advance(k);
-        Some(self.sequence[(t + k) % len] as usize)
+                let f = r.permille(up, *now.get_or_insert_with(crate::balancer::health::now_ms));
+                f >= 1000 || (rng::below(1000) as u64) < f
+            },
+        )
     }
 }
 
