@@ -33,6 +33,7 @@ mod power_of_two;
 mod rng;
 mod round_robin;
 mod weighted;
+mod weights;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +45,8 @@ pub use least_connections::LeastConnections;
 pub use maglev::Maglev;
 pub use power_of_two::PowerOfTwo;
 pub use round_robin::RoundRobin;
-pub use weighted::{Ramp, Weighted, Weights};
+pub use weighted::Weighted;
+pub use weights::{Ramp, Weights};
 
 pub use failover::Failover;
 
