@@ -72,11 +72,12 @@ impl RoundRobin {
     /// backend is up is taken exactly once, across all workers, at the price of one more
     /// increment per skipped slot (none while every backend is up).
     ///
-    /// After [`DRAWS`] tickets in a row skipped, it walks on from the last ticket to the next
-    /// slot that is up (`accept` not asked) and spends the tickets up to it in one
-    /// increment, as if drawn one by one: exact when no other worker draws meanwhile,
-    /// otherwise one slot may be served twice. `None` when that walk, over every slot,
-    /// finds none up.
+    /// After [`DRAWS`] tickets in a row skipped, it checks that some backend is up (`None`
+    /// if none is: one pass over the list, not a walk of every slot), then walks on from
+    /// the last ticket to the next slot that is up (`accept` not asked) and spends the
+    /// tickets up to it in one increment, as if drawn one by one: exact when no other
+    /// worker draws meanwhile, otherwise one slot may be served twice. The walk is as
+    /// long as the run of down slots: short unless nearly all the weight is down.
     #[inline]
     pub(super) fn draw(
         &self,
@@ -96,6 +97,9 @@ impl RoundRobin {
             if b.health.is_up() && accept(b) {
                 return Some(i);
             }
+        }
+        if !backends.iter().any(|b| b.health.is_up()) {
+            return None;
         }
         let k = (1..=len).find(|&k| backends[slot((t + k) % len)].health.is_up())?;
         self.advance(k);
