@@ -198,6 +198,30 @@ mod tests {
         assert_eq!(rr.peek(), 3, "two tickets");
     }
 
+    /// Regression test (found in review, in the counting pick): with one backend of three
+    /// flapping on another thread, 81,011 of 2,000,000 picks found none up.
+    #[test]
+    fn a_flapping_backend_never_leaves_a_pick_empty() {
+        let bs = Arc::new(backends(3));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flap = {
+            let (bs, stop) = (bs.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    bs[1].health.failed(1);
+                    bs[1].health.passed(1);
+                }
+            })
+        };
+        let rr = RoundRobin::new();
+        let empty = (0..200_000)
+            .filter(|_| rr.first(&bs, &[]).is_none())
+            .count();
+        stop.store(true, Ordering::Relaxed);
+        flap.join().unwrap();
+        assert_eq!(empty, 0);
+    }
+
     #[test]
     fn exact_across_threads() {
         let rr = Arc::new(RoundRobin::new());
