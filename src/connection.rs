@@ -455,7 +455,7 @@ fn selection_key(ip: IpAddr) -> [u8; 16] {
 }
 
 /// Connects to the selector's pick (`first`) and forwards the upgrade to it; failing that,
-/// to each other healthy backend once, in the selector's failover order. A backend counts as failed (and the next is tried) when the
+/// to each other healthy backend once. A backend counts as failed (and the next is tried) when the
 /// connect is refused or times out, or when the connection breaks before the first byte
 /// of a response: the upgrade is a GET the backend has not answered, so sending it
 /// elsewhere is safe. (A backend dying during `kill -9` can accept a connect and reset it.)

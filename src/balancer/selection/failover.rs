@@ -10,8 +10,8 @@
 //!   failed attempt's lease is already gone, and others' connections moved the counts).
 //! - `consistent-hash`: the key's walk of the table goes on from the slot of the pick,
 //!   skipping backends already tried, so each candidate is the backend the key would get
-//!   if the ones tried before it were down, and two instances with the same backends agree
-//!   on the whole order.
+//!   if the ones tried before it were down (health otherwise unchanged meanwhile), and two
+//!   instances with the same backends and health agree on the whole order.
 //!
 //! A connection normally succeeds on its first backend, so nothing past the pick is
 //! computed, and nothing is allocated, until a second candidate is asked for. The set of

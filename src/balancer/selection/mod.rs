@@ -41,14 +41,13 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Backend;
+pub use failover::Failover;
 pub use least_connections::LeastConnections;
 pub use maglev::Maglev;
 pub use power_of_two::PowerOfTwo;
 pub use round_robin::RoundRobin;
 pub use weighted::Weighted;
 pub use weights::{Ramp, Weights};
-
-pub use failover::Failover;
 
 /// A selector's first choice for one connection ([`Selector::pick`]), with what its
 /// failover order ([`Selector::failover`]) needs to go on from it: a copy, so the
