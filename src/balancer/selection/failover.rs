@@ -136,19 +136,30 @@ impl<'a> Failover<'a> {
 impl Iterator for Failover<'_> {
     type Item = usize;
 
+    /// The pick, inline in the caller (what nearly every connection asks for); the rest
+    /// out of line.
+    #[inline]
     fn next(&mut self) -> Option<usize> {
+        if let (Rest::Start, Some(first)) = (&self.rest, self.pick.first)
+            && self.backends[first].health.is_up()
+        {
+            self.rest = Rest::Picked;
+            return Some(first);
+        }
+        self.past_the_pick()
+    }
+}
+
+impl Failover<'_> {
+    #[inline(never)]
+    fn past_the_pick(&mut self) -> Option<usize> {
         let backends = self.backends;
         let up = |i: usize| backends[i].health.is_up();
         let first = self.pick.first?;
-        match self.rest {
-            Rest::Start if up(first) => {
-                self.rest = Rest::Picked;
-                return Some(first);
-            }
+        if let Rest::Start | Rest::Picked = self.rest {
             // The second candidate (or the first, if the pick went down meanwhile): only
             // now is the rest of the order set up.
-            Rest::Start | Rest::Picked => self.rest = self.after(first),
-            _ => {}
+            self.rest = self.after(first);
         }
         let n = backends.len();
         let next = match &mut self.rest {
