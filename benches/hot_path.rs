@@ -183,7 +183,7 @@ fn algorithms(c: &mut Criterion) {
 
 /// What a reload spends building a selector (`Pool::configure`, off the workers' path):
 /// the Maglev table and the weighted sequence for 1,000 backends of weights `1 + i % 4`,
-/// and the weighted sequence's worst case here, weights 1..=1000 (a cycle of 500,500).
+/// and weights 1..=1000 (a cycle of 500,500: too long for a table, so built as a scatter).
 fn build(c: &mut Criterion) {
     let mut g = c.benchmark_group("build");
     g.sample_size(10);

@@ -283,7 +283,10 @@ async fn upgrade<C: ClientStream>(
         // A sticky cookie naming a backend that is up wins over the algorithm.
         let cookie = snap.sticky.as_ref().and_then(|s| u.cookie(&s.cookie));
         let sticky = snap.sticky_pick(cookie);
-        let first = sticky.or_else(|| snap.pick(request_key(snap.key_source(), u, &ip)));
+        let first = match sticky {
+            Some(i) => crate::balancer::selection::Pick::of(Some(i)),
+            None => snap.pick(request_key(snap.key_source(), u, &ip)),
+        };
         let path = ctx.access_log.is_some().then(|| Box::from(u.path));
         let ext = routes.table.routes[route].spec.extensions;
         let pick = Pick {
@@ -391,7 +394,7 @@ struct Pick {
     routes: Rc<crate::routes::LocalTable>,
     route: usize,
     snap: Rc<Snapshot>,
-    first: Option<usize>,
+    first: crate::balancer::selection::Pick,
     sticky: Option<usize>,
     ext: handshake::Extensions,
 }
@@ -488,7 +491,7 @@ async fn connect_and_forward(
     ctx: &WorkerEnv,
     pool: &Pool,
     snap: &Snapshot,
-    first: Option<usize>,
+    first: crate::balancer::selection::Pick,
     forward: bytes::Bytes,
 ) -> Result<(BackendConn, Lease, Vec<u8>, handshake::Response, Instant), HandshakeError> {
     let s = &ctx.settings;

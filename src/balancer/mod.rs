@@ -128,17 +128,19 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The backends to try for one new connection, in order: the selector's pick for
-    /// `key` among the backends that are up, then each other backend that is up once
-    /// (failover when a connect is refused or times out). Empty when every backend is
-    /// down. `key` is what the connection path extracted from the request for the
-    /// selector (round robin ignores it).
+    /// `key` among the backends that are up, then each other backend that is up once, in
+    /// the algorithm's order of preference (failover when a connect is refused or times
+    /// out; `selection/failover.rs`). Empty when every backend is down. `key` is what the
+    /// connection path extracted from the request for the selector (round robin ignores
+    /// it).
     pub fn select(&self, key: &[u8]) -> impl Iterator<Item = &Arc<Backend>> {
         self.failover(self.pick(key))
     }
 
-    /// The selector's pick for `key` (an index into `backends`), `None` if none is up.
-    pub fn pick(&self, key: &[u8]) -> Option<usize> {
-        self.selector.first(&self.backends, key)
+    /// The selector's pick for `key` (`first`: an index into `backends`, `None` if none
+    /// is up), carrying what [`Snapshot::failover`] needs to go on without the key.
+    pub fn pick(&self, key: &[u8]) -> selection::Pick {
+        self.selector.pick(&self.backends, key)
     }
 
     /// What the connection path must extract from the request for [`Snapshot::pick`]:
@@ -166,13 +168,12 @@ impl Snapshot {
         }
     }
 
-    /// `first`, then each other backend that is up, in snapshot order from it.
-    pub fn failover(&self, first: Option<usize>) -> impl Iterator<Item = &Arc<Backend>> {
-        let all = &self.backends;
-        let n = all.len();
-        (0..n)
-            .map(move |k| &all[(first.unwrap_or(0) + k) % n])
-            .filter(move |b| first.is_some() && b.health.is_up())
+    /// `pick`'s backend, then each other backend that is up, in the selector's failover
+    /// order; computed as each one is asked for.
+    pub fn failover(&self, pick: selection::Pick) -> impl Iterator<Item = &Arc<Backend>> {
+        self.selector
+            .failover(&self.backends, pick)
+            .map(|i| &self.backends[i])
     }
 }
 

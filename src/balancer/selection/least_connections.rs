@@ -27,12 +27,24 @@ impl LeastConnections {
     /// of weight 1). Ties are broken uniformly at random (reservoir sampling over the
     /// tied ones: the k-th tie replaces the pick with probability 1/k), so no backend wins
     /// ties for its position in the list.
+    #[inline]
     pub(super) fn scan(&self, backends: &[Arc<Backend>]) -> Option<usize> {
+        self.scan_where(backends, |_| true)
+    }
+
+    /// [`LeastConnections::scan`] over the backends `eligible` lets through (failover:
+    /// those not tried yet).
+    #[inline]
+    pub(super) fn scan_where(
+        &self,
+        backends: &[Arc<Backend>],
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let mut now = None;
         let mut best: Option<(usize, u64, u64)> = None;
         let mut ties = 1;
         for (i, b) in backends.iter().enumerate() {
-            if !b.health.is_up() {
+            if !eligible(i) || !b.health.is_up() {
                 continue;
             }
             let load = b.stats.open() + 1;

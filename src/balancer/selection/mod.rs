@@ -12,11 +12,11 @@
 //! chosen backend's `selected` count (one `fetch_add` per backend tried) and its `open`
 //! count (`Lease`: a `fetch_add` when the backend is tried, a `fetch_sub` when the
 //! connection ends or the attempt fails), each on that backend's own padded line. On top:
-//! - `round-robin`: one `fetch_add` on the pool's counter (`round_robin.rs`).
-//! - `weighted-round-robin`: one `fetch_add` on the same counter, plus one more for each
-//!   slot it skips because that slot's backend is down (or, in slow start, declined), at
-//!   most 32 and then one last `fetch_add` for the rest: no extra one while every backend
-//!   is up and none is ramping.
+//! - `round-robin`: one `fetch_add` on the pool's counter, plus one more for each backend
+//!   it skips because it is down, at most 32 and then one last `fetch_add` for the rest
+//!   (`round_robin.rs`): no extra one while every backend is up.
+//! - `weighted-round-robin`: the same on the same counter, a slot of its sequence for a
+//!   ticket; a ramping backend's slot (slow start) can be declined and skipped too.
 //! - `least-connections`: none. It reads every backend's `open` line (lines other cores
 //!   write); ties are broken with a per-thread RNG, not a shared counter.
 //! - `power-of-two`: none. It reads two backends' `open` lines; per-thread RNG.
@@ -26,12 +26,14 @@
 //! Reads of lines other cores write (the counts, the health flags) cost a cache miss when
 //! they changed; they are per connection, never per frame.
 
+mod failover;
 mod least_connections;
 mod maglev;
 mod power_of_two;
 mod rng;
 mod round_robin;
 mod weighted;
+mod weights;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,11 +41,36 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::Backend;
+pub use failover::Failover;
 pub use least_connections::LeastConnections;
 pub use maglev::Maglev;
 pub use power_of_two::PowerOfTwo;
 pub use round_robin::RoundRobin;
-pub use weighted::{Ramp, Weighted, Weights};
+pub use weighted::Weighted;
+pub use weights::{Ramp, Weights};
+
+/// A selector's first choice for one connection ([`Selector::pick`]), with what its
+/// failover order ([`Selector::failover`]) needs to go on from it: a copy, so the
+/// connection path carries it from the request (where the key is) to the connects
+/// without keeping the key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pick {
+    /// The index in the snapshot's backends of the backend to try first; `None` when
+    /// none is up.
+    pub first: Option<usize>,
+    /// `consistent-hash` with a key: the table slot `first` was found at, where the
+    /// key's walk goes on. `None` for the other algorithms and for a request without the
+    /// key (which falls back to least-connections).
+    slot: Option<u32>,
+}
+
+impl Pick {
+    /// A pick that carries nothing but its backend (a sticky cookie's, say): after it,
+    /// consistent-hash fails over by load, as for a request without the key.
+    pub fn of(first: Option<usize>) -> Self {
+        Self { first, slot: None }
+    }
+}
 
 /// An algorithm: which backend to try first.
 pub trait Selection {
@@ -221,6 +248,24 @@ impl Selector {
                 LeastConnections::new(w),
             ))),
         }
+    }
+
+    /// The backend to try first for `key`, and what [`Selector::failover`] needs to go
+    /// on from it.
+    #[inline]
+    pub fn pick(&self, backends: &[Arc<Backend>], key: &[u8]) -> Pick {
+        match self {
+            Selector::ConsistentHash(m) => m.pick(backends, key),
+            _ => Pick::of(self.first(backends, key)),
+        }
+    }
+
+    /// The backends (indexes into `backends`, the snapshot's) one connection tries, in
+    /// order: `pick`'s, then each other one that is up, once, in this algorithm's order
+    /// of preference (`failover.rs` says which, per algorithm). Lazy: nothing past the
+    /// pick is worked out, nor allocated, until a second candidate is asked for.
+    pub fn failover<'a>(&'a self, backends: &'a [Arc<Backend>], pick: Pick) -> Failover<'a> {
+        Failover::new(self, backends, pick)
     }
 
     /// Whether the pick depends on the key (so the connection path must extract it).
