@@ -99,6 +99,7 @@ pub struct Config {
     /// zero-copy and allows RSV1 where it marks a compressed message); `strip`: no
     /// extension is negotiated. Per route too.
     pub extensions: crate::handshake::Extensions,
+    pub http: Http,
 }
 
 /// One `backends` entry: an address (`"host:port"`, `"ws://host:port"`,
@@ -356,6 +357,7 @@ impl Default for Config {
             sticky_secret: String::new(),
             rebalance: Rebalance::default(),
             extensions: crate::handshake::Extensions::Pass,
+            http: Http::default(),
         }
     }
 }
@@ -463,6 +465,10 @@ impl Source {
 /// The TLS sections: see `config/tls.rs`.
 mod tls;
 pub use tls::{CertFiles, ClientAuth, Tls, TlsBackend, UnknownSni};
+
+/// `[http]`: see `config/http.rs`.
+mod http;
+pub use http::{Http, HttpSettings};
 
 /// `[[routes]]`, sticky cookies and `[rebalance]`: see `config/routes.rs`.
 mod routes;

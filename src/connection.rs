@@ -45,6 +45,9 @@ pub enum HandshakeError {
     Backend { addr: SocketAddr, reason: String },
     #[error("backend {addr} refused the upgrade with status {status}; relayed")]
     BackendRefused { addr: SocketAddr, status: u16 },
+    /// Not an error: a connection of plain HTTP requests (`http/`) ended.
+    #[error("plain HTTP connection done")]
+    Served,
 }
 
 /// Why one backend could not be used. `retryable` errors move on to the next backend.
@@ -132,6 +135,7 @@ async fn relay_upgraded<C: ClientStream>(
     let _open = open;
     let up = match handshake.await {
         Ok(up) => up,
+        Err(HandshakeError::Served) => return,
         Err(e) => {
             ctx.stats.rejected(e.reason());
             if let Some(log) = &ctx.access_log {
@@ -221,7 +225,9 @@ impl HandshakeError {
                 Rejected::ClientTimeout
             }
             HandshakeError::Tls(_) => Rejected::TlsHandshake,
-            HandshakeError::ClientClosed | HandshakeError::ClientIo(_) => Rejected::ClientGone,
+            HandshakeError::ClientClosed | HandshakeError::ClientIo(_) | HandshakeError::Served => {
+                Rejected::ClientGone
+            }
             HandshakeError::AllDown => Rejected::AllBackendsDown,
             HandshakeError::NoBackend { .. } | HandshakeError::Backend { .. } => {
                 Rejected::BackendFailed
@@ -246,11 +252,7 @@ struct Upgraded<C> {
     deflate: bool,
 }
 
-/// A connected backend: plain TCP, or TLS (a `wss://` backend).
-enum BackendConn {
-    Plain(TcpStream),
-    Tls(tls::BackendStream),
-}
+use crate::upstream::BackendConn;
 
 /// Reads the client's upgrade, picks and connects a backend, forwards the upgrade and
 /// relays the backend's answer.
@@ -270,36 +272,62 @@ async fn upgrade<C: ClientStream>(
         Ok(Err(e)) => return Err(HandshakeError::ClientIo(e)),
         Err(_) => return Err(HandshakeError::ClientTimeout),
     }
-    let buf = ctx.buffers.take(s.max_request_bytes);
     let limit = s.max_request_bytes;
-    // The parsed request reaches the pick here, while its bytes are at hand: the key the
-    // selector is asked with is borrowed from it (or is the client's address, on the
-    // stack), and nothing of the request is copied for later.
-    let upgrade = read_upgrade(&mut client, buf, deadline, limit, |u| {
-        let routes = ctx.routes.current();
-        let route = routes.table.find(u.host, u.path)?;
-        let snap = routes.pools[route].current();
-        let ip = selection_key(peer.ip());
-        // A sticky cookie naming a backend that is up wins over the algorithm.
-        let cookie = snap.sticky.as_ref().and_then(|s| u.cookie(&s.cookie));
-        let sticky = snap.sticky_pick(cookie);
-        let first = match sticky {
-            Some(i) => crate::balancer::selection::Pick::of(Some(i)),
-            None => snap.pick(request_key(snap.key_source(), u, &ip)),
-        };
-        let path = ctx.access_log.is_some().then(|| Box::from(u.path));
-        let ext = routes.table.routes[route].spec.extensions;
-        let pick = Pick {
-            routes: routes.clone(),
-            route,
-            snap,
-            first,
-            sticky,
-            ext,
-        };
-        Some((u.forward_head(peer.ip(), C::SCHEME, ext), pick, path))
-    });
-    let (client_buf, picked) = upgrade.await?;
+    let mut buf = ctx.buffers.take(limit);
+    let mut deadline = deadline;
+    // Plain HTTP requests (`http/`) are served one after another on a kept-alive
+    // connection until one is an upgrade (or the connection ends).
+    let (client_buf, picked) = loop {
+        // The parsed request reaches the pick here, while its bytes are at hand: the key the
+        // selector is asked with is borrowed from it (or is the client's address, on the
+        // stack), and nothing of the request is copied for later.
+        let upgrade = read_upgrade(&mut client, buf, deadline, limit, s.http.enabled, |u| {
+            let routes = ctx.routes.current();
+            let route = routes.table.find(u.host, u.path)?;
+            let snap = routes.pools[route].current();
+            let ip = selection_key(peer.ip());
+            // A sticky cookie naming a backend that is up wins over the algorithm.
+            let cookie = snap.sticky.as_ref().and_then(|s| u.cookie(&s.cookie));
+            let sticky = snap.sticky_pick(cookie);
+            let first = match sticky {
+                Some(i) => crate::balancer::selection::Pick::of(Some(i)),
+                None => snap.pick(request_key(snap.key_source(), u, &ip)),
+            };
+            let path = ctx.access_log.is_some().then(|| Box::from(u.path));
+            let ext = routes.table.routes[route].spec.extensions;
+            let pick = Pick {
+                routes: routes.clone(),
+                route,
+                snap,
+                first,
+                sticky,
+                ext,
+            };
+            Some((u.forward_head(peer.ip(), C::SCHEME, ext), pick, path))
+        });
+        let (b, picked) = upgrade.await?;
+        if let Some(picked) = picked {
+            break (b, picked);
+        }
+        match Box::pin(crate::http::proxy(&mut client, b, peer, ctx)).await? {
+            None => return Err(HandshakeError::Served),
+            Some(mut rest) => {
+                if rest.is_empty() {
+                    // Kept alive: wait for the next request holding no buffer.
+                    ctx.buffers.give(rest);
+                    match monoio::time::timeout(s.http.keepalive, client.ready()).await {
+                        Ok(Ok(())) => {}
+                        _ => return Err(HandshakeError::Served),
+                    }
+                    rest = ctx.buffers.take(limit);
+                } else if rest.capacity() < limit {
+                    rest.reserve(limit - rest.len());
+                }
+                buf = rest;
+                deadline = Instant::now() + s.client_handshake_timeout;
+            }
+        }
+    };
     let Some((forward, pick, path)) = picked else {
         let _ = client.write_all(handshake::NOT_FOUND).await;
         return Err(HandshakeError::NoRoute);
@@ -403,14 +431,18 @@ struct Pick {
 /// Returns the buffer holding only the bytes the client sent after the head (its first
 /// frames, kept for the relay), and what `respond` made. A rejected request is answered
 /// here with its status.
+///
+/// With `plain`, a complete request that does not ask for a WebSocket is not refused:
+/// `None` comes back with `buf` holding it whole, for the plain HTTP proxy.
 pub(crate) async fn read_upgrade<C: AsyncReadRent + AsyncWriteRent, T>(
     client: &mut C,
     buf: Vec<u8>,
     deadline: Instant,
     limit: usize,
+    plain: bool,
     respond: impl FnOnce(&handshake::Upgrade) -> T,
-) -> Result<(Vec<u8>, T), HandshakeError> {
-    let res = read_upgrade_inner(client, buf, deadline, limit, respond).await;
+) -> Result<(Vec<u8>, Option<T>), HandshakeError> {
+    let res = read_upgrade_inner(client, buf, deadline, limit, plain, respond).await;
     if let Err(HandshakeError::ClientRejected(r)) = &res {
         let _ = client.write_all(r.response()).await;
     }
@@ -422,9 +454,25 @@ async fn read_upgrade_inner<C: AsyncReadRent, T>(
     mut buf: Vec<u8>,
     deadline: Instant,
     limit: usize,
+    plain: bool,
     respond: impl FnOnce(&handshake::Upgrade) -> T,
-) -> Result<(Vec<u8>, T), HandshakeError> {
+) -> Result<(Vec<u8>, Option<T>), HandshakeError> {
     loop {
+        // Bytes already here (a request pipelined behind a plain one) are parsed first.
+        if !buf.is_empty() {
+            let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+            match handshake::parse_request(&buf, &mut headers) {
+                Ok(Some(upgrade)) => {
+                    let forward = respond(&upgrade);
+                    let head_len = upgrade.head_len;
+                    buf.drain(..head_len);
+                    return Ok((buf, Some(forward)));
+                }
+                Ok(None) => {}
+                Err(_) if plain && !handshake::asks_websocket(&buf) => return Ok((buf, None)),
+                Err(r) => return Err(HandshakeError::ClientRejected(r)),
+            }
+        }
         let len = buf.len();
         if len >= limit {
             return Err(HandshakeError::ClientRejected(Reject::TooLarge));
@@ -441,15 +489,6 @@ async fn read_upgrade_inner<C: AsyncReadRent, T>(
             Ok(_) => {}
             Err(e) => return Err(HandshakeError::ClientIo(e)),
         }
-        let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
-        let parsed =
-            handshake::parse_request(&buf, &mut headers).map_err(HandshakeError::ClientRejected)?;
-        if let Some(upgrade) = parsed {
-            let forward = respond(&upgrade);
-            let head_len = upgrade.head_len;
-            buf.drain(..head_len);
-            return Ok((buf, forward));
-        }
     }
 }
 
@@ -457,7 +496,7 @@ async fn read_upgrade_inner<C: AsyncReadRent, T>(
 /// (a header's value, a cookie's, a query parameter's, as sent), or the client's address
 /// (`ip`, on the caller's stack). Empty when the request lacks it (the selector then falls
 /// back to least-connections) or when the selector ignores keys (`source` is `None`).
-fn request_key<'a>(
+pub(crate) fn request_key<'a>(
     source: Option<&HashKey>,
     u: &'a handshake::Upgrade,
     ip: &'a [u8; 16],
@@ -473,7 +512,7 @@ fn request_key<'a>(
 
 /// The client's address as a selection key (IPv4 as IPv6-mapped, so every address key is
 /// 16 bytes, and the same client hashes the same over either family's socket).
-fn selection_key(ip: IpAddr) -> [u8; 16] {
+pub(crate) fn selection_key(ip: IpAddr) -> [u8; 16] {
     match ip {
         IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
         IpAddr::V6(a) => a.octets(),
@@ -652,10 +691,7 @@ async fn relay_refusal<C: AsyncWriteRent>(
             buf.clear();
             let cap = buf.capacity();
             let read = buf.slice_mut(0..cap);
-            let (res, slice) = match backend {
-                BackendConn::Plain(b) => b.read(read).await,
-                BackendConn::Tls(b) => b.read(read).await,
-            };
+            let (res, slice) = backend.read(read).await;
             buf = slice.into_inner();
             if !matches!(res, Ok(n) if n > 0) {
                 return;

@@ -27,10 +27,10 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(mut stream: TcpStream) {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     let buf = Vec::with_capacity(MAX_REQUEST);
-    let upgrade = read_upgrade(&mut stream, buf, deadline, MAX_REQUEST, |u| {
+    let upgrade = read_upgrade(&mut stream, buf, deadline, MAX_REQUEST, false, |u| {
         u.switching_protocols()
     });
-    let Ok((leftover, response)) = upgrade.await else {
+    let Ok((leftover, Some(response))) = upgrade.await else {
         return;
     };
     if stream.write_all(response).await.0.is_err() {

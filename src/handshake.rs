@@ -43,6 +43,8 @@ pub enum Reject {
     BadVersion,
     #[error("request head over the size or header-count limit")]
     TooLarge,
+    #[error("request body over http.max_body_bytes")]
+    BodyTooLarge,
 }
 
 impl Reject {
@@ -52,6 +54,7 @@ impl Reject {
             Reject::NotGet => 405,
             Reject::NotUpgrade(_) | Reject::BadVersion => 426,
             Reject::TooLarge => 431,
+            Reject::BodyTooLarge => 413,
         }
     }
 
@@ -62,6 +65,7 @@ impl Reject {
             Reject::NotGet => METHOD_NOT_ALLOWED,
             Reject::NotUpgrade(_) | Reject::BadVersion => UPGRADE_REQUIRED,
             Reject::TooLarge => TOO_LARGE,
+            Reject::BodyTooLarge => BODY_TOO_LARGE,
         }
     }
 }
@@ -79,6 +83,8 @@ Content-Length: 29\r\n\r\nthis is a websocket endpoint\n";
 const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
 Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 25\r\n\r\n\
 request header too large\n";
+const BODY_TOO_LARGE: &[u8] = b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nContent-Length: 23\r\n\r\nrequest body too large\n";
 /// 503: the instance is at `limits.max_connections`; answered right after accept.
 pub const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
 Connection: close\r\nRetry-After: 1\r\nContent-Length: 33\r\n\r\nconnection limit reached, retry\r\n";
@@ -224,6 +230,20 @@ pub fn parse_request<'b, 'h>(
     }))
 }
 
+/// Whether the complete head at the start of `buf` asks for a WebSocket (an `Upgrade`
+/// header naming websocket): such a request that fails validation is refused as a bad
+/// upgrade; any other goes to the plain HTTP proxy (`http/`).
+pub fn asks_websocket(buf: &[u8]) -> bool {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    if req.parse(buf).is_err() {
+        return false;
+    }
+    req.headers
+        .iter()
+        .any(|h| eq(h.name, "upgrade") && has_token(h.value, "websocket"))
+}
+
 /// A key is base64 of exactly 16 bytes (RFC 6455 §4.1), so 24 characters.
 fn is_valid_key(k: &[u8]) -> bool {
     k.len() == 24
@@ -238,6 +258,25 @@ pub fn accept_key(key: &[u8]) -> String {
     sha.update(key);
     sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
+}
+
+impl<'b, 'h> Upgrade<'b, 'h> {
+    /// A plain HTTP request seen as the selector sees an upgrade (its target, host and
+    /// headers), so that hash keys and sticky cookies are read the same way for both
+    /// (`http/`): one session's polls and its later upgrade reach the same backend.
+    pub fn for_selection(
+        path: &'b str,
+        host: &'b [u8],
+        headers: &'h [httparse::Header<'b>],
+    ) -> Self {
+        Upgrade {
+            head_len: 0,
+            path,
+            host,
+            key: b"",
+            headers,
+        }
+    }
 }
 
 impl<'b> Upgrade<'b, '_> {

@@ -57,6 +57,7 @@ pub mod echo;
 pub mod frame;
 pub mod handover;
 pub mod handshake;
+pub mod http;
 pub mod instance;
 pub mod listener;
 pub mod metrics;
@@ -67,6 +68,7 @@ pub mod routes;
 pub mod stream;
 pub mod supervise;
 pub mod tls;
+pub mod upstream;
 pub mod worker;
 
 pub use instance::{EchoServer, Handle, Instance};

@@ -51,6 +51,8 @@ pub struct WorkerEnv {
     /// The TLS config new client handshakes use (`None`: plain ws), as a certificate
     /// reload last replaced it.
     pub tls: Option<crate::tls::LocalCertificates>,
+    /// Idle backend connections for plain HTTP requests.
+    pub http_pool: crate::http::BackendPool,
 }
 
 impl WorkerEnv {
@@ -76,6 +78,7 @@ impl WorkerEnv {
             registry: Registry::new(settings.keepalive),
             stats,
             tls: None,
+            http_pool: Default::default(),
             settings,
             access_log: None,
         }

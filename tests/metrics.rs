@@ -80,6 +80,9 @@ fn rejections_are_counted_by_reason() {
     let dead = reserve_addr();
     let lb = balancer(&[backend.local_addr, dead.addr], 1, |c| {
         c.limits.max_connections = 3;
+        // With plain HTTP off, a request that is not an upgrade gets 426 (with it on it is
+        // proxied: tests/http.rs).
+        c.http.enabled = false;
     });
     let h = lb.handle();
     // 405 and 426.
@@ -191,6 +194,7 @@ fn the_access_log_has_a_line_per_connection() {
         c.access_log.enabled = true;
         c.access_log.format = wslb::access_log::Format::Json;
         c.access_log.path = path.to_string_lossy().into_owned();
+        c.http.enabled = false;
     });
     let h = lb.handle();
     let mut p = Peer::client(lb.local_addr);

@@ -143,7 +143,10 @@ fn request_is_forwarded_with_path_headers_and_forwarding_info() {
     assert!(r.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{r}");
     assert!(r.contains("X-Forwarded-Proto: http\r\n"), "{r}");
     // extensions = "pass" (the default): the deflate offer goes on (tests/deflate.rs).
-    assert!(r.contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"), "{r}");
+    assert!(
+        r.contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"),
+        "{r}"
+    );
 }
 
 #[test]

@@ -98,6 +98,8 @@ fixed_settings! {
     access_log: Option<AccessLogSettings> = "access_log",
     /// Whether the listener speaks TLS (its certificates are reloadable, this is not).
     tls_enabled: bool = "tls",
+    /// Plain HTTP beside upgrades.
+    http: super::HttpSettings = "http",
 }
 
 /// Where and how the access log is written.
@@ -166,6 +168,7 @@ impl Config {
             },
         };
         let routes = self.validate_routes(&mut problem);
+        let http = self.http.validate(&mut problem);
         if self.workers > 1024 {
             problem(
                 "workers",
@@ -345,6 +348,7 @@ impl Config {
                     .then(|| self.access_log.path.clone().into()),
             }),
             tls_enabled: tls.is_some(),
+            http,
         };
         Ok(Settings {
             routes: routes.routes,

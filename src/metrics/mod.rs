@@ -96,6 +96,10 @@ pub struct WorkerStats {
     /// Completed TLS handshakes by version (`tls::VERSIONS`), and failed ones by reason.
     tls_handshakes: [AtomicU64; crate::tls::VERSIONS.len()],
     tls_failures: [AtomicU64; crate::tls::Failure::ALL.len()],
+    /// Plain HTTP responses relayed, by class (1xx..5xx), and requests sent on a reused
+    /// backend connection.
+    http: [AtomicU64; 5],
+    http_reused: AtomicU64,
 }
 
 impl WorkerStats {
@@ -125,6 +129,17 @@ impl WorkerStats {
     /// A handshake completed (the `101` reached the client) `secs` after the accept.
     pub fn tls_handshake(&self, version: usize) {
         bump(&self.tls_handshakes[version], 1);
+    }
+
+    /// A plain HTTP response with `status` went to the client.
+    pub fn http_response(&self, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        bump(&self.http[class], 1);
+    }
+
+    /// A plain HTTP request went out on a pooled backend connection.
+    pub fn http_reused(&self) {
+        bump(&self.http_reused, 1);
     }
 
     pub fn tls_failed(&self, why: crate::tls::Failure) {
@@ -183,6 +198,8 @@ pub enum Rejected {
     MethodNotAllowed405,
     UpgradeRequired426,
     TooLarge431,
+    /// A plain request's body over `http.max_body_bytes`.
+    TooLarge413,
     /// The client sent no complete request within the handshake timeout.
     ClientTimeout,
     /// The client closed or failed before its request was complete.
@@ -201,7 +218,7 @@ pub enum Rejected {
 }
 
 impl Rejected {
-    pub const ALL: [Rejected; 14] = [
+    pub const ALL: [Rejected; 15] = [
         Rejected::Limit,
         Rejected::PerIpConnections,
         Rejected::PerIpRate,
@@ -209,6 +226,7 @@ impl Rejected {
         Rejected::MethodNotAllowed405,
         Rejected::UpgradeRequired426,
         Rejected::TooLarge431,
+        Rejected::TooLarge413,
         Rejected::ClientTimeout,
         Rejected::ClientGone,
         Rejected::AllBackendsDown,
@@ -228,6 +246,7 @@ impl Rejected {
             Rejected::MethodNotAllowed405 => "bad_request_405",
             Rejected::UpgradeRequired426 => "bad_request_426",
             Rejected::TooLarge431 => "bad_request_431",
+            Rejected::TooLarge413 => "bad_request_413",
             Rejected::ClientTimeout => "client_timeout",
             Rejected::ClientGone => "client_gone",
             Rejected::AllBackendsDown => "all_backends_down",
@@ -244,6 +263,7 @@ impl Rejected {
             405 => Rejected::MethodNotAllowed405,
             426 => Rejected::UpgradeRequired426,
             431 => Rejected::TooLarge431,
+            413 => Rejected::TooLarge413,
             _ => Rejected::BadRequest400,
         }
     }

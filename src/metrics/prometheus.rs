@@ -124,6 +124,21 @@ pub fn render(s: &Snapshot) -> String {
             t.tls_failures[f as usize],
         );
     }
+    let name = "wslb_http_responses_total";
+    o.head(
+        name,
+        "counter",
+        "Plain HTTP responses relayed to clients (requests beside upgrades), by status class.",
+    );
+    for (i, class) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+        o.sample(name, &[("class", class)], t.http[i]);
+    }
+    o.one(
+        "wslb_http_backend_reuses_total",
+        "counter",
+        "Plain HTTP requests sent on a pooled (kept-alive) backend connection.",
+        t.http_reused,
+    );
     if !s.certificates.is_empty() {
         let name = "wslb_tls_certificate_expiry_timestamp_seconds";
         o.head(

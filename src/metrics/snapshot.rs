@@ -29,6 +29,9 @@ pub struct Totals {
     /// (`tls::Failure`).
     pub tls_handshakes: [u64; crate::tls::VERSIONS.len()],
     pub tls_failures: [u64; crate::tls::Failure::ALL.len()],
+    /// Plain HTTP responses by class (1xx..5xx), and requests on reused backend connections.
+    pub http: [u64; 5],
+    pub http_reused: u64,
 }
 
 impl Totals {
@@ -54,6 +57,8 @@ impl Totals {
             micros += WorkerStats::load(&w.handshake.sum_micros);
             add(&mut t.tls_handshakes, &w.tls_handshakes);
             add(&mut t.tls_failures, &w.tls_failures);
+            add(&mut t.http, &w.http);
+            t.http_reused += WorkerStats::load(&w.http_reused);
         }
         t.handshake_sum_secs = micros as f64 / 1e6;
         t
