@@ -5,7 +5,9 @@
 // on Linux reads user trust from; nothing ignores certificate errors. Asserts that text
 // and binary messages come back byte for byte, that the close code comes back, what
 // Chromium says about the connection (issuer, protocol), that the same browser without the
-// CA refuses the certificate, and what wslb's /metrics counted. Every address is
+// CA refuses the certificate, that ws:// and wss:// to a compressing backend (Python
+// websockets) negotiate permessage-deflate end to end (`WebSocket.extensions`) and echo
+// byte for byte, and what wslb's /metrics counted. Every address is
 // 127.0.0.1 with a port 0 the processes report on stderr.
 //
 // Environment (tests/browser/run.sh sets them): WSLB (the built binary), CHROMIUM.
@@ -152,7 +154,7 @@ try {
       for (let i = 0; i < back.length; i++) h = Math.imul(h ^ back[i], 0x01000193) >>> 0;
       const closed = new Promise((ok) => { ws.onclose = (e) => ok({ code: e.code, reason: e.reason, clean: e.wasClean }); });
       ws.close(4000, "browser done");
-      return { textSame: textBack === text, textLen: textBack.length, binLen: back.length, firstDiff, fnv: h, close: await closed };
+      return { textSame: textBack === text, textLen: textBack.length, binLen: back.length, firstDiff, fnv: h, close: await closed, extensions: ws.extensions };
     }, { url, text: TEXT, n: BINARY_LEN });
   }
 
@@ -183,6 +185,44 @@ try {
       // (Only the page: a socket needs a page of that origin to open from, since Chromium's
       // local network access checks block one from about:blank, whatever the certificate.)
       await assert.rejects(stranger.goto(origin + "/", { timeout: GUARD_MS }), /ERR_CERT_AUTHORITY_INVALID/);
+    }],
+
+    ["ws:// and wss:// to a compressing backend negotiate permessage-deflate end to end and echo byte for byte", async () => {
+      // Python websockets with compression on, behind wslb over ws and over wss
+      // (extensions = "pass", the default): the relay passes the compressed frames on.
+      const server = spawn("python3", [new URL("../deflate/server.py", import.meta.url).pathname], { stdio: ["ignore", "pipe", "inherit"] });
+      procs.push(server);
+      const backendPort = await new Promise((ok, fail) => {
+        createInterface({ input: server.stdout }).once("line", (l) => ok(l.trim()));
+        server.once("exit", (c) => fail(new Error("deflate server exited " + c)));
+      });
+      const backend = "127.0.0.1:" + backendPort;
+      const plain = await start(["run", "--listen", "127.0.0.1:0", "--workers", "1", "--admin", "", "--backend", backend],
+        { listen: /balancing (\d+\.\d+\.\d+\.\d+:\d+)/ });
+      const secure = await start(["run", "--listen", "127.0.0.1:0", "--workers", "1", "--admin", "", "--backend", backend,
+        "--tls-cert", join(work, "leaf.pem"), "--tls-key", join(work, "leaf.key")],
+        { listen: /balancing (?:wss:\/\/)?(\d+\.\d+\.\d+\.\d+:\d+)/ });
+      const wsPort = plain.listen.split(":").pop();
+      const wssPort = secure.listen.split(":").pop();
+      // A page of each origin to open the socket from (the plain GET is proxied to the
+      // backend, which answers it itself).
+      const httpPage = await page.context().newPage();
+      await httpPage.goto("http://localhost:" + wsPort + "/", { timeout: GUARD_MS });
+      for (const [p, url] of [[httpPage, "ws://localhost:" + wsPort + "/deflate"]]) {
+        const r = await exchange(p, url);
+        assert.match(r.extensions, /^permessage-deflate/, url + ": extensions " + JSON.stringify(r.extensions));
+        assert.equal(r.textSame, true);
+        assert.equal(r.firstDiff, -1);
+        assert.equal(r.fnv, fnv(BINARY_LEN, byteAt));
+        assert.deepEqual(r.close, { code: 4000, reason: "browser done", clean: true });
+      }
+      const httpsPage = await page.context().newPage();
+      await httpsPage.goto("https://localhost:" + wssPort + "/", { timeout: GUARD_MS });
+      const r = await exchange(httpsPage, "wss://localhost:" + wssPort + "/deflate");
+      assert.match(r.extensions, /^permessage-deflate/, "wss: extensions " + JSON.stringify(r.extensions));
+      assert.equal(r.textSame, true);
+      assert.equal(r.fnv, fnv(BINARY_LEN, byteAt));
+      assert.deepEqual(r.close, { code: 4000, reason: "browser done", clean: true });
     }],
 
     ["/metrics counted the TLS handshakes and the browser's close codes", async () => {
