@@ -22,7 +22,7 @@ def main(path):
     bases = [a for a in ("direct", "direct-deflate") if a in index]
     agents = bases + sorted(a for a in index if a not in bases)
     for agent in agents:
-        results = index[agent]
+        results = index.get(agent, {})
         tallies[agent] = collections.Counter(r["behavior"] for r in results.values())
         print("%-14s %d cases: %s" % (agent, len(results), ", ".join(
             "%s %d" % kv for kv in sorted(tallies[agent].items()))))
