@@ -293,38 +293,25 @@ impl<'b> Upgrade<'b, '_> {
         out.extend_from_slice(b"GET ");
         out.extend_from_slice(self.path.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut xff = Vec::new();
-        for h in self.headers {
-            if eq(h.name, "sec-websocket-extensions") {
-                if ext == Extensions::Pass {
-                    let kept = deflate_offers(h.value);
-                    if !kept.is_empty() {
-                        out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
-                        out.extend_from_slice(&kept);
-                        out.extend_from_slice(b"\r\n");
-                    }
+        let extensions = |h: &&httparse::Header<'_>| eq(h.name, "sec-websocket-extensions");
+        if ext == Extensions::Pass {
+            for h in self.headers.iter().filter(extensions) {
+                let kept = deflate_offers(h.value);
+                if !kept.is_empty() {
+                    out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+                    out.extend_from_slice(&kept);
+                    out.extend_from_slice(b"\r\n");
                 }
-                continue;
             }
-            if eq(h.name, "x-forwarded-proto") {
-                continue;
-            }
-            if eq(h.name, "x-forwarded-for") {
-                xff.extend_from_slice(h.value.trim_ascii());
-                xff.extend_from_slice(b", ");
-                continue;
-            }
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
         }
-        out.extend_from_slice(b"X-Forwarded-For: ");
-        out.extend_from_slice(&xff);
-        out.extend_from_slice(client_ip.to_string().as_bytes());
-        out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-        out.extend_from_slice(scheme.as_str().as_bytes());
-        out.extend_from_slice(b"\r\n\r\n");
+        copy_forwarded(
+            &mut out,
+            self.headers,
+            |h| extensions(&h),
+            client_ip,
+            scheme,
+        );
+        out.extend_from_slice(b"\r\n");
         out
     }
 
@@ -381,6 +368,40 @@ impl<'b> Upgrade<'b, '_> {
         )
         .into_bytes()
     }
+}
+
+/// Copies `headers` to `out` as `Name: value` lines, except those `skip` takes and the
+/// `X-Forwarded-*` ones, then adds `X-Forwarded-For` (the client's address appended to the
+/// request's own list) and `X-Forwarded-Proto` (the scheme the client reached wslb with),
+/// each with its CRLF. For upgrades and plain HTTP requests alike.
+pub(crate) fn copy_forwarded(
+    out: &mut Vec<u8>,
+    headers: &[httparse::Header<'_>],
+    skip: impl Fn(&httparse::Header<'_>) -> bool,
+    client_ip: IpAddr,
+    scheme: Scheme,
+) {
+    let mut xff = Vec::new();
+    for h in headers {
+        if skip(h) || eq(h.name, "x-forwarded-proto") {
+            continue;
+        }
+        if eq(h.name, "x-forwarded-for") {
+            xff.extend_from_slice(h.value.trim_ascii());
+            xff.extend_from_slice(b", ");
+            continue;
+        }
+        out.extend_from_slice(h.name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"X-Forwarded-For: ");
+    out.extend_from_slice(&xff);
+    out.extend_from_slice(client_ip.to_string().as_bytes());
+    out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
+    out.extend_from_slice(scheme.as_str().as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// The permessage-deflate offers of one `Sec-WebSocket-Extensions` value, comma-joined

@@ -6,26 +6,14 @@
 
 mod common;
 
-use std::io::{BufRead, Write};
+use std::io::Write;
 use std::net::SocketAddr;
 use std::process::Command;
 
 use common::*;
 use wslb::handshake::Extensions;
 
-struct PythonBackend {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Drop for PythonBackend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn python_backend(more: &[&str]) -> PythonBackend {
+fn python_backend(more: &[&str]) -> PythonServer {
     let probe = Command::new("python3")
         .args(["-c", "import websockets"])
         .output()
@@ -34,24 +22,7 @@ fn python_backend(more: &[&str]) -> PythonBackend {
         probe.status.success(),
         "Python's websockets is not importable; install it with: python3 -m pip install websockets"
     );
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/deflate/server.py"
-        ))
-        .args(more)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 on PATH");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().expect("server.py prints its port");
-    PythonBackend {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    }
+    python_server("deflate/server.py", more)
 }
 
 fn python_client(lb: SocketAddr, want: &str) -> String {

@@ -13,39 +13,10 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-struct Backend {
-    child: std::process::Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// tests/http/backend.py: GET /size/N answers N bytes (chunked with ?chunked), POST
 /// answers the sha256 and length of its body, /slow sleeps, /whoami names the server.
-fn backend(name: &str) -> Backend {
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/http/backend.py"
-        ))
-        .args(["--name", name])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 on PATH");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line.trim().parse().expect("backend.py prints its port");
-    Backend {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    }
+fn backend(name: &str) -> PythonServer {
+    python_server("http/backend.py", &["--name", name])
 }
 
 /// One response read off `s`: status, headers (lowercase names), body (de-chunked).

@@ -766,41 +766,15 @@ fn handshakes_and_failures_are_counted_on_metrics() {
 // ---- TLS to backends ------------------------------------------------------------------
 
 /// Python's `websockets` serving wss:// with `cert`/`key`, killed on drop.
-struct PythonBackend {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl Drop for PythonBackend {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn python_backend(cert: &str, key: &str) -> PythonBackend {
+fn python_backend(cert: &str, key: &str) -> PythonServer {
     python_backend_with(cert, key, &[])
 }
 
 /// [`python_backend`] with more arguments for server.py (`--client-ca FILE`).
-fn python_backend_with(cert: &str, key: &str, more: &[&str]) -> PythonBackend {
-    use std::io::BufRead;
-    let mut child = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/server.py"))
-        .args(["--cert", cert, "--key", key])
-        .args(more)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 on PATH");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line
-        .trim()
-        .parse()
-        .unwrap_or_else(|_| panic!("server.py printed {line:?}, not its port"));
-    PythonBackend { child, port }
+fn python_backend_with(cert: &str, key: &str, more: &[&str]) -> PythonServer {
+    let mut args = vec!["--cert", cert, "--key", key];
+    args.extend_from_slice(more);
+    python_server("tls/server.py", &args)
 }
 
 /// A balancer terminating TLS in front of `backend` (written `wss://127.0.0.1:PORT`,

@@ -219,27 +219,9 @@ impl Request<'_, '_> {
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let connection = connection_values(self.headers);
-        let mut xff = Vec::new();
-        for h in self.headers {
-            if hop_by_hop(h.name, &connection) || eq(h.name, "x-forwarded-proto") {
-                continue;
-            }
-            if eq(h.name, "x-forwarded-for") {
-                xff.extend_from_slice(h.value.trim_ascii());
-                xff.extend_from_slice(b", ");
-                continue;
-            }
-            out.extend_from_slice(h.name.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(h.value);
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b"X-Forwarded-For: ");
-        out.extend_from_slice(&xff);
-        out.extend_from_slice(client_ip.to_string().as_bytes());
-        out.extend_from_slice(b"\r\nX-Forwarded-Proto: ");
-        out.extend_from_slice(scheme.as_str().as_bytes());
-        out.extend_from_slice(b"\r\nConnection: keep-alive\r\n\r\n");
+        let skip = |h: &httparse::Header<'_>| hop_by_hop(h.name, &connection);
+        crate::handshake::copy_forwarded(&mut out, self.headers, skip, client_ip, scheme);
+        out.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
         out
     }
 }

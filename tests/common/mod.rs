@@ -485,3 +485,41 @@ impl Drop for Wslb {
         let _ = self.child.wait();
     }
 }
+
+/// A Python server from `tests/` (a script that prints its port on its first line), killed
+/// on drop.
+pub struct PythonServer {
+    child: Child,
+    pub port: u16,
+    pub addr: SocketAddr,
+}
+
+impl Drop for PythonServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `python3 tests/<script> <args>` and waits for the port it prints.
+pub fn python_server(script: &str, args: &[&str]) -> PythonServer {
+    let mut child = Command::new("python3")
+        .arg(format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3 on PATH");
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{script} printed {line:?}, not its port"));
+    PythonServer {
+        child,
+        port,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
