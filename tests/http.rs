@@ -280,3 +280,40 @@ fn a_sticky_cookie_from_a_poll_brings_the_upgrade_to_the_same_backend() {
     let (st, _, body) = response(&mut s);
     assert_eq!((st, String::from_utf8(body).unwrap()), (403, home));
 }
+
+#[test]
+fn a_pooled_connection_the_backend_closed_is_retried_on_a_new_one() {
+    // A backend that answers one request per connection as if keeping it alive, then
+    // closes it: the pooled connection is stale when the next request takes it.
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = accepted.clone();
+    let addr = scripted_backend_raw(move |mut s| {
+        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        std::thread::sleep(Duration::from_millis(50));
+    });
+    let lb = balancer(&[addr], 1, |_| {});
+    for i in 0..3 {
+        let mut c = client(lb.local_addr);
+        c.write_all(b"GET /x HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let (st, _, body) = response(&mut c);
+        assert_eq!((st, body), (200, b"ok".to_vec()), "request {i}");
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let t = lb.handle().snapshot().totals;
+    assert_eq!(t.http[1], 3);
+    assert!(
+        t.http_reused >= 1,
+        "the stale connection was taken from the pool"
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        3,
+        "one new connection per request"
+    );
+}

@@ -286,28 +286,25 @@ pub(crate) async fn proxy<C: ClientStream>(
     let mut rbuf = ctx.buffers.take(s.relay_buffer_bytes);
     let mut request_done = body == Body::None;
     let answer: Result<Answer, (Fail, bool)> = loop {
-        if let Err(e) = write_prefix(
+        let written = write_prefix(
             &mut backend,
             forward.to_vec(),
             forward.len(),
             h.body_timeout,
         )
-        .await
-        {
-            break Err((Fail::Dst(e), true));
-        }
+        .await;
         if body == Body::None {
-            match read_head(
-                &mut backend,
-                std::mem::take(&mut rbuf),
-                method,
-                s.backend_handshake_timeout,
-            )
-            .await
-            {
-                // A reused connection the backend had closed: the same request again on a
-                // new one (nothing of it was consumed).
-                Err((Fail::Src(_), true)) if reused => {
+            let answer = match written {
+                Ok(_) => {
+                    let rb = std::mem::take(&mut rbuf);
+                    read_head(&mut backend, rb, method, s.backend_handshake_timeout).await
+                }
+                Err(e) => Err((Fail::Dst(e), true)),
+            };
+            match answer {
+                // A reused connection the backend had closed (the write or the read finds
+                // out): the same request again on a new one (nothing of it was consumed).
+                Err((Fail::Src(_) | Fail::Dst(_), true)) if reused => {
                     rbuf = ctx.buffers.take(s.relay_buffer_bytes);
                     match upstream::open(
                         &snap,
@@ -327,6 +324,9 @@ pub(crate) async fn proxy<C: ClientStream>(
                 }
                 other => break other,
             }
+        }
+        if let Err(e) = written {
+            break Err((Fail::Dst(e), true));
         }
         // With a body: wait a moment for a 100 if the client asked for one; a final answer
         // instead ends the exchange before the body (the client connection is then closed).
