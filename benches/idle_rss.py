@@ -6,6 +6,7 @@ the growth of VmRSS, RssAnon and RssFile per connection.
 
     python3 benches/idle_rss.py target/release/wslb 19200   # ports 19200 and 19201
 """
+import os, resource, socket, subprocess, sys, time
 resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
 binp, port = sys.argv[1], int(sys.argv[2])
 echo = subprocess.Popen([binp, "echo", "--listen", f"127.0.0.1:{port+1}", "--workers", "1"], stderr=subprocess.DEVNULL)
