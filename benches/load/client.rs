@@ -257,7 +257,8 @@ pub fn paced(
     rate: f64,
     size: usize,
     secs: f64,
-) -> Histogram<u64> {
+    cpu: impl Fn() -> (f64, f64) + Send + 'static,
+) -> (Histogram<u64>, (f64, f64)) {
     on_runtime(move || async move {
         let payload = Rc::new(payload(size));
         let frame = Bytes::from(encode_masked(&payload, 2));
@@ -293,11 +294,16 @@ pub fn paced(
                 h
             }));
         }
+        // The proxy's CPU over the measured window (from the end of the warm-up).
+        monoio::time::sleep_until(warm.into()).await;
+        let cpu0 = cpu();
+        monoio::time::sleep_until(end.into()).await;
+        let cpu1 = cpu();
         let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
         for t in tasks {
             all.add(t.await).unwrap();
         }
-        all
+        (all, (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1))
     })
 }
 

@@ -6,7 +6,10 @@
 //!
 //! Scenarios (names for --scenarios, comma-separated):
 //!   tput-100x64, tput-1000x64, tput-100x16k  closed loop: msg/s and proxy CPU per message
-//!   latency      100 conns x 100 msg/s of 64 B, p50/p99/p999 from the scheduled send time
+//!   latency      100 conns x 100 msg/s of 64 B, p50/p99/p999 from the scheduled send time,
+//!                and proxy CPU per message
+//!   latency-1000 the same at 1,000 conns x 10 msg/s
+//!   light        light traffic at scale: 9,900 conns x 2 msg/s of 64 B (as latency)
 //!   handshake    50 concurrent connect-upgrade-close loops: handshakes/s
 //!   idle         hold N upgraded connections, each used once: RSS and kernel memory per conn
 //!   idle-busy    the same, but each connection first echoes 64 KiB (more than a relay
@@ -59,7 +62,12 @@ enum Scenario {
         conns: usize,
         size: usize,
     },
-    Latency,
+    /// Paced: `conns` connections, each sending `rate` 64 B messages per second (staggered),
+    /// each waiting for its echo: latency from the scheduled send, and proxy CPU per message.
+    Paced {
+        conns: usize,
+        rate: u32,
+    },
     Handshake,
     /// Idle connections; `busy`: each first echoed a 64 KiB message, else 32 bytes.
     Idle {
@@ -74,6 +82,14 @@ enum Scenario {
     WssHandshake(KeyKind),
     /// Idle wss connections (ECDSA leaf), each first echoed 32 bytes.
     WssIdle,
+}
+
+impl Scenario {
+    /// The paced latency run: 100 connections x 100 messages per second.
+    const LATENCY: Scenario = Scenario::Paced {
+        conns: 100,
+        rate: 100,
+    };
 }
 
 /// The message each idle-busy connection echoes before it idles: larger than the relay
@@ -95,7 +111,7 @@ impl Scenario {
                 conns: 100,
                 size: 16384,
             },
-            Scenario::Latency,
+            Scenario::LATENCY,
             Scenario::Handshake,
             Scenario::Idle { busy: false },
             Scenario::Idle { busy: true },
@@ -110,6 +126,14 @@ impl Scenario {
                 size: 16384,
             },
             Scenario::WssIdle,
+            Scenario::Paced {
+                conns: 1000,
+                rate: 10,
+            },
+            Scenario::Paced {
+                conns: 9900,
+                rate: 2,
+            },
         ]
     }
 
@@ -156,11 +180,19 @@ impl Scenario {
                 conns: 100,
                 size: 16384,
             }],
-            "latency" => vec![Scenario::Latency],
+            "latency" => vec![Scenario::LATENCY],
+            "latency-1000" => vec![Scenario::Paced {
+                conns: 1000,
+                rate: 10,
+            }],
+            "light" => vec![Scenario::Paced {
+                conns: 9900,
+                rate: 2,
+            }],
             "handshake" => vec![Scenario::Handshake],
             "idle" => vec![Scenario::Idle { busy: false }],
             "idle-busy" => vec![Scenario::Idle { busy: true }],
-            "wss" => Scenario::all()[7..].to_vec(),
+            "wss" => Scenario::all().into_iter().filter(|s| s.wss()).collect(),
             "wss-handshake-ecdsa" => vec![Scenario::WssHandshake(KeyKind::Ecdsa)],
             "wss-handshake-rsa" => vec![Scenario::WssHandshake(KeyKind::Rsa)],
             "wss-tput-100x64" => vec![Scenario::WssTput {
@@ -182,7 +214,9 @@ impl Scenario {
                 format!("closed loop, {conns} conns x {} KiB", size / 1024)
             }
             Scenario::Tput { conns, size } => format!("closed loop, {conns} conns x {size} B"),
-            Scenario::Latency => "paced, 100 conns x 100 msg/s x 64 B (latency in us)".into(),
+            Scenario::Paced { conns, rate } => {
+                format!("paced, {conns} conns x {rate} msg/s x 64 B (latency in us)")
+            }
             Scenario::Handshake => "handshakes, 50 concurrent connect-upgrade-close loops".into(),
             Scenario::Idle { busy: false } => format!("idle, {} connections held", a.idle_conns),
             Scenario::Idle { busy: true } => format!(
@@ -474,8 +508,10 @@ fn measure(sc: Scenario, t: &Target, a: &Args, wss: Option<&tls::Tls>) -> Sample
             cpu_figures(&mut s, t, w.count, w.cpu);
             s.insert("client_cpu", w.client_cpu / w.elapsed.as_secs_f64());
         }
-        Scenario::Latency => {
-            let h = client::paced(addrs, 100, 100.0, 64, a.secs);
+        Scenario::Paced { conns, rate } => {
+            let cpu = t.cpu_reader();
+            let (h, window) = client::paced(addrs, conns, f64::from(rate), 64, a.secs, cpu);
+            cpu_figures(&mut s, t, h.len(), window);
             s.insert("p50", h.value_at_quantile(0.50) as f64);
             s.insert("p99", h.value_at_quantile(0.99) as f64);
             s.insert("p999", h.value_at_quantile(0.999) as f64);
@@ -671,11 +707,15 @@ fn table(
                 );
             }
         }
-        Scenario::Latency => {
+        Scenario::Paced { .. } => {
             println!(
-                "| target | p50 | p99 | p999 | added p50 | added p99 | added p50 vs best peer |"
+                "| target | p50 | p99 | p999 | added p50 | added p99 | added p50 vs best peer | proxy CPU-s / 1M | per proxy CPU-s | vs best peer |"
             );
-            println!("|---|---|---|---|---|---|---|");
+            println!("|---|---|---|---|---|---|---|---|---|---|");
+            let bpc = peers
+                .iter()
+                .filter_map(|&i| med(results, sc, i, "per_cpu_s"))
+                .reduce(f64::max);
             let d50 = med(results, sc, direct, "p50");
             let d99 = med(results, sc, direct, "p99");
             let added = |ti: usize, k: &str, d: Option<f64>| Some(med(results, sc, ti, k)? - d?);
@@ -685,7 +725,7 @@ fn table(
                 .reduce(f64::min);
             for (ti, t) in running.iter().enumerate() {
                 println!(
-                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                     t.kind.name(),
                     f(med(results, sc, ti, "p50"), 0),
                     f(med(results, sc, ti, "p99"), 0),
@@ -693,6 +733,9 @@ fn table(
                     f(added(ti, "p50", d50), 0),
                     f(added(ti, "p99", d99), 0),
                     ratio(added(ti, "p50", d50), best_added50),
+                    f(med(results, sc, ti, "cpu_s/1M"), 2),
+                    f(med(results, sc, ti, "per_cpu_s"), 0),
+                    ratio(med(results, sc, ti, "per_cpu_s"), bpc),
                 );
             }
         }
