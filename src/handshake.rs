@@ -141,6 +141,42 @@ fn has_token(value: &[u8], token: &str) -> bool {
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
+/// A request head as httparse reads it, for upgrades and plain requests alike.
+pub(crate) struct RequestHead<'b, 'h> {
+    pub head_len: usize,
+    pub method: &'b str,
+    pub target: &'b str,
+    /// HTTP/1.`minor`.
+    pub minor: u8,
+    pub headers: &'h [httparse::Header<'b>],
+}
+
+/// Parses the request head at the start of `buf`: `Ok(None)` while incomplete, 431 for
+/// too many headers, 400 for anything httparse refuses or a request line without all its
+/// parts.
+pub(crate) fn parse_head<'b, 'h>(
+    buf: &'b [u8],
+    headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
+) -> Result<Option<RequestHead<'b, 'h>>, Reject> {
+    let mut req = httparse::Request::new(headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooLarge),
+        Err(_) => return Err(Reject::Malformed("unparseable request head")),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Err(Reject::Malformed("incomplete request line"));
+    };
+    Ok(Some(RequestHead {
+        head_len,
+        method,
+        target,
+        minor,
+        headers: req.headers,
+    }))
+}
+
 /// Parses and validates a WebSocket upgrade request at the start of `buf`.
 ///
 /// `Ok(None)`: the head is incomplete, read more (unless `buf` already holds the size limit,
@@ -149,17 +185,16 @@ pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
 ) -> Result<Option<Upgrade<'b, 'h>>, Reject> {
-    let mut req = httparse::Request::new(headers);
-    let head_len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooLarge),
-        Err(_) => return Err(Reject::Malformed("unparseable request head")),
+    let Some(head) = parse_head(buf, headers)? else {
+        return Ok(None);
     };
-    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
-        return Err(Reject::Malformed("incomplete request line"));
-    };
-    let headers: &'h [httparse::Header<'b>] = req.headers;
+    let RequestHead {
+        head_len,
+        method,
+        target: path,
+        minor: version,
+        headers,
+    } = head;
     if method != "GET" {
         return Err(Reject::NotGet);
     }

@@ -121,17 +121,16 @@ pub fn parse_request<'b, 'h>(
         return Ok(None);
     };
     check_line_endings(&buf[..end]).map_err(Reject::Malformed)?;
-    let mut req = httparse::Request::new(headers);
-    let head_len = match req.parse(&buf[..end]) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(httparse::Error::TooManyHeaders) => return Err(Reject::TooLarge),
-        Err(_) => return Err(Reject::Malformed("unparseable request head")),
+    let Some(head) = crate::handshake::parse_head(&buf[..end], headers)? else {
+        return Ok(None);
     };
-    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
-        return Err(Reject::Malformed("incomplete request line"));
-    };
-    let headers: &'h [httparse::Header<'b>] = req.headers;
+    let crate::handshake::RequestHead {
+        head_len,
+        method,
+        target,
+        minor,
+        headers,
+    } = head;
     if !(target.starts_with('/') || method == "OPTIONS" && target == "*") {
         // Absolute-form and authority-form targets are for forward proxies (CONNECT too).
         return Err(Reject::Malformed("request target is not a path"));
