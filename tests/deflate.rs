@@ -8,48 +8,28 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
 
 use common::*;
 use wslb::handshake::Extensions;
 
 fn python_backend(more: &[&str]) -> PythonServer {
-    let probe = Command::new("python3")
-        .args(["-c", "import websockets"])
-        .output()
-        .expect("python3 on PATH");
-    assert!(
-        probe.status.success(),
-        "Python's websockets is not importable; install it with: python3 -m pip install websockets"
-    );
+    require_websockets();
     python_server("deflate/server.py", more)
 }
 
 fn python_client(lb: SocketAddr, want: &str) -> String {
-    let out = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/deflate/client.py"
-        ))
-        .args(["--port", &lb.port().to_string(), "--want-extensions", want])
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "client.py failed:\n{text}");
-    for check in [
-        "ok text echo",
-        "ok binary echo",
-        "ok 1 MiB echo",
-        "ok fragmented echo",
-        "ok close code",
-    ] {
-        assert!(text.contains(check), "{check:?} missing:\n{text}");
-    }
-    text
+    let port = lb.port().to_string();
+    common::python_client(
+        "deflate/client.py",
+        &["--port", &port, "--want-extensions", want],
+        &[
+            "ok text echo",
+            "ok binary echo",
+            "ok 1 MiB echo",
+            "ok fragmented echo",
+            "ok close code",
+        ],
+    )
 }
 
 /// Bytes relayed from the client, over all workers.

@@ -8,7 +8,6 @@ mod common;
 
 use std::io::Write;
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
@@ -43,43 +42,18 @@ fn tls_balancer(test: &str, tweak: impl FnOnce(&mut Config)) -> (Pki, wslb::Echo
 
 /// Runs tests/tls/client.py against `lb` (text, binary, 1 MiB, close 4000).
 fn python_client(lb: SocketAddr, ca: &std::path::Path) {
-    let probe = Command::new("python3")
-        .args(["-c", "import websockets"])
-        .output()
-        .expect("python3 on PATH");
-    assert!(
-        probe.status.success(),
-        "Python's websockets is not importable; install it with: python3 -m pip install websockets\n{}",
-        String::from_utf8_lossy(&probe.stderr)
+    let (port, ca) = (lb.port().to_string(), ca.display().to_string());
+    common::python_client(
+        "tls/client.py",
+        &["--port", &port, "--server-name", "localhost", "--ca", &ca],
+        &[
+            "ok ALPN",
+            "ok text echo",
+            "ok binary echo",
+            "ok 1 MiB binary echo",
+            "ok close code echoed",
+        ],
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/tls/client.py");
-    let out = Command::new("python3")
-        .arg(script)
-        .args([
-            "--port",
-            &lb.port().to_string(),
-            "--server-name",
-            "localhost",
-        ])
-        .arg("--ca")
-        .arg(ca)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "client.py failed:\n{text}");
-    for check in [
-        "ok ALPN",
-        "ok text echo",
-        "ok binary echo",
-        "ok 1 MiB binary echo",
-        "ok close code echoed",
-    ] {
-        assert!(text.contains(check), "{check:?} missing:\n{text}");
-    }
 }
 
 fn python_echo_through(driver: IoDriver, test: &str) {

@@ -523,3 +523,37 @@ pub fn python_server(script: &str, args: &[&str]) -> PythonServer {
         addr: SocketAddr::from(([127, 0, 0, 1], port)),
     }
 }
+
+/// Fails with how to install it when Python's `websockets` is missing.
+pub fn require_websockets() {
+    let probe = Command::new("python3")
+        .args(["-c", "import websockets"])
+        .output()
+        .expect("python3 on PATH");
+    assert!(
+        probe.status.success(),
+        "Python's websockets is not importable; install it with: python3 -m pip install websockets\n{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+}
+
+/// Runs `python3 tests/<script> <args>`, asserts it succeeded and printed every line of
+/// `checks`, and returns what it printed.
+pub fn python_client(script: &str, args: &[&str], checks: &[&str]) -> String {
+    require_websockets();
+    let out = Command::new("python3")
+        .arg(format!("{}/tests/{script}", env!("CARGO_MANIFEST_DIR")))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{script} failed:\n{text}");
+    for check in checks {
+        assert!(text.contains(check), "{check:?} missing:\n{text}");
+    }
+    text
+}
