@@ -3,6 +3,7 @@
 
 use std::cell::Cell;
 use std::net::SocketAddr;
+use std::os::fd::{FromRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -103,25 +104,36 @@ pub fn encode_masked(payload: &[u8], opcode: u8) -> Vec<u8> {
 const UPGRADE: &str = "GET / HTTP/1.1\r\nHost: bench\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
      Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
 
-/// Connects and upgrades; returns the stream and any bytes read past the 101 head.
+/// Connects and upgrades; returns the stream and any bytes read past the 101 head. Any
+/// other answer panics the bench: outside the storm, a refusal is a broken setup.
 pub async fn upgrade<C: Connect>(
     c: &C,
     addr: SocketAddr,
     cap: usize,
 ) -> std::io::Result<(C::Stream, Vec<u8>)> {
+    let (s, answer) = request_upgrade(c, addr, cap).await?;
+    let rest = answer.unwrap_or_else(|head| panic!("no 101 from {addr}: {head}"));
+    Ok((s, rest))
+}
+
+/// Connects and asks to upgrade. Returns the stream and, on a 101, any bytes read past its
+/// head, or else the head of the refusal: the storm counts a refusal as a failure.
+async fn request_upgrade<C: Connect>(
+    c: &C,
+    addr: SocketAddr,
+    cap: usize,
+) -> std::io::Result<(C::Stream, Result<Vec<u8>, String>)> {
     let mut s = c.connect(addr).await?;
     s.send(&Bytes::from_static(UPGRADE.as_bytes())).await?;
     let mut buf: Vec<u8> = Vec::with_capacity(cap.max(1024));
     loop {
         buf = s.read_more(buf).await?;
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            assert!(
-                buf.starts_with(b"HTTP/1.1 101"),
-                "no 101 from {addr}: {}",
-                String::from_utf8_lossy(&buf[..i])
-            );
+            if !buf.starts_with(b"HTTP/1.1 101") {
+                return Ok((s, Err(String::from_utf8_lossy(&buf[..i]).into_owned())));
+            }
             buf.drain(..i + 4);
-            return Ok((s, buf));
+            return Ok((s, Ok(buf)));
         }
     }
 }
@@ -394,31 +406,222 @@ pub fn idle<C: Connect>(
     on_runtime(move || async move {
         let payload = Rc::new(payload(size));
         let frame = Bytes::from(encode_masked(&payload, 2));
-        let mut held = Vec::with_capacity(n);
-        let mut next = 0;
-        while next < n {
-            let batch: Vec<_> = (next..n.min(next + 200))
-                .map(|i| {
-                    let (f, p, a) = (frame.clone(), payload.clone(), spread(&addrs, i));
-                    let connector = connector.clone();
-                    monoio::spawn(async move {
-                        let (mut s, buf) = upgrade(&connector, a, p.len() + 256)
-                            .await
-                            .expect("upgrade");
-                        round_trip(&mut s, &f, &p, buf).await.expect("echo");
-                        s.release();
-                        s
-                    })
-                })
-                .collect();
-            next += batch.len();
-            for t in batch {
-                held.push(t.await);
-            }
-        }
+        let held = open_batched(&connector, &addrs, n, &frame, &payload).await;
         // Let the proxy settle (allocator purges, deferred frees) before measuring.
         monoio::time::sleep(Duration::from_secs(2)).await;
         hold();
         held.len()
     })
+}
+
+/// Opens `n` connections, at most 200 handshakes at a time, checks one echo of `frame`
+/// (carrying `payload`) on each and releases their buffers. Batches of 200 stay under every
+/// target's listen backlog (NGINX's 511 is the smallest), so this setup never measures a
+/// listen queue overflowing; the storm does that on purpose.
+async fn open_batched<C: Connect>(
+    connector: &C,
+    addrs: &[SocketAddr],
+    n: usize,
+    frame: &Bytes,
+    payload: &Rc<Vec<u8>>,
+) -> Vec<C::Stream> {
+    let mut held = Vec::with_capacity(n);
+    let mut next = 0;
+    while next < n {
+        let batch: Vec<_> = (next..n.min(next + 200))
+            .map(|i| {
+                let (f, p, a) = (frame.clone(), payload.clone(), spread(addrs, i));
+                let connector = connector.clone();
+                monoio::spawn(async move {
+                    let (mut s, buf) = upgrade(&connector, a, p.len() + 256)
+                        .await
+                        .expect("upgrade");
+                    round_trip(&mut s, &f, &p, buf).await.expect("echo");
+                    s.release();
+                    s
+                })
+            })
+            .collect();
+        next += batch.len();
+        for t in batch {
+            held.push(t.await);
+        }
+    }
+    held
+}
+
+/// Retries per connection in the storm after its first attempt fails...
+const STORM_RETRIES: u32 = 3;
+/// ...each attempt limited to this (a client's connect-and-upgrade timeout: longer than the
+/// first three SYN retransmits, at 1, 3 and 7 s, that a SYN dropped at a full listen queue
+/// waits for, so an overflow shows as delay, not as failure)...
+const STORM_ATTEMPT: Duration = Duration::from_secs(10);
+/// ...and every connection back or given up this long after the drop, so the storm ends
+/// by itself.
+const STORM_DEADLINE: Duration = Duration::from_secs(30);
+/// The first retry's backoff, doubling with each retry, plus a jitter of 0 to 99 ms per
+/// connection: as real clients do, so that retries do not return as one synchronized wave.
+const STORM_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a reconnect storm measured (see [`storm`]).
+pub struct Storm {
+    /// Connections upgraded and echoing again.
+    pub back: usize,
+    /// Connections that never came back (all retries failed, or the deadline passed).
+    pub failed: usize,
+    /// The last error of the first connection that never came back.
+    pub first_error: Option<String>,
+    /// Attempts after the first, over all connections.
+    pub retries: u64,
+    /// From the first close until every connection was back or had given up.
+    pub elapsed: Duration,
+    /// Per connection that came back: from its own close to its echo, in microseconds.
+    pub times: Histogram<u64>,
+    /// The proxy's (user, system) CPU seconds over `elapsed`, from just before the drop:
+    /// tearing down the dropped connections is part of the storm's cost.
+    pub cpu: (f64, f64),
+    /// The client thread's own CPU seconds over `elapsed`.
+    pub client_cpu: f64,
+    /// How long closing all `n` sockets took: the reconnects start after it, so the later
+    /// a connection was closed, the less of it is in that connection's time.
+    pub drop_time: Duration,
+}
+
+/// A reconnect storm: opens `n` connections as `idle` does (in batches, one 32 B echo
+/// each), then drops them all at once, then has every one reconnect, upgrade and echo
+/// 32 B again, all concurrently, retrying as [`STORM_RETRIES`] and [`STORM_DEADLINE`]
+/// allow. `cpu` reads the proxy's CPU seconds. Plain ws only.
+///
+/// The drop closes every socket with SO_LINGER 0, so each sends a RST and no close
+/// handshake of either WebSocket or TCP: what a proxy sees from a client fleet whose
+/// restart or network blip lost the connections' state (their next packet on the old
+/// connection draws a RST). Silence instead would leave the old connections open in the
+/// proxy beside the new ones, 2n where it is allowed about 9,900; a FIN is a close
+/// handshake, and would leave n TIME_WAITs on the client's ports. All `n` closes run
+/// before the first reconnect starts, so the client never holds more than `n` sockets
+/// (under its 20,000 descriptors) and the proxy has every reset queued before the first
+/// new SYN. The reconnects then have the whole ephemeral port range (32768-60999 here)
+/// from 127.0.0.1 to each target address; the proxies' connects to the backends meet the
+/// TIME_WAITs of the backend connections they just closed, which loopback may reuse
+/// (net.ipv4.tcp_tw_reuse = 2, the default).
+pub fn storm(
+    addrs: Vec<SocketAddr>,
+    n: usize,
+    cpu: impl Fn() -> (f64, f64) + Send + 'static,
+) -> Storm {
+    on_runtime(move || async move {
+        let payload = Rc::new(payload(32));
+        let frame = Bytes::from(encode_masked(&payload, 2));
+        let held = open_batched(&Plain, &addrs, n, &frame, &payload).await;
+        // Let the setup's last handshakes finish in the proxy before its CPU is read.
+        monoio::time::sleep(Duration::from_millis(500)).await;
+        let socks: Vec<socket2::Socket> = held
+            .into_iter()
+            .map(|s| {
+                let s = into_socket(s);
+                s.set_linger(Some(Duration::ZERO)).expect("SO_LINGER 0");
+                s
+            })
+            .collect();
+        let (cpu0, own0) = (cpu(), thread_cpu());
+        let t0 = Instant::now();
+        // close(2) on each in turn, synchronously (monoio would close them through the
+        // ring, whenever it next submits), noting when each one went: its own drop.
+        let dropped: Vec<Instant> = socks
+            .into_iter()
+            .map(|s| {
+                drop(s);
+                Instant::now()
+            })
+            .collect();
+        let drop_time = t0.elapsed();
+        let deadline = t0 + STORM_DEADLINE;
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let (f, p, a) = (frame.clone(), payload.clone(), spread(&addrs, i));
+                let jitter = Duration::from_millis((i * 37 % 100) as u64);
+                monoio::spawn(reconnect(a, f, p, deadline, jitter))
+            })
+            .collect();
+        let mut times = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
+        let (mut back, mut failed, mut first_error, mut retries) = (Vec::new(), 0, None, 0);
+        let mut last = t0;
+        for (t, dropped) in tasks.into_iter().zip(dropped) {
+            let (r, tries, end) = t.await;
+            retries += u64::from(tries);
+            last = last.max(end);
+            match r {
+                Ok(s) => {
+                    times
+                        .record((end - dropped).as_micros().max(1) as u64)
+                        .unwrap();
+                    back.push(s);
+                }
+                Err(e) => {
+                    failed += 1;
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        let (cpu1, own1) = (cpu(), thread_cpu());
+        let storm = Storm {
+            back: back.len(),
+            failed,
+            first_error,
+            retries,
+            elapsed: last - t0,
+            times,
+            cpu: (cpu1.0 - cpu0.0, cpu1.1 - cpu0.1),
+            client_cpu: own1 - own0,
+            drop_time,
+        };
+        // Closed here, synchronously, as the dropped ones were: closes left in the ring
+        // when the runtime ends would leak the descriptors.
+        drop(back.into_iter().map(into_socket).collect::<Vec<_>>());
+        storm
+    })
+}
+
+/// One connection's way back after the drop: connect, upgrade, one echo; after a failure
+/// (connect error, refusal, timeout) up to [`STORM_RETRIES`] more attempts after a
+/// doubling backoff plus `jitter`, never past `deadline`. Returns the stream or the last
+/// error, the retries used, and when it ended.
+async fn reconnect(
+    addr: SocketAddr,
+    frame: Bytes,
+    payload: Rc<Vec<u8>>,
+    deadline: Instant,
+    jitter: Duration,
+) -> (Result<TcpStream, String>, u32, Instant) {
+    let mut retries = 0;
+    loop {
+        let attempt = async {
+            let (mut s, answer) = request_upgrade(&Plain, addr, 256).await?;
+            let buf = answer.map_err(|head| {
+                let status = head.lines().next().unwrap_or_default().to_string();
+                std::io::Error::other(format!("refused: {status}"))
+            })?;
+            round_trip(&mut s, &frame, &payload, buf).await?;
+            Ok::<_, std::io::Error>(s)
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let err = match monoio::time::timeout(left.min(STORM_ATTEMPT), attempt).await {
+            Ok(Ok(s)) => return (Ok(s), retries, Instant::now()),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "timed out".to_string(),
+        };
+        let wait = STORM_BACKOFF * 2u32.pow(retries) + jitter;
+        if retries == STORM_RETRIES || Instant::now() + wait >= deadline {
+            return (Err(err), retries, Instant::now());
+        }
+        monoio::time::sleep(wait).await;
+        retries += 1;
+    }
+}
+
+/// Takes a connection out of monoio as a plain socket, to close it with close(2) now.
+fn into_socket(s: TcpStream) -> socket2::Socket {
+    let fd = s.into_raw_fd();
+    // SAFETY: `into_raw_fd` handed over the open socket and monoio no longer owns it.
+    unsafe { socket2::Socket::from_raw_fd(fd) }
 }

@@ -21,6 +21,10 @@
 //!   wss-tput-100x64, wss-tput-100x16k   closed loop over wss (ECDSA leaf)
 //!   wss-idle     hold N wss connections, each used once (ECDSA leaf): RSS and kernel
 //!                memory per conn
+//!   storm        reconnect storm: N connections (--idle-conns) up and each used once, then
+//!                all dropped at once (RST) and all reconnecting concurrently, each with one
+//!                echo: time until all are back, p50/p99 per connection, failures, and
+//!                handshakes per proxy CPU-second
 //!   (`wss` runs all five; `all` includes them.) Every proxy serves the same certificate,
 //!   made at start by a test CA the client trusts (tls.rs); `direct` cannot do TLS and is
 //!   n/a there. The client offers one version, suite and group (tls::CLIENT_SUMMARY).
@@ -82,6 +86,9 @@ enum Scenario {
     WssHandshake(KeyKind),
     /// Idle wss connections (ECDSA leaf), each first echoed 32 bytes.
     WssIdle,
+    /// Reconnect storm: `--idle-conns` connections dropped at once and all reconnecting
+    /// concurrently (client::storm).
+    Storm,
 }
 
 impl Scenario {
@@ -134,6 +141,7 @@ impl Scenario {
                 conns: 9900,
                 rate: 2,
             },
+            Scenario::Storm,
         ]
     }
 
@@ -204,6 +212,7 @@ impl Scenario {
                 size: 16384,
             }],
             "wss-idle" => vec![Scenario::WssIdle],
+            "storm" => vec![Scenario::Storm],
             _ => return None,
         })
     }
@@ -243,6 +252,10 @@ impl Scenario {
             Scenario::WssIdle => {
                 format!("wss idle (ECDSA), {} connections held", a.idle_conns)
             }
+            Scenario::Storm => format!(
+                "reconnect storm, {} connections dropped at once, all reconnecting concurrently",
+                a.idle_conns
+            ),
         }
     }
 }
@@ -524,6 +537,42 @@ fn measure(sc: Scenario, t: &Target, a: &Args, wss: Option<&tls::Tls>) -> Sample
             s.insert("hs/s", w.count as f64 / w.elapsed.as_secs_f64());
             cpu_figures(&mut s, t, w.count, w.cpu);
         }
+        Scenario::Storm => {
+            // The long-running target, as for the handshake scenario: the storm measures
+            // handshakes and CPU, not memory, so it needs no fresh process.
+            let names = ["ListenOverflows", "SyncookiesSent"];
+            let k0 = targets::tcp_ext(&names);
+            let st = client::storm(addrs, a.idle_conns, t.cpu_reader());
+            let k1 = targets::tcp_ext(&names);
+            if let Some(e) = &st.first_error {
+                println!(
+                    "    {}: {} of {} never came back; the first one's last error: {e}",
+                    t.kind.name(),
+                    st.failed,
+                    a.idle_conns
+                );
+            }
+            let secs = st.elapsed.as_secs_f64();
+            s.insert("back_ms", secs * 1e3);
+            if st.back > 0 {
+                s.insert("p50_ms", st.times.value_at_quantile(0.50) as f64 / 1e3);
+                s.insert("p99_ms", st.times.value_at_quantile(0.99) as f64 / 1e3);
+            }
+            s.insert("failed", st.failed as f64);
+            s.insert("retries", st.retries as f64);
+            // Machine-wide: the proxy's listener, the backends' (which the proxy's own
+            // connects to them hit), and anything else running.
+            s.insert("overflows", (k1[0] - k0[0]) as f64);
+            s.insert("cookies", (k1[1] - k0[1]) as f64);
+            s.insert("drop_ms", st.drop_time.as_secs_f64() * 1e3);
+            cpu_figures(&mut s, t, st.back as u64, st.cpu);
+            if t.kind != Kind::Direct {
+                s.insert("cpu_s", st.cpu.0 + st.cpu.1);
+            }
+            if secs > 0.0 {
+                s.insert("client_cpu", st.client_cpu / secs);
+            }
+        }
         Scenario::Idle { .. } | Scenario::WssIdle => {
             unreachable!("idle runs on a fresh process")
         }
@@ -785,6 +834,53 @@ fn table(
                     kib("slab_B/conn"),
                     kib("tcpmem_B/conn"),
                     kib("client_B/conn"),
+                );
+            }
+        }
+        Scenario::Storm => {
+            // "all back": from the first close until the last connection echoed (or gave
+            // up, if any failed), the N closes included (drop_ms in the round lines).
+            // "p50/p99": per connection, from its own close to its echo.
+            // "retries": attempts after a failed one. "listen overflows": the kernel's
+            // count of SYNs and handshake ACKs dropped at a full accept queue,
+            // machine-wide (the proxy's listener and the backends', which the proxy's own
+            // connects hit); a dropped SYN costs its connection a 1 s SYN retransmit.
+            // "SYN cookies": sent when a SYN queue was full. The listen backlogs (as
+            // `ss -ltn` shows them; the kernel caps each at net.core.somaxconn, 4096
+            // here): wslb 4096 on each of its two SO_REUSEPORT sockets (its `backlog`
+            // setting, default 4096; one per worker), the echo backends 4096 (one socket
+            // each), HAProxy 4096 (no `backlog` on its bind), NGINX 511 (its Linux default;
+            // no `backlog=` on its listen). Not changed here: each is that proxy's
+            // out-of-the-box behaviour, which is what a storm meets. "per proxy CPU-s":
+            // connections back per proxy CPU-second over the storm, tearing down the
+            // dropped ones included. "client CPU": the load client's one thread, busy
+            // share of the storm; near 100% the client set the pace.
+            println!(
+                "| target | all back | vs best peer | reconnect p50 | p99 | failed | retries | listen overflows | SYN cookies | proxy CPU-s | per proxy CPU-s | vs best peer | client CPU |"
+            );
+            println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            let (bp, bpc) = (best_peer("back_ms", false), best_peer("per_cpu_s", true));
+            for (ti, t) in running.iter().enumerate() {
+                let ms = |k: &str, prec: usize| f(med(results, sc, ti, k), prec) + " ms";
+                let (r, c) = (
+                    med(results, sc, ti, "back_ms"),
+                    med(results, sc, ti, "per_cpu_s"),
+                );
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                    t.kind.name(),
+                    ms("back_ms", 0),
+                    ratio(r, bp),
+                    ms("p50_ms", 1),
+                    ms("p99_ms", 1),
+                    f(med(results, sc, ti, "failed"), 0),
+                    f(med(results, sc, ti, "retries"), 0),
+                    f(med(results, sc, ti, "overflows"), 0),
+                    f(med(results, sc, ti, "cookies"), 0),
+                    f(med(results, sc, ti, "cpu_s"), 2),
+                    f(c, 0),
+                    ratio(c, bpc),
+                    pct(med(results, sc, ti, "client_cpu")),
                 );
             }
         }

@@ -454,3 +454,25 @@ pub fn last_stats(log: &Path) -> Option<String> {
     let line = log.lines().rev().find(|l| l.contains("stats: "))?;
     Some(line[line.find("stats: ")? + 7..].to_string())
 }
+
+/// Machine-wide TCP counters from the TcpExt lines of /proc/net/netstat, in the order of
+/// `names` (0 for one the kernel does not have): e.g. ListenOverflows, connections
+/// (SYNs and handshake ACKs) dropped because a listener's accept queue was full.
+pub fn tcp_ext(names: &[&str]) -> Vec<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").unwrap_or_default();
+    // Two lines per group: the field names, then their values.
+    let mut lines = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(keys), Some(values)) = (lines.next(), lines.next()) else {
+        return vec![0; names.len()];
+    };
+    let fields: Vec<(&str, u64)> = keys
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .skip(1)
+        .map(|(k, v)| (k, v.parse().unwrap_or(0)))
+        .collect();
+    names
+        .iter()
+        .map(|n| fields.iter().find(|(k, _)| k == n).map_or(0, |(_, v)| *v))
+        .collect()
+}
