@@ -36,6 +36,9 @@
 //! `--ab-env K=V` (repeatable) adds a target `wslb-ab`: wslb started with that environment,
 //! for A/B runs of a change behind an environment switch. `--targets ...,wslb-ab` with
 //! `WSLB_BENCH_AB_BIN=/path/to/other/wslb` runs another build as `wslb-ab` (before/after).
+//! `--ab-config 'TOML line'` (repeatable) adds that line to `wslb-ab`'s config file, ahead of
+//! its tables (so `limits.recv_ring_buffers = 0` or `defer_accept = false`): A/B runs of one
+//! build with a feature's setting on and off.
 
 mod client;
 mod targets;
@@ -314,6 +317,7 @@ fn args() -> Args {
                     })
                     .collect();
             }
+            "--ab-config" => targets::add_ab_config(&val(i)),
             "--rounds" => a.rounds = num(i).max(1.0) as usize,
             "--secs" => a.secs = num(i),
             "--idle-conns" => a.idle_conns = num(i) as usize,

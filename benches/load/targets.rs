@@ -30,6 +30,15 @@ impl Drop for Proc {
     }
 }
 
+/// Lines `--ab-config` adds to the `wslb-ab` target's config file.
+static AB_CONFIG: std::sync::Mutex<String> = std::sync::Mutex::new(String::new());
+
+pub fn add_ab_config(line: &str) {
+    let mut c = AB_CONFIG.lock().unwrap();
+    c.push_str(line);
+    c.push('\n');
+}
+
 pub fn free_addr() -> SocketAddr {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -206,9 +215,13 @@ pub fn start(
             // The admin server on a port of its own (0): it is on by default, and a fresh
             // process for the idle scenario runs beside the long-running one. (Builds from
             // WSLB_BENCH_*_BIN get no config file and run with their defaults.)
+            let extra = match kind {
+                Kind::WslbAb => AB_CONFIG.lock().unwrap().clone(),
+                _ => String::new(),
+            };
             std::fs::write(
                 &cfg,
-                "stats_interval_secs = 1\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+                format!("stats_interval_secs = 1\n{extra}[admin]\nlisten = \"127.0.0.1:0\"\n"),
             )
             .unwrap();
             let mut args = vec!["run".to_string()];
