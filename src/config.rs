@@ -67,6 +67,12 @@ pub struct Config {
     /// listen(2) backlog per worker socket. Default 4096: connection bursts land in several
     /// workers' queues at once, and the kernel caps it at `net.core.somaxconn` anyway.
     pub backlog: u32,
+    /// `TCP_DEFER_ACCEPT` on the listening sockets: the kernel hands wslb a connection only
+    /// once its first bytes have arrived, which saves a wakeup per handshake; a client that
+    /// connects and sends nothing is kept out of the process until
+    /// `timeouts.client_handshake_ms` has passed (rounded up to seconds), then gets that
+    /// timeout again. Default true; false for exact handshake timeouts on silent clients.
+    pub defer_accept: bool,
     /// Seconds between stats lines in the log (per-worker accepted and open connections,
     /// and how evenly SO_REUSEPORT spread them). Logged only when something changed.
     /// Default 10; `0` turns them off.
@@ -314,6 +320,17 @@ pub struct Limits {
     /// a frame moves in one read and one write instead of one per buffer-full. Larger frames
     /// stream through in pieces. Default 65 536. At least `relay_buffer_bytes`, at most 16 MiB.
     pub relay_buffer_max_bytes: usize,
+    /// Provided buffers in each worker's receive ring, which carries the multishot receives
+    /// of plain TCP relay sockets on io_uring (one receive per socket for its whole life,
+    /// instead of a poll and a read per message). A power of two, 16..=32 768; `0` turns
+    /// the ring off (every relay then waits for readiness and reads, as on epoll).
+    /// Default 512.
+    pub recv_ring_buffers: u32,
+    /// Size of each receive-ring buffer. A direction whose frames (header included) fit
+    /// stays on the ring; one that sees a larger frame goes back to the relay buffers,
+    /// which grow to move it in one read. 1 024..=65 536; default 4 096 (a page: the
+    /// ring's memory is what its small messages touch, and an idle worker gives it back).
+    pub recv_ring_buffer_bytes: usize,
     /// Connections one client (an IPv4 address, an IPv6 /64) may have open at once; past
     /// it the client gets 429 with `Retry-After: 1` (a TLS client: a close before the
     /// handshake). Counted over all workers. Default 0: off. At most 1 000 000. Reloadable.
@@ -341,6 +358,7 @@ impl Default for Config {
             workers: 0,
             io_driver: IoDriver::Auto,
             backlog: 4096,
+            defer_accept: true,
             stats_interval_secs: 10,
             upgrade_socket: String::new(),
             timeouts: Timeouts::default(),
@@ -384,6 +402,8 @@ impl Default for Limits {
             max_message_bytes: 64 << 20,
             relay_buffer_bytes: 16 << 10,
             relay_buffer_max_bytes: 64 << 10,
+            recv_ring_buffers: 512,
+            recv_ring_buffer_bytes: 4096,
             max_connections_per_ip: 0,
             handshake_rate_per_ip: 0,
             handshake_burst_per_ip: 0,

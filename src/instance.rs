@@ -85,6 +85,13 @@ impl Instance {
         taken_over: bool,
     ) -> Result<Instance, StartError> {
         let local_addr = local_addr(&listeners, settings.listen);
+        // On taken-over sockets too: the option follows this process's config.
+        listener::defer_accept(&listeners, settings.defer_accept).map_err(|source| {
+            StartError::Bind(listener::BindError::Io {
+                addr: local_addr,
+                source,
+            })
+        })?;
         // Sticky-cookie tokens: signed with the configured secret, or a key drawn now and
         // kept for the life of the process (reloads included).
         let key = match &settings.sticky_secret {
@@ -167,6 +174,7 @@ impl Instance {
                         WorkerEnv::new(id, settings.clone(), router.clone(), stats.clone());
                     env.access_log = access_log.clone();
                     env.tls = certificates.clone().map(crate::tls::LocalCertificates::new);
+                    env.recv = worker::recv_ring(id, &settings, stats.clone());
                     let tls_enabled = settings.tls_enabled;
                     let env = Rc::new(env);
                     let limit = limit.clone();
@@ -174,6 +182,9 @@ impl Instance {
                         let keepalive = env.clone();
                         monoio::spawn(async move { keepalive.registry.keepalive_timer().await });
                         monoio::spawn(worker::trim_when_idle(env.clone()));
+                        if let Some(r) = env.recv.clone() {
+                            monoio::spawn(r.run());
+                        }
                         let accepting = monoio::io::Canceller::new();
                         let conn_env = env.clone();
                         let accept = monoio::spawn(listener::accept_loop(

@@ -62,6 +62,7 @@ pub mod instance;
 pub mod listener;
 pub mod metrics;
 pub mod per_ip;
+pub mod recv_ring;
 pub mod relay;
 pub mod reload;
 pub mod routes;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use monoio::io::{AsyncWriteRentExt, CancelHandle};
+use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -84,6 +84,34 @@ pub fn bind_shared(
         out.push(s.into());
     }
     Ok(out)
+}
+
+/// Sets `TCP_DEFER_ACCEPT` on the balancer's listening sockets: the kernel completes an
+/// accept only once the client's first bytes (its request, or its TLS ClientHello) have
+/// arrived, so the accept and the first read complete together instead of the read
+/// waiting for a readiness event, and a client that connects and says nothing stays a
+/// request socket in the kernel (no descriptor, no task) until `secs` pass. Clients of a
+/// WebSocket balancer always speak first. `None` clears it (`defer_accept = false`).
+#[allow(unsafe_code)]
+pub fn defer_accept(listeners: &[std::net::TcpListener], secs: Option<u32>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let secs = secs.unwrap_or(0).min(i32::MAX as u32) as libc::c_int;
+    for l in listeners {
+        // SAFETY: an int option on a listening socket we own, passed by pointer and size.
+        let r = unsafe {
+            libc::setsockopt(
+                l.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_DEFER_ACCEPT,
+                (&raw const secs).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 fn socket(addr: SocketAddr) -> io::Result<Socket> {
@@ -237,6 +265,14 @@ impl Drop for Permit {
 /// that does not read must not hold the descriptor the limit is there to protect.
 async fn refuse<B: monoio::buf::IoBuf + 'static>(mut stream: monoio::net::TcpStream, answer: B) {
     let _ = monoio::time::timeout(Duration::from_secs(1), stream.write_all(answer)).await;
+    // Closing with the client's request unread would send a reset, which can destroy the
+    // answer before the client reads it; with TCP_DEFER_ACCEPT the request has always
+    // arrived by now. So what came is read (once, briefly) and the close is a FIN.
+    let _ = monoio::time::timeout(
+        Duration::from_millis(100),
+        stream.read(Vec::with_capacity(8192)),
+    )
+    .await;
 }
 
 /// Accepts until `stop` is cancelled (a drain, a handover, the instance stopping), handing

@@ -41,6 +41,13 @@ pub trait Readiness {
     /// wrapper around it would cost every idle connection its size twice.
     fn socket_ready(&self) -> impl Future<Output = std::io::Result<()>>;
 
+    /// The descriptor of a plain TCP socket whose bytes are the stream's bytes, which the
+    /// worker's receive ring may then read in its place (`recv_ring`); `None` for a stream
+    /// that transforms what it reads (TLS).
+    fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
+
     /// Waits until the stream is readable (buffered bytes, or the socket).
     fn ready(&self) -> impl Future<Output = std::io::Result<()>> {
         let buffered = self.buffered();
@@ -86,6 +93,14 @@ impl Halves for TcpStream {
 impl Readiness for OwnedReadHalf<TcpStream> {
     fn socket_ready(&self) -> impl Future<Output = std::io::Result<()>> {
         ready(self)
+    }
+
+    #[allow(unsafe_code)]
+    fn tcp_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `ready`: a `&T` used only here, while no op of the write half is
+        // being started (the relay asks before its pumps run).
+        Some(unsafe { &*self.0.get() }.as_raw_fd())
     }
 }
 

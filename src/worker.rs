@@ -53,6 +53,9 @@ pub struct WorkerEnv {
     pub tls: Option<crate::tls::LocalCertificates>,
     /// Idle backend connections for plain HTTP requests.
     pub http_pool: crate::http::BackendPool,
+    /// The worker's receive ring for relay sockets (`recv_ring`); `None` on epoll, where
+    /// the kernel refuses it, or when `recv_ring_buffers` is 0.
+    pub recv: Option<crate::recv_ring::RecvRing>,
 }
 
 impl WorkerEnv {
@@ -81,6 +84,28 @@ impl WorkerEnv {
             http_pool: Default::default(),
             settings,
             access_log: None,
+            recv: None,
+        }
+    }
+}
+
+/// The worker's receive ring, on io_uring when `limits.recv_ring_buffers` is not 0. A
+/// kernel that refuses it (no buffer rings before 5.19, no multishot receive before 6.0)
+/// leaves the relays on readiness waits and reads, with a warning.
+pub fn recv_ring(
+    id: usize,
+    settings: &Settings,
+    stats: Arc<WorkerStats>,
+) -> Option<crate::recv_ring::RecvRing> {
+    if monoio::utils::is_legacy() || settings.recv_ring_buffers == 0 {
+        return None;
+    }
+    let (n, size) = (settings.recv_ring_buffers, settings.recv_ring_buffer_bytes);
+    match crate::recv_ring::RecvRing::new(n, size, stats) {
+        Ok(r) => Some(r),
+        Err(e) => {
+            tracing::warn!("worker {id}: no receive ring ({e}); relays poll and read");
+            None
         }
     }
 }
@@ -102,16 +127,25 @@ const IDLE_TRIM_AFTER: std::time::Duration = std::time::Duration::from_millis(50
 /// second and does nothing while traffic flows (a busy worker never trims) or after it has
 /// trimmed once.
 pub async fn trim_when_idle(env: std::rc::Rc<WorkerEnv>) {
-    let mut seen = env.buffers.taken();
+    // Relay buffers handed out, and receive-ring completions: either moving means traffic.
+    let activity = |env: &WorkerEnv| {
+        let ring = env.recv.as_ref().map_or(0, |r| r.reaped());
+        (env.buffers.taken(), ring)
+    };
+    let mut seen = activity(&env);
     let mut burst = false;
     loop {
         monoio::time::sleep(IDLE_TRIM_AFTER).await;
-        let now = env.buffers.taken();
+        let now = activity(&env);
         if now != seen {
             (seen, burst) = (now, true);
         } else if burst {
             burst = false;
             env.buffers.trim();
+            if let Some(r) = &env.recv {
+                // Not with a chunk still out: it tries again after the next quiet spell.
+                burst = !r.trim();
+            }
             collect_allocator();
             tracing::debug!(
                 worker = env.id,

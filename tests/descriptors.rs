@@ -30,6 +30,7 @@ fn out_of_descriptors_logs_once_backs_off_and_recovers() {
         &path,
         format!(
             "listen = \"{lb}\"\nworkers = 1\nbackends = [\"{}\"]\n\
+             defer_accept = false\n\
              [limits]\nmax_connections = 1000\n[health]\nenabled = false\n",
             backend.local_addr
         ),
@@ -40,7 +41,7 @@ fn out_of_descriptors_logs_once_backs_off_and_recovers() {
     let mut served = Peer::connect(lb);
     assert_echo(&mut served, 1, b"before");
 
-    // Idle TCP clients, each holding a descriptor in wslb until its handshake timeout:
+    // Idle TCP clients (accepted at once: no TCP_DEFER_ACCEPT), each holding a descriptor in wslb until its handshake timeout:
     // far more than 40 descriptors.
     let idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(lb).unwrap()).collect();
     wslb.wait_for("backing off until resources free up");
@@ -75,5 +76,46 @@ fn out_of_descriptors_logs_once_backs_off_and_recovers() {
         );
     };
     assert_echo(&mut fresh, 1, b"after");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `TCP_DEFER_ACCEPT` (the default), clients that connect and send nothing stay in the
+/// kernel: the same 80 silent clients as above take none of wslb's 40 descriptors, and a
+/// client that speaks is served at once beside them.
+#[test]
+fn silent_clients_take_no_descriptor_with_defer_accept() {
+    let backend = echo();
+    let reserved = reserve_addr();
+    let lb = reserved.addr;
+    let dir = test_dir("defer-accept");
+    let path = dir.join("wslb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"{lb}\"\nworkers = 1\nbackends = [\"{}\"]\n\
+             [limits]\nmax_connections = 1000\n[health]\nenabled = false\n",
+            backend.local_addr
+        ),
+    )
+    .unwrap();
+    let wslb = Wslb::start_with_nofile(&path, 40);
+    wslb.wait_for("balancing");
+    let idle: Vec<TcpStream> = (0..80).map(|_| TcpStream::connect(lb).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let mut fresh = connect_within_2s(lb).expect("a speaking client is served");
+    assert_echo(&mut fresh, 1, b"beside the silent ones");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        start.elapsed()
+    );
+    let log = wslb.log.lock().unwrap();
+    assert!(
+        !log.iter().any(|l| l.contains("backing off")),
+        "silent clients reached wslb: {log:#?}"
+    );
+    drop(log);
+    drop(idle);
     let _ = std::fs::remove_dir_all(&dir);
 }

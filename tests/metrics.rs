@@ -99,6 +99,7 @@ fn rejections_are_counted_by_reason() {
     let c = Peer::connect(lb.local_addr);
     // The limit (3) is reached: the fourth gets 503.
     let mut d = Peer::client(lb.local_addr);
+    d.send_raw(upgrade_request("/").as_bytes());
     assert!(d.read_to_end().starts_with("HTTP/1.1 503"));
     let s = wait_until(&h, |s| {
         s.totals.rejected(Rejected::MethodNotAllowed405) == 1

@@ -255,7 +255,10 @@ fn connections_over_the_limit_get_503_and_accepting_goes_on() {
     let mut a = Peer::connect(lb.local_addr);
     let mut b = Peer::connect(lb.local_addr);
     for _ in 0..3 {
+        // The request is sent, as clients do (with TCP_DEFER_ACCEPT wslb sees the
+        // connection only then), and the 503 is read whole, not cut by a reset.
         let mut c = Peer::client(lb.local_addr);
+        c.send_raw(upgrade_request("/").as_bytes());
         let r = c.read_to_end();
         assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{r}");
         assert!(r.contains("Retry-After: 1\r\n"), "{r}");
@@ -308,7 +311,12 @@ fn slowloris_client_trickling_its_request_is_cut_off() {
 #[test]
 fn client_that_connects_and_sends_nothing_is_cut_off() {
     let e = echo();
-    let lb = balancer(&[e.local_addr], 1, |c| c.timeouts.client_handshake_ms = 200);
+    // Without TCP_DEFER_ACCEPT the timeout runs from the connect (with it, a silent client
+    // waits in the kernel first: see tests/descriptors.rs).
+    let lb = balancer(&[e.local_addr], 1, |c| {
+        c.timeouts.client_handshake_ms = 200;
+        c.defer_accept = false;
+    });
     let mut c = Peer::client(lb.local_addr);
     let start = std::time::Instant::now();
     assert!(c.sees_eof());

@@ -73,6 +73,8 @@ fixed_settings! {
     workers: usize = "workers",
     io_driver: IoDriver = "io_driver",
     backlog: u32 = "backlog",
+    /// Seconds, `None` when off.
+    defer_accept: Option<u32> = "defer_accept",
     /// `None`: no binary upgrades.
     upgrade_socket: Option<std::path::PathBuf> = "upgrade_socket",
     /// `None` when stats lines are off.
@@ -91,6 +93,9 @@ fixed_settings! {
     max_message_bytes: u64 = "limits.max_message_bytes",
     relay_buffer_bytes: usize = "limits.relay_buffer_bytes",
     relay_buffer_max_bytes: usize = "limits.relay_buffer_max_bytes",
+    /// 0: no receive ring.
+    recv_ring_buffers: u16 = "limits.recv_ring_buffers",
+    recv_ring_buffer_bytes: u32 = "limits.recv_ring_buffer_bytes",
     keepalive: crate::relay::registry::Keepalive = "keepalive",
     /// `None`: no admin server.
     admin: Option<SocketAddr> = "admin.listen",
@@ -245,6 +250,24 @@ impl Config {
                 format!("{} is outside 1024..=1048576", l.relay_buffer_bytes),
             );
         }
+        if l.recv_ring_buffers != 0
+            && (!l.recv_ring_buffers.is_power_of_two()
+                || !(16..=1 << 15).contains(&l.recv_ring_buffers))
+        {
+            problem(
+                "limits.recv_ring_buffers",
+                format!(
+                    "{} is not 0 or a power of two in 16..=32768",
+                    l.recv_ring_buffers
+                ),
+            );
+        }
+        if !(1024..=64 << 10).contains(&l.recv_ring_buffer_bytes) {
+            problem(
+                "limits.recv_ring_buffer_bytes",
+                format!("{} is outside 1024..=65536", l.recv_ring_buffer_bytes),
+            );
+        }
         if !(l.relay_buffer_bytes..=16 << 20).contains(&l.relay_buffer_max_bytes) {
             problem(
                 "limits.relay_buffer_max_bytes",
@@ -311,6 +334,12 @@ impl Config {
             workers,
             io_driver: self.io_driver,
             backlog: self.backlog,
+            defer_accept: self.defer_accept.then(|| {
+                self.timeouts
+                    .client_handshake_ms
+                    .div_ceil(1000)
+                    .clamp(1, 3600) as u32
+            }),
             upgrade_socket: (!self.upgrade_socket.is_empty())
                 .then(|| self.upgrade_socket.clone().into()),
             stats_interval: (self.stats_interval_secs > 0)
@@ -341,6 +370,8 @@ impl Config {
             },
             relay_buffer_bytes: l.relay_buffer_bytes,
             relay_buffer_max_bytes: l.relay_buffer_max_bytes,
+            recv_ring_buffers: l.recv_ring_buffers.min(1 << 15) as u16,
+            recv_ring_buffer_bytes: l.recv_ring_buffer_bytes.min(64 << 10) as u32,
             admin,
             access_log: self.access_log.enabled.then(|| AccessLogSettings {
                 format: self.access_log.format,

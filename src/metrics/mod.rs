@@ -43,10 +43,16 @@ pub enum Event {
     ClientProtocolError,
     /// A backend broke the protocol.
     BackendProtocolError,
+    /// A receive-ring receive found the ring out of buffers and was re-armed later.
+    RecvStarved,
+    /// A receive-ring receive was paused: its pump held `PAUSE_AT` chunks (slow destination).
+    RecvPaused,
+    /// A relay direction left the receive ring for a frame larger than its buffers.
+    RecvLargeFrame,
 }
 
 impl Event {
-    pub const ALL: [Event; 7] = [
+    pub const ALL: [Event; 10] = [
         Event::KeepalivePing,
         Event::DeadPeer,
         Event::IdleClose,
@@ -54,6 +60,9 @@ impl Event {
         Event::RebalanceClose,
         Event::ClientProtocolError,
         Event::BackendProtocolError,
+        Event::RecvStarved,
+        Event::RecvPaused,
+        Event::RecvLargeFrame,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +74,9 @@ impl Event {
             Event::RebalanceClose => "rebalancing closes",
             Event::ClientProtocolError => "client protocol errors",
             Event::BackendProtocolError => "backend protocol errors",
+            Event::RecvStarved => "receive-ring starved",
+            Event::RecvPaused => "receive-ring pauses",
+            Event::RecvLargeFrame => "receive-ring large frames",
         }
     }
 }

@@ -305,6 +305,21 @@ pub fn render(s: &Snapshot) -> String {
             "Connections closed (1012) by rebalancing, to reconnect to a lighter backend.",
             Event::RebalanceClose,
         ),
+        (
+            "wslb_recv_ring_starved_total",
+            "Multishot receives that found the worker's receive ring out of buffers (re-armed as buffers came back).",
+            Event::RecvStarved,
+        ),
+        (
+            "wslb_recv_ring_paused_total",
+            "Multishot receives paused because their destination was slower than their source.",
+            Event::RecvPaused,
+        ),
+        (
+            "wslb_recv_ring_large_frames_total",
+            "Relay directions that left the receive ring for a frame larger than its buffers.",
+            Event::RecvLargeFrame,
+        ),
     ] {
         o.one(name, "counter", help, t.event(e));
     }

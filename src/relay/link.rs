@@ -201,6 +201,37 @@ impl<'e> Link<'e> {
         })
     }
 
+    /// What ends a wait for the source's data: at a frame boundary, anything the registry
+    /// has due ([`Link::interrupted`]); mid-frame, only a dead source
+    /// ([`Link::source_dead`]).
+    pub(super) fn interrupt(
+        &self,
+        from: Side,
+        open: bool,
+        at_boundary: bool,
+    ) -> impl Future<Output = ()> + Unpin + '_ {
+        std::future::poll_fn(move |_| {
+            let due = if at_boundary {
+                self.attention(from, open).is_some()
+            } else {
+                self.env.registry.attention(self.key, from) == Some(Attention::SourceDead)
+            };
+            if due { Poll::Ready(()) } else { Poll::Pending }
+        })
+    }
+
+    /// The largest frame a direction keeps receiving through the worker's receive ring.
+    pub(super) fn recv_buffer_bytes(&self) -> u32 {
+        self.env
+            .recv
+            .as_ref()
+            .map_or(u32::MAX, |r| r.buffer_bytes())
+    }
+
+    pub(super) fn recv_ring(&self) -> Option<&'e crate::recv_ring::RecvRing> {
+        self.env.recv.as_ref()
+    }
+
     /// Resolves once the keepalive finds the pump's source dead.
     pub(super) fn source_dead(&self, from: Side) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |_| {

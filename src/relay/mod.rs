@@ -47,7 +47,7 @@ use monoio::net::TcpStream;
 
 use crate::frame::{Limits, Rules, Side, Violation};
 use crate::metrics::ClosedBy;
-use crate::stream::Halves;
+use crate::stream::{Halves, Readiness};
 use crate::worker::WorkerEnv;
 
 mod close;
@@ -155,8 +155,15 @@ pub fn run<'e, C: Halves, B: Halves>(
 ) -> impl std::future::Future<Output = Outcome> + 'e {
     let (client_rd, client_wr) = client.into_halves();
     let (backend_rd, backend_wr) = backend.into_halves();
-    let mut up = Pump::new(Side::Client, client_rd, backend_wr, client_buf);
-    let mut down = Pump::new(Side::Backend, backend_rd, client_wr, backend_buf);
+    // Plain TCP sources are received through the worker's receive ring where it runs.
+    let recv = |fd: Option<std::os::fd::RawFd>| env.recv.as_ref().and_then(|r| r.open(fd?));
+    let up_recv = recv(client_rd.tcp_fd());
+    let down_recv = recv(backend_rd.tcp_fd());
+    if let (Some(r), true) = (&env.recv, up_recv.is_some() || down_recv.is_some()) {
+        r.submit();
+    }
+    let mut up = Pump::new(Side::Client, client_rd, backend_wr, client_buf, up_recv);
+    let mut down = Pump::new(Side::Backend, backend_rd, client_wr, backend_buf, down_recv);
     async move {
         let task = std::future::poll_fn(|cx| Poll::Ready(cx.waker().clone())).await;
         let link = Link::new(task, env, backend_id, deflate);
@@ -178,6 +185,11 @@ pub fn run<'e, C: Halves, B: Halves>(
         };
         env.buffers.give(std::mem::take(&mut up.buf));
         env.buffers.give(std::mem::take(&mut down.buf));
+        if let Some(ring) = &env.recv {
+            for src in [up.recv.take(), down.recv.take()].into_iter().flatten() {
+                ring.close(src);
+            }
+        }
         Outcome {
             client_to_backend,
             backend_to_client,

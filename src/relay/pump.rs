@@ -9,12 +9,18 @@ use super::close::CloseState;
 use super::link::{Link, Waited};
 use crate::frame::{Side, Stop, Walker};
 use crate::metrics::Event;
+use crate::recv_ring::{Chunk, Next, Source};
 use crate::relay::registry::{Attention, GoAway};
 use crate::stream::Readiness;
 
 /// A read gets at least this much room: a partial header moved into a small vector is
 /// never read into directly.
 const MIN_READ: usize = 1024;
+
+/// How much of a chunk is copied at a time behind a partial header kept from the chunk
+/// before: enough to complete any header and any close or keepalive pong (139 bytes), so
+/// that the rest of the chunk is forwarded from the ring's buffer.
+const JOIN_STEP: usize = 256;
 
 /// What one read step came to.
 enum Read {
@@ -40,6 +46,10 @@ pub(super) struct Pump<Src, Dst> {
     pub(super) buf: Vec<u8>,
     /// Frame-level state: payload still to come, fragmentation, largest frame seen.
     pub(super) walker: Walker,
+    /// The source's multishot receive through the worker's receive ring, while its frames
+    /// fit the ring's buffers (`recv_ring`); `None`: the pump reads into `buf` itself.
+    /// The relay closes it when it ends.
+    pub(super) recv: Option<Source>,
 }
 
 impl<Src, Dst> Pump<Src, Dst>
@@ -47,8 +57,9 @@ where
     Src: AsyncReadRent + Readiness,
     Dst: AsyncWriteRent,
 {
-    pub(super) fn new(from: Side, src: Src, dst: Dst, buf: Vec<u8>) -> Self {
+    pub(super) fn new(from: Side, src: Src, dst: Dst, buf: Vec<u8>, recv: Option<Source>) -> Self {
         Self {
+            recv,
             from,
             close: CloseState::Open,
             last_read_full: false,
@@ -107,6 +118,9 @@ where
     /// Reads more from the source. At a frame boundary it first gives the buffer back and
     /// waits for readability, so that a quiet connection pins no buffer.
     async fn read(&mut self, link: &Link<'_>) -> Read {
+        if self.recv.is_some() {
+            return self.receive(link).await;
+        }
         let waited = self.walker.pending == 0 && !self.last_read_full;
         if waited && !self.src.buffered() {
             self.release_buffer(link);
@@ -153,6 +167,105 @@ where
                 self.last_read_full = len + n == cap;
                 Read::Data
             }
+        }
+    }
+
+    /// Waits for the next chunk of the source's multishot receive and forwards it. The
+    /// pump holds no buffer while it waits (a partial header moves to a vector of its
+    /// size). At a frame boundary the wait also ends for what the registry has due, as a
+    /// readiness wait does; mid-frame only for a dead source.
+    async fn receive(&mut self, link: &Link<'_>) -> Read {
+        self.release_buffer(link);
+        let at_boundary = self.walker.pending == 0;
+        let open = self.close == CloseState::Open;
+        let from = self.from;
+        let (Some(src), Some(ring)) = (&self.recv, link.recv_ring()) else {
+            return Read::Interrupted;
+        };
+        let next = {
+            let next = std::pin::pin!(ring.next(src));
+            link.wait(next, link.interrupt(from, open, at_boundary))
+                .await
+        };
+        match next {
+            Waited::Done(Next::Chunk(c)) => {
+                link.heard(from);
+                // Boxed, write included: one allocation per chunk from mimalloc's
+                // thread-local free list, and an idle pump carries no room for it.
+                Box::pin(self.forward_chunk(link, c)).await;
+                Read::Data
+            }
+            Waited::Done(Next::End(_)) => Read::Ended,
+            Waited::Done(Next::Stopped) => {
+                // From here on the pump reads its source itself.
+                if let Some(src) = self.recv.take() {
+                    ring.close(src);
+                }
+                Read::Interrupted
+            }
+            Waited::Interrupted if at_boundary => Read::Interrupted,
+            Waited::Interrupted => Read::Ended,
+            Waited::Expired => Read::Expired,
+        }
+    }
+
+    /// Forwards one chunk from the ring's buffer: the frames in it are walked and written
+    /// from the buffer itself, zero-copy; only a trailing partial header, or a close,
+    /// keepalive pong or violation and what follows it, is copied to `buf`, for
+    /// `forward_buffered` to handle as a read into `buf` would have it. A partial header
+    /// kept from before is completed from the chunk's first bytes (`JOIN_STEP` at a time).
+    async fn forward_chunk(&mut self, link: &Link<'_>, chunk: Chunk) {
+        let len = chunk.bytes().len();
+        let mut at = 0;
+        while !self.buf.is_empty() {
+            if self.close != CloseState::Open || at == len {
+                return;
+            }
+            let take = (len - at).min(JOIN_STEP);
+            self.buf.extend_from_slice(&chunk.bytes()[at..at + take]);
+            at += take;
+            // Boxed: rare (a header split between two chunks), and every idle pump's
+            // future would carry room for it.
+            Box::pin(self.forward_buffered(link)).await;
+        }
+        if self.close != CloseState::Open || at == len {
+            return;
+        }
+        // The walk stops before a close, a keepalive pong or a violation without taking
+        // it into its state (the frame is checked again from `buf`), and its state at
+        // `ready` is that of the bytes before.
+        let w = self
+            .walker
+            .walk(&chunk.bytes()[at..], link.rules(self.from));
+        let end = at + w.ready;
+        if end < len {
+            self.buf.extend_from_slice(&chunk.bytes()[end..]);
+        }
+        if self.walker.want_capacity > link.recv_buffer_bytes() {
+            // A frame larger than the ring's buffers: it would move in pieces, a write
+            // each. The pump goes back to its own buffers, which grow to fit it.
+            if let (Some(src), Some(ring)) = (&self.recv, link.recv_ring()) {
+                ring.stop(src);
+            }
+        }
+        if w.ready == 0 || self.close == CloseState::DstFailed {
+            return;
+        }
+        // The chunk moves into the write op (see "Buffer ownership" in `recv_ring`) and
+        // goes back to the ring when the op returns it, here or, for a write dropped at the
+        // close deadline, when the kernel is done with it. Not boxed: this whole future is
+        // (see `receive`).
+        let ok = {
+            let write = std::pin::pin!(self.dst.write_all(chunk.slice(at..end)));
+            matches!(
+                link.wait(write, std::future::pending()).await,
+                Waited::Done((Ok(_), _))
+            )
+        };
+        if ok {
+            link.relayed(self.from, end - at, w.frames);
+        } else {
+            self.dst_failed(link);
         }
     }
 

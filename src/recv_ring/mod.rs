@@ -1,0 +1,600 @@
+//! A worker's receive ring: a second io_uring, owned by wslb, that carries the multishot
+//! receives of relay sockets into provided buffers.
+//!
+//! On monoio a relay direction pays three io_uring operations and three trips round the
+//! event loop per message: a readiness poll, a read, a write. Here one multishot receive
+//! (`IORING_OP_RECV` with `IORING_RECV_MULTISHOT` and `IOSQE_BUFFER_SELECT`) serves every
+//! message of a socket while the relay lives: the kernel picks a buffer from the worker's
+//! ring only when data arrives, so an idle connection still pins none, and the pump's only
+//! operation per message is the write. monoio 0.2.4 does not expose multishot receives or
+//! buffer rings, so this ring sits beside its driver: the worker's monoio loop polls this
+//! ring's descriptor (readable while completions wait) and [`RecvRing::run`] reaps them
+//! in batches, queues each buffer on its source's slot and wakes the relay's task.
+//!
+//! Only plain TCP sources use it, and only while their frames fit a provided buffer
+//! (`recv_ring_buffer_bytes`): a direction that sees a larger frame stops its receive and
+//! goes back to the relay's own buffers, which grow to take a whole frame per read and
+//! write (`relay_buffer_max_bytes`). TLS sources and the epoll driver keep that path too.
+//!
+//! # Buffer ownership
+//! See `provided.rs` for a buffer's life. A [`Chunk`] is a buffer out of the ring, with the
+//! bytes one completion put in it: queued on its source's slot, then owned by the pump,
+//! which moves it into the write op that forwards it (the kernel reads it until that
+//! completes; a dropped write keeps it until then, monoio's rule for any buffer) and drops
+//! it, which puts it back in the ring. A pump never waits on the ring holding a chunk.
+//!
+//! # Backpressure
+//! A multishot receive keeps receiving while its pump waits for a slow destination. A
+//! slot holding [`PAUSE_AT`] chunks has its receive cancelled (what arrived is kept) and
+//! re-armed once its pump has taken them, so a slow peer's bytes wait in its socket, as
+//! with a plain read, not in the worker's shared buffers. A receive that finds the ring
+//! empty ends with `ENOBUFS`; its slot is re-armed as buffers come back.
+
+use std::cell::{Cell, RefCell};
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use std::sync::Arc;
+
+use io_uring::{IoUring, cqueue, opcode, types};
+
+use crate::metrics::{Event, WorkerStats};
+
+mod provided;
+use provided::Provided;
+
+/// The buffer group id of the ring's buffers (one group per ring).
+const GROUP: u16 = 0;
+/// Chunks a slot may hold before its receive is paused (see "Backpressure").
+const PAUSE_AT: u16 = 8;
+/// `user_data` of cancel requests, whose own completions say nothing.
+const CANCEL: u64 = u64::MAX;
+/// End of a slot's chunk list.
+const NIL: u16 = u16::MAX;
+
+/// A worker's receive ring; cheap to clone (an `Rc`).
+#[derive(Clone)]
+pub struct RecvRing(Rc<Inner>);
+
+impl std::fmt::Debug for RecvRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecvRing")
+            .field("buffers", &self.0.bufs.entries())
+            .field("buffer_bytes", &self.0.bufs.size())
+            .finish()
+    }
+}
+
+struct Inner {
+    ring: RefCell<IoUring>,
+    bufs: Provided,
+    slots: RefCell<Vec<Slot>>,
+    free: RefCell<Vec<u32>>,
+    /// Per buffer id: the bytes its completion brought, and the next chunk of its slot.
+    chunks: RefCell<Vec<(u32, u16)>>,
+    /// Slots whose receive ended with `ENOBUFS`, to re-arm as buffers come back.
+    starved: RefCell<Vec<u32>>,
+    /// Completions reaped (wrapping): the worker's idle trim watches it.
+    reaped: Cell<u32>,
+    /// The worker's counters (starved, paused, large frames).
+    stats: Arc<WorkerStats>,
+}
+
+/// What a slot's pump wants of its receive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// Keep receiving.
+    Run,
+    /// Paused: re-arm once the pump has taken the chunks.
+    Pause,
+    /// Stop for good: the pump goes back to its own buffers (or is gone).
+    Stop,
+}
+
+struct Slot {
+    waker: Option<Waker>,
+    fd: RawFd,
+    head: u16,
+    tail: u16,
+    queued: u16,
+    want: Want,
+    /// A receive is in flight (its last completion, without `IORING_CQE_F_MORE`, is not
+    /// reaped yet).
+    armed: bool,
+    /// The source ended: 0 for its end of stream, or a negative errno.
+    end: Option<i32>,
+    /// The relay closed its [`Source`]: freed once no receive is in flight.
+    released: bool,
+}
+
+/// What a source's next step is.
+pub enum Next {
+    Chunk(Chunk),
+    /// End of stream (`Ok`) or a receive error.
+    End(io::Result<()>),
+    /// The receive stopped as asked ([`Source::stop`]): read the socket directly now.
+    Stopped,
+}
+
+impl RecvRing {
+    /// A ring of `buffers` (a power of two) buffers of `buffer_bytes` each. Fails where the
+    /// kernel has no io_uring or no buffer rings (before 5.19) or multishot receives.
+    #[allow(unsafe_code)]
+    pub fn new(buffers: u16, buffer_bytes: u32, stats: Arc<WorkerStats>) -> io::Result<Self> {
+        // Cooperative task running, as the worker's monoio ring (`worker::build_uring`):
+        // a completion's work waits for this thread's next entry into the kernel (or wakes
+        // it if it sleeps) instead of interrupting it. Without it, every receive landing
+        // while the thread runs cost an inter-processor interrupt (2.6% of the proxy's CPU
+        // in `irqentry_exit_to_user_mode` at 100 x 64 B).
+        let build = |coop: bool| {
+            let mut b = IoUring::builder();
+            b.setup_cqsize(u32::from(buffers) * 2).setup_single_issuer();
+            if coop {
+                b.setup_coop_taskrun();
+            }
+            b.build(256)
+        };
+        let ring = build(true).or_else(|_| build(false))?;
+        let bufs = Provided::new(buffers, buffer_bytes)?;
+        // SAFETY: the ring's memory lives in `bufs`, which the ring is dropped with; `Drop`
+        // unregisters it before the mapping goes.
+        unsafe {
+            ring.submitter()
+                .register_buf_ring(bufs.ring_addr(), buffers, GROUP)?;
+        }
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::RecvMulti::CODE) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no multishot recv",
+            ));
+        }
+        Ok(Self(Rc::new(Inner {
+            ring: RefCell::new(ring),
+            chunks: RefCell::new(vec![(0, NIL); usize::from(buffers)]),
+            bufs,
+            slots: RefCell::default(),
+            free: RefCell::default(),
+            starved: RefCell::default(),
+            reaped: Cell::new(0),
+            stats,
+        })))
+    }
+
+    /// The largest frame (header included) a direction can keep receiving through the
+    /// ring: one buffer.
+    pub fn buffer_bytes(&self) -> u32 {
+        self.0.bufs.size()
+    }
+
+    /// Completions reaped since start (wrapping).
+    pub fn reaped(&self) -> u32 {
+        self.0.reaped.get()
+    }
+
+    /// Starts receiving from `fd` (a connected TCP socket that stays open until the
+    /// source is closed). `None` if the receive could not be queued. The receive goes to
+    /// the kernel with the next [`RecvRing::submit`] (a relay opens both of its sources,
+    /// then submits once).
+    pub fn open(&self, fd: RawFd) -> Option<Source> {
+        let id = match self.0.free.borrow_mut().pop() {
+            Some(id) => id,
+            None => {
+                let mut slots = self.0.slots.borrow_mut();
+                slots.push(Slot::new(fd));
+                (slots.len() - 1) as u32
+            }
+        };
+        self.0.slots.borrow_mut()[id as usize] = Slot::new(fd);
+        if self.0.arm_deferred(id).is_err() {
+            self.0.free.borrow_mut().push(id);
+            return None;
+        }
+        Some(Source(
+            std::num::NonZeroU32::new(id + 1).expect("slot ids stay below u32::MAX"),
+        ))
+    }
+
+    /// Submits what is queued (see [`RecvRing::open`]).
+    pub fn submit(&self) {
+        if let Err(e) = self.0.ring.borrow_mut().submit() {
+            tracing::error!("receive ring: submit: {e}");
+        }
+    }
+
+    /// Reaps completions whenever the ring has some, for as long as the worker runs.
+    #[allow(unsafe_code)]
+    pub async fn run(self) {
+        // The ring's descriptor is readable while completions wait. A duplicate, so that
+        // the stream wrapping it (monoio waits on streams) closes only its own descriptor.
+        // SAFETY: `dup` of a descriptor this ring owns; the new one is owned by `poller`.
+        let fd = unsafe { libc::dup(self.0.ring.borrow().as_raw_fd()) };
+        if fd < 0 {
+            tracing::error!("receive ring: dup: {}", io::Error::last_os_error());
+            return;
+        }
+        // SAFETY: `fd` is a fresh descriptor owned by nothing else. monoio only polls it
+        // (`readable`): nothing reads or writes it as a socket.
+        let std = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+        let poller = match monoio::net::UnixStream::from_std(std) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!("receive ring: {e}");
+                return;
+            }
+        };
+        loop {
+            self.0.reap();
+            if let Err(e) = poller.readable(false).await {
+                tracing::error!("receive ring: waiting for completions: {e}");
+                return;
+            }
+        }
+    }
+
+    /// Gives the buffers' pages back when none is out (the worker is idle).
+    pub fn trim(&self) -> bool {
+        self.0.reap();
+        self.0.bufs.trim()
+    }
+}
+
+impl Slot {
+    fn new(fd: RawFd) -> Self {
+        Self {
+            waker: None,
+            fd,
+            head: NIL,
+            tail: NIL,
+            queued: 0,
+            want: Want::Run,
+            armed: false,
+            end: None,
+            released: false,
+        }
+    }
+}
+
+impl Inner {
+    /// Submits a multishot receive for slot `id`.
+    fn arm(&self, id: u32) -> io::Result<()> {
+        self.arm_deferred(id)?;
+        self.ring.borrow_mut().submit()?;
+        Ok(())
+    }
+
+    /// Queues a multishot receive for slot `id`, for the next submit.
+    fn arm_deferred(&self, id: u32) -> io::Result<()> {
+        let fd = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[id as usize];
+            s.armed = true;
+            s.fd
+        };
+        let sqe = opcode::RecvMulti::new(types::Fd(fd), GROUP)
+            .build()
+            .user_data(u64::from(id));
+        self.queue(&sqe).inspect_err(|_| {
+            self.slots.borrow_mut()[id as usize].armed = false;
+        })
+    }
+
+    /// Cancels slot `id`'s receive; its last completion follows.
+    fn cancel(&self, id: u32) {
+        let sqe = opcode::AsyncCancel::new(u64::from(id))
+            .build()
+            .user_data(CANCEL);
+        if let Err(e) = self.push(&sqe) {
+            tracing::error!("receive ring: cancel: {e}");
+        }
+    }
+
+    /// Queues one request and submits it. Requests are rare (a relay's start, a pause, a
+    /// re-arm, an end): the messages themselves need none.
+    fn push(&self, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
+        self.queue(sqe)?;
+        self.ring.borrow_mut().submit()?;
+        Ok(())
+    }
+
+    /// Queues one request (submitting what is queued first if the queue is full).
+    #[allow(unsafe_code)]
+    fn queue(&self, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
+        let mut ring = self.ring.borrow_mut();
+        // SAFETY: the request refers to no memory of ours but the provided buffers, which
+        // live as long as the ring (see `Drop`).
+        if unsafe { ring.submission().push(sqe) }.is_err() {
+            ring.submit()?;
+            // SAFETY: as above.
+            unsafe { ring.submission().push(sqe) }
+                .map_err(|_| io::Error::other("submission queue full"))?;
+        }
+        Ok(())
+    }
+
+    /// Takes every completion waiting and hands each to its slot.
+    fn reap(&self) {
+        loop {
+            let batch: Vec<(u64, i32, u32)> = {
+                let mut ring = self.ring.borrow_mut();
+                if ring.submission().cq_overflow() {
+                    // Completions the queue had no room for wait in the kernel; entering
+                    // the ring moves them into it.
+                    let _ = ring.submit_and_wait(0);
+                }
+                let cq = ring.completion();
+                if cq.is_empty() {
+                    return;
+                }
+                cq.map(|c| (c.user_data(), c.result(), c.flags())).collect()
+            };
+            self.reaped
+                .set(self.reaped.get().wrapping_add(batch.len() as u32));
+            for (data, res, flags) in batch {
+                if data != CANCEL {
+                    self.complete(data as u32, res, flags);
+                }
+            }
+        }
+    }
+
+    fn complete(&self, id: u32, res: i32, flags: u32) {
+        let more = cqueue::more(flags);
+        let mut slots = self.slots.borrow_mut();
+        let s = &mut slots[id as usize];
+        if let Some(bid) = cqueue::buffer_select(flags) {
+            self.bufs.taken();
+            if s.released || res <= 0 {
+                self.bufs.give(bid);
+            } else {
+                let mut chunks = self.chunks.borrow_mut();
+                chunks[usize::from(bid)] = (res as u32, NIL);
+                if s.tail == NIL {
+                    s.head = bid;
+                } else {
+                    chunks[usize::from(s.tail)].1 = bid;
+                }
+                s.tail = bid;
+                s.queued += 1;
+                if s.queued >= PAUSE_AT && s.want == Want::Run && more {
+                    s.want = Want::Pause;
+                    self.stats.count(Event::RecvPaused);
+                    drop(chunks);
+                    drop(slots);
+                    self.cancel(id);
+                    slots = self.slots.borrow_mut();
+                }
+            }
+        }
+        let s = &mut slots[id as usize];
+        if !more {
+            s.armed = false;
+            if res == -libc::ENOBUFS {
+                if s.want == Want::Run && !s.released {
+                    self.starved.borrow_mut().push(id);
+                    self.stats.count(Event::RecvStarved);
+                }
+            } else if res == 0 {
+                s.end = Some(0);
+            } else if res < 0 && res != -libc::ECANCELED {
+                s.end = Some(res);
+            } else if res > 0 && s.want == Want::Run && !s.released {
+                // The kernel ended the receive for its own reasons (a full completion
+                // queue): it carries on.
+                drop(slots);
+                if let Err(e) = self.arm(id) {
+                    self.slots.borrow_mut()[id as usize].end =
+                        Some(-e.raw_os_error().unwrap_or(libc::EIO));
+                }
+                slots = self.slots.borrow_mut();
+            }
+            let s = &mut slots[id as usize];
+            if s.released && !s.armed {
+                drop(slots);
+                self.free.borrow_mut().push(id);
+                return;
+            }
+        }
+        let waker = slots[id as usize].waker.take();
+        drop(slots);
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+
+    /// Buffer `bid` comes back from its chunk; a starved receive may go on.
+    fn give(&self, bid: u16) {
+        self.bufs.give(bid);
+        let id = self.starved.borrow_mut().pop();
+        if let Some(id) = id {
+            let ok = {
+                let s = &self.slots.borrow()[id as usize];
+                s.want == Want::Run && !s.released && !s.armed && s.end.is_none()
+            };
+            if ok && let Err(e) = self.arm(id) {
+                let mut slots = self.slots.borrow_mut();
+                slots[id as usize].end = Some(-e.raw_os_error().unwrap_or(libc::EIO));
+                if let Some(w) = slots[id as usize].waker.take() {
+                    w.wake();
+                }
+            }
+        }
+    }
+}
+
+impl RecvRing {
+    /// Takes the first chunk queued on slot `id`.
+    fn pop(&self, id: u32) -> Option<Chunk> {
+        let mut slots = self.0.slots.borrow_mut();
+        let s = &mut slots[id as usize];
+        if s.head == NIL {
+            return None;
+        }
+        let bid = s.head;
+        let (len, next) = self.0.chunks.borrow()[usize::from(bid)];
+        s.head = next;
+        if next == NIL {
+            s.tail = NIL;
+        }
+        s.queued -= 1;
+        Some(Chunk {
+            ring: self.clone(),
+            bid,
+            len,
+        })
+    }
+
+    /// Re-arms a paused slot.
+    fn resume(&self, id: u32) {
+        let arm = {
+            let mut slots = self.0.slots.borrow_mut();
+            let s = &mut slots[id as usize];
+            s.want = Want::Run;
+            !s.armed && s.end.is_none()
+        };
+        if arm && let Err(e) = self.0.arm(id) {
+            self.0.slots.borrow_mut()[id as usize].end =
+                Some(-e.raw_os_error().unwrap_or(libc::EIO));
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // No receive may pick a buffer once the mapping is gone.
+        let _ = self.ring.get_mut().submitter().unregister_buf_ring(GROUP);
+    }
+}
+
+/// One socket's receive through the ring, held by the relay pump reading it: its slot,
+/// 4 bytes, since every idle connection carries two. It has no `Drop`: the relay hands it
+/// back with [`RecvRing::close`] when it ends (relays are not dropped midway; at a
+/// worker's end the ring goes with everything else, and closing the ring cancels what is
+/// left).
+#[must_use]
+#[derive(Debug)]
+pub struct Source(std::num::NonZeroU32);
+
+impl Source {
+    fn id(&self) -> u32 {
+        self.0.get() - 1
+    }
+}
+
+impl RecvRing {
+    /// The next chunk of `src`, or how its receive ended.
+    pub fn next<'a>(&'a self, src: &'a Source) -> impl Future<Output = Next> + 'a {
+        let id = src.id();
+        std::future::poll_fn(move |cx| {
+            let inner = &*self.0;
+            if let Some(c) = self.pop(id) {
+                let rearm = {
+                    let s = &inner.slots.borrow()[id as usize];
+                    s.want == Want::Pause && !s.armed && s.queued == 0
+                };
+                if rearm {
+                    self.resume(id);
+                }
+                return Poll::Ready(Next::Chunk(c));
+            }
+            let mut slots = inner.slots.borrow_mut();
+            let s = &mut slots[id as usize];
+            if let Some(res) = s.end {
+                return Poll::Ready(Next::End(if res == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::from_raw_os_error(-res))
+                }));
+            }
+            if !s.armed {
+                match s.want {
+                    Want::Stop => return Poll::Ready(Next::Stopped),
+                    Want::Pause => {
+                        drop(slots);
+                        self.resume(id);
+                        slots = inner.slots.borrow_mut();
+                    }
+                    Want::Run => {}
+                }
+            }
+            slots[id as usize].waker = Some(cx.waker().clone());
+            Poll::Pending
+        })
+    }
+
+    /// Stops `src`'s receive for good (a frame too large for the ring's buffers): chunks
+    /// already received still come, then [`Next::Stopped`].
+    pub fn stop(&self, src: &Source) {
+        let id = src.id();
+        let cancel = {
+            let mut slots = self.0.slots.borrow_mut();
+            let s = &mut slots[id as usize];
+            let was = std::mem::replace(&mut s.want, Want::Stop);
+            // A pause's cancel is already on its way.
+            s.armed && was != Want::Pause
+        };
+        self.0.stats.count(Event::RecvLargeFrame);
+        if cancel {
+            self.0.cancel(id);
+        }
+    }
+
+    /// The relay is done with `src`: what is queued goes back to the ring, a receive still
+    /// in flight is cancelled, and the slot is free once its last completion is reaped.
+    pub fn close(&self, src: Source) {
+        let id = src.id();
+        while let Some(c) = self.pop(id) {
+            drop(c);
+        }
+        let (armed, was) = {
+            let mut slots = self.0.slots.borrow_mut();
+            let s = &mut slots[id as usize];
+            s.released = true;
+            s.waker = None;
+            (s.armed, std::mem::replace(&mut s.want, Want::Stop))
+        };
+        if !armed {
+            self.0.free.borrow_mut().push(id);
+        } else if was != Want::Pause {
+            self.0.cancel(id);
+        }
+    }
+}
+
+/// Bytes one completion put in a provided buffer; puts the buffer back in the ring when
+/// dropped. A write op takes it as its buffer (monoio's `IoBuf`).
+pub struct Chunk {
+    ring: RecvRing,
+    bid: u16,
+    len: u32,
+}
+
+impl Chunk {
+    pub fn bytes(&self) -> &[u8] {
+        self.ring.0.bufs.bytes(self.bid, self.len)
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        self.ring.0.give(self.bid);
+    }
+}
+
+// SAFETY: the pointer is the chunk's buffer, which stays out of the ring, unchanged and
+// mapped while the chunk lives (it goes back only in `drop`, and the mapping lives as
+// long as the ring, which the chunk keeps alive).
+#[allow(unsafe_code)]
+unsafe impl monoio::buf::IoBuf for Chunk {
+    fn read_ptr(&self) -> *const u8 {
+        self.bytes().as_ptr()
+    }
+
+    fn bytes_init(&self) -> usize {
+        self.len as usize
+    }
+}

@@ -1,0 +1,171 @@
+//! The provided buffers of a worker's receive ring: one anonymous mapping cut into equal
+//! buffers, and the ring of their ids the kernel picks from (`IORING_REGISTER_PBUF_RING`).
+//!
+//! # Ownership
+//! A buffer is either in the ring (the kernel may fill it at any time) or out of it: from
+//! the completion that names it until the [`super::Chunk`] holding it is dropped, which
+//! puts it back at the ring's tail. Nothing else writes a buffer's memory, and only the
+//! worker's thread touches the ring (its tail is published with a release store, the
+//! kernel reads it with an acquire load).
+
+use std::cell::Cell;
+use std::io;
+use std::sync::atomic::{AtomicU16, Ordering};
+
+use io_uring::types::BufRingEntry;
+
+/// An anonymous private mapping, unmapped on drop.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    #[allow(unsafe_code)]
+    fn new(len: usize) -> io::Result<Self> {
+        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            len,
+        })
+    }
+}
+
+impl Drop for Mapping {
+    #[allow(unsafe_code)]
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` is the mapping made in `new`; nothing refers to it any more
+        // (the ring was unregistered first, see `Provided::drop`'s caller).
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// The buffers and their ring.
+pub(super) struct Provided {
+    /// `entries` ring slots of 16 bytes, page-aligned as the kernel requires.
+    ring: Mapping,
+    /// `entries` buffers of `size` bytes.
+    mem: Mapping,
+    size: u32,
+    entries: u16,
+    /// Our copy of the ring's tail (the kernel keeps the head).
+    tail: Cell<u16>,
+    /// Buffers out of the ring (named by a completion, not yet given back).
+    out: Cell<u32>,
+}
+
+impl Provided {
+    /// `entries`: a power of two, at most 32 768 (the kernel's limit).
+    pub(super) fn new(entries: u16, size: u32) -> io::Result<Self> {
+        debug_assert!(entries.is_power_of_two() && entries <= 1 << 15);
+        let ring = Mapping::new(usize::from(entries) * std::mem::size_of::<BufRingEntry>())?;
+        let mem = Mapping::new(usize::from(entries) * size as usize)?;
+        let p = Self {
+            ring,
+            mem,
+            size,
+            entries,
+            tail: Cell::new(0),
+            out: Cell::new(u32::from(entries)),
+        };
+        for bid in 0..entries {
+            p.put(bid);
+        }
+        p.publish();
+        Ok(p)
+    }
+
+    pub(super) fn ring_addr(&self) -> u64 {
+        self.ring.ptr as u64
+    }
+
+    pub(super) fn entries(&self) -> u16 {
+        self.entries
+    }
+
+    pub(super) fn size(&self) -> u32 {
+        self.size
+    }
+
+    /// The first `len` bytes of buffer `bid`, as a completion filled them.
+    #[allow(unsafe_code)]
+    pub(super) fn bytes(&self, bid: u16, len: u32) -> &[u8] {
+        debug_assert!(bid < self.entries && len <= self.size);
+        // SAFETY: `bid` < `entries`, so the range lies in `mem`; the buffer is out of the
+        // ring (its completion named it and it has not been given back), so the kernel no
+        // longer writes it, and it received `len` bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.mem.ptr.add(usize::from(bid) * self.size as usize),
+                len as usize,
+            )
+        }
+    }
+
+    /// A completion took buffer `bid` out of the ring.
+    pub(super) fn taken(&self) {
+        self.out.set(self.out.get() + 1);
+    }
+
+    /// Puts buffer `bid` back at the ring's tail, for the kernel to fill again.
+    pub(super) fn give(&self, bid: u16) {
+        self.put(bid);
+        self.publish();
+    }
+
+    #[allow(unsafe_code)]
+    fn put(&self, bid: u16) {
+        let tail = self.tail.get();
+        let slot = usize::from(tail & (self.entries - 1));
+        // SAFETY: `slot` < `entries`, inside the ring mapping. The kernel reads only the
+        // slots between its head and the published tail; this one is past the tail until
+        // `publish`, so writing it races with nothing.
+        let entry = unsafe { &mut *self.ring.ptr.cast::<BufRingEntry>().add(slot) };
+        entry.set_addr(self.mem.ptr as u64 + u64::from(bid) * u64::from(self.size));
+        entry.set_len(self.size);
+        entry.set_bid(bid);
+        self.tail.set(tail.wrapping_add(1));
+        self.out.set(self.out.get() - 1);
+    }
+
+    #[allow(unsafe_code)]
+    fn publish(&self) {
+        // SAFETY: the tail is the `resv` field of the ring's first entry (the kernel's
+        // `io_uring_buf_ring` layout), a naturally aligned u16 the kernel only reads; the
+        // release store makes the entries written before it visible first.
+        let tail = unsafe {
+            &*BufRingEntry::tail(self.ring.ptr.cast::<BufRingEntry>()).cast::<AtomicU16>()
+        };
+        tail.store(self.tail.get(), Ordering::Release);
+    }
+
+    /// Gives the buffers' pages back to the OS when every buffer is in the ring, and says
+    /// whether it did. The caller reaps the completion queue just before (see
+    /// `RecvRing::trim`): a buffer the kernel filled counts as out only once its completion
+    /// is reaped. The kernel faults a page in again when it next fills that buffer.
+    #[allow(unsafe_code)]
+    pub(super) fn trim(&self) -> bool {
+        if self.out.get() != 0 {
+            return false;
+        }
+        // SAFETY: the whole buffer mapping, every buffer of which is in the ring: no
+        // `Chunk` refers to one, and no filled buffer awaits its completion (just reaped).
+        // The kernel fills buffers only in task work on this worker's thread (the receives
+        // are poll-driven sockets of a ring without SQPOLL), which runs on the way back
+        // from a syscall, so not before this one returns; it then faults zeroed pages in.
+        unsafe { libc::madvise(self.mem.ptr.cast(), self.mem.len, libc::MADV_DONTNEED) == 0 }
+    }
+}
