@@ -598,3 +598,6 @@ unsafe impl monoio::buf::IoBuf for Chunk {
         self.len as usize
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Tests of the receive ring against the real kernel (see mod.rs).
