@@ -2,12 +2,15 @@
 # Profiles wslb under the load bench and renders a flamegraph (SVG) of the proxy process.
 #
 #   flamegraphs/profile.sh [--size 64|16384] [--wss] [--secs 8] [--label NAME] [--proxy-bin PATH]
+#   flamegraphs/profile.sh --scenario latency [--label NAME] [--proxy-bin PATH]
 #
 # Runs `cargo bench --bench load` (closed loop, 100 connections, the given message size)
 # against wslb, records the wslb process with `perf record -g` for the whole run, and folds
 # and renders the stacks with inferno. Output: flamegraphs/<label>-<size>.svg and a text
 # summary of the hottest functions, flamegraphs/<label>-<size>.top.txt. --wss: the same over
 # wss (wslb terminating TLS; the bench's wss-tput scenarios), label `wss` unless given.
+# --scenario runs any other load-bench scenario instead (e.g. `latency`, the paced 100
+# connections x 100 msg/s); output flamegraphs/<label>-<scenario>.svg.
 #
 # The build uses frame pointers (RUSTFLAGS=-Cforce-frame-pointers=yes, in its own target
 # directory) so user-space stacks unwind without DWARF; kernel stacks need nothing.
@@ -17,19 +20,25 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-size=64 secs=8 label= proxy_bin= wss=
+size=64 secs=8 label= proxy_bin= wss= scenario=
 while [ $# -gt 0 ]; do
   case $1 in
     --size) size=$2; shift 2 ;;
     --secs) secs=$2; shift 2 ;;
     --label) label=$2; shift 2 ;;
     --wss) wss=wss-; shift ;;
+    --scenario) scenario=$2; shift 2 ;;
     --proxy-bin) proxy_bin=$(realpath "$2"); shift 2 ;;
     *) echo "profile.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
-case $size in 64) scenario=${wss}tput-100x64 ;; 16384) scenario=${wss}tput-100x16k ;;
-  *) echo "profile.sh: --size is 64 or 16384" >&2; exit 2 ;; esac
+if [ -n "$scenario" ]; then
+  tag=$scenario
+else
+  case $size in 64) scenario=${wss}tput-100x64 ;; 16384) scenario=${wss}tput-100x16k ;;
+    *) echo "profile.sh: --size is 64 or 16384" >&2; exit 2 ;; esac
+  tag=$size
+fi
 [ -n "$label" ] || label=${wss:+wss}; [ -n "$label" ] || label=current
 
 command -v perf >/dev/null || { echo "installing linux-perf"; apt-get install -y -q linux-perf >/dev/null; }
@@ -62,9 +71,12 @@ wait "$bench" || { cat "$work/bench.txt"; exit 1; }
 kill -INT "$perf_pid" 2>/dev/null || true
 wait "$perf_pid" 2>/dev/null || true
 
-out=$here/$label-$size
+out=$here/$label-$tag
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf --all >"$work/folded"
-title="wslb, ${wss:+wss }closed loop 100 conns x $size B ($label)"
+case $tag in
+  64|16384) title="wslb, ${wss:+wss }closed loop 100 conns x $size B ($label)" ;;
+  *) title="wslb, load-bench scenario $scenario ($label)" ;;
+esac
 inferno-flamegraph --title "$title" --width 1400 <"$work/folded" >"$out.svg"
 {
   echo "$title"

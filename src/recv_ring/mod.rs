@@ -52,6 +52,8 @@ const GROUP: u16 = 0;
 const PAUSE_AT: u16 = 8;
 /// `user_data` of cancel requests, whose own completions say nothing.
 const CANCEL: u64 = u64::MAX;
+/// [`Slot::end`] of a source that has not ended.
+const OPEN: i32 = 1;
 /// End of a slot's chunk list.
 const NIL: u16 = u16::MAX;
 
@@ -90,8 +92,10 @@ enum Want {
     Run,
     /// Paused: re-arm once the pump has taken the chunks.
     Pause,
-    /// Stop for good: the pump goes back to its own buffers (or is gone).
+    /// Stop for good: the pump goes back to its own buffers.
     Stop,
+    /// The relay closed its [`Source`]: the slot is freed once no receive is in flight.
+    Closed,
 }
 
 struct Slot {
@@ -104,10 +108,9 @@ struct Slot {
     /// A receive is in flight (its last completion, without `IORING_CQE_F_MORE`, is not
     /// reaped yet).
     armed: bool,
-    /// The source ended: 0 for its end of stream, or a negative errno.
-    end: Option<i32>,
-    /// The relay closed its [`Source`]: freed once no receive is in flight.
-    released: bool,
+    /// The source ended: 0 for its end of stream, or a negative errno; [`OPEN`] while it
+    /// has not (a plain `i32`: with an `Option` the slot would not fit 32 bytes).
+    end: i32,
 }
 
 /// What a source's next step is.
@@ -253,8 +256,7 @@ impl Slot {
             queued: 0,
             want: Want::Run,
             armed: false,
-            end: None,
-            released: false,
+            end: OPEN,
         }
     }
 }
@@ -348,7 +350,7 @@ impl Inner {
         let s = &mut slots[id as usize];
         if let Some(bid) = cqueue::buffer_select(flags) {
             self.bufs.taken();
-            if s.released || res <= 0 {
+            if s.want == Want::Closed || res <= 0 {
                 self.bufs.give(bid);
             } else {
                 let mut chunks = self.chunks.borrow_mut();
@@ -374,26 +376,26 @@ impl Inner {
         if !more {
             s.armed = false;
             if res == -libc::ENOBUFS {
-                if s.want == Want::Run && !s.released {
+                if s.want == Want::Run {
                     self.starved.borrow_mut().push(id);
                     self.stats.count(Event::RecvStarved);
                 }
             } else if res == 0 {
-                s.end = Some(0);
+                s.end = 0;
             } else if res < 0 && res != -libc::ECANCELED {
-                s.end = Some(res);
-            } else if res > 0 && s.want == Want::Run && !s.released {
+                s.end = res;
+            } else if res > 0 && s.want == Want::Run {
                 // The kernel ended the receive for its own reasons (a full completion
                 // queue): it carries on.
                 drop(slots);
                 if let Err(e) = self.arm(id) {
                     self.slots.borrow_mut()[id as usize].end =
-                        Some(-e.raw_os_error().unwrap_or(libc::EIO));
+                        -e.raw_os_error().unwrap_or(libc::EIO);
                 }
                 slots = self.slots.borrow_mut();
             }
             let s = &mut slots[id as usize];
-            if s.released && !s.armed {
+            if s.want == Want::Closed && !s.armed {
                 drop(slots);
                 self.free.borrow_mut().push(id);
                 return;
@@ -413,11 +415,11 @@ impl Inner {
         if let Some(id) = id {
             let ok = {
                 let s = &self.slots.borrow()[id as usize];
-                s.want == Want::Run && !s.released && !s.armed && s.end.is_none()
+                s.want == Want::Run && !s.armed && s.end == OPEN
             };
             if ok && let Err(e) = self.arm(id) {
                 let mut slots = self.slots.borrow_mut();
-                slots[id as usize].end = Some(-e.raw_os_error().unwrap_or(libc::EIO));
+                slots[id as usize].end = -e.raw_os_error().unwrap_or(libc::EIO);
                 if let Some(w) = slots[id as usize].waker.take() {
                     w.wake();
                 }
@@ -454,11 +456,10 @@ impl RecvRing {
             let mut slots = self.0.slots.borrow_mut();
             let s = &mut slots[id as usize];
             s.want = Want::Run;
-            !s.armed && s.end.is_none()
+            !s.armed && s.end == OPEN
         };
         if arm && let Err(e) = self.0.arm(id) {
-            self.0.slots.borrow_mut()[id as usize].end =
-                Some(-e.raw_os_error().unwrap_or(libc::EIO));
+            self.0.slots.borrow_mut()[id as usize].end = -e.raw_os_error().unwrap_or(libc::EIO);
         }
     }
 }
@@ -503,7 +504,8 @@ impl RecvRing {
             }
             let mut slots = inner.slots.borrow_mut();
             let s = &mut slots[id as usize];
-            if let Some(res) = s.end {
+            if s.end != OPEN {
+                let res = s.end;
                 return Poll::Ready(Next::End(if res == 0 {
                     Ok(())
                 } else {
@@ -512,7 +514,8 @@ impl RecvRing {
             }
             if !s.armed {
                 match s.want {
-                    Want::Stop => return Poll::Ready(Next::Stopped),
+                    // (`Closed` cannot be seen here: `close` takes the source.)
+                    Want::Stop | Want::Closed => return Poll::Ready(Next::Stopped),
                     Want::Pause => {
                         drop(slots);
                         self.resume(id);
@@ -553,13 +556,13 @@ impl RecvRing {
         let (armed, was) = {
             let mut slots = self.0.slots.borrow_mut();
             let s = &mut slots[id as usize];
-            s.released = true;
             s.waker = None;
-            (s.armed, std::mem::replace(&mut s.want, Want::Stop))
+            (s.armed, std::mem::replace(&mut s.want, Want::Closed))
         };
         if !armed {
             self.0.free.borrow_mut().push(id);
-        } else if was != Want::Pause {
+        } else if was == Want::Run {
+            // A pause's or a stop's cancel is already on its way.
             self.0.cancel(id);
         }
     }
@@ -598,6 +601,9 @@ unsafe impl monoio::buf::IoBuf for Chunk {
         self.len as usize
     }
 }
+
+/// Every relay direction on the ring has a slot: 9,900 idle connections hold 19,800.
+const _: () = assert!(std::mem::size_of::<Slot>() <= 32);
 
 #[cfg(test)]
 mod tests;
