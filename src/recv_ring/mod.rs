@@ -134,7 +134,10 @@ impl RecvRing {
         // in `irqentry_exit_to_user_mode` at 100 x 64 B).
         let build = |coop: bool| {
             let mut b = IoUring::builder();
-            b.setup_cqsize(u32::from(buffers) * 2).setup_single_issuer();
+            // Every completion with data holds a buffer, so twice the buffers leaves room
+            // for the ends; and the kernel wants at least the submission queue's 256.
+            b.setup_cqsize((u32::from(buffers) * 2).max(256))
+                .setup_single_issuer();
             if coop {
                 b.setup_coop_taskrun();
             }
@@ -341,6 +344,7 @@ impl Inner {
                     self.complete(data as u32, res, flags);
                 }
             }
+            self.rearm_starved();
         }
     }
 
@@ -411,19 +415,51 @@ impl Inner {
     /// Buffer `bid` comes back from its chunk; a starved receive may go on.
     fn give(&self, bid: u16) {
         self.bufs.give(bid);
-        let id = self.starved.borrow_mut().pop();
-        if let Some(id) = id {
-            let ok = {
+        self.rearm_starved();
+    }
+
+    /// Re-arms starved receives, one per buffer in the ring: each takes at least one at
+    /// once (its socket has data waiting). Called as buffers come back and after every
+    /// batch of completions, since a receive may starve (its `ENOBUFS` reaped) after the
+    /// buffers it waited for came back. Entries that no longer apply (the source ended,
+    /// closed, stopped or was re-armed since) are dropped.
+    fn rearm_starved(&self) {
+        let mut room = self.bufs.free();
+        let mut armed = false;
+        while room > 0 {
+            let Some(id) = self.starved.borrow_mut().pop() else {
+                break;
+            };
+            let due = {
                 let s = &self.slots.borrow()[id as usize];
                 s.want == Want::Run && !s.armed && s.end == OPEN
             };
-            if ok && let Err(e) = self.arm(id) {
-                let mut slots = self.slots.borrow_mut();
-                slots[id as usize].end = -e.raw_os_error().unwrap_or(libc::EIO);
-                if let Some(w) = slots[id as usize].waker.take() {
-                    w.wake();
-                }
+            if !due {
+                continue;
             }
+            match self.arm_deferred(id) {
+                Ok(()) => {
+                    armed = true;
+                    room -= 1;
+                }
+                Err(e) => self.fail(id, &e),
+            }
+        }
+        if armed && let Err(e) = self.ring.borrow_mut().submit() {
+            tracing::error!("receive ring: submit: {e}");
+        }
+    }
+
+    /// Slot `id`'s receive could not be armed: its source ends with that error.
+    fn fail(&self, id: u32, e: &io::Error) {
+        let waker = {
+            let mut slots = self.slots.borrow_mut();
+            let s = &mut slots[id as usize];
+            s.end = -e.raw_os_error().unwrap_or(libc::EIO);
+            s.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
         }
     }
 }
@@ -520,6 +556,11 @@ impl RecvRing {
                         drop(slots);
                         self.resume(id);
                         slots = inner.slots.borrow_mut();
+                        let end = slots[id as usize].end;
+                        if end != OPEN {
+                            // The re-arm failed: the source ends with its error.
+                            return Poll::Ready(Next::End(Err(io::Error::from_raw_os_error(-end))));
+                        }
                     }
                     Want::Run => {}
                 }

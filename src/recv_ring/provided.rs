@@ -115,6 +115,11 @@ impl Provided {
         }
     }
 
+    /// Buffers in the ring, as far as reaped completions tell.
+    pub(super) fn free(&self) -> u32 {
+        u32::from(self.entries) - self.out.get()
+    }
+
     /// A completion took buffer `bid` out of the ring.
     pub(super) fn taken(&self) {
         self.out.set(self.out.get() + 1);
