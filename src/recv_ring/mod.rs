@@ -50,6 +50,8 @@ use provided::Provided;
 const GROUP: u16 = 0;
 /// Chunks a slot may hold before its receive is paused (see "Backpressure").
 const PAUSE_AT: u16 = 8;
+/// Completions reaped per pass (on the stack: reaping allocates nothing).
+const BATCH: usize = 64;
 /// `user_data` of cancel requests, whose own completions say nothing.
 const CANCEL: u64 = u64::MAX;
 /// [`Slot::end`] of a source that has not ended.
@@ -321,25 +323,31 @@ impl Inner {
         Ok(())
     }
 
-    /// Takes every completion waiting and hands each to its slot.
+    /// Takes every completion waiting and hands each to its slot, a batch of up to
+    /// [`BATCH`] at a time copied out of the queue first (handing one over may queue a
+    /// request, which needs the ring).
     fn reap(&self) {
+        let mut batch = [(0u64, 0i32, 0u32); BATCH];
         loop {
-            let batch: Vec<(u64, i32, u32)> = {
+            let n = {
                 let mut ring = self.ring.borrow_mut();
                 if ring.submission().cq_overflow() {
                     // Completions the queue had no room for wait in the kernel; entering
                     // the ring moves them into it.
                     let _ = ring.submit_and_wait(0);
                 }
-                let cq = ring.completion();
-                if cq.is_empty() {
-                    return;
+                let mut n = 0;
+                for (slot, c) in batch.iter_mut().zip(ring.completion()) {
+                    *slot = (c.user_data(), c.result(), c.flags());
+                    n += 1;
                 }
-                cq.map(|c| (c.user_data(), c.result(), c.flags())).collect()
+                n
             };
-            self.reaped
-                .set(self.reaped.get().wrapping_add(batch.len() as u32));
-            for (data, res, flags) in batch {
+            if n == 0 {
+                return;
+            }
+            self.reaped.set(self.reaped.get().wrapping_add(n as u32));
+            for &(data, res, flags) in &batch[..n] {
                 if data != CANCEL {
                     self.complete(data as u32, res, flags);
                 }
@@ -577,6 +585,10 @@ impl RecvRing {
         let cancel = {
             let mut slots = self.0.slots.borrow_mut();
             let s = &mut slots[id as usize];
+            if s.want == Want::Stop {
+                // Asked already (by an earlier chunk of the same large frame).
+                return;
+            }
             let was = std::mem::replace(&mut s.want, Want::Stop);
             // A pause's cancel is already on its way.
             s.armed && was != Want::Pause
