@@ -186,24 +186,13 @@ impl<'e> Link<'e> {
         }
     }
 
-    /// Resolves once the registry has something due for the pump reading `from`. The
-    /// registry wakes the relay's task for it (see `task`), so nothing is stored.
+    /// What ends a wait for the source's data: at a frame boundary, anything the registry
+    /// has due for the pump reading `from` (a going-away close only while its destination
+    /// is `open`); mid-frame, only the keepalive finding the source dead. The registry
+    /// wakes the relay's task for it, so nothing is stored.
     ///
     /// Not an `async fn`: that would keep its arguments next to the `poll_fn` that holds
     /// them too, and every idle connection parks two of these.
-    pub(super) fn interrupted(&self, from: Side, open: bool) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |_| {
-            if self.attention(from, open).is_some() {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
-    }
-
-    /// What ends a wait for the source's data: at a frame boundary, anything the registry
-    /// has due ([`Link::interrupted`]); mid-frame, only a dead source
-    /// ([`Link::source_dead`]).
     pub(super) fn interrupt(
         &self,
         from: Side,
@@ -230,17 +219,6 @@ impl<'e> Link<'e> {
 
     pub(super) fn recv_ring(&self) -> Option<&'e crate::recv_ring::RecvRing> {
         self.env.recv.as_ref()
-    }
-
-    /// Resolves once the keepalive finds the pump's source dead.
-    pub(super) fn source_dead(&self, from: Side) -> impl Future<Output = ()> + '_ {
-        std::future::poll_fn(move |_| {
-            if self.env.registry.attention(self.key, from) == Some(Attention::SourceDead) {
-                Poll::Ready(())
-            } else {
-                Poll::Pending
-            }
-        })
     }
 
     /// The one way a pump waits: runs `io` until it completes, or until `interrupt`

@@ -126,7 +126,10 @@ where
             self.release_buffer(link);
             let open = self.close == CloseState::Open;
             let ready = std::pin::pin!(self.src.socket_ready());
-            match link.wait(ready, link.interrupted(self.from, open)).await {
+            match link
+                .wait(ready, link.interrupt(self.from, open, true))
+                .await
+            {
                 Waited::Done(Ok(())) => {}
                 Waited::Done(Err(_)) => return Read::Ended,
                 Waited::Interrupted => return Read::Interrupted,
@@ -152,7 +155,10 @@ where
             self.src
                 .read(std::mem::take(&mut self.buf).slice_mut(len..cap)),
         );
-        let (res, slice) = match link.wait(read.as_mut(), link.source_dead(from)).await {
+        let (res, slice) = match link
+            .wait(read.as_mut(), link.interrupt(from, true, false))
+            .await
+        {
             Waited::Done(r) => r,
             // The read was dropped (cancelled): its buffer goes with it, and the pump ends
             // without it.
