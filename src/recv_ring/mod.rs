@@ -190,15 +190,20 @@ impl RecvRing {
     /// the kernel with the next [`RecvRing::submit`] (a relay opens both of its sources,
     /// then submits once).
     pub fn open(&self, fd: RawFd) -> Option<Source> {
-        let id = match self.0.free.borrow_mut().pop() {
-            Some(id) => id,
-            None => {
-                let mut slots = self.0.slots.borrow_mut();
-                slots.push(Slot::new(fd));
-                (slots.len() - 1) as u32
+        let free = self.0.free.borrow_mut().pop();
+        let id = {
+            let mut slots = self.0.slots.borrow_mut();
+            match free {
+                Some(id) => {
+                    slots[id as usize] = Slot::new(fd);
+                    id
+                }
+                None => {
+                    slots.push(Slot::new(fd));
+                    (slots.len() - 1) as u32
+                }
             }
         };
-        self.0.slots.borrow_mut()[id as usize] = Slot::new(fd);
         if self.0.arm_deferred(id).is_err() {
             self.0.free.borrow_mut().push(id);
             return None;
@@ -210,9 +215,7 @@ impl RecvRing {
 
     /// Submits what is queued (see [`RecvRing::open`]).
     pub fn submit(&self) {
-        if let Err(e) = self.0.ring.borrow_mut().submit() {
-            tracing::error!("receive ring: submit: {e}");
-        }
+        self.0.submit_logged();
     }
 
     /// Reaps completions whenever the ring has some, for as long as the worker runs.
@@ -271,8 +274,20 @@ impl Inner {
     /// Submits a multishot receive for slot `id`.
     fn arm(&self, id: u32) -> io::Result<()> {
         self.arm_deferred(id)?;
-        self.ring.borrow_mut().submit()?;
-        Ok(())
+        self.submit()
+    }
+
+    /// Hands what is queued to the kernel.
+    fn submit(&self) -> io::Result<()> {
+        self.ring.borrow_mut().submit().map(drop)
+    }
+
+    /// [`Inner::submit`] where nobody waits for the answer: a failure is logged (the
+    /// requests stay queued for the next submit).
+    fn submit_logged(&self) {
+        if let Err(e) = self.submit() {
+            tracing::error!("receive ring: submit: {e}");
+        }
     }
 
     /// Queues a multishot receive for slot `id`, for the next submit.
@@ -305,8 +320,7 @@ impl Inner {
     /// re-arm, an end): the messages themselves need none.
     fn push(&self, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
         self.queue(sqe)?;
-        self.ring.borrow_mut().submit()?;
-        Ok(())
+        self.submit()
     }
 
     /// Queues one request (submitting what is queued first if the queue is full).
@@ -402,8 +416,7 @@ impl Inner {
                 // queue): it carries on.
                 drop(slots);
                 if let Err(e) = self.arm(id) {
-                    self.slots.borrow_mut()[id as usize].end =
-                        -e.raw_os_error().unwrap_or(libc::EIO);
+                    self.fail(id, &e);
                 }
                 slots = self.slots.borrow_mut();
             }
@@ -454,8 +467,8 @@ impl Inner {
                 Err(e) => self.fail(id, &e),
             }
         }
-        if armed && let Err(e) = self.ring.borrow_mut().submit() {
-            tracing::error!("receive ring: submit: {e}");
+        if armed {
+            self.submit_logged();
         }
     }
 
@@ -496,15 +509,20 @@ impl RecvRing {
     }
 
     /// Re-arms a paused slot.
-    fn resume(&self, id: u32) {
+    /// Re-arms a paused slot once its last receive has ended and its pump has taken every
+    /// chunk (see "Backpressure"). A failed re-arm ends the source with its error.
+    fn resume_if_drained(&self, id: u32) {
         let arm = {
             let mut slots = self.0.slots.borrow_mut();
             let s = &mut slots[id as usize];
-            s.want = Want::Run;
-            !s.armed && s.end == OPEN
+            let drained = s.want == Want::Pause && !s.armed && s.queued == 0;
+            if drained {
+                s.want = Want::Run;
+            }
+            drained && s.end == OPEN
         };
         if arm && let Err(e) = self.0.arm(id) {
-            self.0.slots.borrow_mut()[id as usize].end = -e.raw_os_error().unwrap_or(libc::EIO);
+            self.0.fail(id, &e);
         }
     }
 }

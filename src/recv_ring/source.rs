@@ -28,45 +28,24 @@ impl RecvRing {
     pub fn next<'a>(&'a self, src: &'a Source) -> impl Future<Output = Next> + 'a {
         let id = src.id();
         std::future::poll_fn(move |cx| {
-            let inner = &*self.0;
-            if let Some(c) = self.pop(id) {
-                let rearm = {
-                    let s = &inner.slots.borrow()[id as usize];
-                    s.want == Want::Pause && !s.armed && s.queued == 0
-                };
-                if rearm {
-                    self.resume(id);
-                }
+            let chunk = self.pop(id);
+            self.resume_if_drained(id);
+            if let Some(c) = chunk {
                 return Poll::Ready(Next::Chunk(c));
             }
-            let mut slots = inner.slots.borrow_mut();
+            let mut slots = self.0.slots.borrow_mut();
             let s = &mut slots[id as usize];
             if s.end != OPEN {
-                let res = s.end;
-                return Poll::Ready(Next::End(if res == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::from_raw_os_error(-res))
+                return Poll::Ready(Next::End(match s.end {
+                    0 => Ok(()),
+                    e => Err(io::Error::from_raw_os_error(-e)),
                 }));
             }
-            if !s.armed {
-                match s.want {
-                    // (`Closed` cannot be seen here: `close` takes the source.)
-                    Want::Stop | Want::Closed => return Poll::Ready(Next::Stopped),
-                    Want::Pause => {
-                        drop(slots);
-                        self.resume(id);
-                        slots = inner.slots.borrow_mut();
-                        let end = slots[id as usize].end;
-                        if end != OPEN {
-                            // The re-arm failed: the source ends with its error.
-                            return Poll::Ready(Next::End(Err(io::Error::from_raw_os_error(-end))));
-                        }
-                    }
-                    Want::Run => {}
-                }
+            // (`Closed` cannot be seen here: `close` takes the source.)
+            if !s.armed && matches!(s.want, Want::Stop | Want::Closed) {
+                return Poll::Ready(Next::Stopped);
             }
-            slots[id as usize].waker = Some(cx.waker().clone());
+            s.waker = Some(cx.waker().clone());
             Poll::Pending
         })
     }
