@@ -27,9 +27,6 @@ impl Scheme {
 /// plaintext, a whole record) is readable while its socket is quiet, and says so with
 /// [`Readiness::buffered`]. Readable means: a read will return data or the stream's end
 /// without waiting for more than the rest of what has begun to arrive.
-///
-/// An implementation's [`Readiness::socket_ready`] may touch the stream only while its
-/// future is first polled (see [`ready`], which relies on it).
 pub trait Readiness {
     /// Bytes (or the stream's end) are held by the stream itself: readable now.
     fn buffered(&self) -> bool {
@@ -118,20 +115,24 @@ impl ClientStream for crate::tls::TlsStream<rustls::server::UnbufferedServerConn
     const SCHEME: Scheme = Scheme::Https;
 }
 
-/// Waits until the socket behind a read half is readable (see [`Readiness`]).
+/// Waits until the socket behind a TCP read half is readable (see [`Readiness`]).
+///
+/// Only for plain TCP halves, not generic over [`Readiness`]: its soundness rests on what
+/// monoio's `TcpStream::readable` does with the `&TcpStream` it is given, which a trait
+/// implementation elsewhere could not be held to by the type system.
 #[allow(unsafe_code)]
-pub fn ready<T: Readiness>(
-    half: &OwnedReadHalf<T>,
-) -> impl Future<Output = std::io::Result<()>> + '_ {
-    // SAFETY: the halves share the stream through an `Rc<UnsafeCell<T>>`, and monoio's own
-    // halves each make a `&mut T` from it for every op they start (the contract of its
-    // `unsafe trait Split`: reads and writes of such a stream are independent and may run
-    // concurrently). The `&T` made here is used only while the readiness future is first
-    // polled (the `Readiness` contract: for `TcpStream` it is monoio's `readable`, which
-    // then holds nothing of the stream but the poll op it submitted, with its own handle
-    // of the descriptor). The relay's pump polls this future at once, in the same turn of
-    // the task and before the other pump (the write half's only user) runs again, so no
-    // `&mut T` is made while the `&T` is in use, and it is not used after one is.
+pub fn ready(half: &OwnedReadHalf<TcpStream>) -> impl Future<Output = std::io::Result<()>> + '_ {
+    // SAFETY: the halves share the stream through an `Rc<UnsafeCell<TcpStream>>`, and
+    // monoio's own halves each make a `&mut TcpStream` from it for every op they start (the
+    // contract of its `unsafe trait Split`, which `TcpStream` implements: reads and writes
+    // of such a stream are independent and may run concurrently). The `&TcpStream` made
+    // here is dereferenced only in the returned future's first poll: monoio 0.2's
+    // `TcpStream::readable` (an `async fn`) then clones the stream's `SharedFd` into the
+    // poll op it submits, and from then on waits on that op alone (it keeps the reference
+    // as its argument, never reading through it again). The relay's pump and the
+    // TLS reader poll this future at once, in the same turn of the task and before the
+    // other half (the write half's only user) runs again, so no `&mut TcpStream` is made
+    // while the `&TcpStream` is in use.
     let stream = unsafe { &*half.0.get() };
     stream.socket_ready()
 }

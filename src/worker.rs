@@ -127,9 +127,10 @@ const IDLE_TRIM_AFTER: std::time::Duration = std::time::Duration::from_millis(50
 /// second and does nothing while traffic flows (a busy worker never trims) or after it has
 /// trimmed once.
 pub async fn trim_when_idle(env: std::rc::Rc<WorkerEnv>) {
-    // Relay buffers handed out, and receive-ring completions: either moving means traffic.
+    // Relay buffers handed out, and receive-ring chunks received: either moving means
+    // traffic.
     let activity = |env: &WorkerEnv| {
-        let ring = env.recv.as_ref().map_or(0, |r| r.reaped());
+        let ring = env.recv.as_ref().map_or(0, |r| r.received());
         (env.buffers.taken(), ring)
     };
     let mut seen = activity(&env);

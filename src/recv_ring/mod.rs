@@ -55,6 +55,12 @@ const PAUSE_AT: u16 = 8;
 const BATCH: usize = 64;
 /// `user_data` of cancel requests, whose own completions say nothing.
 const CANCEL: u64 = u64::MAX;
+/// Cancel rounds a trim tries before giving up (see `Inner::end_every_receive`): one
+/// suffices unless an io-wq worker re-arms a receive as it is cancelled.
+const QUIET_ROUNDS: u32 = 4;
+/// How long a trim's round waits for completions: a cancelled poll completes in this
+/// thread's task work, so this is only a bound on a round that finds nothing.
+const QUIET_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// [`Slot::end`] of a source that has not ended.
 const OPEN: i32 = 1;
 /// End of a slot's chunk list.
@@ -82,8 +88,14 @@ struct Inner {
     chunks: RefCell<Vec<(u32, u16)>>,
     /// Slots whose receive ended with `ENOBUFS`, to re-arm as buffers come back.
     starved: RefCell<Vec<u32>>,
-    /// Completions reaped (wrapping): the worker's idle trim watches it.
-    reaped: Cell<u32>,
+    /// Completions that brought data (wrapping): the worker's idle trim watches it.
+    received: Cell<u32>,
+    /// A trim is ending every receive (see [`RecvRing::trim`]): nothing is re-armed until
+    /// it is done.
+    quiet: Cell<bool>,
+    /// [`Inner::received`] when the pages were last given back: while it is unchanged no
+    /// buffer was filled since, and a trim has nothing to give back.
+    trimmed_at: Cell<Option<u32>>,
     /// The worker's counters (starved, paused, large frames).
     stats: Arc<WorkerStats>,
 }
@@ -128,25 +140,40 @@ pub enum Next {
 impl RecvRing {
     /// A ring of `buffers` (a power of two) buffers of `buffer_bytes` each. Fails where the
     /// kernel has no io_uring or no buffer rings (before 5.19) or multishot receives.
-    #[allow(unsafe_code)]
     pub fn new(buffers: u16, buffer_bytes: u32, stats: Arc<WorkerStats>) -> io::Result<Self> {
+        Self::build(buffers, buffer_bytes, stats, true)
+    }
+
+    /// [`RecvRing::new`], with cooperative task running only if `coop` (and the kernel has
+    /// it): the tests build the fallback too.
+    #[allow(unsafe_code)]
+    fn build(
+        buffers: u16,
+        buffer_bytes: u32,
+        stats: Arc<WorkerStats>,
+        coop: bool,
+    ) -> io::Result<Self> {
         // Cooperative task running, as the worker's monoio ring (`worker::build_uring`):
         // a completion's work waits for this thread's next entry into the kernel (or wakes
         // it if it sleeps) instead of interrupting it. Without it, every receive landing
         // while the thread runs cost an inter-processor interrupt (2.6% of the proxy's CPU
         // in `irqentry_exit_to_user_mode` at 100 x 64 B).
-        let build = |coop: bool| {
+        let build = |cooperative: bool| {
             let mut b = IoUring::builder();
             // Every completion with data holds a buffer, so twice the buffers leaves room
             // for the ends; and the kernel wants at least the submission queue's 256.
             b.setup_cqsize((u32::from(buffers) * 2).max(256))
                 .setup_single_issuer();
-            if coop {
+            if cooperative {
                 b.setup_coop_taskrun();
             }
             b.build(256)
         };
-        let ring = build(true).or_else(|_| build(false))?;
+        let ring = if coop {
+            build(true).or_else(|_| build(false))
+        } else {
+            build(false)
+        }?;
         let bufs = Provided::new(buffers, buffer_bytes)?;
         // SAFETY: the ring's memory lives in `bufs`, which the ring is dropped with; `Drop`
         // unregisters it before the mapping goes.
@@ -169,7 +196,9 @@ impl RecvRing {
             slots: RefCell::default(),
             free: RefCell::default(),
             starved: RefCell::default(),
-            reaped: Cell::new(0),
+            received: Cell::new(0),
+            quiet: Cell::new(false),
+            trimmed_at: Cell::new(None),
             stats,
         })))
     }
@@ -180,9 +209,10 @@ impl RecvRing {
         self.0.bufs.size()
     }
 
-    /// Completions reaped since start (wrapping).
-    pub fn reaped(&self) -> u32 {
-        self.0.reaped.get()
+    /// Completions that brought data since start (wrapping): traffic, not the ring's own
+    /// cancellations and re-arms (a trim's would look like traffic to the idle trim).
+    pub fn received(&self) -> u32 {
+        self.0.received.get()
     }
 
     /// Starts receiving from `fd` (a connected TCP socket that stays open until the
@@ -248,10 +278,23 @@ impl RecvRing {
         }
     }
 
-    /// Gives the buffers' pages back when none is out (the worker is idle).
+    /// Gives the buffers' pages back when none is out (the worker is idle), and says
+    /// whether it did.
+    ///
+    /// A buffer in the ring belongs to the kernel: any armed receive may fill it at any
+    /// time, since the task work that runs a receive may run at any return of this thread
+    /// to user mode, the exit from an interrupt included (and by IPI at any time without
+    /// `COOP_TASKRUN`), or on an io-wq thread. So a trim first takes the buffers out of
+    /// the kernel's reach: it cancels every receive and waits for each one's last
+    /// completion (no `IORING_CQE_F_MORE`), after which no request of this ring exists to
+    /// select a buffer; it reaps what they received before ending; and only if every
+    /// buffer is then back in the ring does it give their pages back. Then it re-arms
+    /// every receive it ended. Each source's bytes not yet received wait in its socket
+    /// meanwhile, as during a pause; none is lost, none is reordered. This costs a cancel
+    /// and a re-arm per open source, once per idle spell of the worker (the worker trims
+    /// only after a quiet spell, see `worker::trim_when_idle`).
     pub fn trim(&self) -> bool {
-        self.0.reap();
-        self.0.bufs.trim()
+        self.0.trim()
     }
 }
 
@@ -271,6 +314,104 @@ impl Slot {
 }
 
 impl Inner {
+    fn trim(&self) -> bool {
+        self.reap();
+        if self.bufs.free() != u32::from(self.bufs.entries()) {
+            return false;
+        }
+        if self.trimmed_at.get() == Some(self.received.get()) {
+            return true;
+        }
+        self.quiet.set(true);
+        let ended = self.end_every_receive();
+        // SAFETY: `Provided::trim`'s contract: when `ended`, every receive of this ring has
+        // posted its last completion and it was reaped (the request no longer exists, so
+        // nothing can select or fill a buffer, io_uring's documented meaning of a
+        // completion without `IORING_CQE_F_MORE`), and every completion naming a buffer
+        // was reaped with them (a request posts its last completion after every other).
+        // Only this ring's requests use its buffer group. `Provided::trim` itself checks
+        // that no buffer is out (no `Chunk` refers to one).
+        #[allow(unsafe_code)]
+        let trimmed = ended && unsafe { self.bufs.trim() };
+        if trimmed {
+            self.trimmed_at.set(Some(self.received.get()));
+        }
+        self.quiet.set(false);
+        self.rearm_ended();
+        trimmed
+    }
+
+    /// Cancels every receive of the ring and waits for their last completions (reaping
+    /// them as usual): true once none is in flight. Each receive is cancelled by its own
+    /// `user_data` (a hash lookup in the kernel; `IORING_ASYNC_CANCEL_ANY` searches the
+    /// whole table once per request it cancels: 17 ms for 2,000 receives here), in batches
+    /// that fit the completion queue (a cancel's completion and its receive's last one).
+    /// A request that slipped past its cancel (an io-wq worker re-arming its poll as the
+    /// cancel ran) is caught by the next round; after [`QUIET_ROUNDS`] rounds the trim
+    /// gives up rather than block its worker.
+    fn end_every_receive(&self) -> bool {
+        let batch = (self.ring.borrow().params().cq_entries() / 2) as usize;
+        for _ in 0..QUIET_ROUNDS {
+            let armed: Vec<u32> = (self.slots.borrow().iter().enumerate())
+                .filter(|(_, s)| s.armed)
+                .map(|(id, _)| id as u32)
+                .collect();
+            if armed.is_empty() {
+                return true;
+            }
+            for ids in armed.chunks(batch) {
+                for &id in ids {
+                    let cancel = opcode::AsyncCancel::new(u64::from(id))
+                        .build()
+                        .user_data(CANCEL);
+                    if let Err(e) = self.queue(&cancel) {
+                        tracing::error!("receive ring: trim: cancel: {e}");
+                        return false;
+                    }
+                }
+                if let Err(e) = self.submit_and_wait_briefly() {
+                    tracing::error!("receive ring: trim: waiting for cancellations: {e}");
+                    return false;
+                }
+                self.reap();
+            }
+        }
+        !self.any_armed()
+    }
+
+    /// Submits what is queued and waits at most [`QUIET_WAIT`] for a completion: the
+    /// cancels' own come at once, the cancelled receives' as this thread's task work runs
+    /// (at the latest on the way out of this call).
+    fn submit_and_wait_briefly(&self) -> io::Result<()> {
+        let wait = types::Timespec::from(QUIET_WAIT);
+        let args = types::SubmitArgs::new().timespec(&wait);
+        let entered = self.ring.borrow().submitter().submit_with_args(1, &args);
+        match entered {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    fn any_armed(&self) -> bool {
+        self.slots.borrow().iter().any(|s| s.armed)
+    }
+
+    /// Re-arms every receive a trim ended (and any starved one: every buffer is free).
+    fn rearm_ended(&self) {
+        let due: Vec<u32> = (self.slots.borrow().iter().enumerate())
+            .filter(|(_, s)| s.want == Want::Run && !s.armed && s.end == OPEN)
+            .map(|(id, _)| id as u32)
+            .collect();
+        for &id in &due {
+            if let Err(e) = self.arm_deferred(id) {
+                self.fail(id, &e);
+            }
+        }
+        if !due.is_empty() {
+            self.submit_logged();
+        }
+    }
+
     /// Submits a multishot receive for slot `id`.
     fn arm(&self, id: u32) -> io::Result<()> {
         self.arm_deferred(id)?;
@@ -361,7 +502,6 @@ impl Inner {
             if n == 0 {
                 return;
             }
-            self.reaped.set(self.reaped.get().wrapping_add(n as u32));
             for &(data, res, flags) in &batch[..n] {
                 if data != CANCEL {
                     self.complete(data as u32, res, flags);
@@ -377,6 +517,7 @@ impl Inner {
         let s = &mut slots[id as usize];
         if let Some(bid) = cqueue::buffer_select(flags) {
             self.bufs.taken();
+            self.received.set(self.received.get().wrapping_add(1));
             if s.want == Want::Closed || res <= 0 {
                 self.bufs.give(bid);
             } else {
@@ -411,9 +552,9 @@ impl Inner {
                 s.end = 0;
             } else if res < 0 && res != -libc::ECANCELED {
                 s.end = res;
-            } else if res > 0 && s.want == Want::Run {
+            } else if res > 0 && s.want == Want::Run && !self.quiet.get() {
                 // The kernel ended the receive for its own reasons (a full completion
-                // queue): it carries on.
+                // queue): it carries on (after a trim, if one is ending every receive).
                 drop(slots);
                 if let Err(e) = self.arm(id) {
                     self.fail(id, &e);
@@ -446,6 +587,10 @@ impl Inner {
     /// buffers it waited for came back. Entries that no longer apply (the source ended,
     /// closed, stopped or was re-armed since) are dropped.
     fn rearm_starved(&self) {
+        if self.quiet.get() {
+            // A trim is ending every receive; it re-arms these when done.
+            return;
+        }
         let mut room = self.bufs.free();
         let mut armed = false;
         while room > 0 {

@@ -158,19 +158,25 @@ impl Provided {
     }
 
     /// Gives the buffers' pages back to the OS when every buffer is in the ring, and says
-    /// whether it did. The caller reaps the completion queue just before (see
-    /// `RecvRing::trim`): a buffer the kernel filled counts as out only once its completion
-    /// is reaped. The kernel faults a page in again when it next fills that buffer.
+    /// whether it did. The kernel faults a page in again (zeroed) when it next fills that
+    /// buffer.
+    ///
+    /// # Safety
+    /// No request that may select a buffer of this ring is in flight (every receive has
+    /// posted its last completion), and every completion naming a buffer has been reaped
+    /// and counted ([`Provided::taken`]). Otherwise the kernel may have filled a buffer
+    /// whose completion is not reaped yet, and its bytes would be zeroed before a pump
+    /// forwards them (the trim race, issue 19: see `RecvRing::trim`).
     #[allow(unsafe_code)]
-    pub(super) fn trim(&self) -> bool {
+    pub(super) unsafe fn trim(&self) -> bool {
         if self.out.get() != 0 {
             return false;
         }
-        // SAFETY: the whole buffer mapping, every buffer of which is in the ring: no
-        // `Chunk` refers to one, and no filled buffer awaits its completion (just reaped).
-        // The kernel fills buffers only in task work on this worker's thread (the receives
-        // are poll-driven sockets of a ring without SQPOLL), which runs on the way back
-        // from a syscall, so not before this one returns; it then faults zeroed pages in.
+        // SAFETY: the whole buffer mapping, made in `new` and alive while `self` is. No
+        // `Chunk` refers to a buffer (`out` is 0: each chunk holds one out), and by the
+        // caller's promise the kernel neither holds a filled buffer whose completion is
+        // unreaped nor can select one now, so discarding the pages' contents loses no
+        // byte anyone will read.
         unsafe { libc::madvise(self.mem.ptr.cast(), self.mem.len, libc::MADV_DONTNEED) == 0 }
     }
 }
