@@ -43,6 +43,10 @@ pub enum Reject {
     BadVersion,
     #[error("request head over the size or header-count limit")]
     TooLarge,
+    /// The request line alone is over the head size limit: only its target can be that
+    /// long (see [`over_limit`]).
+    #[error("request target over the head size limit")]
+    UriTooLong,
     #[error("request body over http.max_body_bytes")]
     BodyTooLarge,
 }
@@ -54,6 +58,7 @@ impl Reject {
             Reject::NotGet => 405,
             Reject::NotUpgrade(_) | Reject::BadVersion => 426,
             Reject::TooLarge => 431,
+            Reject::UriTooLong => 414,
             Reject::BodyTooLarge => 413,
         }
     }
@@ -65,6 +70,7 @@ impl Reject {
             Reject::NotGet => METHOD_NOT_ALLOWED,
             Reject::NotUpgrade(_) | Reject::BadVersion => UPGRADE_REQUIRED,
             Reject::TooLarge => TOO_LARGE,
+            Reject::UriTooLong => URI_TOO_LONG,
             Reject::BodyTooLarge => BODY_TOO_LARGE,
         }
     }
@@ -83,6 +89,8 @@ Content-Length: 29\r\n\r\nthis is a websocket endpoint\n";
 const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
 Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 25\r\n\r\n\
 request header too large\n";
+const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nContent-Length: 24\r\n\r\nrequest target too long\n";
 const BODY_TOO_LARGE: &[u8] = b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\n\
 Connection: close\r\nContent-Length: 23\r\n\r\nrequest body too large\n";
 /// 503: the instance is at `limits.max_connections`; answered right after accept.
@@ -177,10 +185,27 @@ pub(crate) fn parse_head<'b, 'h>(
     }))
 }
 
+/// Why `buf`, a valid but incomplete head that fills the head size limit, is refused: 414
+/// when its request line has not ended, 431 otherwise.
+///
+/// RFC 9112 §3: a request-target longer than the server wants to parse MUST get 414. The
+/// method is a short token and the version 8 bytes, so a request line that does not end
+/// within `limits.max_request_bytes` (1 KiB or more) has a target that long; NGINX
+/// answers such a line with 414 too. A line without its first space is a method that
+/// long, which is no URI: 431 as before. One scan of bytes already read, not a parse.
+pub fn over_limit(buf: &[u8]) -> Reject {
+    let line = buf.split(|&c| c == b'\n').next().unwrap_or_default();
+    if line.len() == buf.len() && line.contains(&b' ') {
+        Reject::UriTooLong
+    } else {
+        Reject::TooLarge
+    }
+}
+
 /// Parses and validates a WebSocket upgrade request at the start of `buf`.
 ///
 /// `Ok(None)`: the head is incomplete, read more (unless `buf` already holds the size limit,
-/// which the caller turns into [`Reject::TooLarge`]).
+/// which the caller turns into [`over_limit`]'s answer).
 pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],

@@ -118,6 +118,27 @@ fn cookies_and_query_parameters() {
     assert_eq!(u.query_param("y"), None);
 }
 
+/// Issue 19: a head over the size limit is 431 however it got there, and 414 when its
+/// request line alone fills it (only the target can be that long).
+#[test]
+fn a_full_head_is_431_or_414_when_its_request_line_has_not_ended() {
+    let long = format!("GET /{} HTTP/1.1", "a".repeat(8192));
+    assert_eq!(over_limit(&long.as_bytes()[..8192]), Reject::UriTooLong);
+    assert_eq!(over_limit(long.as_bytes()), Reject::UriTooLong);
+    let headers = format!("GET / HTTP/1.1\r\n{}", "X-A: b\r\n".repeat(2000));
+    assert_eq!(over_limit(&headers.as_bytes()[..8192]), Reject::TooLarge);
+    let value = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(9000));
+    assert_eq!(over_limit(&value.as_bytes()[..8192]), Reject::TooLarge);
+    // No space yet: a method that long is no URI.
+    assert_eq!(over_limit("G".repeat(8192).as_bytes()), Reject::TooLarge);
+    assert_eq!(Reject::UriTooLong.status(), 414);
+    assert!(
+        Reject::UriTooLong
+            .response()
+            .starts_with(b"HTTP/1.1 414 URI Too Long\r\n")
+    );
+}
+
 #[test]
 fn static_responses_are_consistent() {
     for r in [
@@ -125,6 +146,8 @@ fn static_responses_are_consistent() {
         Reject::NotGet,
         Reject::BadVersion,
         Reject::TooLarge,
+        Reject::UriTooLong,
+        Reject::BodyTooLarge,
     ]
     .map(Reject::response)
     .into_iter()
