@@ -1,5 +1,10 @@
-//! Request heads as RFC 9112 has them, through the real balancer over ws and wss, for
-//! upgrades and plain HTTP alike, byte by byte as a client sends them:
+//! Request targets and head sizes as RFC 9112 has them, through the real balancer over ws
+//! and wss, for upgrades and plain HTTP alike, byte by byte as a client sends them:
+//! - an absolute-form target (§3.2.2, which a server MUST accept) is routed on its path,
+//!   with its authority as the host even where the Host header disagrees, and the backend
+//!   gets the origin-form and a Host header that is the authority (issue 19: upgrades got
+//!   404, plain requests 400); other forms (another scheme, authority-form, asterisk-form
+//!   but for OPTIONS, userinfo, an empty host, a bad Host) get 400;
 //! - a head over `limits.max_request_bytes` gets 431 however it overflows (issue 19: 1,000
 //!   small headers got 400), and a request line that alone overflows it gets 414.
 //!
@@ -191,6 +196,97 @@ fn plain(method: &str, target: &str, host: &str) -> Vec<u8> {
     format!("{method} {target} HTTP/1.1\r\nHost: {host}\r\n\r\n").into_bytes()
 }
 
+/// Targets no form of which a server accepts here, and Host headers and authorities that
+/// are not valid: 400 for an upgrade and a plain request alike.
+const REFUSED: [(&str, &str); 9] = [
+    ("ftp://chat.example/chat", "chat.example"),
+    ("ws://chat.example/chat", "chat.example"),
+    ("chat.example:443", "chat.example"),
+    ("*", "chat.example"),
+    ("http://user@chat.example/chat", "chat.example"),
+    ("http:///chat", "chat.example"),
+    ("http://chat.example:80x/chat", "chat.example"),
+    ("http//chat.example/chat", "chat.example"),
+    ("http://chat.example/chat", "chat.example/x"),
+];
+
+/// Issue 19: `GET http://127.0.0.1/chat` with an upgrade got 404 (routes matched the whole
+/// absolute-form target as a path), though RFC 9112 §3.2.2 says a server MUST accept it.
+fn absolute_form_upgrade_is_routed_on_its_path_and_authority_not_404(via: Via, test: &str) {
+    let lb = start(via, test);
+    // The report's request: routed on /chat, the authority as the host.
+    lb.expect_forwarded(
+        &upgrade("http://127.0.0.1/chat", "127.0.0.1"),
+        101,
+        "default",
+        "GET /chat HTTP/1.1",
+        "127.0.0.1",
+    );
+    // The authority wins over a Host header that disagrees, both for routing and for the
+    // Host the backend sees; a scheme in capitals, a port and a query are kept.
+    lb.expect_forwarded(
+        &upgrade("HTTPS://chat.example:8443/room?id=7", "other.example"),
+        101,
+        "chat",
+        "GET /room?id=7 HTTP/1.1",
+        "chat.example:8443",
+    );
+    lb.expect_forwarded(
+        &upgrade("http://other.example/chat", "chat.example"),
+        101,
+        "default",
+        "GET /chat HTTP/1.1",
+        "other.example",
+    );
+    // No path: the origin-form is "/".
+    lb.expect_forwarded(
+        &upgrade("http://chat.example", "chat.example"),
+        101,
+        "chat",
+        "GET / HTTP/1.1",
+        "chat.example",
+    );
+    for (target, host) in REFUSED {
+        lb.expect(&upgrade(target, host), 400);
+    }
+    lb.assert_serves();
+}
+
+/// Issue 19: a plain request in absolute-form got 400; HAProxy and NGINX accept it and
+/// send the backend the origin-form.
+fn absolute_form_plain_request_is_proxied_in_origin_form_not_400(via: Via, test: &str) {
+    let lb = start(via, test);
+    lb.expect_forwarded(
+        &plain("GET", "http://chat.example/poll?sid=1", "other.example"),
+        200,
+        "chat",
+        "GET /poll?sid=1 HTTP/1.1",
+        "chat.example",
+    );
+    lb.expect_forwarded(
+        &plain("GET", "https://127.0.0.1:8443/", "127.0.0.1"),
+        200,
+        "default",
+        "GET / HTTP/1.1",
+        "127.0.0.1:8443",
+    );
+    // HTTP/1.0 needs no Host header: the authority is the host.
+    lb.expect_forwarded(
+        b"GET http://chat.example/old HTTP/1.0\r\n\r\n",
+        200,
+        "chat",
+        "GET /old HTTP/1.1",
+        "chat.example",
+    );
+    for (target, host) in REFUSED {
+        lb.expect(&plain("GET", target, host), 400);
+    }
+    lb.expect(&plain("CONNECT", "chat.example:443", "chat.example"), 400);
+    // HTTP/1.1 still needs exactly one Host header (RFC 9112 §3.2), absolute-form or not.
+    lb.expect(b"GET http://chat.example/ HTTP/1.1\r\n\r\n", 400);
+    lb.assert_serves();
+}
+
 /// Issue 19: a head of 1,000 small headers (over `max_request_bytes`, 8 KiB by default)
 /// got 400 where a head of 70 got 431: the read loop handed a head it could not parse to
 /// the plain HTTP proxy, which found it incomplete. A request line that alone is over the
@@ -219,6 +315,26 @@ fn oversized_heads_get_431_not_400_and_long_request_lines_414(via: Via, test: &s
         414,
     );
     lb.assert_serves();
+}
+
+#[test]
+fn absolute_form_upgrade_is_routed_not_404_over_ws() {
+    absolute_form_upgrade_is_routed_on_its_path_and_authority_not_404(Via::Ws, "abs-up-ws");
+}
+
+#[test]
+fn absolute_form_upgrade_is_routed_not_404_over_wss() {
+    absolute_form_upgrade_is_routed_on_its_path_and_authority_not_404(Via::Wss, "abs-up-wss");
+}
+
+#[test]
+fn absolute_form_plain_request_is_proxied_not_400_over_ws() {
+    absolute_form_plain_request_is_proxied_in_origin_form_not_400(Via::Ws, "abs-http-ws");
+}
+
+#[test]
+fn absolute_form_plain_request_is_proxied_not_400_over_wss() {
+    absolute_form_plain_request_is_proxied_in_origin_form_not_400(Via::Wss, "abs-http-wss");
 }
 
 #[test]
