@@ -462,13 +462,17 @@ async fn read_upgrade_inner<C: AsyncReadRent, T>(
                     return Ok((buf, Some(forward)));
                 }
                 Ok(None) => {}
+                // Too many headers is 431 whatever the request asks for. Handed to the plain
+                // HTTP proxy, a head that is also over the size limit was only an incomplete
+                // head there, and got 400 (issue 19: 1,000 small headers).
+                Err(r @ Reject::TooLarge) => return Err(HandshakeError::ClientRejected(r)),
                 Err(_) if plain && !handshake::asks_websocket(&buf) => return Ok((buf, None)),
                 Err(r) => return Err(HandshakeError::ClientRejected(r)),
             }
         }
         let len = buf.len();
         if len >= limit {
-            return Err(HandshakeError::ClientRejected(Reject::TooLarge));
+            return Err(HandshakeError::ClientRejected(handshake::over_limit(&buf)));
         }
         // The kernel owns `buf` (as a slice of its spare capacity up to the limit) until the
         // read completes; on timeout the op is cancelled and the buffer freed by the driver.

@@ -43,6 +43,10 @@ pub enum Reject {
     BadVersion,
     #[error("request head over the size or header-count limit")]
     TooLarge,
+    /// The request line alone is over the head size limit: only its target can be that
+    /// long (see [`over_limit`]).
+    #[error("request target over the head size limit")]
+    UriTooLong,
     #[error("request body over http.max_body_bytes")]
     BodyTooLarge,
 }
@@ -54,6 +58,7 @@ impl Reject {
             Reject::NotGet => 405,
             Reject::NotUpgrade(_) | Reject::BadVersion => 426,
             Reject::TooLarge => 431,
+            Reject::UriTooLong => 414,
             Reject::BodyTooLarge => 413,
         }
     }
@@ -65,6 +70,7 @@ impl Reject {
             Reject::NotGet => METHOD_NOT_ALLOWED,
             Reject::NotUpgrade(_) | Reject::BadVersion => UPGRADE_REQUIRED,
             Reject::TooLarge => TOO_LARGE,
+            Reject::UriTooLong => URI_TOO_LONG,
             Reject::BodyTooLarge => BODY_TOO_LARGE,
         }
     }
@@ -83,6 +89,8 @@ Content-Length: 29\r\n\r\nthis is a websocket endpoint\n";
 const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
 Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 25\r\n\r\n\
 request header too large\n";
+const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\n\
+Connection: close\r\nContent-Length: 24\r\n\r\nrequest target too long\n";
 const BODY_TOO_LARGE: &[u8] = b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\n\
 Connection: close\r\nContent-Length: 23\r\n\r\nrequest body too large\n";
 /// 503: the instance is at `limits.max_connections`; answered right after accept.
@@ -122,11 +130,16 @@ Connection: close\r\nContent-Length: 28\r\n\r\nno backend could be reached\n";
 pub struct Upgrade<'b, 'h> {
     /// Bytes of the request head including the final CRLFCRLF; bytes after it are frames.
     pub head_len: usize,
-    /// The request target as sent: path and query.
+    /// The request target in origin-form: path and query (an absolute-form target's, whose
+    /// scheme and authority are not part of it).
     pub path: &'b str,
-    /// The `Host` header's value (exactly one is required).
+    /// The request's host: an absolute-form target's authority, else the `Host` header's
+    /// value (exactly one Host header is required either way).
     pub host: &'b [u8],
     pub key: &'b [u8],
+    /// The target was absolute-form: the backend gets `host` as its Host header, in place
+    /// of the client's.
+    absolute: bool,
     headers: &'h [httparse::Header<'b>],
 }
 
@@ -145,15 +158,18 @@ fn has_token(value: &[u8], token: &str) -> bool {
 pub(crate) struct RequestHead<'b, 'h> {
     pub head_len: usize,
     pub method: &'b str,
+    /// Origin-form (path and query) or `*` ([`target::parse`]).
     pub target: &'b str,
+    /// The authority of an absolute-form target: the request's host ([`target::host`]).
+    pub authority: Option<&'b [u8]>,
     /// HTTP/1.`minor`.
     pub minor: u8,
     pub headers: &'h [httparse::Header<'b>],
 }
 
 /// Parses the request head at the start of `buf`: `Ok(None)` while incomplete, 431 for
-/// too many headers, 400 for anything httparse refuses or a request line without all its
-/// parts.
+/// too many headers, 400 for anything httparse refuses, a request line without all its
+/// parts, or a target in a form wslb does not serve ([`target::parse`]).
 pub(crate) fn parse_head<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
@@ -168,19 +184,38 @@ pub(crate) fn parse_head<'b, 'h>(
     let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
         return Err(Reject::Malformed("incomplete request line"));
     };
+    let target = target::parse(method, target)?;
     Ok(Some(RequestHead {
         head_len,
         method,
-        target,
+        target: target.path,
+        authority: target.authority,
         minor,
         headers: req.headers,
     }))
 }
 
+/// Why `buf`, a valid but incomplete head that fills the head size limit, is refused: 414
+/// when its request line has not ended, 431 otherwise.
+///
+/// RFC 9112 §3: a request-target longer than the server wants to parse MUST get 414. The
+/// method is a short token and the version 8 bytes, so a request line that does not end
+/// within `limits.max_request_bytes` (1 KiB or more) has a target that long; NGINX
+/// answers such a line with 414 too. A line without its first space is a method that
+/// long, which is no URI: 431 as before. One scan of bytes already read, not a parse.
+pub fn over_limit(buf: &[u8]) -> Reject {
+    let line = buf.split(|&c| c == b'\n').next().unwrap_or_default();
+    if line.len() == buf.len() && line.contains(&b' ') {
+        Reject::UriTooLong
+    } else {
+        Reject::TooLarge
+    }
+}
+
 /// Parses and validates a WebSocket upgrade request at the start of `buf`.
 ///
 /// `Ok(None)`: the head is incomplete, read more (unless `buf` already holds the size limit,
-/// which the caller turns into [`Reject::TooLarge`]).
+/// which the caller turns into [`over_limit`]'s answer).
 pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
@@ -192,6 +227,7 @@ pub fn parse_request<'b, 'h>(
         head_len,
         method,
         target: path,
+        authority,
         minor: version,
         headers,
     } = head;
@@ -238,6 +274,7 @@ pub fn parse_request<'b, 'h>(
     if hosts != 1 {
         return Err(Reject::Malformed("need exactly one Host header"));
     }
+    let host = target::host(authority, host)?;
     match upgrade {
         None => return Err(Reject::NotUpgrade("no Upgrade header")),
         Some(_) if upgrades > 1 => return Err(Reject::Malformed("duplicate Upgrade header")),
@@ -261,6 +298,7 @@ pub fn parse_request<'b, 'h>(
         path,
         host,
         key,
+        absolute: authority.is_some(),
         headers,
     }))
 }
@@ -309,14 +347,16 @@ impl<'b, 'h> Upgrade<'b, 'h> {
             path,
             host,
             key: b"",
+            absolute: false,
             headers,
         }
     }
 }
 
 impl<'b> Upgrade<'b, '_> {
-    /// The request head sent to the backend: path, query and every header as the client
-    /// sent them, except:
+    /// The request head sent to the backend: path and query (in origin-form), and every
+    /// header as the client sent them, except:
+    /// - `Host`: for an absolute-form target, its authority, in place of the client's.
     /// - `Sec-WebSocket-Extensions`: with [`Extensions::Pass`], only its permessage-deflate
     ///   offers are kept (any other extension is removed, as wslb cannot know its RSV
     ///   bits); with [`Extensions::Strip`] the header is dropped and no extension is
@@ -343,6 +383,7 @@ impl<'b> Upgrade<'b, '_> {
             &mut out,
             self.headers,
             |h| extensions(&h),
+            self.absolute.then_some(self.host),
             client_ip,
             scheme,
         );
@@ -408,17 +449,26 @@ impl<'b> Upgrade<'b, '_> {
 /// Copies `headers` to `out` as `Name: value` lines, except those `skip` takes and the
 /// `X-Forwarded-*` ones, then adds `X-Forwarded-For` (the client's address appended to the
 /// request's own list) and `X-Forwarded-Proto` (the scheme the client reached wslb with),
-/// each with its CRLF. For upgrades and plain HTTP requests alike.
+/// each with its CRLF. With `host` (an absolute-form target's authority), that is the one
+/// Host line, first, and the client's are left out: the backend gets the origin-form, and
+/// its Host must name what the target did (RFC 9112 §3.2.2). For upgrades and plain HTTP
+/// requests alike.
 pub(crate) fn copy_forwarded(
     out: &mut Vec<u8>,
     headers: &[httparse::Header<'_>],
     skip: impl Fn(&httparse::Header<'_>) -> bool,
+    host: Option<&[u8]>,
     client_ip: IpAddr,
     scheme: Scheme,
 ) {
+    if let Some(host) = host {
+        out.extend_from_slice(b"Host: ");
+        out.extend_from_slice(host);
+        out.extend_from_slice(b"\r\n");
+    }
     let mut xff = Vec::new();
     for h in headers {
-        if skip(h) || eq(h.name, "x-forwarded-proto") {
+        if skip(h) || eq(h.name, "x-forwarded-proto") || host.is_some() && eq(h.name, "host") {
             continue;
         }
         if eq(h.name, "x-forwarded-for") {
@@ -516,6 +566,9 @@ pub fn parse_response(buf: &[u8]) -> Result<Option<Response>, &'static str> {
         deflate,
     }))
 }
+
+mod target;
+pub(crate) use target::host as request_host;
 
 #[cfg(test)]
 mod tests;

@@ -14,6 +14,7 @@
 //!                connection.rs    one connection's life, top to bottom, generic over the
 //!                    │            client's stream (stream.rs: plain TCP or TLS):
 //!                    │  handshake.rs   parse + validate the Upgrade (httparse), rewrite it
+//!                    │                 (handshake/target.rs: the target's forms, RFC 9112)
 //!                    │  balancer/      the snapshot's selector picks (selection/: one file
 //!                    │                 per algorithm, asked with a key from the request),
 //!                    │                 then failover

@@ -1,6 +1,7 @@
 //! Plain HTTP framing (`http/framing.rs`) over arbitrary bytes: request and response heads
-//! never panic, a parsed request re-parses after its rewrite with the same framing, and
-//! the chunked scanner, fed in arbitrary pieces, agrees with itself fed whole.
+//! never panic, a parsed request re-parses after its rewrite with the same framing, target
+//! (origin-form) and host, and the chunked scanner, fed in arbitrary pieces, agrees with
+//! itself fed whole.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -19,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         match parse_request(&fwd, &mut h2) {
             Ok(Some(again)) => {
                 assert_eq!(again.body, r.body, "the rewrite changed the framing");
+                assert_eq!((again.target, again.host), (r.target, r.host));
                 assert_eq!(again.head_len, fwd.len());
             }
             Err(wslb::handshake::Reject::TooLarge) => {}

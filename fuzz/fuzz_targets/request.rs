@@ -1,6 +1,7 @@
 //! The client's upgrade request: whatever the bytes, parsing never panics; a rejected
 //! request has a complete HTTP answer; an accepted one is rewritten into a request that is
-//! itself a valid upgrade with the same path and key and no extension offer. The
+//! itself a valid upgrade with the same path (origin-form), host and key and no extension
+//! offer. The
 //! selection keys taken from it (a cookie, a query parameter) are slices of its bytes.
 #![no_main]
 
@@ -52,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
             // large, which the backend would answer itself. Anything else must re-parse.
             match parse_request(&fwd, &mut h2) {
                 Ok(Some(again)) => {
+                    // Origin-form, with the host the request had (an absolute-form
+                    // target's authority) as its Host header.
                     assert_eq!(again.path, up.path);
+                    assert_eq!(again.host, up.host);
                     assert_eq!(again.key, up.key);
                     assert_eq!(again.head_len, fwd.len());
                     let text = String::from_utf8_lossy(&fwd).to_ascii_lowercase();

@@ -56,6 +56,41 @@ fn rejections() {
     assert_eq!(NotGet.status(), 405);
 }
 
+/// Issue 19: an upgrade in absolute-form got 404 (routed on the whole URI as a path). It
+/// is its origin-form and its authority, which wins over the Host header, and the backend
+/// gets both; a target in any other form is 400.
+#[test]
+fn absolute_form_upgrade_is_its_path_and_authority() {
+    let r = req("").replacen("/chat?room=1", "HTTP://a.example:81/chat?room=1", 1);
+    let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let u = parse_request(r.as_bytes(), &mut h).unwrap().unwrap();
+    assert_eq!((u.path, u.host), ("/chat?room=1", &b"a.example:81"[..]));
+    assert_eq!(u.query_param("room"), Some("1"));
+    let ip = "127.0.0.9".parse().unwrap();
+    let f = u.forward_head(ip, Scheme::Http, Extensions::Strip);
+    let f = String::from_utf8(f).unwrap();
+    assert!(
+        f.starts_with("GET /chat?room=1 HTTP/1.1\r\nHost: a.example:81\r\nUpgrade:"),
+        "{f}"
+    );
+    assert_eq!(f.matches("Host:").count(), 1, "{f}");
+    let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let again = parse_request(f.as_bytes(), &mut h2).unwrap().unwrap();
+    assert_eq!((again.path, again.host), (u.path, u.host));
+    for target in [
+        "*",
+        "a.example:443",
+        "ftp://a.example/",
+        "http://u@a.example/",
+    ] {
+        let r = req("").replacen("/chat?room=1", target, 1);
+        assert!(matches!(parse(&r), Err(Reject::Malformed(_))), "{target}");
+    }
+    let bad_host = req("").replacen("/chat?room=1", "http://a/", 1);
+    let bad_host = bad_host.replace("Host: x", "Host: x y");
+    assert!(matches!(parse(&bad_host), Err(Reject::Malformed(_))));
+}
+
 #[test]
 fn forward_head_keeps_headers_and_strips_extensions() {
     let r = req(
@@ -118,6 +153,27 @@ fn cookies_and_query_parameters() {
     assert_eq!(u.query_param("y"), None);
 }
 
+/// Issue 19: a head over the size limit is 431 however it got there, and 414 when its
+/// request line alone fills it (only the target can be that long).
+#[test]
+fn a_full_head_is_431_or_414_when_its_request_line_has_not_ended() {
+    let long = format!("GET /{} HTTP/1.1", "a".repeat(8192));
+    assert_eq!(over_limit(&long.as_bytes()[..8192]), Reject::UriTooLong);
+    assert_eq!(over_limit(long.as_bytes()), Reject::UriTooLong);
+    let headers = format!("GET / HTTP/1.1\r\n{}", "X-A: b\r\n".repeat(2000));
+    assert_eq!(over_limit(&headers.as_bytes()[..8192]), Reject::TooLarge);
+    let value = format!("GET / HTTP/1.1\r\nX-Big: {}", "a".repeat(9000));
+    assert_eq!(over_limit(&value.as_bytes()[..8192]), Reject::TooLarge);
+    // No space yet: a method that long is no URI.
+    assert_eq!(over_limit("G".repeat(8192).as_bytes()), Reject::TooLarge);
+    assert_eq!(Reject::UriTooLong.status(), 414);
+    assert!(
+        Reject::UriTooLong
+            .response()
+            .starts_with(b"HTTP/1.1 414 URI Too Long\r\n")
+    );
+}
+
 #[test]
 fn static_responses_are_consistent() {
     for r in [
@@ -125,6 +181,8 @@ fn static_responses_are_consistent() {
         Reject::NotGet,
         Reject::BadVersion,
         Reject::TooLarge,
+        Reject::UriTooLong,
+        Reject::BodyTooLarge,
     ]
     .map(Reject::response)
     .into_iter()

@@ -30,10 +30,16 @@ pub enum Body {
 pub struct Request<'b, 'h> {
     pub head_len: usize,
     pub method: &'b str,
+    /// Origin-form (path and query; an absolute-form target's without its scheme and
+    /// authority), or `*` for `OPTIONS *`.
     pub target: &'b str,
     /// HTTP/1.`minor`.
     pub minor: u8,
+    /// An absolute-form target's authority, else the Host header's value (empty without
+    /// one, which only HTTP/1.0 may leave out).
     pub host: &'b [u8],
+    /// The target was absolute-form: the backend gets `host` as its Host header.
+    pub absolute: bool,
     pub body: Body,
     /// The client wants the connection kept open after the response.
     pub keep_alive: bool,
@@ -128,13 +134,10 @@ pub fn parse_request<'b, 'h>(
         head_len,
         method,
         target,
+        authority,
         minor,
         headers,
     } = head;
-    if !(target.starts_with('/') || method == "OPTIONS" && target == "*") {
-        // Absolute-form and authority-form targets are for forward proxies (CONNECT too).
-        return Err(Reject::Malformed("request target is not a path"));
-    }
     let mut hosts = 0;
     let mut host: &[u8] = b"";
     let mut close = minor == 0;
@@ -158,6 +161,7 @@ pub fn parse_request<'b, 'h>(
     if hosts > 1 || (minor == 1 && hosts == 0) {
         return Err(Reject::Malformed("need exactly one Host header"));
     }
+    let host = crate::handshake::request_host(authority, host)?;
     let body = framing(headers)
         .map_err(Reject::Malformed)?
         .unwrap_or(Body::None);
@@ -170,6 +174,7 @@ pub fn parse_request<'b, 'h>(
         target,
         minor,
         host,
+        absolute: authority.is_some(),
         body,
         keep_alive: !close,
         expect_continue,
@@ -208,9 +213,10 @@ fn connection_values<'b>(headers: &[httparse::Header<'b>]) -> Vec<&'b [u8]> {
 }
 
 impl Request<'_, '_> {
-    /// The head for the backend: the request line as HTTP/1.1, end-to-end headers as
-    /// sent, `X-Forwarded-For` (appended) and `X-Forwarded-Proto`, and `Connection:
-    /// keep-alive` (backend connections are reused).
+    /// The head for the backend: the request line as HTTP/1.1 with the target in
+    /// origin-form (as HAProxy and NGINX send it), end-to-end headers as sent (but Host
+    /// for an absolute-form target: its authority), `X-Forwarded-For` (appended) and
+    /// `X-Forwarded-Proto`, and `Connection: keep-alive` (backend connections are reused).
     pub fn forward_head(&self, client_ip: IpAddr, scheme: Scheme) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.head_len + 96);
         out.extend_from_slice(self.method.as_bytes());
@@ -219,7 +225,8 @@ impl Request<'_, '_> {
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let connection = connection_values(self.headers);
         let skip = |h: &httparse::Header<'_>| hop_by_hop(h.name, &connection);
-        crate::handshake::copy_forwarded(&mut out, self.headers, skip, client_ip, scheme);
+        let host = self.absolute.then_some(self.host);
+        crate::handshake::copy_forwarded(&mut out, self.headers, skip, host, client_ip, scheme);
         out.extend_from_slice(b"Connection: keep-alive\r\n\r\n");
         out
     }

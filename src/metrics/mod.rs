@@ -210,6 +210,8 @@ pub enum Rejected {
     MethodNotAllowed405,
     UpgradeRequired426,
     TooLarge431,
+    /// A request line over `limits.max_request_bytes`.
+    UriTooLong414,
     /// A plain request's body over `http.max_body_bytes`.
     TooLarge413,
     /// The client sent no complete request within the handshake timeout.
@@ -230,7 +232,7 @@ pub enum Rejected {
 }
 
 impl Rejected {
-    pub const ALL: [Rejected; 15] = [
+    pub const ALL: [Rejected; 16] = [
         Rejected::Limit,
         Rejected::PerIpConnections,
         Rejected::PerIpRate,
@@ -238,6 +240,7 @@ impl Rejected {
         Rejected::MethodNotAllowed405,
         Rejected::UpgradeRequired426,
         Rejected::TooLarge431,
+        Rejected::UriTooLong414,
         Rejected::TooLarge413,
         Rejected::ClientTimeout,
         Rejected::ClientGone,
@@ -258,6 +261,7 @@ impl Rejected {
             Rejected::MethodNotAllowed405 => "bad_request_405",
             Rejected::UpgradeRequired426 => "bad_request_426",
             Rejected::TooLarge431 => "bad_request_431",
+            Rejected::UriTooLong414 => "bad_request_414",
             Rejected::TooLarge413 => "bad_request_413",
             Rejected::ClientTimeout => "client_timeout",
             Rejected::ClientGone => "client_gone",
@@ -275,6 +279,7 @@ impl Rejected {
             405 => Rejected::MethodNotAllowed405,
             426 => Rejected::UpgradeRequired426,
             431 => Rejected::TooLarge431,
+            414 => Rejected::UriTooLong414,
             413 => Rejected::TooLarge413,
             _ => Rejected::BadRequest400,
         }

@@ -56,11 +56,17 @@ fn ambiguous_framing_is_refused() {
         "GET / HTTP/1.1\nHost: x\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\n\r\n",
         "GET / HTTP/1.1\r\nHost: x\r\nX: a\nTransfer-Encoding: chunked\r\n\r\n",
-        // Host missing or twice; targets for forward proxies
+        // Host missing or twice (absolute-form or not); targets for forward proxies, other
+        // schemes, a bad authority or Host with an absolute-form target
         "GET / HTTP/1.1\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
-        "GET http://evil/ HTTP/1.1\r\nHost: x\r\n\r\n",
+        "GET http://a/ HTTP/1.1\r\n\r\n",
+        "GET http://a/ HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
         "CONNECT evil:443 HTTP/1.1\r\nHost: evil\r\n\r\n",
+        "GET ftp://evil/ HTTP/1.1\r\nHost: evil\r\n\r\n",
+        "GET * HTTP/1.1\r\nHost: evil\r\n\r\n",
+        "GET http://u@evil/ HTTP/1.1\r\nHost: evil\r\n\r\n",
+        "GET http://evil/ HTTP/1.1\r\nHost: a/b\r\n\r\n",
     ] {
         assert!(
             matches!(parse(raw), Err(Reject::Malformed(_))),
@@ -70,6 +76,45 @@ fn ambiguous_framing_is_refused() {
     }
     // A bare LF is refused before the head is even complete.
     assert!(parse("GET / HTTP/1.1\nHost: x").is_err());
+}
+
+/// Issue 19: a plain request in absolute-form was refused with 400; it goes to the
+/// backend in origin-form, with the authority as its one Host header (over a Host header
+/// that disagrees, and where HTTP/1.0 sent none).
+#[test]
+fn absolute_form_is_forwarded_in_origin_form_with_the_authority_as_host() {
+    for (raw, line, host) in [
+        (
+            "GET http://a.example/p?q=1 HTTP/1.1\r\nHost: b.example\r\nX: y\r\n\r\n",
+            "GET /p?q=1 HTTP/1.1\r\n",
+            "a.example",
+        ),
+        (
+            "OPTIONS HTTPS://a.example:8443 HTTP/1.1\r\nX: y\r\nHost: a.example:8443\r\n\r\n",
+            "OPTIONS * HTTP/1.1\r\n",
+            "a.example:8443",
+        ),
+        (
+            "GET http://a.example/old HTTP/1.0\r\nX: y\r\n\r\n",
+            "GET /old HTTP/1.1\r\n",
+            "a.example",
+        ),
+    ] {
+        let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let r = parse_request(raw.as_bytes(), &mut h).unwrap().unwrap();
+        assert_eq!(r.host, host.as_bytes(), "{raw:?}");
+        let f = r.forward_head("127.0.0.9".parse().unwrap(), Scheme::Http);
+        let f = String::from_utf8(f).unwrap();
+        assert!(
+            f.starts_with(&format!("{line}Host: {host}\r\nX: y\r\n")),
+            "{f}"
+        );
+        assert_eq!(f.matches("Host:").count(), 1, "{f}");
+        // The backend reads the same target and host from it.
+        let mut h2 = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let again = parse_request(f.as_bytes(), &mut h2).unwrap().unwrap();
+        assert_eq!((again.target, again.host), (r.target, r.host));
+    }
 }
 
 #[test]
