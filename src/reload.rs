@@ -28,6 +28,10 @@
 //!   worker's next accept reads (two words, not a message: no worker has anything to do
 //!   when they change). Counts and buckets carry over.
 //! - **Rebalancing** (`[rebalance]`): the rebalancer's next pass uses the new settings.
+//! - **Sticky secret.** New sticky cookies are signed with the new `sticky_secret`; cookies
+//!   signed with the previous one are still honoured (and replaced) until the secret
+//!   changes again (`balancer/affinity.rs`), so rolling a secret out to several instances
+//!   drops nobody's affinity. Without a secret, the key drawn at start stays.
 //! - **Nothing else, yet.** Listen address, workers, timeouts, other limits and keepalive
 //!   are fixed for the life of the process; a reload that changes them
 //!   says which, in the log, and keeps running on the old values. A binary upgrade (a new
@@ -114,6 +118,13 @@ impl Reloader {
         let mut tls = false;
         for field in &needs_restart {
             tracing::warn!("reload: {field} changed; it takes effect only after a restart");
+        }
+        // Before `configure`, which builds every pool's snapshot with the keys.
+        if self.router.set_sticky_secret(new.sticky_secret.as_deref()) {
+            tracing::info!(
+                "reload: sticky_secret changed; new sticky cookies are signed with it, and \
+                 those signed with the previous secret are honoured until it changes again"
+            );
         }
         let routes = self.router.configure(&new.routes, new.backend_tls.clone());
         self.health.routes_changed();
@@ -242,7 +253,7 @@ mod tests {
     #[test]
     fn backends_change_and_fixed_fields_are_named() {
         let old = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
-        let router = Arc::new(Router::new(crate::balancer::affinity::Key::generate()));
+        let router = Arc::new(Router::new(crate::balancer::affinity::Keyring::new(None)));
         router.configure(&old.routes, None);
         let (workers, mut inboxes) = crate::control::channels(1);
         let admission = ConnectionLimit::new(100);

@@ -14,7 +14,7 @@ fn spec(name: &str, host: &str, prefix: &str, port: u16) -> RouteSpec {
 }
 
 fn router(specs: &[RouteSpec]) -> Router {
-    let r = Router::new(crate::balancer::affinity::Key::generate());
+    let r = Router::new(crate::balancer::affinity::Keyring::new(None));
     r.configure(specs, None);
     r
 }
@@ -102,7 +102,7 @@ fn no_match_is_none_and_a_trailing_slash_prefix_takes_what_starts_with_it() {
 
 #[test]
 fn a_reload_keeps_a_kept_routes_pool_and_retires_a_removed_routes_backends() {
-    let r = Router::new(crate::balancer::affinity::Key::generate());
+    let r = Router::new(crate::balancer::affinity::Keyring::new(None));
     r.configure(&[spec("a", "", "/a", 1), spec("b", "", "/b", 2)], None);
     let before = r.table();
     let pool_a = before
