@@ -240,6 +240,7 @@ fn routes(c: &mut Criterion) {
                 balancing: Default::default(),
                 health: None,
                 extensions: Default::default(),
+                field: format!("routes[{i}]").into(),
             })
             .collect();
         specs.push(RouteSpec {

@@ -140,6 +140,9 @@ pub struct RouteSpec {
     pub health: Option<HealthConfig>,
     /// What happens to the client's extension offers (permessage-deflate).
     pub extensions: crate::handshake::Extensions,
+    /// Where it is written: `""` for the default route (the top-level fields),
+    /// `routes[i]` for a `[[routes]]` entry. A reload's report names fields by it.
+    pub field: Box<str>,
 }
 
 impl RouteSpec {

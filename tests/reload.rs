@@ -238,11 +238,26 @@ fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
     // Valid: b replaces a for new connections; the open one on a carries on.
     std::fs::write(&path, config(&[b.addr])).unwrap();
     wslb.signal(libc::SIGHUP);
-    wslb.wait_for("reload done: 1 backends added, 1 removed");
+    wslb.wait_for("reload done: 1 backends added, 1 removed; applied: backends");
     assert_echo(&mut Peer::connect(lb), 1, b"new, on b");
     assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(a.accepted.load(Ordering::SeqCst), 2);
     assert_echo(&mut long_lived, 1, b"the old one still flows");
+
+    // The log line names each changed setting as applied or as needing a restart.
+    std::fs::write(
+        &path,
+        format!(
+            "backlog = 100\nsticky_secret = \"a secret of 16+ bytes\"\n{}",
+            config(&[b.addr])
+        ),
+    )
+    .unwrap();
+    wslb.signal(libc::SIGHUP);
+    wslb.wait_for(
+        "reload done: 0 backends added, 0 removed; applied: sticky_secret; \
+         not applied until a restart: backlog",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -10,6 +10,7 @@ fn spec(name: &str, host: &str, prefix: &str, port: u16) -> RouteSpec {
         balancing: Balancing::default(),
         health: None,
         extensions: Default::default(),
+        field: "".into(),
     }
 }
 
