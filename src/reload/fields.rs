@@ -137,8 +137,9 @@ struct Files {
 }
 
 impl Files {
-    fn new() -> Self {
-        let dir = std::env::temp_dir().join(format!("wslb-reload-fields-{}", std::process::id()));
+    /// In a directory of `test`'s own (tests run in parallel, in one process).
+    fn new(test: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("wslb-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = |names: &[&str], ca: bool| {
@@ -290,7 +291,7 @@ fn reloader(old: &Settings) -> (Reloader, Arc<Router>, Arc<ConnectionLimit>) {
 
 #[test]
 fn every_example_field_changed_by_a_reload_is_applied_or_needs_a_restart() {
-    let files = Files::new();
+    let files = Files::new("reload-fields");
     let example = example(&files);
     let modes: Vec<(Value, Settings)> = MODES
         .iter()
@@ -369,4 +370,54 @@ fn every_example_field_changed_by_a_reload_is_applied_or_needs_a_restart() {
              nothing reads it (or give it a mode or a stock value here)"
         );
     }
+}
+
+/// The test above covers the example's fields; this one holds the example to every field
+/// `Config` has (read off its `{:#?}` form, with one `[[routes]]` and one
+/// `[[tls.certificates]]` entry), so that a field cannot skip both by skipping the file.
+#[test]
+fn every_config_field_is_in_the_example() {
+    let files = Files::new("example-fields");
+    let mut in_example = Vec::new();
+    leaves(&example(&files), &mut Vec::new(), &mut in_example);
+    let in_example: Vec<String> = in_example
+        .iter()
+        .map(|p| {
+            let steps: Vec<Step> = p
+                .iter()
+                .filter(|s| matches!(s, Step::Key(_)))
+                .cloned()
+                .collect();
+            name(&steps)
+        })
+        .collect();
+    let mut config = Config::default();
+    config.routes.push(Default::default());
+    config.tls.certificates.push(Default::default());
+    let debug = format!("{config:#?}");
+    // Each `name: value` line is a field; one whose value opens a `{` or `[` has its
+    // fields on the lines below, indented further.
+    let mut open: Vec<(usize, &str)> = Vec::new();
+    let mut fields = Vec::new();
+    for line in debug.lines() {
+        let indent = line.len() - line.trim_start().len();
+        let Some((field, value)) = line.trim_start().split_once(": ") else {
+            continue;
+        };
+        while open.last().is_some_and(|&(i, _)| i >= indent) {
+            open.pop();
+        }
+        let path: Vec<&str> = open.iter().map(|&(_, f)| f).chain([field]).collect();
+        if value.ends_with('{') || value.ends_with('[') {
+            open.push((indent, field));
+        } else {
+            fields.push(path.join("."));
+        }
+    }
+    assert!(fields.len() > 80, "{fields:?}");
+    let missing: Vec<&String> = fields
+        .iter()
+        .filter(|f| !in_example.iter().any(|e| e == *f))
+        .collect();
+    assert!(missing.is_empty(), "not in wslb.example.toml: {missing:?}");
 }
