@@ -161,7 +161,7 @@ fn algorithms(c: &mut Criterion) {
                 algorithm,
                 ..Balancing::default()
             };
-            pool.configure(&specs, None, &balancing);
+            pool.configure(&specs, None, &balancing, pool.snapshot().keys.clone());
             let snap = pool.snapshot();
             let _leases: Vec<Lease> = snap
                 .backends
@@ -217,8 +217,9 @@ fn build(c: &mut Criterion) {
             algorithm,
             ..Balancing::default()
         };
+        let keys = pool.snapshot().keys.clone();
         g.bench_function(name, |b| {
-            b.iter(|| pool.configure(black_box(&specs), None, &balancing))
+            b.iter(|| pool.configure(black_box(&specs), None, &balancing, keys.clone()))
         });
     }
     g.finish();
@@ -239,6 +240,7 @@ fn routes(c: &mut Criterion) {
                 balancing: Default::default(),
                 health: None,
                 extensions: Default::default(),
+                field: format!("routes[{i}]").into(),
             })
             .collect();
         specs.push(RouteSpec {
@@ -247,7 +249,7 @@ fn routes(c: &mut Criterion) {
             path_prefix: "/".into(),
             ..specs[0].clone()
         });
-        let router = Router::new(wslb::balancer::affinity::Key::generate());
+        let router = Router::new(wslb::balancer::affinity::Keyring::new(None));
         router.configure(&specs, None);
         let table = router.table();
         let host = format!("APP{}.example.com:443", n - 1);

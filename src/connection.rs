@@ -283,7 +283,7 @@ async fn upgrade<C: ClientStream>(
             let cookie = snap.sticky.as_ref().and_then(|s| u.cookie(&s.cookie));
             let sticky = snap.sticky_pick(cookie);
             let first = match sticky {
-                Some(i) => crate::balancer::selection::Pick::of(Some(i)),
+                Some(n) => crate::balancer::selection::Pick::of(Some(n.backend)),
                 None => snap.pick(request_key(snap.key_source(), u, &ip)),
             };
             let path = ctx.access_log.is_some().then(|| Box::from(u.path));
@@ -351,7 +351,9 @@ async fn upgrade<C: ClientStream>(
             reason: "its 101 accepted permessage-deflate, which was not offered".into(),
         });
     }
-    // The 101 gets the sticky cookie when the request did not already name this backend.
+    // The 101 gets the sticky cookie unless the request already named this backend with a
+    // token of the current key (one of the previous key is replaced: it stops being
+    // honoured at the next change of `sticky_secret`).
     let cookie = match &pick.snap.sticky {
         Some(s) if response.status == 101 => {
             let chosen = pick
@@ -360,7 +362,7 @@ async fn upgrade<C: ClientStream>(
                 .iter()
                 .position(|b| b.id == lease.backend().id);
             chosen
-                .filter(|&i| Some(i) != pick.sticky)
+                .filter(|&i| !pick.sticky.is_some_and(|n| n.backend == i && !n.stale))
                 .map(|i| s.set_cookie(i, matches!(C::SCHEME, crate::stream::Scheme::Https)))
         }
         _ => None,
@@ -416,7 +418,7 @@ struct Pick {
     route: usize,
     snap: Rc<Snapshot>,
     first: crate::balancer::selection::Pick,
-    sticky: Option<usize>,
+    sticky: Option<crate::balancer::affinity::Named>,
     ext: handshake::Extensions,
 }
 

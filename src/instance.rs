@@ -93,12 +93,10 @@ impl Instance {
             })
         })?;
         // Sticky-cookie tokens: signed with the configured secret, or a key drawn now and
-        // kept for the life of the process (reloads included).
-        let key = match &settings.sticky_secret {
-            Some(secret) => affinity::Key::from_secret(secret),
-            None => affinity::Key::generate(),
-        };
-        let router = Arc::new(Router::new(key));
+        // kept for the life of the process (reloads included; a reload may change the
+        // secret, see `affinity.rs`).
+        let keys = affinity::Keyring::new(settings.sticky_secret.as_deref());
+        let router = Arc::new(Router::new(keys));
         router.configure(&settings.routes, settings.backend_tls.clone());
         for w in &settings.warnings {
             tracing::warn!("{w}");

@@ -28,11 +28,21 @@
 //!   worker's next accept reads (two words, not a message: no worker has anything to do
 //!   when they change). Counts and buckets carry over.
 //! - **Rebalancing** (`[rebalance]`): the rebalancer's next pass uses the new settings.
+//! - **Sticky secret.** New sticky cookies are signed with the new `sticky_secret`; cookies
+//!   signed with the previous one are still honoured (and replaced) until the secret
+//!   changes again (`balancer/affinity.rs`), so rolling a secret out to several instances
+//!   drops nobody's affinity. Without a secret, the key drawn at start stays.
 //! - **Nothing else, yet.** Listen address, workers, timeouts, other limits and keepalive
 //!   are fixed for the life of the process; a reload that changes them
 //!   says which, in the log, and keeps running on the old values. A binary upgrade (a new
 //!   process taking over the listening sockets, `handover.rs`) applies them without
 //!   dropping anyone.
+//!
+//! The report ([`Applied`], and the "reload done" log line) names every setting that
+//! differs from the running ones in exactly one of two lists: applied (each part's name is
+//! added by the code that applies it, `reload/report.rs`) or needing a restart
+//! (`Fixed::changes`). `reload/tests.rs` changes every field of `wslb.example.toml` and
+//! holds the reload to that.
 //!
 //! An invalid new config (unreadable, bad TOML, any invalid field) changes nothing: the
 //! caller logs every problem and the instance runs on as before.
@@ -47,13 +57,17 @@ use crate::control::{Broadcast, Control, Retirement};
 use crate::listener::ConnectionLimit;
 use crate::routes::{Router, RoutesChange};
 
-/// What a reload did.
+/// What a reload did. Every setting that differs from the running ones is named (by its
+/// config name, as in the TOML file) in exactly one of `applied` and `needs_restart`.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
     /// The backends added and removed, over every route (a removed route's backends
     /// among the removed).
     pub backends: Change,
     pub routes: RoutesChange,
+    /// Settings that differed from the running ones and now run (see `reload/report.rs`
+    /// for the names: `routes[1].algorithm`, `tls` for the whole `[tls]` table), sorted.
+    pub applied: Vec<String>,
     /// Settings that differ from the running ones but need a restart (or a binary
     /// upgrade) to take effect, by config field name.
     pub needs_restart: Vec<&'static str>,
@@ -111,9 +125,23 @@ impl Reloader {
     /// Applies `new` (already validated) and logs what changed.
     pub fn apply(&mut self, new: &Settings) -> Applied {
         let needs_restart = self.running.fixed.changes(&new.fixed);
+        let mut applied = Vec::new();
         let mut tls = false;
         for field in &needs_restart {
             tracing::warn!("reload: {field} changed; it takes effect only after a restart");
+        }
+        // Before `configure`, which builds every pool's snapshot with the keys.
+        if self.router.set_sticky_secret(new.sticky_secret.as_deref()) {
+            applied.push("sticky_secret".into());
+            tracing::info!(
+                "reload: sticky_secret changed; new sticky cookies are signed with it, and \
+                 those signed with the previous secret are honoured until it changes again"
+            );
+        }
+        // Every route's spec and the backends' TLS go to the pools' next snapshots.
+        report::routes(&self.running.routes, &new.routes, &mut applied);
+        if new.backend_tls != self.running.backend_tls {
+            applied.push("tls_backend".into());
         }
         let routes = self.router.configure(&new.routes, new.backend_tls.clone());
         self.health.routes_changed();
@@ -143,6 +171,7 @@ impl Reloader {
         }
         change.removed.extend(&routes.retired);
         if new.rebalance != self.running.rebalance {
+            report::rebalance(self.running.rebalance, new.rebalance, &mut applied);
             self.rebalance.set(new.rebalance);
             tracing::info!(
                 enabled = new.rebalance.is_some(),
@@ -151,6 +180,7 @@ impl Reloader {
         }
         if new.per_ip != self.running.per_ip {
             let l = new.per_ip;
+            report::per_ip(self.running.per_ip, l, &mut applied);
             self.admission.per_ip().configure(l);
             tracing::info!(
                 max_connections_per_ip = l.max_connections,
@@ -158,6 +188,10 @@ impl Reloader {
                 handshake_burst_per_ip = l.burst,
                 "reload: per-client limits changed; new connections are checked against them"
             );
+        }
+        // Read from `new` for the backends this reload removes (and later ones).
+        if new.removed_backend_drain != self.running.removed_backend_drain {
+            applied.push("timeouts.removed_backend_drain_ms".into());
         }
         let now = Instant::now();
         let deadline = new.removed_backend_drain.map(|d| now + d);
@@ -213,6 +247,7 @@ impl Reloader {
                 );
             }
             certs.replace(new.config.clone());
+            applied.push("tls".into());
             tls = true;
         }
         // Everything but the fixed part: a reloadable field added to `Settings` is applied
@@ -221,80 +256,24 @@ impl Reloader {
             fixed: self.running.fixed.clone(),
             ..new.clone()
         };
+        applied.sort();
+        applied.dedup();
         Applied {
             backends: change,
             routes,
+            applied,
             needs_restart,
             tls,
         }
     }
 }
 
+/// The applied part of a reload's report: see `reload/report.rs`.
+mod report;
+
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::Config;
+mod tests;
 
-    fn settings(toml: &str) -> Settings {
-        Config::from_toml(toml).unwrap().validate().unwrap()
-    }
-
-    #[test]
-    fn backends_change_and_fixed_fields_are_named() {
-        let old = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
-        let router = Arc::new(Router::new(crate::balancer::affinity::Key::generate()));
-        router.configure(&old.routes, None);
-        let (workers, mut inboxes) = crate::control::channels(1);
-        let admission = ConnectionLimit::new(100);
-        let mut r = Reloader::new(
-            &old,
-            router,
-            Rewake::default(),
-            crate::balancer::rebalance::Configure::detached(),
-            workers,
-            None,
-            admission.clone(),
-        );
-        let new = settings(
-            r#"
-            backends = ["127.0.0.1:9002", "127.0.0.1:9003"]
-            listen = "127.0.0.1:8081"
-            [timeouts]
-            removed_backend_drain_ms = 1000
-            [limits]
-            max_connections_per_ip = 2
-            handshake_rate_per_ip = 5
-            [keepalive]
-            ping_interval_ms = 0
-            "#,
-        );
-        let applied = r.apply(&new);
-        assert_eq!(
-            admission.per_ip().limits(),
-            crate::per_ip::PerIpLimits {
-                max_connections: 2,
-                rate: 5,
-                burst: 5
-            },
-            "per-client limits are reloadable"
-        );
-        assert_eq!(
-            applied.backends.added,
-            vec!["127.0.0.1:9003".parse().unwrap()]
-        );
-        assert_eq!(
-            applied.backends.removed,
-            vec![(0, "127.0.0.1:9001".parse().unwrap())]
-        );
-        assert_eq!(applied.needs_restart, vec!["listen", "keepalive"]);
-        assert_eq!(r.retired.len(), 1);
-        assert!(r.retired[0].deadline.is_some());
-        let sent = inboxes[0].try_recv();
-        assert_eq!(sent, Some(Control::Retire(r.retired.clone())));
-        // 9001 added back: no longer retired (9003, removed now, is).
-        let back = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
-        r.apply(&back);
-        let ids: Vec<u32> = r.retired.iter().map(|r| r.backend).collect();
-        assert_eq!(ids, [2]);
-    }
-}
+/// Every field of the example file against the reload's report.
+#[cfg(test)]
+mod fields;

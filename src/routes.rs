@@ -140,6 +140,9 @@ pub struct RouteSpec {
     pub health: Option<HealthConfig>,
     /// What happens to the client's extension offers (permessage-deflate).
     pub extensions: crate::handshake::Extensions,
+    /// Where it is written: `""` for the default route (the top-level fields),
+    /// `routes[i]` for a `[[routes]]` entry. A reload's report names fields by it.
+    pub field: Box<str>,
 }
 
 impl RouteSpec {
@@ -190,17 +193,30 @@ pub struct Router {
     current: Mutex<Arc<Table>>,
     generation: AtomicU64,
     ids: Arc<BackendIds>,
-    key: Arc<crate::balancer::affinity::Key>,
+    /// The sticky-cookie keys every pool's tokens are made with; a reload that changes
+    /// `sticky_secret` rotates them ([`Router::set_sticky_secret`]).
+    keys: Mutex<crate::balancer::affinity::Keyring>,
 }
 
 impl Router {
-    pub fn new(key: crate::balancer::affinity::Key) -> Self {
+    pub fn new(keys: crate::balancer::affinity::Keyring) -> Self {
         Self {
             current: Mutex::new(Arc::default()),
             generation: AtomicU64::new(0),
             ids: Arc::default(),
-            key: Arc::new(key),
+            keys: Mutex::new(keys),
         }
+    }
+
+    /// A reload's `sticky_secret` (see `affinity.rs`): when it changed, new cookies are
+    /// made with it and the ones of the key before are still honoured. Takes effect with
+    /// the next [`Router::configure`], which builds every pool's snapshot with the keys
+    /// (the reload calls it right after). Says whether the secret changed.
+    pub fn set_sticky_secret(&self, secret: Option<&[u8]>) -> bool {
+        self.keys
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_secret(secret)
     }
 
     pub fn table(&self) -> Arc<Table> {
@@ -219,6 +235,7 @@ impl Router {
         tls: Option<Arc<crate::tls::BackendTls>>,
     ) -> RoutesChange {
         let old = self.table();
+        let keys = self.keys.lock().unwrap_or_else(|e| e.into_inner()).keys();
         let mut change = RoutesChange::default();
         let mut routes = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -228,11 +245,11 @@ impl Router {
                     if !old.routes.is_empty() {
                         change.added.push(spec.name.clone());
                     }
-                    Arc::new(Pool::for_route(self.ids.clone(), self.key.clone()))
+                    Arc::new(Pool::for_route(self.ids.clone()))
                 }
             };
             pool.set_fall(spec.health.as_ref().map_or(u32::MAX, |h| h.fall));
-            let c = pool.configure(&spec.backends, tls.clone(), &spec.balancing);
+            let c = pool.configure(&spec.backends, tls.clone(), &spec.balancing, keys.clone());
             if spec.health.is_none() {
                 // Nothing would bring a down backend back.
                 for b in pool.snapshot().backends.iter() {

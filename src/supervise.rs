@@ -280,18 +280,18 @@ fn reload(instance: &Instance, source: &Source) {
                 tracing::warn!("{w}");
             }
             let applied = instance.reload(&new);
+            // Every changed setting is in one of the two lists (`reload.rs`).
+            let list = |what: &str, names: &[&str]| match names {
+                [] => String::new(),
+                _ => format!("; {what}: {}", names.join(", ")),
+            };
+            let done: Vec<&str> = applied.applied.iter().map(String::as_str).collect();
             tracing::info!(
-                "reload done: {} backends added, {} removed{}",
+                "reload done: {} backends added, {} removed{}{}",
                 applied.backends.added.len(),
                 applied.backends.removed.len(),
-                if applied.needs_restart.is_empty() {
-                    String::new()
-                } else {
-                    format!(
-                        "; not applied until a restart: {}",
-                        applied.needs_restart.join(", ")
-                    )
-                }
+                list("applied", &done),
+                list("not applied until a restart", &applied.needs_restart)
             );
         }
         Err(e) => {

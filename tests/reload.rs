@@ -1,6 +1,7 @@
 //! Reload (SIGHUP): added backends take new connections, removed ones get none while their
-//! connections carry on until the drain deadline (then close 1012), nobody is dropped, and
-//! an invalid config changes nothing.
+//! connections carry on until the drain deadline (then close 1012), nobody is dropped, an
+//! invalid config changes nothing, and a changed `sticky_secret` signs new cookies while
+//! the previous secret's are still honoured.
 
 mod common;
 
@@ -237,10 +238,157 @@ fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
     // Valid: b replaces a for new connections; the open one on a carries on.
     std::fs::write(&path, config(&[b.addr])).unwrap();
     wslb.signal(libc::SIGHUP);
-    wslb.wait_for("reload done: 1 backends added, 1 removed");
+    wslb.wait_for("reload done: 1 backends added, 1 removed; applied: backends");
     assert_echo(&mut Peer::connect(lb), 1, b"new, on b");
     assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(a.accepted.load(Ordering::SeqCst), 2);
     assert_echo(&mut long_lived, 1, b"the old one still flows");
+
+    // The log line names each changed setting as applied or as needing a restart.
+    std::fs::write(
+        &path,
+        format!(
+            "backlog = 100\nsticky_secret = \"a secret of 16+ bytes\"\n{}",
+            config(&[b.addr])
+        ),
+    )
+    .unwrap();
+    wslb.signal(libc::SIGHUP);
+    wslb.wait_for(
+        "reload done: 0 backends added, 0 removed; applied: sticky_secret; \
+         not applied until a restart: backlog",
+    );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends an upgrade with `extra` header lines and returns the response head and the
+/// client, after one echo (so the backend has counted the connection).
+fn sticky_upgrade(lb: SocketAddr, extra: &str) -> (String, Peer) {
+    let mut p = Peer::client(lb);
+    p.send_raw(
+        format!(
+            "GET / HTTP/1.1\r\nHost: t\r\n{extra}Upgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: {KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    let head = p.read_head();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert_echo(&mut p, 1, b"counted");
+    (head, p)
+}
+
+/// The `srv` cookie's value in a 101's `Set-Cookie`, if there is one.
+fn srv_cookie(head: &str) -> Option<String> {
+    let line = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))?;
+    let value = line.split_once("srv=")?.1;
+    Some(value.split(';').next()?.to_string())
+}
+
+/// Issue 19: `sticky_secret` was read at start only, so a SIGHUP that changed it was
+/// neither applied nor reported. Now new cookies are signed with the new secret, a cookie
+/// of the previous one still brings its client home (and is replaced by a new one), and a
+/// cookie two changes old names nothing.
+#[test]
+fn a_reloaded_sticky_secret_signs_new_cookies_and_honours_the_previous_ones_once() {
+    let backends = [backend(), backend(), backend()];
+    let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
+    let accepted = || -> Vec<usize> {
+        backends
+            .iter()
+            .map(|b| b.accepted.load(Ordering::SeqCst))
+            .collect()
+    };
+    let with_secret = |secret: &'static str| {
+        move |c: &mut Config| {
+            c.sticky = wslb::config::StickyMode::Cookie;
+            c.sticky_cookie = "srv".into();
+            c.sticky_secret = secret.into();
+        }
+    };
+    let (a, b, c) = (
+        "the first secret, 16+ bytes",
+        "the second secret, 16+ bytes",
+        "the third secret, 16+ bytes",
+    );
+    let mut held = Vec::new();
+    let lb = balancer(&addrs, 1, with_secret(a));
+    let (head, p) = sticky_upgrade(lb.local_addr, "");
+    held.push(p);
+    let old = srv_cookie(&head).expect("the 101 sets the cookie");
+    let home = accepted().iter().position(|&n| n == 1).unwrap();
+
+    let applied = lb.reload(&config(&addrs, 1, with_secret(b)).validate().unwrap());
+    assert_eq!(applied.needs_restart, Vec::<&str>::new());
+
+    // The cookie of the previous secret still brings its client home, three times out of
+    // three (round robin alone would spread them), and is replaced by one of the new.
+    let before = accepted();
+    let mut renewed = Vec::new();
+    for _ in 0..3 {
+        let (head, p) = sticky_upgrade(lb.local_addr, &format!("Cookie: srv={old}\r\n"));
+        held.push(p);
+        renewed.push(srv_cookie(&head).expect("a cookie of the new secret replaces it"));
+    }
+    let mut want = before.clone();
+    want[home] += 3;
+    assert_eq!(
+        accepted(),
+        want,
+        "the previous secret's cookie keeps its backend"
+    );
+    assert!(renewed.iter().all(|t| *t != old && *t == renewed[0]));
+    // The renewed cookie is current: it brings the client home and is not replaced.
+    let (head, p) = sticky_upgrade(lb.local_addr, &format!("Cookie: srv={}\r\n", renewed[0]));
+    held.push(p);
+    assert_eq!(srv_cookie(&head), None, "{head}");
+    want[home] += 1;
+    assert_eq!(accepted(), want);
+
+    // A fresh client's cookie is signed with the new secret: an instance that only ever
+    // had the new secret takes it as its own (same backend, not replaced) and ignores the
+    // old one.
+    let (head, p) = sticky_upgrade(lb.local_addr, "");
+    held.push(p);
+    let fresh = srv_cookie(&head).expect("a fresh client gets a cookie");
+    let after = accepted();
+    let fresh_home = (0..3).find(|&i| after[i] == want[i] + 1).unwrap();
+    let other = balancer(&addrs, 1, with_secret(b));
+    let before = accepted();
+    let (head, p) = sticky_upgrade(other.local_addr, &format!("Cookie: srv={fresh}\r\n"));
+    held.push(p);
+    assert_eq!(
+        srv_cookie(&head),
+        None,
+        "signed with the new secret: {head}"
+    );
+    assert_eq!(accepted()[fresh_home], before[fresh_home] + 1);
+    let (head, p) = sticky_upgrade(other.local_addr, &format!("Cookie: srv={old}\r\n"));
+    held.push(p);
+    assert!(srv_cookie(&head).is_some_and(|t| t != old), "{head}");
+    drop(other);
+
+    // A second change: the first secret's cookie names nothing any more (round robin
+    // spreads its three clients, one per backend), the second's is still honoured.
+    lb.reload(&config(&addrs, 1, with_secret(c)).validate().unwrap());
+    let before = accepted();
+    for _ in 0..3 {
+        let (head, p) = sticky_upgrade(lb.local_addr, &format!("Cookie: srv={old}\r\n"));
+        held.push(p);
+        assert!(srv_cookie(&head).is_some_and(|t| t != old), "{head}");
+    }
+    let spread: Vec<usize> = accepted().iter().zip(&before).map(|(n, b)| n - b).collect();
+    assert_eq!(spread, [1, 1, 1], "a cookie two secrets old is ignored");
+    let before = accepted();
+    for _ in 0..3 {
+        let (head, p) = sticky_upgrade(lb.local_addr, &format!("Cookie: srv={fresh}\r\n"));
+        held.push(p);
+        assert!(
+            srv_cookie(&head).is_some_and(|t| t != fresh),
+            "replaced: {head}"
+        );
+    }
+    assert_eq!(accepted()[fresh_home], before[fresh_home] + 3);
 }

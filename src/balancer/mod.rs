@@ -124,6 +124,9 @@ pub struct Snapshot {
     pub tls: Option<Arc<crate::tls::BackendTls>>,
     /// The sticky cookie and each backend's token (`None`: no affinity).
     pub sticky: Option<Arc<affinity::Sticky>>,
+    /// The keys `sticky`'s tokens were made with (the instance's when this snapshot was
+    /// built; a change of `sticky_secret` builds new snapshots).
+    pub keys: Arc<affinity::Keys>,
 }
 
 impl Snapshot {
@@ -150,13 +153,14 @@ impl Snapshot {
     }
 
     /// The backend a sticky cookie's value names, if it is up (`None` also without
-    /// affinity, and for a value no backend has: tampered, or from a removed backend).
-    pub fn sticky_pick(&self, value: Option<&[u8]>) -> Option<usize> {
+    /// affinity, and for a value no backend has: tampered, from a removed backend, or made
+    /// with a key older than the previous one).
+    pub fn sticky_pick(&self, value: Option<&[u8]>) -> Option<affinity::Named> {
         let (sticky, value) = (self.sticky.as_ref()?, value?);
         match sticky.lookup(value) {
-            Some(i) if self.backends[i].health.is_up() => Some(i),
-            Some(i) => {
-                tracing::debug!(backend = %self.backends[i].addr, "sticky cookie names a backend that is down; choosing another");
+            Some(n) if self.backends[n.backend].health.is_up() => Some(n),
+            Some(n) => {
+                tracing::debug!(backend = %self.backends[n.backend].addr, "sticky cookie names a backend that is down; choosing another");
                 None
             }
             None => {
@@ -211,8 +215,6 @@ pub struct Pool {
     /// Connect failures in a row that take a backend down (the health config's `fall`;
     /// `u32::MAX` without health checks). Set by each reconfiguration.
     fall: AtomicU32,
-    /// What sticky-cookie tokens are made with (the instance's, shared by its pools).
-    key: Arc<affinity::Key>,
     /// The pool's round-robin counter: it outlives snapshots, so a reload does not
     /// restart the rotation.
     rr: Arc<RoundRobin>,
@@ -227,9 +229,9 @@ impl Pool {
         Self::with_ids(backends, fall, Arc::default())
     }
 
-    /// An empty pool of a route, whose backend ids come from `ids` and whose sticky tokens
-    /// are made with `key` (both the instance's); [`Pool::configure`] gives it backends.
-    pub fn for_route(ids: Arc<BackendIds>, key: Arc<affinity::Key>) -> Self {
+    /// An empty pool of a route, whose backend ids come from `ids` (the instance's);
+    /// [`Pool::configure`] gives it backends and the keys of its sticky tokens.
+    pub fn for_route(ids: Arc<BackendIds>) -> Self {
         let rr = Arc::new(RoundRobin::new());
         Self {
             current: Mutex::new(Arc::new(Snapshot {
@@ -238,12 +240,12 @@ impl Pool {
                 balancing: Arc::default(),
                 tls: None,
                 sticky: None,
+                keys: affinity::Keys::only(affinity::Key::generate()),
             })),
             generation: AtomicU64::new(0),
             known: Mutex::new(Vec::new()),
             ids,
             fall: AtomicU32::new(u32::MAX),
-            key,
             rr,
         }
     }
@@ -254,7 +256,7 @@ impl Pool {
     /// If `backends` is empty (config validation guarantees at least one).
     pub fn with_ids(backends: Vec<SocketAddr>, fall: u32, ids: Arc<BackendIds>) -> Self {
         assert!(!backends.is_empty(), "a pool needs at least one backend");
-        let pool = Self::for_route(ids, Arc::new(affinity::Key::generate()));
+        let pool = Self::for_route(ids);
         pool.set_fall(fall);
         pool.set_backends(&backends);
         pool
@@ -275,23 +277,25 @@ impl Pool {
         self.fall.store(fall.max(1), Ordering::Relaxed);
     }
 
-    /// Replaces the configured backends (each of weight 1), keeping the TLS settings and
-    /// the algorithm, and says what changed. Backends kept keep their id and health; new
+    /// Replaces the configured backends (each of weight 1), keeping the TLS settings, the
+    /// algorithm and the sticky keys, and says what changed. Backends kept keep their id and health; new
     /// ones start up, like at startup.
     pub fn set_backends(&self, addrs: &[SocketAddr]) -> Change {
         let snap = self.snapshot();
         let specs: Vec<BackendSpec> = addrs.iter().map(|&a| a.into()).collect();
-        self.configure(&specs, snap.tls.clone(), &snap.balancing)
+        self.configure(&specs, snap.tls.clone(), &snap.balancing, snap.keys.clone())
     }
 
-    /// Replaces the configured backends, their weights, which are reached over TLS and
-    /// how they are balanced (a reload), in one snapshot, so no worker sees the new list
-    /// with the old settings; builds its selector. Says what changed.
+    /// Replaces the configured backends, their weights, which are reached over TLS, how
+    /// they are balanced and the keys of their sticky tokens (a reload), in one snapshot,
+    /// so no worker sees the new list with the old settings; builds its selector. Says
+    /// what changed.
     pub fn configure(
         &self,
         specs: &[BackendSpec],
         tls: Option<Arc<crate::tls::BackendTls>>,
         balancing: &Balancing,
+        keys: Arc<affinity::Keys>,
     ) -> Change {
         // `known` is held throughout, so two reconfigurations never interleave; `current`
         // only to read and then to swap the snapshot, so that building the selector (a
@@ -336,15 +340,17 @@ impl Pool {
             }
         }
         let selector = Selector::build(balancing, &backends, &weights, self.rr.clone());
-        let sticky = balancing.sticky.as_deref().map(|cookie| {
-            affinity::Sticky::new(cookie, &self.key, backends.iter().map(|b| b.addr))
-        });
+        let sticky = balancing
+            .sticky
+            .as_deref()
+            .map(|cookie| affinity::Sticky::new(cookie, &keys, backends.iter().map(|b| b.addr)));
         *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
             backends,
             selector,
             balancing: Arc::new(balancing.clone()),
             tls,
             sticky,
+            keys,
         });
         // Release pairs with `LocalPool::current`'s Acquire load: a worker that sees the
         // new generation then reads the new snapshot under the lock anyway.

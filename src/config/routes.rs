@@ -341,6 +341,7 @@ impl Config {
             },
             health,
             extensions: r.extensions.unwrap_or(self.extensions),
+            field: if field == "backends" { "" } else { field }.into(),
         })
     }
 

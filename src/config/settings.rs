@@ -10,9 +10,11 @@ use super::{Config, ConfigError, IoDriver, Problem};
 /// (the fields here) and the part it may not ([`Fixed`], read through `Deref` as if its
 /// fields were here, so every reader writes `settings.listen`).
 ///
-/// A field added here is reloadable by construction: a reload takes every field of the new
-/// `Settings` except `fixed` (see `reload.rs`). A field added to [`Fixed`] is compared by
-/// [`Fixed::changes`], which names it in the "needs a restart" log.
+/// A field added here must be applied by `Reloader::apply` (`reload.rs`), which names what
+/// it applied in the reload's report; a field added to [`Fixed`] is compared by
+/// [`Fixed::changes`], which names it in the "needs a restart" part of the report. A test
+/// (`reload/tests.rs`) changes every field of `wslb.example.toml` in a reload and fails
+/// for one that is in neither.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The routes (the default one, from the top-level `backends`, first), each with its
@@ -47,7 +49,8 @@ impl std::ops::Deref for Settings {
 }
 
 /// Defines [`Fixed`] and the table of its fields' config names from one list, so that a
-/// field cannot be added without the name a reload reports it by.
+/// field cannot be added without the name a reload reports it by (a table's name, `http`,
+/// stands for each of its fields).
 macro_rules! fixed_settings {
     ($( $(#[$doc:meta])* $field:ident: $ty:ty = $config:literal, )*) => {
         /// The settings fixed for the life of the process: a reload that changes one logs
@@ -99,6 +102,8 @@ fixed_settings! {
     keepalive: crate::relay::registry::Keepalive = "keepalive",
     /// `None`: no admin server.
     admin: Option<SocketAddr> = "admin.listen",
+    /// Read by validation only (a remote `admin.listen` needs it), so fixed with it.
+    admin_allow_remote: bool = "admin.allow_remote",
     /// `None`: no access log.
     access_log: Option<AccessLogSettings> = "access_log",
     /// Whether the listener speaks TLS (its certificates are reloadable, this is not).
@@ -373,6 +378,7 @@ impl Config {
             recv_ring_buffers: l.recv_ring_buffers.min(1 << 15) as u16,
             recv_ring_buffer_bytes: l.recv_ring_buffer_bytes.min(64 << 10) as u32,
             admin,
+            admin_allow_remote: self.admin.allow_remote,
             access_log: self.access_log.enabled.then(|| AccessLogSettings {
                 format: self.access_log.format,
                 path: (!self.access_log.path.is_empty())

@@ -224,7 +224,7 @@ pub(crate) async fn proxy<C: ClientStream>(
     let cookie = snap.sticky.as_ref().and_then(|st| view.cookie(&st.cookie));
     let sticky = snap.sticky_pick(cookie);
     let first = match sticky {
-        Some(i) => crate::balancer::selection::Pick::of(Some(i)),
+        Some(n) => crate::balancer::selection::Pick::of(Some(n.backend)),
         None => snap.pick(crate::connection::request_key(
             snap.key_source(),
             &view,
@@ -425,13 +425,14 @@ pub(crate) async fn proxy<C: ClientStream>(
     };
     pool.connected(lease.backend());
 
-    // The response, with the sticky cookie if the request did not name this backend.
+    // The response, with the sticky cookie unless the request named this backend with a
+    // token of the current key.
     let cookie = match &snap.sticky {
         Some(st) => snap
             .backends
             .iter()
             .position(|b| b.id == lease.backend().id)
-            .filter(|&i| Some(i) != sticky)
+            .filter(|&i| !sticky.is_some_and(|n| n.backend == i && !n.stale))
             .map(|i| st.set_cookie(i, matches!(C::SCHEME, crate::stream::Scheme::Https)))
             .unwrap_or_default(),
         None => String::new(),

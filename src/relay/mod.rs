@@ -207,7 +207,7 @@ pub(crate) fn test_env() -> WorkerEnv {
     }
     .validate()
     .unwrap();
-    let router = crate::routes::Router::new(crate::balancer::affinity::Key::generate());
+    let router = crate::routes::Router::new(crate::balancer::affinity::Keyring::new(None));
     router.configure(&settings.routes, None);
     WorkerEnv::new(
         0,

@@ -10,11 +10,12 @@ fn spec(name: &str, host: &str, prefix: &str, port: u16) -> RouteSpec {
         balancing: Balancing::default(),
         health: None,
         extensions: Default::default(),
+        field: "".into(),
     }
 }
 
 fn router(specs: &[RouteSpec]) -> Router {
-    let r = Router::new(crate::balancer::affinity::Key::generate());
+    let r = Router::new(crate::balancer::affinity::Keyring::new(None));
     r.configure(specs, None);
     r
 }
@@ -102,7 +103,7 @@ fn no_match_is_none_and_a_trailing_slash_prefix_takes_what_starts_with_it() {
 
 #[test]
 fn a_reload_keeps_a_kept_routes_pool_and_retires_a_removed_routes_backends() {
-    let r = Router::new(crate::balancer::affinity::Key::generate());
+    let r = Router::new(crate::balancer::affinity::Keyring::new(None));
     r.configure(&[spec("a", "", "/a", 1), spec("b", "", "/b", 2)], None);
     let before = r.table();
     let pool_a = before
@@ -132,6 +133,44 @@ fn a_reload_keeps_a_kept_routes_pool_and_retires_a_removed_routes_backends() {
     let after = r.table();
     let kept = after.routes.iter().find(|x| &*x.spec.name == "a").unwrap();
     assert!(Arc::ptr_eq(&kept.pool, &pool_a), "route a kept its pool");
+}
+
+/// Issue 19: the secret is the instance's, so a change of it reaches every route's pool,
+/// sticky or not, kept or new, at the configure that follows it.
+#[test]
+fn a_changed_sticky_secret_reaches_every_routes_snapshot() {
+    use crate::balancer::affinity::{Key, Keyring};
+    let sticky = |name: &str, prefix: &str, port: u16| {
+        let mut s = spec(name, "", prefix, port);
+        s.balancing.sticky = Some("srv".into());
+        s
+    };
+    let old = Key::from_secret(b"the old secret, 16+");
+    let new = Key::from_secret(b"the new secret, 16+");
+    let r = Router::new(Keyring::with_drawn(old.clone(), None));
+    r.configure(&[sticky("a", "/a", 1), spec("b", "", "/b", 2)], None);
+    assert!(r.set_sticky_secret(Some(b"the new secret, 16+")));
+    r.configure(
+        &[
+            sticky("a", "/a", 1),
+            sticky("b", "/b", 2),
+            sticky("c", "/c", 3),
+        ],
+        None,
+    );
+    for route in &r.table().routes {
+        let snap = route.pool.snapshot();
+        let addr = snap.backends[0].addr;
+        let st = snap.sticky.as_ref().unwrap();
+        assert_eq!(
+            *st.token(0),
+            new.token(addr),
+            "{}: new cookies",
+            route.spec.name
+        );
+        let named = st.lookup(old.token(addr).as_str().as_bytes());
+        assert_eq!(named.map(|n| (n.backend, n.stale)), Some((0, true)));
+    }
 }
 
 #[test]

@@ -221,7 +221,7 @@ mod tests {
             algorithm,
             ..Default::default()
         };
-        pool.configure(specs, None, &balancing);
+        pool.configure(specs, None, &balancing, pool.snapshot().keys.clone());
         pool.snapshot()
     }
 
