@@ -335,3 +335,55 @@ fn the_binary_serves_metrics_and_readiness_and_is_unready_while_draining() {
     assert_eq!(p.expect_close().0, 1000);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The real binary relays through its workers' io_uring receive rings (issue 19): every
+/// byte the relays received came through a ring, as `/metrics` tells. A worker that fell
+/// back to polls and reads (a kernel refusing the ring, a regression in its set-up) fails
+/// this instead of passing unnoticed; the ring's own tests pin how it works.
+#[test]
+fn the_binary_relays_through_the_receive_ring() {
+    let backend = echo();
+    let lb = reserve_addr();
+    let dir = test_dir("recv-ring-binary");
+    let path = dir.join("wslb.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen = \"{}\"\nworkers = 2\nbackends = [\"{}\"]\n[health]\nenabled = false\n",
+            lb.addr, backend.local_addr
+        ),
+    )
+    .unwrap();
+    let wslb = Wslb::start(&path, &["--admin", "127.0.0.1:0"]);
+    let line = wslb.wait_for("admin server on http://");
+    let admin: std::net::SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    wslb.wait_for("balancing");
+    // Both workers (SO_REUSEPORT spreads 20 connections over them), frames within a ring
+    // buffer (4 KiB), both directions.
+    let mut peers: Vec<Peer> = (0..20).map(|_| Peer::connect(lb.addr)).collect();
+    for p in &mut peers {
+        for n in [1usize, 125, 1000, 4000] {
+            assert_echo(p, 2, &vec![b'r'; n]);
+        }
+    }
+    let text = admin_get(admin, "/metrics").1;
+    let relayed = value(
+        &text,
+        r#"wslb_relayed_bytes_total{direction="client_to_backend"}"#,
+    ) + value(
+        &text,
+        r#"wslb_relayed_bytes_total{direction="backend_to_client"}"#,
+    );
+    let ring = value(&text, "wslb_recv_ring_bytes_total");
+    assert!(relayed > 20.0 * 5126.0, "relayed {relayed}");
+    assert_eq!(ring, relayed, "bytes relayed without the receive ring");
+    assert_eq!(value(&text, "wslb_recv_ring_large_frames_total"), 0.0);
+    drop(peers);
+    let _ = std::fs::remove_dir_all(&dir);
+}

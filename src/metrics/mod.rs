@@ -112,6 +112,9 @@ pub struct WorkerStats {
     /// backend connection.
     http: [AtomicU64; 5],
     http_reused: AtomicU64,
+    /// Bytes the worker's receive ring received (`recv_ring`): what its relays moved
+    /// without a poll and a read of their own.
+    ring_bytes: AtomicU64,
 }
 
 impl WorkerStats {
@@ -150,6 +153,14 @@ impl WorkerStats {
     }
 
     /// A plain HTTP request went out on a pooled backend connection.
+    pub fn ring_received(&self, bytes: u64) {
+        bump(&self.ring_bytes, bytes);
+    }
+
+    pub fn ring_bytes(&self) -> u64 {
+        Self::load(&self.ring_bytes)
+    }
+
     pub fn http_reused(&self) {
         bump(&self.http_reused, 1);
     }

@@ -139,6 +139,12 @@ pub fn render(s: &Snapshot) -> String {
         "Plain HTTP requests sent on a pooled (kept-alive) backend connection.",
         t.http_reused,
     );
+    o.one(
+        "wslb_recv_ring_bytes_total",
+        "counter",
+        "Bytes relays received through their worker's io_uring receive ring (multishot receives into provided buffers) rather than by a read of their own.",
+        t.ring_bytes,
+    );
     if !s.certificates.is_empty() {
         let name = "wslb_tls_certificate_expiry_timestamp_seconds";
         o.head(

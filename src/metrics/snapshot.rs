@@ -32,6 +32,8 @@ pub struct Totals {
     /// Plain HTTP responses by class (1xx..5xx), and requests on reused backend connections.
     pub http: [u64; 5],
     pub http_reused: u64,
+    /// Bytes the receive rings received.
+    pub ring_bytes: u64,
 }
 
 impl Totals {
@@ -59,6 +61,7 @@ impl Totals {
             add(&mut t.tls_failures, &w.tls_failures);
             add(&mut t.http, &w.http);
             t.http_reused += WorkerStats::load(&w.http_reused);
+            t.ring_bytes += WorkerStats::load(&w.ring_bytes);
         }
         t.handshake_sum_secs = micros as f64 / 1e6;
         t

@@ -44,6 +44,7 @@ use crate::metrics::{Event, WorkerStats};
 
 mod provided;
 mod source;
+mod trim;
 use provided::Provided;
 pub use source::{Chunk, Source};
 
@@ -55,12 +56,6 @@ const PAUSE_AT: u16 = 8;
 const BATCH: usize = 64;
 /// `user_data` of cancel requests, whose own completions say nothing.
 const CANCEL: u64 = u64::MAX;
-/// Cancel rounds a trim tries before giving up (see `Inner::end_every_receive`): one
-/// suffices unless an io-wq worker re-arms a receive as it is cancelled.
-const QUIET_ROUNDS: u32 = 4;
-/// How long a trim's round waits for completions: a cancelled poll completes in this
-/// thread's task work, so this is only a bound on a round that finds nothing.
-const QUIET_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 /// [`Slot::end`] of a source that has not ended.
 const OPEN: i32 = 1;
 /// End of a slot's chunk list.
@@ -88,14 +83,12 @@ struct Inner {
     chunks: RefCell<Vec<(u32, u16)>>,
     /// Slots whose receive ended with `ENOBUFS`, to re-arm as buffers come back.
     starved: RefCell<Vec<u32>>,
-    /// Completions that brought data (wrapping): the worker's idle trim watches it.
-    received: Cell<u32>,
     /// A trim is ending every receive (see [`RecvRing::trim`]): nothing is re-armed until
     /// it is done.
     quiet: Cell<bool>,
-    /// [`Inner::received`] when the pages were last given back: while it is unchanged no
+    /// Bytes received when the pages were last given back: while that is unchanged no
     /// buffer was filled since, and a trim has nothing to give back.
-    trimmed_at: Cell<Option<u32>>,
+    trimmed_at: Cell<Option<u64>>,
     /// The worker's counters (starved, paused, large frames).
     stats: Arc<WorkerStats>,
 }
@@ -196,7 +189,6 @@ impl RecvRing {
             slots: RefCell::default(),
             free: RefCell::default(),
             starved: RefCell::default(),
-            received: Cell::new(0),
             quiet: Cell::new(false),
             trimmed_at: Cell::new(None),
             stats,
@@ -209,10 +201,10 @@ impl RecvRing {
         self.0.bufs.size()
     }
 
-    /// Completions that brought data since start (wrapping): traffic, not the ring's own
-    /// cancellations and re-arms (a trim's would look like traffic to the idle trim).
-    pub fn received(&self) -> u32 {
-        self.0.received.get()
+    /// Bytes received since start: traffic, unlike the ring's own cancellations and
+    /// re-arms (a trim's would look like traffic to the worker's idle trim).
+    pub fn received(&self) -> u64 {
+        self.0.stats.ring_bytes()
     }
 
     /// Starts receiving from `fd` (a connected TCP socket that stays open until the
@@ -314,104 +306,6 @@ impl Slot {
 }
 
 impl Inner {
-    fn trim(&self) -> bool {
-        self.reap();
-        if self.bufs.free() != u32::from(self.bufs.entries()) {
-            return false;
-        }
-        if self.trimmed_at.get() == Some(self.received.get()) {
-            return true;
-        }
-        self.quiet.set(true);
-        let ended = self.end_every_receive();
-        // SAFETY: `Provided::trim`'s contract: when `ended`, every receive of this ring has
-        // posted its last completion and it was reaped (the request no longer exists, so
-        // nothing can select or fill a buffer, io_uring's documented meaning of a
-        // completion without `IORING_CQE_F_MORE`), and every completion naming a buffer
-        // was reaped with them (a request posts its last completion after every other).
-        // Only this ring's requests use its buffer group. `Provided::trim` itself checks
-        // that no buffer is out (no `Chunk` refers to one).
-        #[allow(unsafe_code)]
-        let trimmed = ended && unsafe { self.bufs.trim() };
-        if trimmed {
-            self.trimmed_at.set(Some(self.received.get()));
-        }
-        self.quiet.set(false);
-        self.rearm_ended();
-        trimmed
-    }
-
-    /// Cancels every receive of the ring and waits for their last completions (reaping
-    /// them as usual): true once none is in flight. Each receive is cancelled by its own
-    /// `user_data` (a hash lookup in the kernel; `IORING_ASYNC_CANCEL_ANY` searches the
-    /// whole table once per request it cancels: 17 ms for 2,000 receives here), in batches
-    /// that fit the completion queue (a cancel's completion and its receive's last one).
-    /// A request that slipped past its cancel (an io-wq worker re-arming its poll as the
-    /// cancel ran) is caught by the next round; after [`QUIET_ROUNDS`] rounds the trim
-    /// gives up rather than block its worker.
-    fn end_every_receive(&self) -> bool {
-        let batch = (self.ring.borrow().params().cq_entries() / 2) as usize;
-        for _ in 0..QUIET_ROUNDS {
-            let armed: Vec<u32> = (self.slots.borrow().iter().enumerate())
-                .filter(|(_, s)| s.armed)
-                .map(|(id, _)| id as u32)
-                .collect();
-            if armed.is_empty() {
-                return true;
-            }
-            for ids in armed.chunks(batch) {
-                for &id in ids {
-                    let cancel = opcode::AsyncCancel::new(u64::from(id))
-                        .build()
-                        .user_data(CANCEL);
-                    if let Err(e) = self.queue(&cancel) {
-                        tracing::error!("receive ring: trim: cancel: {e}");
-                        return false;
-                    }
-                }
-                if let Err(e) = self.submit_and_wait_briefly() {
-                    tracing::error!("receive ring: trim: waiting for cancellations: {e}");
-                    return false;
-                }
-                self.reap();
-            }
-        }
-        !self.any_armed()
-    }
-
-    /// Submits what is queued and waits at most [`QUIET_WAIT`] for a completion: the
-    /// cancels' own come at once, the cancelled receives' as this thread's task work runs
-    /// (at the latest on the way out of this call).
-    fn submit_and_wait_briefly(&self) -> io::Result<()> {
-        let wait = types::Timespec::from(QUIET_WAIT);
-        let args = types::SubmitArgs::new().timespec(&wait);
-        let entered = self.ring.borrow().submitter().submit_with_args(1, &args);
-        match entered {
-            Err(e) if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    fn any_armed(&self) -> bool {
-        self.slots.borrow().iter().any(|s| s.armed)
-    }
-
-    /// Re-arms every receive a trim ended (and any starved one: every buffer is free).
-    fn rearm_ended(&self) {
-        let due: Vec<u32> = (self.slots.borrow().iter().enumerate())
-            .filter(|(_, s)| s.want == Want::Run && !s.armed && s.end == OPEN)
-            .map(|(id, _)| id as u32)
-            .collect();
-        for &id in &due {
-            if let Err(e) = self.arm_deferred(id) {
-                self.fail(id, &e);
-            }
-        }
-        if !due.is_empty() {
-            self.submit_logged();
-        }
-    }
-
     /// Submits a multishot receive for slot `id`.
     fn arm(&self, id: u32) -> io::Result<()> {
         self.arm_deferred(id)?;
@@ -517,7 +411,11 @@ impl Inner {
         let s = &mut slots[id as usize];
         if let Some(bid) = cqueue::buffer_select(flags) {
             self.bufs.taken();
-            self.received.set(self.received.get().wrapping_add(1));
+            if res > 0 {
+                // (Bytes a closed source's last receive brought count too: they filled a
+                // buffer, which the trim's "nothing received since" check relies on.)
+                self.stats.ring_received(res as u64);
+            }
             if s.want == Want::Closed || res <= 0 {
                 self.bufs.give(bid);
             } else {
