@@ -59,6 +59,8 @@ pub struct Tally {
     pub pings: u64,
     /// Messages sent in a quiet phase (the stall client's aside): should be none.
     pub quiet_sends: u64,
+    /// Messages sent in two parts around a quiet phase (conn.rs `SPLITTERS`).
+    pub split: u64,
     pub samples: Vec<String>,
 }
 
@@ -83,6 +85,7 @@ impl Tally {
             (&mut self.stall_ok, o.stall_ok),
             (&mut self.pings, o.pings),
             (&mut self.quiet_sends, o.quiet_sends),
+            (&mut self.split, o.split),
         ] {
             *a += b;
         }

@@ -17,8 +17,14 @@ use super::client::{Cx, Stall};
 use super::msg::{self, Rng, Sent};
 use super::{MISSED_AFTER, STALL_FOR};
 
+/// One slot in this many (slot % SPLITTERS == 1) is a splitter: a message it sends in the
+/// last 500 ms before a quiet phase (its next spell, at least 500 ms, then ends in the
+/// phase) goes out cut in two, the rest after the phase, so that some frames are half-read
+/// in wslb while its workers trim (2% of the clients).
+const SPLITTERS: usize = 50;
 /// A read that waits this long failed: a client sends at least every 8 s (a 3 s spell and
-/// a 5 s quiet phase after it) and every message is echoed, so only a stuck connection is silent.
+/// a 5 s quiet phase after it) and every message is echoed, so only a stuck connection is
+/// silent this long.
 const READ_LIMIT: Duration = Duration::from_secs(60);
 
 /// One connection's shared state between its reader and writer.
@@ -231,9 +237,14 @@ async fn wait(c: &Conn, d: Duration) -> bool {
     !c.ended.get()
 }
 
-async fn send(c: &Conn, frame: Vec<u8>) -> bool {
+/// Writes `frame` (a pong due first, unless `frame` is the rest of a frame already begun).
+async fn send(c: &Conn, frame: Vec<u8>, mid_frame: bool) -> bool {
     let mut wr = c.wr.lock().await;
-    let pong = c.pong_due.borrow_mut().take();
+    let pong = if mid_frame {
+        None
+    } else {
+        c.pong_due.borrow_mut().take()
+    };
     if let Some(p) = pong {
         let mut r = Rng::new(p.len() as u64);
         if wr
@@ -254,6 +265,9 @@ pub(super) async fn write_loop(c: Rc<Conn>, mut rng: Rng, cx: Rc<Cx>) -> Exit {
     let mut seq = 0u64;
     let mut last = Instant::now();
     let mut missed = false;
+    let splitter = c.slot % SPLITTERS == 1;
+    // The rest of a frame a splitter began before a quiet phase.
+    let mut held: Option<Vec<u8>> = None;
     loop {
         if c.slot == 0
             && cx.stall.get() == Stall::Pending
@@ -298,6 +312,11 @@ pub(super) async fn write_loop(c: Rc<Conn>, mut rng: Rng, cx: Rc<Cx>) -> Exit {
             if !wait(&c, until + jitter - Instant::now()).await {
                 return Exit::Ended;
             }
+        }
+        if let Some(rest) = held.take()
+            && !send(&c, rest, true).await
+        {
+            return Exit::Ended;
         }
         if w.stop.load(Ordering::Relaxed) {
             return close(&c, Exit::Stop).await;
@@ -354,8 +373,15 @@ pub(super) async fn write_loop(c: Rc<Conn>, mut rng: Rng, cx: Rc<Cx>) -> Exit {
             }
         }
         seq += 1;
-        let frame = msg::masked_frame(&payload, if text { 1 } else { 2 }, &mut rng);
-        if !send(&c, frame).await {
+        let mut frame = msg::masked_frame(&payload, if text { 1 } else { 2 }, &mut rng);
+        if splitter && !stalled && w.until_quiet(Instant::now()) < Duration::from_millis(500) {
+            // Cut anywhere from inside the header to the last byte: wslb holds the first
+            // part across the quiet phase, while its worker trims.
+            let rest = frame.split_off(1 + rng.below(frame.len() as u64 - 1) as usize);
+            held = Some(rest);
+            cx.tally.borrow_mut().split += 1;
+        }
+        if !send(&c, frame, false).await {
             return Exit::Ended;
         }
     }
@@ -373,7 +399,7 @@ async fn close(c: &Conn, why: Exit) -> Exit {
     let mut r = Rng::new(1000);
     let f = msg::masked_frame(&1000u16.to_be_bytes(), 8, &mut r);
     c.close_sent.set(true);
-    if !send(c, f).await {
+    if !send(c, f, false).await {
         return Exit::Ended;
     }
     why

@@ -208,6 +208,19 @@ impl World {
         (phase >= QUIET_EVERY - QUIET_FOR).then(|| now + (QUIET_EVERY - phase))
     }
 
+    /// How long until the next quiet phase begins (zero in one, or before time zero).
+    pub fn until_quiet(&self, now: Instant) -> Duration {
+        let Some(into) = self
+            .start
+            .get()
+            .and_then(|&t0| now.checked_duration_since(t0))
+        else {
+            return Duration::MAX;
+        };
+        let phase = Duration::from_nanos((into.as_nanos() % QUIET_EVERY.as_nanos()) as u64);
+        (QUIET_EVERY - QUIET_FOR).saturating_sub(phase)
+    }
+
     /// When the close of a connection to `backend` (index, life) opened at `opened` was
     /// due, and why, if anything that closes connections happened to it. Removals count
     /// if they came after the connection opened (less 1 s, for a connection wslb placed

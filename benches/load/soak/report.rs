@@ -234,7 +234,8 @@ pub fn report(a: &Args, world: &World, t: &Tally, ev: &Events, end: &Finish) -> 
             l / 1048576.0,
             (l / f - 1.0) * 100.0
         ),
-        _ => "no samples".into(),
+        // A 1-minute run: the stall (after the takeover) covers the last window.
+        _ => "no samples in a window: too short a run (2 minutes or more)".into(),
     };
     rows.push(row(
         format!(
@@ -315,6 +316,12 @@ pub fn report(a: &Args, world: &World, t: &Tally, ev: &Events, end: &Finish) -> 
         t.quiet_sends.to_string(),
         "0",
         zero(t.quiet_sends),
+    ));
+    rows.push(row(
+        "messages cut in two around a quiet phase (half-read in wslb while it trims)",
+        t.split.to_string(),
+        "> 0",
+        Some(t.split > 0),
     ));
     rows.push(row("pings from wslb", t.pings.to_string(), "-", None));
     let warns = count_lines(&end.logs, " WARN ");
