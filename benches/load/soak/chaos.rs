@@ -124,6 +124,10 @@ pub struct Finish {
     pub logs: Vec<PathBuf>,
     pub old_exits: Vec<Option<i32>>,
     pub baseline_fds: usize,
+    /// Whether the last wslb was still running at the end, and its exit status after the
+    /// SIGTERM that stopped it.
+    pub alive_at_end: bool,
+    pub last_exit: Option<i32>,
 }
 
 impl Setup {
@@ -385,8 +389,9 @@ impl Setup {
             fds = fd_count(pid);
         }
         let fds_detail = fd_kinds(pid);
+        let alive_at_end = matches!(self.wslb.child.try_wait(), Ok(None));
         self.wslb.signal(nix::sys::signal::Signal::SIGTERM);
-        let _ = self.wslb.child.wait();
+        let last_exit = self.wslb.child.wait().ok().and_then(|s| s.code());
         for o in &mut self.old {
             if o.1.is_none() {
                 let _ = o.0.child.kill();
@@ -422,6 +427,8 @@ impl Setup {
                 .map(|o| o.1.and_then(|s| s.code()))
                 .collect(),
             baseline_fds: self.baseline_fds,
+            alive_at_end,
+            last_exit,
         }
     }
 }

@@ -223,8 +223,11 @@ impl World {
 
     /// When the close of a connection to `backend` (index, life) opened at `opened` was
     /// due, and why, if anything that closes connections happened to it. Removals count
-    /// if they came after the connection opened (less 1 s, for a connection wslb placed
-    /// while it had not yet read the new config).
+    /// if they came after the connection opened, or up to `DRAIN` before: a connection
+    /// wslb placed while it had not yet read the new config (a loaded machine can delay
+    /// that by a second or more) is retired with the others. A removed backend is added
+    /// back no sooner than 6 s later (chaos.rs), so this never takes in a connection made
+    /// after it returned.
     pub fn close_due(&self, backend: (usize, u32), opened: Instant) -> Option<(Instant, Cause)> {
         let fates = self.fates.lock().unwrap();
         let f = fates.get(backend.0)?;
@@ -232,7 +235,7 @@ impl World {
         let removed = f
             .removals
             .iter()
-            .find(|&&r| opened < r + Duration::from_secs(1))
+            .find(|&&r| opened < r + DRAIN)
             .map(|&r| (r + DRAIN, Cause::Removed));
         match (killed, removed) {
             (Some(k), Some(r)) => Some(if k.0 <= r.0 { k } else { r }),

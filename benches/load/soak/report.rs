@@ -262,6 +262,16 @@ pub fn report(a: &Args, world: &World, t: &Tally, ev: &Events, end: &Finish) -> 
         "back to the baseline",
         Some(end.fds_end <= end.baseline_fds),
     ));
+    rows.push(row(
+        "wslb running at the end; its exit after SIGTERM",
+        format!(
+            "{}; {}",
+            if end.alive_at_end { "yes" } else { "NO" },
+            end.last_exit.map_or("killed".into(), |c| c.to_string())
+        ),
+        "yes; 0",
+        Some(end.alive_at_end && end.last_exit == Some(0)),
+    ));
     let panics = count_lines(&end.logs, "panicked");
     rows.push(row(
         "panics in wslb's logs",
