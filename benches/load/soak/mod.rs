@@ -13,7 +13,9 @@
 //!   and checking each echo's hash, order and opcode. Every 20 s all clients pause
 //!   together for 5 s (`QUIET_*`), so that wslb's workers go idle and trim their
 //!   buffers (after 500 ms without traffic), and the first messages after it meet the
-//!   trimmed buffers. 10% of clients per minute close (1000) and reconnect on their own.
+//!   trimmed buffers. One client in 50 sends a message begun just before a pause in two
+//!   parts around it (conn.rs `SPLITTERS`), so wslb holds half a frame while it trims.
+//!   10% of clients per minute close (1000) and reconnect on their own.
 //! - Backends (echo.rs) are this binary started again: index 0 is never killed or removed
 //!   (the stall client lives there); 1-6 rotate. One of them is SIGKILLed every 20 s (at
 //!   5 s, 25 s, ...) and started again 1 s later; every 5 s (at 0.5 s, 5.5 s, ...) the
@@ -24,7 +26,8 @@
 //! - Slot 0 is the stall client: once on backend 0, it stops reading for 30 s while it
 //!   keeps sending, then reads again; every echo must arrive intact and in order.
 //!
-//! Checks (report.rs), printed as a table; the bench exits 1 if any fails.
+//! Checks (report.rs), printed as a table; the bench exits 1 if any fails. The README's
+//! Performance section says what each check means and what a full run should show.
 
 mod chaos;
 mod client;
