@@ -21,6 +21,9 @@
 //!   wss-tput-100x64, wss-tput-100x16k   closed loop over wss (ECDSA leaf)
 //!   wss-idle     hold N wss connections, each used once (ECDSA leaf): RSS and kernel
 //!                memory per conn
+//!   soak         (runs alone) minutes of checked echo traffic while backends are killed,
+//!                reloaded in and out and wslb is replaced by a takeover: see soak/mod.rs
+//!                (`--scenarios soak [--minutes 10] [--connections 9900] [--seed N]`)
 //!   storm        reconnect storm: N connections (--idle-conns) up and each used once, then
 //!                all dropped at once (RST) and all reconnecting concurrently, each with one
 //!                echo: time until all are back, p50/p99 per connection, failures, and
@@ -41,6 +44,7 @@
 //! build with a feature's setting on and off.
 
 mod client;
+mod soak;
 mod targets;
 mod tls;
 
@@ -355,6 +359,11 @@ fn args() -> Args {
 type Sample = BTreeMap<&'static str, f64>;
 
 fn main() {
+    // The soak's echo backends are this binary started again.
+    soak::echo::serve_if_asked();
+    if let Some(code) = soak::run_if_asked() {
+        std::process::exit(code);
+    }
     let mut a = args();
     if a.install_peers {
         let ok = std::process::Command::new("apt-get")
