@@ -199,6 +199,9 @@ impl Instance {
                         worker::obey(inbox, &env.registry, accepting).await;
                         // Stopped: the accept is cancelled; its end drops the listener.
                         accept.await;
+                        if let Some(r) = &env.recv {
+                            r.retire();
+                        }
                     }
                 },
             )?

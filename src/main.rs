@@ -122,9 +122,10 @@ fn shorten_allocator_purge_delay() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
         return;
     }
-    // SAFETY: both calls take and return plain integers; `mi_option_set` is an atomic
-    // store mimalloc reads at each purge decision. The version check keeps the option
-    // index to the mimalloc major version it was read from.
+    // SAFETY: both calls take and return plain integers. `mi_option_set` is a plain
+    // (non-atomic) store into mimalloc's option table, so it must not race a reader: this
+    // runs first in `main`, before any other thread exists (keep it there). The version
+    // check keeps the option index to the mimalloc major version it was read from.
     unsafe {
         if (30000..40000).contains(&libmimalloc_sys::mi_version()) {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10);

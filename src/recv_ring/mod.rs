@@ -56,6 +56,8 @@ const PAUSE_AT: u16 = 8;
 const BATCH: usize = 64;
 /// `user_data` of cancel requests, whose own completions say nothing.
 const CANCEL: u64 = u64::MAX;
+/// Tries of a submit the kernel refuses for want of resources (see `Inner::submit`).
+const SUBMIT_TRIES: u32 = 1000;
 /// [`Slot::end`] of a source that has not ended.
 const OPEN: i32 = 1;
 /// End of a slot's chunk list.
@@ -86,6 +88,9 @@ struct Inner {
     /// A trim is ending every receive (see [`RecvRing::trim`]): nothing is re-armed until
     /// it is done.
     quiet: Cell<bool>,
+    /// The worker is ending ([`RecvRing::retire`]): nothing is armed again, and a buffer
+    /// given back now may come from a write the runtime dropped in flight.
+    retired: Cell<bool>,
     /// Bytes received when the pages were last given back: while that is unchanged no
     /// buffer was filled since, and a trim has nothing to give back.
     trimmed_at: Cell<Option<u64>>,
@@ -167,20 +172,25 @@ impl RecvRing {
         } else {
             build(false)
         }?;
+        // A multishot receive is `IORING_OP_RECV` with a flag, so probing its opcode says
+        // nothing (5.19 has it, and buffer rings, but fails every multishot receive with
+        // EINVAL). Both came in 6.0 with `IORING_OP_SEND_ZC`, which the probe does tell.
+        let mut probe = io_uring::Probe::new();
+        ring.submitter().register_probe(&mut probe)?;
+        if !probe.is_supported(opcode::SendZc::CODE) {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "no multishot receives (Linux 6.0)",
+            ));
+        }
         let bufs = Provided::new(buffers, buffer_bytes)?;
-        // SAFETY: the ring's memory lives in `bufs`, which the ring is dropped with; `Drop`
-        // unregisters it before the mapping goes.
+        // SAFETY: the buffer ring's memory is `bufs`' ring mapping, which must stay mapped
+        // while the kernel holds it: `bufs` goes into the `Inner` built right below (if
+        // this fails, nothing was registered), and `Drop for Inner` unregisters the ring
+        // before its fields drop, or keeps the mapping if it cannot.
         unsafe {
             ring.submitter()
                 .register_buf_ring(bufs.ring_addr(), buffers, GROUP)?;
-        }
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        if !probe.is_supported(opcode::RecvMulti::CODE) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "no multishot recv",
-            ));
         }
         Ok(Self(Rc::new(Inner {
             ring: RefCell::new(ring),
@@ -191,6 +201,7 @@ impl RecvRing {
             starved: RefCell::default(),
             quiet: Cell::new(false),
             trimmed_at: Cell::new(None),
+            retired: Cell::new(false),
             stats,
         })))
     }
@@ -217,6 +228,10 @@ impl RecvRing {
             let mut slots = self.0.slots.borrow_mut();
             match free {
                 Some(id) => {
+                    // A free slot is closed and has no receive in flight (its last
+                    // completion was reaped): nothing of its old source can reach it.
+                    let old = &slots[id as usize];
+                    debug_assert!(old.want == Want::Closed && !old.armed);
                     slots[id as usize] = Slot::new(fd);
                     id
                 }
@@ -227,6 +242,9 @@ impl RecvRing {
             }
         };
         if self.0.arm_deferred(id).is_err() {
+            // Closed before it goes back to the free list, so that nothing re-arms it (a
+            // trim re-arms open slots that want to run; its socket is read elsewhere now).
+            self.0.slots.borrow_mut()[id as usize].want = Want::Closed;
             self.0.free.borrow_mut().push(id);
             return None;
         }
@@ -267,6 +285,16 @@ impl RecvRing {
                 tracing::error!("receive ring: waiting for completions: {e}");
                 return;
             }
+        }
+    }
+
+    /// The worker is ending: every receive is ended for good (bytes not yet received stay
+    /// in their sockets, which close with the worker).
+    pub fn retire(&self) {
+        self.0.retired.set(true);
+        self.0.quiet.set(true);
+        if !self.0.end_every_receive() {
+            tracing::warn!("receive ring: receives still in flight as the worker ends");
         }
     }
 
@@ -312,9 +340,47 @@ impl Inner {
         self.submit()
     }
 
-    /// Hands what is queued to the kernel.
+    /// Hands everything queued to the kernel: `Ok` only once the submission queue is
+    /// empty. A queued receive names its socket by descriptor number, which the kernel
+    /// resolves only when it consumes the entry; one left in the queue after its relay
+    /// closed the socket would read whichever later socket reuses the number. So an
+    /// `io_uring_enter` that fails for want of resources (`EAGAIN`, `EBUSY`, `EINTR`) or
+    /// consumes only part of the queue is retried, for up to [`SUBMIT_TRIES`] x 100 us.
     fn submit(&self) -> io::Result<()> {
-        self.ring.borrow_mut().submit().map(drop)
+        let mut ring = self.ring.borrow_mut();
+        for _ in 0..SUBMIT_TRIES {
+            match ring.submit() {
+                Ok(_) if ring.submission().is_empty() => return Ok(()),
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
+                    ) => {}
+                Err(e) => return Err(e),
+            }
+            std::thread::sleep(std::time::Duration::from_micros(100));
+        }
+        Err(io::Error::other(
+            "the kernel did not take the submission queue",
+        ))
+    }
+
+    /// Makes sure the submission queue is empty (see [`Inner::submit`]), before a source's
+    /// socket may be closed. If the kernel will not take it, the process stops: a receive
+    /// left queued would read a later connection's socket and forward its bytes to the
+    /// wrong peer, which no error a worker can return would undo.
+    fn flush(&self) {
+        if self.ring.borrow_mut().submission().is_empty() {
+            return;
+        }
+        if let Err(e) = self.submit() {
+            tracing::error!(
+                "receive ring: cannot hand a receive's end to the kernel ({e}); stopping \
+                 before a closed socket's descriptor can be reused"
+            );
+            std::process::abort();
+        }
     }
 
     /// [`Inner::submit`] where nobody waits for the answer: a failure is logged (the
@@ -475,6 +541,12 @@ impl Inner {
 
     /// Buffer `bid` comes back from its chunk; a starved receive may go on.
     fn give(&self, bid: u16) {
+        if self.retired.get() {
+            // A chunk dropped as the worker ends may be the buffer of a write monoio's
+            // driver abandoned in flight (it closes its ring without waiting), which the
+            // kernel may still read: the buffers stay mapped for good.
+            self.bufs.keep();
+        }
         self.bufs.give(bid);
         self.rearm_starved();
     }
@@ -571,9 +643,23 @@ impl RecvRing {
 }
 
 impl Drop for Inner {
+    /// The buffers are unmapped only once no receive can fill one: every receive ended
+    /// (as for a trim) and the buffer ring unregistered. Otherwise they stay mapped.
     fn drop(&mut self) {
-        // No receive may pick a buffer once the mapping is gone.
-        let _ = self.ring.get_mut().submitter().unregister_buf_ring(GROUP);
+        // The worker's runtime may be going away: no task is woken from here on.
+        for s in self.slots.get_mut().iter_mut() {
+            s.waker = None;
+        }
+        self.quiet.set(true);
+        let ended = self.end_every_receive();
+        let unregistered = self.ring.get_mut().submitter().unregister_buf_ring(GROUP);
+        if !ended || unregistered.is_err() {
+            tracing::warn!(
+                "receive ring: receives still in flight at its end ({unregistered:?}): its \
+                 buffers stay mapped"
+            );
+            self.bufs.keep();
+        }
     }
 }
 

@@ -14,10 +14,15 @@ use std::sync::atomic::{AtomicU16, Ordering};
 
 use io_uring::types::BufRingEntry;
 
-/// An anonymous private mapping, unmapped on drop.
+/// Where the ring's tail lives: `resv` of its first entry (see `Provided::publish`).
+const TAIL_OFFSET: usize = 14;
+const _: () = assert!(std::mem::size_of::<BufRingEntry>() == 16);
+
+/// An anonymous private mapping, unmapped on drop unless told to stay ([`Provided::keep`]).
 struct Mapping {
     ptr: *mut u8,
     len: usize,
+    keep: Cell<bool>,
 }
 
 impl Mapping {
@@ -40,6 +45,7 @@ impl Mapping {
         Ok(Self {
             ptr: ptr.cast(),
             len,
+            keep: Cell::new(false),
         })
     }
 }
@@ -47,8 +53,13 @@ impl Mapping {
 impl Drop for Mapping {
     #[allow(unsafe_code)]
     fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` is the mapping made in `new`; nothing refers to it any more
-        // (the ring was unregistered first, see `Provided::drop`'s caller).
+        if self.keep.get() {
+            return;
+        }
+        // SAFETY: `ptr`/`len` is the mapping made in `new`, and nothing refers to it any
+        // more: no `Chunk` (each keeps the ring, and so this mapping, alive), and not the
+        // kernel, or the owner would have called `Provided::keep` (see `Drop for Inner`:
+        // the buffer ring unregistered and every receive ended, or the mapping stays).
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
@@ -137,7 +148,10 @@ impl Provided {
         let slot = usize::from(tail & (self.entries - 1));
         // SAFETY: `slot` < `entries`, inside the ring mapping. The kernel reads only the
         // slots between its head and the published tail; this one is past the tail until
-        // `publish`, so writing it races with nothing.
+        // `publish`, so writing it races with nothing. The `&mut` covers slot 0's `resv`
+        // too, the live tail the kernel may read at any time: `set_addr`, `set_len` and
+        // `set_bid` write only the other fields, and nothing reads or writes `resv`
+        // through this reference.
         let entry = unsafe { &mut *self.ring.ptr.cast::<BufRingEntry>().add(slot) };
         entry.set_addr(self.mem.ptr as u64 + u64::from(bid) * u64::from(self.size));
         entry.set_len(self.size);
@@ -148,13 +162,23 @@ impl Provided {
 
     #[allow(unsafe_code)]
     fn publish(&self) {
-        // SAFETY: the tail is the `resv` field of the ring's first entry (the kernel's
-        // `io_uring_buf_ring` layout), a naturally aligned u16 the kernel only reads; the
-        // release store makes the entries written before it visible first.
-        let tail = unsafe {
-            &*BufRingEntry::tail(self.ring.ptr.cast::<BufRingEntry>()).cast::<AtomicU16>()
-        };
+        // SAFETY: the tail is the `resv` field of the ring's first entry, at byte 14 of the
+        // 16-byte `struct io_uring_buf` (the kernel's `io_uring_buf_ring` layout: `addr`
+        // u64, `len` u32, `bid` u16, then `resv`/`tail` u16), inside the ring mapping and
+        // 2-byte aligned (the mapping is page-aligned). The pointer comes from the
+        // mapping's raw pointer, not from a reference (io-uring's `BufRingEntry::tail`
+        // goes through a `&u16`, which must not be written through). Only this thread
+        // writes it (`put` never touches `resv`), the kernel reads it with an acquire
+        // load; this release store makes the entries written before it visible first.
+        let tail = unsafe { AtomicU16::from_ptr(self.ring.ptr.add(TAIL_OFFSET).cast::<u16>()) };
         tail.store(self.tail.get(), Ordering::Release);
+    }
+
+    /// Leaves both mappings in place when `self` is dropped: the kernel may still hold the
+    /// buffer ring, or write or read a buffer (see `Drop for Inner`). A worker's end only.
+    pub(super) fn keep(&self) {
+        self.ring.keep.set(true);
+        self.mem.keep.set(true);
     }
 
     /// Gives the buffers' pages back to the OS when every buffer is in the ring, and says

@@ -90,6 +90,9 @@ impl RecvRing {
             // A pause's or a stop's cancel is already on its way.
             self.0.cancel(id);
         }
+        // The relay closes the socket next, so nothing naming its descriptor may stay in
+        // the submission queue (see `Inner::submit`).
+        self.0.flush();
     }
 }
 

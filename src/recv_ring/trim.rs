@@ -38,6 +38,9 @@ impl Inner {
         if trimmed {
             self.trimmed_at.set(Some(self.stats.ring_bytes()));
         }
+        if self.retired.get() {
+            return trimmed;
+        }
         self.quiet.set(false);
         self.rearm_ended();
         trimmed
@@ -51,7 +54,7 @@ impl Inner {
     /// A request that slipped past its cancel (an io-wq worker re-arming its poll as the
     /// cancel ran) is caught by the next round; after [`QUIET_ROUNDS`] rounds the trim
     /// gives up rather than block its worker.
-    fn end_every_receive(&self) -> bool {
+    pub(super) fn end_every_receive(&self) -> bool {
         let batch = (self.ring.borrow().params().cq_entries() / 2) as usize;
         for _ in 0..QUIET_ROUNDS {
             let armed: Vec<u32> = (self.slots.borrow().iter().enumerate())

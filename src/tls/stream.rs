@@ -431,6 +431,11 @@ impl<C: Unbuffered> TlsWriter<C> {
 impl<C: Unbuffered> AsyncWriteRent for TlsWriter<C> {
     #[allow(unsafe_code)]
     async fn write<T: IoBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        if buf.bytes_init() == 0 {
+            // An empty `IoBuf` may have a null read pointer (monoio's `IoVecWrapper` over
+            // an empty iovec), which `from_raw_parts` must not get.
+            return (Ok(0), buf);
+        }
         // SAFETY: an `IoBuf` is valid for `bytes_init` bytes from its read pointer while
         // it is owned, and this future owns it; the slice is gone before the await.
         let plain = unsafe { std::slice::from_raw_parts(buf.read_ptr(), buf.bytes_init()) };

@@ -109,6 +109,9 @@ pub const QUIET_EVERY: Duration = Duration::from_secs(20);
 /// checks. Workers trim 0.5-1 s into the phase, but on this shared machine one run saw
 /// them 2.3 s in; 5 s leaves room for that and for an RSS sample after it.
 pub const QUIET_FOR: Duration = Duration::from_secs(5);
+/// How late into a quiet phase a send still counts as a client thread running behind
+/// rather than a client that did not pause (see `conn.rs`).
+pub const QUIET_LAG: Duration = Duration::from_millis(250);
 /// How long the stall client does not read.
 pub const STALL_FOR: Duration = Duration::from_secs(30);
 /// `timeouts.removed_backend_drain_ms`: removed backends' connections get 1012 this long

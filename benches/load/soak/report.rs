@@ -322,7 +322,7 @@ pub fn report(a: &Args, world: &World, t: &Tally, ev: &Events, end: &Finish) -> 
         Some(trims > 0),
     ));
     rows.push(row(
-        "messages sent in quiet phases (stall client aside)",
+        "messages sent over 250 ms into a quiet phase (stall client aside)",
         t.quiet_sends.to_string(),
         "0",
         zero(t.quiet_sends),
