@@ -281,6 +281,17 @@ fn admin_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// The admin server's address, as the binary logs it when it starts.
+fn admin_addr(wslb: &Wslb) -> std::net::SocketAddr {
+    let line = wslb.wait_for("admin server on http://");
+    line.split("http://")
+        .nth(1)
+        .unwrap()
+        .trim_end_matches('/')
+        .parse()
+        .unwrap()
+}
+
 /// The real binary with its admin server: scraped after traffic, ready, then not ready
 /// while it drains (a Kubernetes or L4 check takes it out before it stops).
 #[test]
@@ -299,14 +310,7 @@ fn the_binary_serves_metrics_and_readiness_and_is_unready_while_draining() {
     )
     .unwrap();
     let wslb = Wslb::start(&path, &["--admin", "127.0.0.1:0"]);
-    let line = wslb.wait_for("admin server on http://");
-    let admin: std::net::SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let admin = admin_addr(&wslb);
     wslb.wait_for("balancing");
     let mut p = Peer::connect(lb.addr);
     assert_echo(&mut p, 1, b"scraped");
@@ -355,14 +359,7 @@ fn the_binary_relays_through_the_receive_ring() {
     )
     .unwrap();
     let wslb = Wslb::start(&path, &["--admin", "127.0.0.1:0"]);
-    let line = wslb.wait_for("admin server on http://");
-    let admin: std::net::SocketAddr = line
-        .split("http://")
-        .nth(1)
-        .unwrap()
-        .trim_end_matches('/')
-        .parse()
-        .unwrap();
+    let admin = admin_addr(&wslb);
     wslb.wait_for("balancing");
     // Both workers (SO_REUSEPORT spreads 20 connections over them), frames within a ring
     // buffer (4 KiB), both directions.

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The status page in a real browser (status-page.mjs): Debian's Chromium, headless, driven
-# from Node by playwright-core, against examples/admin_demo. Saves docs/status-page.png.
+# from Node by playwright-core, against examples/admin_demo. Saves its screenshot under
+# target/ (SCREENSHOT=docs/status-page.png refreshes the README's picture on purpose).
 # Then wss:// from the same browser through the real binary (wss.mjs), trusting a test CA
 # through an NSS database.
 # Needs node 20+ with npm, cargo, Chromium at $CHROMIUM (default /usr/bin/chromium), the
@@ -31,7 +32,8 @@ target="${CARGO_TARGET_DIR:-$repo/target}"
 case "$target" in /*) ;; *) target="$repo/$target" ;; esac
 export ADMIN_DEMO="$target/debug/examples/admin_demo"
 export WSLB="$target/debug/wslb"
-export SCREENSHOT="${SCREENSHOT:-$repo/docs/status-page.png}"
+mkdir -p "$repo/target/browser"
+export SCREENSHOT="${SCREENSHOT:-$repo/target/browser/status-page.png}"
 # The page's states (draining, backends down, unreachable) against a scripted instance,
 # then the real binary with real traffic from the browser's own WebSockets, then wss://.
 node status-page.mjs

@@ -6,7 +6,7 @@
 // Environment (tests/browser/run.sh sets them):
 //   ADMIN_DEMO  path of the built admin_demo example
 //   CHROMIUM    the browser (default /usr/bin/chromium)
-//   SCREENSHOT  where the screenshot goes (default docs/status-page.png of the repo)
+//   SCREENSHOT  where the screenshot goes (default target/browser/status-page.png; run.sh sets it)
 
 import { spawn } from "node:child_process";
 import { mkdtempSync, rmSync, mkdirSync } from "node:fs";
@@ -22,7 +22,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 const repo = resolve(here, "../..");
 const demoPath = process.env.ADMIN_DEMO ?? join(repo, "target/debug/examples/admin_demo");
 const browserPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
-const screenshot = process.env.SCREENSHOT ?? join(repo, "docs/status-page.png");
+const screenshot = process.env.SCREENSHOT ?? join(repo, "target/browser/status-page.png");
 // Guards against a hang, not measurements: each wait ends at the event it waits for.
 const GUARD_MS = 30_000;
 
