@@ -82,11 +82,16 @@ pub fn payload(size: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 31 + 7) as u8).collect()
 }
 
-/// A masked binary frame, as a client must send it.
+/// A masked frame (FIN set), as a client must send it, with a fixed mask.
 pub fn encode_masked(payload: &[u8], opcode: u8) -> Vec<u8> {
-    let mask = [0x12, 0x34, 0x56, 0x78];
-    let mut v = vec![0x80 | opcode];
+    encode_with_mask(payload, opcode, [0x12, 0x34, 0x56, 0x78])
+}
+
+/// A masked frame (FIN set) with the mask given.
+pub fn encode_with_mask(payload: &[u8], opcode: u8, mask: [u8; 4]) -> Vec<u8> {
     let n = payload.len();
+    let mut v = Vec::with_capacity(n + 14);
+    v.push(0x80 | opcode);
     if n < 126 {
         v.push(0x80 | n as u8);
     } else if n < 65536 {

@@ -84,17 +84,26 @@ struct Inner {
     chunks: RefCell<Vec<(u32, u16)>>,
     /// Slots whose receive ended with `ENOBUFS`, to re-arm as buffers come back.
     starved: RefCell<Vec<u32>>,
-    /// A trim is ending every receive (see [`RecvRing::trim`]): nothing is re-armed until
-    /// it is done.
-    quiet: Cell<bool>,
-    /// The worker is ending ([`RecvRing::retire`]): nothing is armed again, and a buffer
-    /// given back now may come from a write the runtime dropped in flight.
-    retired: Cell<bool>,
+    /// Whether receives may be (re-)armed.
+    phase: Cell<Phase>,
     /// Bytes received when the pages were last given back: while that is unchanged no
     /// buffer was filled since, and a trim has nothing to give back.
     trimmed_at: Cell<Option<u64>>,
     /// The worker's counters (starved, paused, large frames).
     stats: Arc<WorkerStats>,
+}
+
+/// Whether the ring's receives may be (re-)armed: one state, not two flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Receives are armed, re-armed after a starvation or an end the kernel chose.
+    Running,
+    /// A trim is ending every receive (see [`RecvRing::trim`]): nothing is re-armed until
+    /// it is done, and it re-arms them all.
+    Quiet,
+    /// The worker is ending ([`RecvRing::retire`]): nothing is armed again, and a buffer
+    /// given back now may come from a write the runtime dropped in flight.
+    Retired,
 }
 
 /// What a slot's pump wants of its receive.
@@ -198,9 +207,8 @@ impl RecvRing {
             slots: RefCell::default(),
             free: RefCell::default(),
             starved: RefCell::default(),
-            quiet: Cell::new(false),
+            phase: Cell::new(Phase::Running),
             trimmed_at: Cell::new(None),
-            retired: Cell::new(false),
             stats,
         })))
     }
@@ -290,8 +298,7 @@ impl RecvRing {
     /// The worker is ending: every receive is ended for good (bytes not yet received stay
     /// in their sockets, which close with the worker).
     pub fn retire(&self) {
-        self.0.retired.set(true);
-        self.0.quiet.set(true);
+        self.0.phase.set(Phase::Retired);
         if !self.0.end_every_receive() {
             tracing::warn!("receive ring: receives still in flight as the worker ends");
         }
@@ -410,7 +417,7 @@ impl Inner {
                 s.end = 0;
             } else if res < 0 && res != -libc::ECANCELED {
                 s.end = res;
-            } else if res > 0 && s.want == Want::Run && !self.quiet.get() {
+            } else if res > 0 && s.want == Want::Run && self.phase.get() == Phase::Running {
                 // The kernel ended the receive for its own reasons (a full completion
                 // queue): it carries on (after a trim, if one is ending every receive).
                 drop(slots);
@@ -435,7 +442,7 @@ impl Inner {
 
     /// Buffer `bid` comes back from its chunk; a starved receive may go on.
     fn give(&self, bid: u16) {
-        if self.retired.get() {
+        if self.phase.get() == Phase::Retired {
             // A chunk dropped as the worker ends may be the buffer of a write monoio's
             // driver abandoned in flight (it closes its ring without waiting), which the
             // kernel may still read: the buffers stay mapped for good.
@@ -451,8 +458,9 @@ impl Inner {
     /// buffers it waited for came back. Entries that no longer apply (the source ended,
     /// closed, stopped or was re-armed since) are dropped.
     fn rearm_starved(&self) {
-        if self.quiet.get() {
-            // A trim is ending every receive; it re-arms these when done.
+        if self.phase.get() != Phase::Running {
+            // A trim is ending every receive, and re-arms these when done; or the worker
+            // is ending.
             return;
         }
         let mut room = self.bufs.free();
@@ -544,7 +552,7 @@ impl Drop for Inner {
         for s in self.slots.get_mut().iter_mut() {
             s.waker = None;
         }
-        self.quiet.set(true);
+        self.phase.set(Phase::Retired);
         let ended = self.end_every_receive();
         let unregistered = self.ring.get_mut().submitter().unregister_buf_ring(GROUP);
         if !ended || unregistered.is_err() {

@@ -6,7 +6,7 @@ use std::io;
 
 use io_uring::{opcode, types};
 
-use super::{CANCEL, Inner, OPEN, Want};
+use super::{CANCEL, Inner, OPEN, Phase, Want};
 
 /// Cancel rounds a trim tries before giving up (see `Inner::end_every_receive`): one
 /// suffices unless an io-wq worker re-arms a receive as it is cancelled.
@@ -24,7 +24,10 @@ impl Inner {
         if self.trimmed_at.get() == Some(self.stats.ring_bytes()) {
             return true;
         }
-        self.quiet.set(true);
+        if self.phase.get() == Phase::Retired {
+            return false;
+        }
+        self.phase.set(Phase::Quiet);
         let ended = self.end_every_receive();
         // SAFETY: `Provided::trim`'s contract: when `ended`, every receive of this ring has
         // posted its last completion and it was reaped (the request no longer exists, so
@@ -38,10 +41,7 @@ impl Inner {
         if trimmed {
             self.trimmed_at.set(Some(self.stats.ring_bytes()));
         }
-        if self.retired.get() {
-            return trimmed;
-        }
-        self.quiet.set(false);
+        self.phase.set(Phase::Running);
         self.rearm_ended();
         trimmed
     }

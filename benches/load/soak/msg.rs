@@ -135,21 +135,7 @@ pub fn hash(data: &[u8]) -> u64 {
 /// A masked frame (FIN set) with a mask from `rng`, as a client must send it.
 pub fn masked_frame(payload: &[u8], opcode: u8, rng: &mut Rng) -> Vec<u8> {
     let mask = (rng.next_u64() as u32).to_be_bytes();
-    let n = payload.len();
-    let mut v = Vec::with_capacity(n + 14);
-    v.push(0x80 | opcode);
-    if n < 126 {
-        v.push(0x80 | n as u8);
-    } else if n < 65536 {
-        v.push(0x80 | 126);
-        v.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        v.push(0x80 | 127);
-        v.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    v.extend_from_slice(&mask);
-    v.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    v
+    crate::client::encode_with_mask(payload, opcode, mask)
 }
 
 /// How an echo differs from what was sent, for the report's sample lines.
