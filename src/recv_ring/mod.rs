@@ -296,7 +296,8 @@ impl RecvRing {
     }
 
     /// The worker is ending: every receive is ended for good (bytes not yet received stay
-    /// in their sockets, which close with the worker).
+    /// in their sockets, which close with the worker), and none is armed again (a source
+    /// opened from now on gets `None` and its relay reads for itself).
     pub fn retire(&self) {
         self.0.phase.set(Phase::Retired);
         if !self.0.end_every_receive() {
@@ -545,14 +546,18 @@ impl RecvRing {
 }
 
 impl Drop for Inner {
-    /// The buffers are unmapped only once no receive can fill one: every receive ended
-    /// (as for a trim) and the buffer ring unregistered. Otherwise they stay mapped.
+    /// The buffers are unmapped only once no receive can fill one (every receive ended, as
+    /// for a trim, and the buffer ring unregistered) and the ring was retired first. A ring
+    /// dropped unretired (its worker panicked, or a test) may be going with a runtime whose
+    /// abandoned writes still read its buffers: they stay mapped.
     fn drop(&mut self) {
         // The worker's runtime may be going away: no task is woken from here on.
         for s in self.slots.get_mut().iter_mut() {
             s.waker = None;
         }
-        self.phase.set(Phase::Retired);
+        if self.phase.replace(Phase::Retired) != Phase::Retired {
+            self.bufs.keep();
+        }
         let ended = self.end_every_receive();
         let unregistered = self.ring.get_mut().submitter().unregister_buf_ring(GROUP);
         if !ended || unregistered.is_err() {

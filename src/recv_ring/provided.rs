@@ -146,16 +146,24 @@ impl Provided {
     fn put(&self, bid: u16) {
         let tail = self.tail.get();
         let slot = usize::from(tail & (self.entries - 1));
-        // SAFETY: `slot` < `entries`, inside the ring mapping. The kernel reads only the
-        // slots between its head and the published tail; this one is past the tail until
-        // `publish`, so writing it races with nothing. The `&mut` covers slot 0's `resv`
-        // too, the live tail the kernel may read at any time: `set_addr`, `set_len` and
-        // `set_bid` write only the other fields, and nothing reads or writes `resv`
-        // through this reference.
-        let entry = unsafe { &mut *self.ring.ptr.cast::<BufRingEntry>().add(slot) };
-        entry.set_addr(self.mem.ptr as u64 + u64::from(bid) * u64::from(self.size));
-        entry.set_len(self.size);
-        entry.set_bid(bid);
+        // SAFETY: `slot` < `entries`, so the entry's 16 bytes lie inside the ring mapping,
+        // at offsets 0 (`addr`, u64), 8 (`len`, u32) and 12 (`bid`, u16) of the kernel's
+        // `struct io_uring_buf`, each naturally aligned (the mapping is page-aligned). The
+        // kernel reads only the entries between its head and the published tail; this one
+        // is past the tail until `publish` (the buffer being given back is out, so the ring
+        // holds at most `entries - 1`), so these writes race with nothing. They go through
+        // raw pointers, not a `&mut` of the entry: slot 0's last two bytes are the live
+        // tail, which the kernel may read at any time.
+        unsafe {
+            let entry = self
+                .ring
+                .ptr
+                .add(slot * std::mem::size_of::<BufRingEntry>());
+            let addr = self.mem.ptr as u64 + u64::from(bid) * u64::from(self.size);
+            entry.cast::<u64>().write(addr);
+            entry.add(8).cast::<u32>().write(self.size);
+            entry.add(12).cast::<u16>().write(bid);
+        }
         self.tail.set(tail.wrapping_add(1));
         self.out.set(self.out.get() - 1);
     }

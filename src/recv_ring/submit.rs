@@ -6,7 +6,7 @@ use std::io;
 
 use io_uring::{opcode, types};
 
-use super::{CANCEL, GROUP, Inner};
+use super::{CANCEL, GROUP, Inner, Phase};
 
 /// Tries of a submit the kernel refuses for want of resources (see `Inner::submit`).
 const SUBMIT_TRIES: u32 = 1000;
@@ -71,6 +71,11 @@ impl Inner {
 
     /// Queues a multishot receive for slot `id`, for the next submit.
     pub(super) fn arm_deferred(&self, id: u32) -> io::Result<()> {
+        if self.phase.get() == Phase::Retired {
+            // Tasks still run after `retire` (a pump resuming, a relay opening its source):
+            // none may arm a receive that could refill a buffer an abandoned write reads.
+            return Err(io::Error::other("the receive ring is retired"));
+        }
         let fd = {
             let mut slots = self.slots.borrow_mut();
             let s = &mut slots[id as usize];
