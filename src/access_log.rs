@@ -45,6 +45,8 @@ pub struct Entry<'a> {
     pub duration: Duration,
     /// `relayed`, or the reason the connection did not reach the relay.
     pub outcome: &'a str,
+    /// The HTTP status the client got, if it got one.
+    pub status: Option<u16>,
     pub traffic: Traffic,
 }
 
@@ -162,6 +164,7 @@ mod tests {
             path,
             duration: Duration::from_millis(1234),
             outcome: "relayed",
+            status: None,
             traffic: Traffic {
                 bytes: [100, 2000],
                 frames: [3, 4],

@@ -17,7 +17,11 @@ use monoio::net::TcpStream;
 use monoio::time::Instant;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::connection::read_upgrade;
+use monoio::buf::IoBufMut;
+use monoio::io::AsyncReadRent;
+
+use crate::handshake;
+use crate::outcome::Refusal;
 
 /// Request heads up to 8 KiB, like the balancer's default.
 const MAX_REQUEST: usize = 8192;
@@ -26,11 +30,7 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves one connection: handshake, then echo until the client closes.
 pub async fn serve(mut stream: TcpStream) {
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
-    let buf = Vec::with_capacity(MAX_REQUEST);
-    let upgrade = read_upgrade(&mut stream, buf, deadline, MAX_REQUEST, false, |u| {
-        u.switching_protocols()
-    });
-    let Ok((leftover, Some(response))) = upgrade.await else {
+    let Some((leftover, response)) = read_upgrade(&mut stream, deadline).await else {
         return;
     };
     if stream.write_all(response).await.0.is_err() {
@@ -67,6 +67,41 @@ pub async fn serve(mut stream: TcpStream) {
             // fastwebsockets has already answered the close (auto_close).
             OpCode::Close => return,
             _ => {}
+        }
+    }
+}
+
+/// Reads a valid upgrade request: the bytes after its head, and the 101 to answer it with.
+/// `None` for anything else; a bad request is answered with its status first, as wslb
+/// answers it (a plain request proxied here gets 426).
+async fn read_upgrade(stream: &mut TcpStream, deadline: Instant) -> Option<(Vec<u8>, Vec<u8>)> {
+    let mut buf = Vec::with_capacity(MAX_REQUEST);
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
+        match handshake::parse_request(&buf, &mut headers) {
+            Ok(Some(u)) => {
+                let (response, head_len) = (u.switching_protocols(), u.head_len);
+                buf.drain(..head_len);
+                return Some((buf, response));
+            }
+            Ok(None) => {}
+            Err(reject) => {
+                let answer = Refusal::from(reject).response().into_owned();
+                let _ = stream.write_all(answer).await;
+                return None;
+            }
+        }
+        let len = buf.len();
+        if len == MAX_REQUEST {
+            let answer = Refusal::from(handshake::over_limit(&buf)).response().into_owned();
+            let _ = stream.write_all(answer).await;
+            return None;
+        }
+        let read = stream.read(buf.slice_mut(len..MAX_REQUEST));
+        let (res, slice) = monoio::time::timeout_at(deadline, read).await.ok()?;
+        buf = slice.into_inner();
+        if !matches!(res, Ok(n) if n > 0) {
+            return None;
         }
     }
 }

@@ -1,5 +1,5 @@
-//! HTTP/1.1 Upgrade: parse and validate the client's request, rewrite it for the backend,
-//! parse the backend's answer, and the error responses wslb sends itself.
+//! HTTP/1.1 Upgrade: parse a request head (once, for upgrades and plain requests alike),
+//! validate an upgrade, rewrite it for the backend, and parse the backend's answer.
 //!
 //! Everything here is pure (bytes in, decision out) so it can be unit-tested and fuzzed;
 //! the socket I/O around it lives in `connection.rs`. Parsing is `httparse`'s: monoio-http
@@ -7,8 +7,6 @@
 //! first frames of an eager client) must reach the backend.
 
 use std::net::IpAddr;
-
-use crate::stream::Scheme;
 
 use base64::Engine;
 use sha1::{Digest, Sha1};
@@ -25,6 +23,22 @@ pub enum Extensions {
     Pass,
     /// No extension is negotiated: both peers speak uncompressed frames.
     Strip,
+}
+
+/// The scheme a client reached wslb with, as `X-Forwarded-Proto` tells the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
 }
 
 /// Most header lines accepted in a request or response. Browsers send 10-20.
@@ -62,84 +76,39 @@ impl Reject {
             Reject::BodyTooLarge => 413,
         }
     }
-
-    /// The complete response, closing the connection.
-    pub fn response(self) -> &'static [u8] {
-        match self {
-            Reject::Malformed(_) => BAD_REQUEST,
-            Reject::NotGet => METHOD_NOT_ALLOWED,
-            Reject::NotUpgrade(_) | Reject::BadVersion => UPGRADE_REQUIRED,
-            Reject::TooLarge => TOO_LARGE,
-            Reject::UriTooLong => URI_TOO_LONG,
-            Reject::BodyTooLarge => BODY_TOO_LARGE,
-        }
-    }
 }
 
-// Complete responses with `Connection: close`; `static_responses_are_consistent` checks
-// each Content-Length.
-const BAD_REQUEST: &[u8] = b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nContent-Length: 30\r\n\r\nbad websocket upgrade request\n";
-const METHOD_NOT_ALLOWED: &[u8] = b"HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\n\
-Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 27\r\n\r\n\
-websocket upgrades use GET\n";
-const UPGRADE_REQUIRED: &[u8] = b"HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\n\
-Sec-WebSocket-Version: 13\r\nContent-Type: text/plain\r\nConnection: close\r\n\
-Content-Length: 29\r\n\r\nthis is a websocket endpoint\n";
-const TOO_LARGE: &[u8] = b"HTTP/1.1 431 Request Header Fields Too Large\r\n\
-Content-Type: text/plain\r\nConnection: close\r\nContent-Length: 25\r\n\r\n\
-request header too large\n";
-const URI_TOO_LONG: &[u8] = b"HTTP/1.1 414 URI Too Long\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nContent-Length: 24\r\n\r\nrequest target too long\n";
-const BODY_TOO_LARGE: &[u8] = b"HTTP/1.1 413 Content Too Large\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nContent-Length: 23\r\n\r\nrequest body too large\n";
-/// 503: the instance is at `limits.max_connections`; answered right after accept.
-pub const OVER_LIMIT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nRetry-After: 1\r\nContent-Length: 33\r\n\r\nconnection limit reached, retry\r\n";
-/// 429 over `limits.max_connections_per_ip`; answered right after accept. `Retry-After: 1`:
-/// a place frees up when one of the client's connections closes, which nothing predicts.
-pub const PER_IP_CONNECTIONS: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
-Content-Type: text/plain\r\nConnection: close\r\nRetry-After: 1\r\nContent-Length: 39\r\n\r\n\
-too many connections from your address\n";
-
-/// 429 over `limits.handshake_rate_per_ip`, with the seconds until the client's bucket
-/// has a token again; answered right after accept.
-pub fn per_ip_rate(retry_after: u32) -> Vec<u8> {
-    const BODY: &str = "too many new connections from your address\n";
-    format!(
-        "HTTP/1.1 429 Too Many Requests\r\nContent-Type: text/plain\r\nConnection: close\r\n\
-         Retry-After: {retry_after}\r\nContent-Length: {}\r\n\r\n{BODY}",
-        BODY.len()
-    )
-    .into_bytes()
-}
-
-/// 404: no route matches the request's host and path.
-pub const NOT_FOUND: &[u8] = b"HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nContent-Length: 26\r\n\r\nno route for this request\n";
-/// 503: health checks have every backend down; answered at once, without trying them.
-pub const SERVICE_UNAVAILABLE: &[u8] =
-    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nRetry-After: 1\r\nContent-Length: 22\r\n\r\nno backend is healthy\n";
-/// 502: every backend refused or timed out, or answered something that is not HTTP.
-pub const BAD_GATEWAY: &[u8] = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nContent-Length: 28\r\n\r\nno backend could be reached\n";
-
-/// A valid WebSocket upgrade request, borrowing the client's bytes.
+/// A valid WebSocket upgrade request, borrowing the client's bytes. Reads as its
+/// [`View`] (`u.path`, `u.host`, `u.cookie(..)`).
 #[derive(Debug)]
 pub struct Upgrade<'b, 'h> {
     /// Bytes of the request head including the final CRLFCRLF; bytes after it are frames.
     pub head_len: usize,
+    pub key: &'b [u8],
+    /// The target was absolute-form: the backend gets `host` as its Host header, in place
+    /// of the client's.
+    absolute: bool,
+    view: View<'b, 'h>,
+}
+
+impl<'b, 'h> std::ops::Deref for Upgrade<'b, 'h> {
+    type Target = View<'b, 'h>;
+    fn deref(&self) -> &View<'b, 'h> {
+        &self.view
+    }
+}
+
+/// What routing and selection read of a request, an upgrade or a plain one alike: its
+/// host, its target, its headers. One reading for both, so a session's polls and its later
+/// upgrade find the same route, cookie and hash key.
+#[derive(Debug, Clone, Copy)]
+pub struct View<'b, 'h> {
     /// The request target in origin-form: path and query (an absolute-form target's, whose
     /// scheme and authority are not part of it).
     pub path: &'b str,
     /// The request's host: an absolute-form target's authority, else the `Host` header's
     /// value (exactly one Host header is required either way).
     pub host: &'b [u8],
-    pub key: &'b [u8],
-    /// The target was absolute-form: the backend gets `host` as its Host header, in place
-    /// of the client's.
-    absolute: bool,
     headers: &'h [httparse::Header<'b>],
 }
 
@@ -155,7 +124,7 @@ fn has_token(value: &[u8], token: &str) -> bool {
 }
 
 /// A request head as httparse reads it, for upgrades and plain requests alike.
-pub(crate) struct RequestHead<'b, 'h> {
+pub struct RequestHead<'b, 'h> {
     pub head_len: usize,
     pub method: &'b str,
     /// Origin-form (path and query) or `*` ([`target::parse`]).
@@ -170,7 +139,7 @@ pub(crate) struct RequestHead<'b, 'h> {
 /// Parses the request head at the start of `buf`: `Ok(None)` while incomplete, 431 for
 /// too many headers, 400 for anything httparse refuses, a request line without all its
 /// parts, or a target in a form wslb does not serve ([`target::parse`]).
-pub(crate) fn parse_head<'b, 'h>(
+pub fn parse_head<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
 ) -> Result<Option<RequestHead<'b, 'h>>, Reject> {
@@ -220,9 +189,24 @@ pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>; MAX_HEADERS],
 ) -> Result<Option<Upgrade<'b, 'h>>, Reject> {
-    let Some(head) = parse_head(buf, headers)? else {
-        return Ok(None);
-    };
+    match parse_head(buf, headers)? {
+        Some(head) => upgrade(head).map(Some),
+        None => Ok(None),
+    }
+}
+
+impl RequestHead<'_, '_> {
+    /// The request asks for a WebSocket (an `Upgrade` header naming websocket): one that
+    /// fails validation is refused as a bad upgrade; any other may be plain HTTP (`http/`).
+    pub fn asks_websocket(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|h| eq(h.name, "upgrade") && has_token(h.value, "websocket"))
+    }
+}
+
+/// Validates a parsed head as a WebSocket upgrade (RFC 6455 §4.2.1).
+pub fn upgrade<'b, 'h>(head: RequestHead<'b, 'h>) -> Result<Upgrade<'b, 'h>, Reject> {
     let RequestHead {
         head_len,
         method,
@@ -293,28 +277,16 @@ pub fn parse_request<'b, 'h>(
         Some(k) if keys == 1 && is_valid_key(k) => k,
         _ => return Err(Reject::Malformed("bad Sec-WebSocket-Key")),
     };
-    Ok(Some(Upgrade {
+    Ok(Upgrade {
         head_len,
-        path,
-        host,
         key,
         absolute: authority.is_some(),
-        headers,
-    }))
-}
-
-/// Whether the complete head at the start of `buf` asks for a WebSocket (an `Upgrade`
-/// header naming websocket): such a request that fails validation is refused as a bad
-/// upgrade; any other goes to the plain HTTP proxy (`http/`).
-pub fn asks_websocket(buf: &[u8]) -> bool {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    if req.parse(buf).is_err() {
-        return false;
-    }
-    req.headers
-        .iter()
-        .any(|h| eq(h.name, "upgrade") && has_token(h.value, "websocket"))
+        view: View {
+            path,
+            host,
+            headers,
+        },
+    })
 }
 
 /// A key is base64 of exactly 16 bytes (RFC 6455 §4.1), so 24 characters.
@@ -333,64 +305,17 @@ pub fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.finalize())
 }
 
-impl<'b, 'h> Upgrade<'b, 'h> {
-    /// A plain HTTP request seen as the selector sees an upgrade (its target, host and
-    /// headers), so that hash keys and sticky cookies are read the same way for both
-    /// (`http/`): one session's polls and its later upgrade reach the same backend.
-    pub fn for_selection(
-        path: &'b str,
-        host: &'b [u8],
-        headers: &'h [httparse::Header<'b>],
-    ) -> Self {
-        Upgrade {
-            head_len: 0,
+impl<'b, 'h> View<'b, 'h> {
+    pub fn new(path: &'b str, host: &'b [u8], headers: &'h [httparse::Header<'b>]) -> Self {
+        View {
             path,
             host,
-            key: b"",
-            absolute: false,
             headers,
         }
     }
 }
 
-impl<'b> Upgrade<'b, '_> {
-    /// The request head sent to the backend: path and query (in origin-form), and every
-    /// header as the client sent them, except:
-    /// - `Host`: for an absolute-form target, its authority, in place of the client's.
-    /// - `Sec-WebSocket-Extensions`: with [`Extensions::Pass`], only its permessage-deflate
-    ///   offers are kept (any other extension is removed, as wslb cannot know its RSV
-    ///   bits); with [`Extensions::Strip`] the header is dropped and no extension is
-    ///   negotiated, so both peers fall back to uncompressed frames (RFC 6455 §9.1).
-    /// - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` is set
-    ///   to the scheme the client reached wslb with.
-    pub fn forward_head(&self, client_ip: IpAddr, scheme: Scheme, ext: Extensions) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.head_len + 64);
-        out.extend_from_slice(b"GET ");
-        out.extend_from_slice(self.path.as_bytes());
-        out.extend_from_slice(b" HTTP/1.1\r\n");
-        let extensions = |h: &&httparse::Header<'_>| eq(h.name, "sec-websocket-extensions");
-        if ext == Extensions::Pass {
-            for h in self.headers.iter().filter(extensions) {
-                let kept = deflate_offers(h.value);
-                if !kept.is_empty() {
-                    out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
-                    out.extend_from_slice(&kept);
-                    out.extend_from_slice(b"\r\n");
-                }
-            }
-        }
-        copy_forwarded(
-            &mut out,
-            self.headers,
-            |h| extensions(&h),
-            self.absolute.then_some(self.host),
-            client_ip,
-            scheme,
-        );
-        out.extend_from_slice(b"\r\n");
-        out
-    }
-
+impl<'b> View<'b, '_> {
     /// The path without the query.
     pub fn path_only(&self) -> &str {
         self.path.split_once('?').map_or(self.path, |(p, _)| p)
@@ -433,6 +358,45 @@ impl<'b> Upgrade<'b, '_> {
             let (n, v) = pair.split_once('=').unwrap_or((pair, ""));
             (n == name).then_some(v)
         })
+    }
+}
+
+impl<'b> Upgrade<'b, '_> {
+    /// The request head sent to the backend: path and query (in origin-form), and every
+    /// header as the client sent them, except:
+    /// - `Host`: for an absolute-form target, its authority, in place of the client's.
+    /// - `Sec-WebSocket-Extensions`: with [`Extensions::Pass`], only its permessage-deflate
+    ///   offers are kept (any other extension is removed, as wslb cannot know its RSV
+    ///   bits); with [`Extensions::Strip`] the header is dropped and no extension is
+    ///   negotiated, so both peers fall back to uncompressed frames (RFC 6455 §9.1).
+    /// - `X-Forwarded-For` gets the client's address appended; `X-Forwarded-Proto` is set
+    ///   to the scheme the client reached wslb with.
+    pub fn forward_head(&self, client_ip: IpAddr, scheme: Scheme, ext: Extensions) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.head_len + 64);
+        out.extend_from_slice(b"GET ");
+        out.extend_from_slice(self.path.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let extensions = |h: &&httparse::Header<'_>| eq(h.name, "sec-websocket-extensions");
+        if ext == Extensions::Pass {
+            for h in self.headers.iter().filter(extensions) {
+                let kept = deflate_offers(h.value);
+                if !kept.is_empty() {
+                    out.extend_from_slice(b"Sec-WebSocket-Extensions: ");
+                    out.extend_from_slice(&kept);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        copy_forwarded(
+            &mut out,
+            self.headers,
+            |h| extensions(&h),
+            self.absolute.then_some(self.host),
+            client_ip,
+            scheme,
+        );
+        out.extend_from_slice(b"\r\n");
+        out
     }
 
     /// The `101 Switching Protocols` a WebSocket server (the echo backend) answers with.

@@ -168,19 +168,20 @@ impl Instance {
                 settings.io_driver,
                 move |id, l, inbox| {
                     let stats = stats[id].clone();
-                    let mut env =
-                        WorkerEnv::new(id, settings.clone(), router.clone(), stats.clone());
+                    let mut env = WorkerEnv::new(id, &settings, router.clone(), stats.clone());
                     env.access_log = access_log.clone();
                     env.tls = certificates.clone().map(crate::tls::LocalCertificates::new);
-                    env.recv = worker::recv_ring(id, &settings, stats.clone());
+                    env.relay.recv = worker::recv_ring(id, &settings, stats.clone());
                     let tls_enabled = settings.tls_enabled;
                     let env = Rc::new(env);
                     let limit = limit.clone();
                     async move {
                         let keepalive = env.clone();
-                        monoio::spawn(async move { keepalive.registry.keepalive_timer().await });
+                        monoio::spawn(
+                            async move { keepalive.relay.registry.keepalive_timer().await },
+                        );
                         monoio::spawn(worker::trim_when_idle(env.clone()));
-                        if let Some(r) = env.recv.clone() {
+                        if let Some(r) = env.relay.recv.clone() {
                             monoio::spawn(r.run());
                         }
                         let accepting = monoio::io::Canceller::new();
@@ -196,10 +197,10 @@ impl Instance {
                                 crate::connection::serve(stream, peer, conn_env.clone(), open, tls)
                             },
                         ));
-                        worker::obey(inbox, &env.registry, accepting).await;
+                        worker::obey(inbox, &env.relay.registry, accepting).await;
                         // Stopped: the accept is cancelled; its end drops the listener.
                         accept.await;
-                        if let Some(r) = &env.recv {
+                        if let Some(r) = &env.relay.recv {
                             r.retire();
                         }
                     }

@@ -10,6 +10,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt, CancelHandle};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
+use crate::outcome::Refusal;
 use crate::per_ip::{self, PerIp};
 
 #[derive(Debug, thiserror::Error)]
@@ -143,15 +144,6 @@ pub struct ConnectionLimit {
     per_ip: PerIp,
 }
 
-/// Why [`ConnectionLimit::admit`] refused a client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
-    /// At `limits.max_connections`: 503.
-    Limit,
-    /// Over a per-client limit: 429.
-    PerIp(per_ip::Refusal),
-}
-
 impl ConnectionLimit {
     pub fn new(max: usize) -> Arc<Self> {
         Arc::new(Self {
@@ -182,8 +174,11 @@ impl ConnectionLimit {
     /// client refused there is not counted against its own limits), then under the
     /// client's (see `per_ip/`).
     pub fn admit(self: &Arc<Self>, ip: std::net::IpAddr) -> Result<Permit, Refusal> {
-        let mut permit = self.try_acquire().ok_or(Refusal::Limit)?;
-        permit.per_ip = self.per_ip.admit(ip).map_err(Refusal::PerIp)?;
+        let mut permit = self.try_acquire().ok_or(Refusal::OverLimit)?;
+        permit.per_ip = self.per_ip.admit(ip).map_err(|r| match r {
+            per_ip::Refusal::Connections => Refusal::PerIpConnections,
+            per_ip::Refusal::Rate { retry_after } => Refusal::PerIpRate { retry_after },
+        })?;
         Ok(permit)
     }
 
@@ -308,15 +303,8 @@ pub async fn accept_loop<F>(
                 match limit.admit(peer.ip()) {
                     Ok(permit) => serve(stream, peer, permit),
                     Err(_) if !plain_refusal => drop(stream),
-                    Err(Refusal::Limit) => {
-                        monoio::spawn(refuse(stream, crate::handshake::OVER_LIMIT));
-                    }
-                    Err(Refusal::PerIp(per_ip::Refusal::Connections)) => {
-                        monoio::spawn(refuse(stream, crate::handshake::PER_IP_CONNECTIONS));
-                    }
-                    Err(Refusal::PerIp(per_ip::Refusal::Rate { retry_after })) => {
-                        let answer = crate::handshake::per_ip_rate(retry_after);
-                        monoio::spawn(refuse(stream, answer));
+                    Err(refusal) => {
+                        monoio::spawn(refuse(stream, refusal.response().into_owned()));
                     }
                 }
             }

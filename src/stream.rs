@@ -6,21 +6,7 @@ use std::future::Future;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, OwnedReadHalf, OwnedWriteHalf, Splitable};
 use monoio::net::TcpStream;
 
-/// The scheme a client reached wslb with, as `X-Forwarded-Proto` tells the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Scheme {
-    Http,
-    Https,
-}
-
-impl Scheme {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scheme::Http => "http",
-            Scheme::Https => "https",
-        }
-    }
-}
+pub use crate::handshake::Scheme;
 
 /// Waiting for a stream to become readable without holding a buffer. Asked of the stream,
 /// not of its socket: a stream that keeps bytes of its own (a TLS stream's decrypted

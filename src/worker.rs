@@ -19,72 +19,87 @@ use monoio::io::Canceller;
 use monoio::{IoUringDriver, LegacyDriver, RuntimeBuilder};
 
 use crate::buffers::BufferPool;
-use crate::config::{IoDriver, Settings};
+use crate::config::{Fixed, IoDriver, Settings};
 use crate::control::{Broadcast, Control, Inbox, Retirement};
+use crate::dial::{IdleConns, Timeouts};
 use crate::frame::Limits;
 use crate::metrics::WorkerStats;
-use crate::relay::RelayConfig;
 use crate::relay::registry::Registry;
+use crate::relay::{Context, RelayConfig};
 
-/// Everything one balancer worker's connections share, from the handshake to the relay:
-/// settings, the worker's view of the backend pool, its relay buffers, its registry of open
-/// relays and its counters. One per worker, owned by its thread (connections hold an `Rc`,
-/// relays a reference), so nothing here is written by another core.
+/// What one balancer worker's connections share, from the request to the hand-over to the
+/// relay: the settings fixed for the process, the worker's views of the reloadable state
+/// (routes and their pools, certificates: each read from its live snapshot, so nothing
+/// here holds a start-up copy of a reloadable field), the relays' [`Context`], the access
+/// log and the idle backend connections. One per worker, owned by its thread (connections
+/// hold an `Rc`), so nothing here is written by another core.
 #[derive(Debug)]
 pub struct WorkerEnv {
     pub id: usize,
-    pub settings: Arc<Settings>,
+    pub fixed: Fixed,
     /// The worker's copy of the routes and their pools.
     pub routes: crate::routes::LocalRoutes,
-    /// The relay's limits and close grace, resolved once from `settings`.
-    pub relay: RelayConfig,
-    /// Relay buffers (handshake reads borrow from here too).
-    pub buffers: BufferPool,
-    /// Wakes relays when the instance drains (close 1001 to both sides), a keepalive ping
-    /// or idle close is due, or their backend was removed (close 1012); told the first and
-    /// the last by [`obey`].
-    pub registry: Registry,
-    /// This worker's counters (pings, dead peers, protocol errors ...).
-    pub stats: Arc<WorkerStats>,
+    /// What the relays use: rules, buffers (handshake reads borrow from them too), the
+    /// registry of open relays, the counters, the receive ring.
+    pub relay: Context,
     /// The access log, when enabled (shared by the workers; one write per connection).
     pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// The TLS config new client handshakes use (`None`: plain ws), as a certificate
     /// reload last replaced it.
     pub tls: Option<crate::tls::LocalCertificates>,
     /// Idle backend connections for plain HTTP requests.
-    pub http_pool: crate::http::BackendPool,
-    /// The worker's receive ring for relay sockets (`recv_ring`); `None` on epoll, where
-    /// the kernel refuses it, or when `recv_ring_buffers` is 0.
-    pub recv: Option<crate::recv_ring::RecvRing>,
+    pub idle: IdleConns,
 }
 
 impl WorkerEnv {
     pub fn new(
         id: usize,
-        settings: Arc<Settings>,
+        settings: &Settings,
         router: Arc<crate::routes::Router>,
         stats: Arc<WorkerStats>,
     ) -> Self {
-        let relay = RelayConfig::new(
+        let fixed = settings.fixed.clone();
+        let rules = RelayConfig::new(
             Limits {
-                frame: settings.max_frame_bytes,
-                message: settings.max_message_bytes,
-                buffer: settings.relay_buffer_max_bytes,
+                frame: fixed.max_frame_bytes,
+                message: fixed.max_message_bytes,
+                buffer: fixed.relay_buffer_max_bytes,
             },
-            settings.close_grace,
+            fixed.close_grace,
         );
+        let relay = Context {
+            rules,
+            buffers: BufferPool::new(fixed.relay_buffer_bytes, fixed.relay_buffer_max_bytes),
+            registry: Registry::new(fixed.keepalive),
+            stats,
+            recv: None,
+        };
         Self {
             id,
             routes: crate::routes::LocalRoutes::new(router),
             relay,
-            buffers: BufferPool::new(settings.relay_buffer_bytes, settings.relay_buffer_max_bytes),
-            registry: Registry::new(settings.keepalive),
-            stats,
             tls: None,
-            http_pool: Default::default(),
-            settings,
+            idle: IdleConns::default(),
+            fixed,
             access_log: None,
-            recv: None,
+        }
+    }
+
+    /// This worker's counters.
+    pub fn stats(&self) -> &WorkerStats {
+        &self.relay.stats
+    }
+
+    /// The worker's relay buffers.
+    pub fn buffers(&self) -> &BufferPool {
+        &self.relay.buffers
+    }
+
+    /// How long dialling a backend may take.
+    pub fn dial_timeouts(&self) -> Timeouts {
+        Timeouts {
+            connect: self.fixed.backend_connect_timeout,
+            handshake: self.fixed.backend_handshake_timeout,
         }
     }
 }
@@ -130,8 +145,8 @@ pub async fn trim_when_idle(env: std::rc::Rc<WorkerEnv>) {
     // Relay buffers handed out, and receive-ring chunks received: either moving means
     // traffic.
     let activity = |env: &WorkerEnv| {
-        let ring = env.recv.as_ref().map_or(0, |r| r.received());
-        (env.buffers.taken(), ring)
+        let ring = env.relay.recv.as_ref().map_or(0, |r| r.received());
+        (env.relay.buffers.taken(), ring)
     };
     let mut seen = activity(&env);
     let mut burst = false;
@@ -142,8 +157,8 @@ pub async fn trim_when_idle(env: std::rc::Rc<WorkerEnv>) {
             (seen, burst) = (now, true);
         } else if burst {
             burst = false;
-            env.buffers.trim();
-            if let Some(r) = &env.recv {
+            env.relay.buffers.trim();
+            if let Some(r) = &env.relay.recv {
                 // Not with a chunk still out: it tries again after the next quiet spell.
                 burst = !r.trim();
             }

@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     match parse_request(data, &mut headers) {
         Ok(None) => {}
         Err(reject) => {
-            let r = reject.response();
+            let r = wslb::outcome::Refusal::from(reject).response();
             assert!(r.starts_with(b"HTTP/1.1 ") && r.windows(4).any(|w| w == b"\r\n\r\n"));
         }
         Ok(Some(up)) => {

@@ -12,8 +12,7 @@
 
 use std::net::IpAddr;
 
-use crate::handshake::Reject;
-use crate::stream::Scheme;
+use crate::handshake::{Reject, RequestHead, Scheme, View};
 
 /// Where a body ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,11 +125,17 @@ pub fn parse_request<'b, 'h>(
         check_line_endings(buf).map_err(Reject::Malformed)?;
         return Ok(None);
     };
-    check_line_endings(&buf[..end]).map_err(Reject::Malformed)?;
-    let Some(head) = crate::handshake::parse_head(&buf[..end], headers)? else {
-        return Ok(None);
-    };
-    let crate::handshake::RequestHead {
+    match crate::handshake::parse_head(&buf[..end], headers)? {
+        Some(head) => from_head(head, buf).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// A request head parsed by [`crate::handshake::parse_head`] (from the start of `buf`),
+/// validated as a plain request: its line endings, Host and body framing.
+pub fn from_head<'b, 'h>(head: RequestHead<'b, 'h>, buf: &[u8]) -> Result<Request<'b, 'h>, Reject> {
+    check_line_endings(&buf[..head.head_len]).map_err(Reject::Malformed)?;
+    let RequestHead {
         head_len,
         method,
         target,
@@ -168,7 +173,7 @@ pub fn parse_request<'b, 'h>(
     if body == Body::Chunked && minor == 0 {
         return Err(Reject::Malformed("chunked request from HTTP/1.0"));
     }
-    Ok(Some(Request {
+    Ok(Request {
         head_len,
         method,
         target,
@@ -179,7 +184,7 @@ pub fn parse_request<'b, 'h>(
         keep_alive: !close,
         expect_continue,
         headers,
-    }))
+    })
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), which a proxy does not pass on, and those
@@ -212,7 +217,12 @@ fn connection_values<'b>(headers: &[httparse::Header<'b>]) -> Vec<&'b [u8]> {
         .collect()
 }
 
-impl Request<'_, '_> {
+impl<'b, 'h> Request<'b, 'h> {
+    /// What routing and selection read of it, as of an upgrade.
+    pub fn view(&self) -> View<'b, 'h> {
+        View::new(self.target, self.host, self.headers)
+    }
+
     /// The head for the backend: the request line as HTTP/1.1 with the target in
     /// origin-form (as HAProxy and NGINX send it), end-to-end headers as sent (but Host
     /// for an absolute-form target: its authority), `X-Forwarded-For` (appended) and

@@ -4,11 +4,12 @@
 //! session's polls and its later upgrade reach the same backend.
 //!
 //! One exchange at a time per client connection, kept alive between them
-//! (`connection.rs` loops: the next request may be plain or an upgrade). Bodies stream
+//! (`connection.rs` loops: the next request may be plain or an upgrade; it has parsed the
+//! head and run `dispatch` on it, so this is the sibling of `upgrade.rs` for plain requests). Bodies stream
 //! both ways through one pool buffer, never whole (Content-Length, chunked, or until the
 //! backend closes), with `http.body_timeout_ms` between reads either way and
 //! `http.max_body_bytes` on requests. Framing and hop-by-hop headers: `framing.rs`.
-//! Backend connections are reused from the worker's [`BackendPool`] for requests without
+//! Backend connections are reused from the worker's idle ones (`dial::IdleConns`) for requests without
 //! a body (one that turns out closed is retried once on a new connection: nothing of the
 //! request was consumed); a request with a body always gets a new connection, so it is
 //! never sent twice. Not a web server: no caching, no rewriting, no HTTP/2.
@@ -18,172 +19,56 @@
 //! extensions included), keep the bytes pipelined behind a request, and share one buffer
 //! pool with the relay. httparse plus `framing.rs` is what that needs.
 
+mod body;
 pub mod framing;
-mod pool;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use monoio::buf::{IoBuf, IoBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 
 use crate::access_log;
-use crate::balancer::{Failure, Lease};
-use crate::connection::HandshakeError;
-use crate::handshake::{self, Reject};
-use crate::stream::ClientStream;
-use crate::upstream;
+use crate::balancer::{Backend, Failure, Snapshot};
+use crate::dial::{self, BackendConn, BackendError, Dialed};
+use crate::dispatch::Decision;
+use crate::frame::Side;
+use crate::handshake::{Reject, Scheme};
+use crate::outcome::{Ended, Refusal};
+use crate::relay::Traffic;
 use crate::worker::WorkerEnv;
-use framing::{Body, Chunked};
+use body::{Fail, Io, pass_body, read_head, write_prefix};
+use framing::Body;
 
-pub use pool::BackendPool;
-
-/// 504: the backend sent no response head within `timeouts.backend_handshake_ms`.
-const GATEWAY_TIMEOUT: &[u8] = b"HTTP/1.1 504 Gateway Timeout\r\nContent-Type: text/plain\r\n\
-Connection: close\r\nContent-Length: 27\r\n\r\nthe backend did not answer\n";
 /// How long a client that sent `Expect: 100-continue` waits for the backend's 100 before
 /// its body is sent anyway (curl waits 1 s too).
 const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
-/// How passing on a body, or a response head, failed.
+/// A plain request, parsed and decided: what its exchange needs of it, owned (its head's
+/// bytes are gone from the client's buffer by then).
 #[derive(Debug)]
-enum Fail {
-    /// The source closed or failed, or was quiet for the body timeout.
-    Src(String),
-    /// Writing to the destination failed.
-    Dst(String),
-    TooLarge,
-    Framing(&'static str),
-}
-
-impl std::fmt::Display for Fail {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fail::Src(e) => write!(f, "reading: {e}"),
-            Fail::Dst(e) => write!(f, "writing: {e}"),
-            Fail::TooLarge => f.write_str("body over http.max_body_bytes"),
-            Fail::Framing(e) => f.write_str(e),
-        }
-    }
-}
-
-/// Reads more into `buf`'s spare capacity (growing it when full) within `timeout`;
-/// `Ok(0)` at EOF. On timeout the read is cancelled and a new empty buffer returned.
-async fn read_more<R: AsyncReadRent>(
-    r: &mut R,
-    mut buf: Vec<u8>,
-    timeout: Duration,
-) -> (Result<usize, String>, Vec<u8>) {
-    if buf.len() == buf.capacity() {
-        buf.reserve(buf.capacity().max(4096));
-    }
-    let (len, cap) = (buf.len(), buf.capacity());
-    match monoio::time::timeout(timeout, r.read(buf.slice_mut(len..cap))).await {
-        Ok((res, slice)) => (res.map_err(|e| e.to_string()), slice.into_inner()),
-        Err(_) => (Err("timed out".into()), Vec::new()),
-    }
-}
-
-/// Writes `buf[..k]` within `timeout` and removes it from `buf`.
-async fn write_prefix<W: AsyncWriteRent>(
-    w: &mut W,
-    buf: Vec<u8>,
-    k: usize,
-    timeout: Duration,
-) -> Result<Vec<u8>, String> {
-    if k == 0 {
-        return Ok(buf);
-    }
-    match monoio::time::timeout(timeout, w.write_all(buf.slice(0..k))).await {
-        Ok((Ok(_), slice)) => {
-            let mut buf = slice.into_inner();
-            buf.drain(..k);
-            Ok(buf)
-        }
-        Ok((Err(e), _)) => Err(e.to_string()),
-        Err(_) => Err("write timed out".into()),
-    }
-}
-
-/// Passes one body from `src` to `dst`: what `buf` already holds first, then reads.
-/// Returns what follows the body in `buf` (a pipelined request, or nothing).
-async fn pass_body<R: AsyncReadRent, W: AsyncWriteRent>(
-    src: &mut R,
-    dst: &mut W,
-    mut buf: Vec<u8>,
+pub struct Plain {
+    /// The head for the backend ([`framing::Request::forward_head`]).
+    forward: Vec<u8>,
+    /// The method the response is read for: only `HEAD` changes its framing.
+    method: &'static str,
     body: Body,
-    limit: u64,
-    timeout: Duration,
-) -> Result<Vec<u8>, Fail> {
-    let mut chunked = Chunked::default();
-    let mut left = match body {
-        Body::None => return Ok(buf),
-        Body::Length(n) => n,
-        Body::Chunked | Body::UntilClose => u64::MAX,
-    };
-    loop {
-        let (k, done) = match body {
-            Body::Length(_) => {
-                let k = (buf.len() as u64).min(left) as usize;
-                left -= k as u64;
-                (k, left == 0)
-            }
-            Body::Chunked => {
-                let (k, done) = chunked.scan(&buf).map_err(Fail::Framing)?;
-                if chunked.data > limit {
-                    return Err(Fail::TooLarge);
-                }
-                (k, done)
-            }
-            _ => (buf.len(), false),
-        };
-        buf = write_prefix(dst, buf, k, timeout)
-            .await
-            .map_err(Fail::Dst)?;
-        if done {
-            return Ok(buf);
-        }
-        let (res, b) = read_more(src, buf, timeout).await;
-        buf = b;
-        match res {
-            Ok(0) if body == Body::UntilClose => return Ok(buf),
-            Ok(0) => return Err(Fail::Src("closed in the middle of a body".into())),
-            Ok(_) => {}
-            Err(e) => return Err(Fail::Src(e)),
-        }
-    }
+    keep_alive: bool,
+    expect_continue: bool,
+    /// The request target, kept only for the access log.
+    target: Option<Box<str>>,
 }
 
-/// Reads a response head into `buf` (which may hold some of it already). Returns it with
-/// `buf` holding only what follows the head. `Src` with nothing read: the connection was
-/// closed before answering (a reused one the backend had closed).
-async fn read_head<R: AsyncReadRent>(
-    r: &mut R,
-    mut buf: Vec<u8>,
-    method: &str,
-    timeout: Duration,
-) -> Result<(framing::Response, Vec<u8>), (Fail, bool)> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match framing::parse_response(&buf, method) {
-            Ok(Some(r)) => {
-                buf.drain(..r.head_len);
-                return Ok((r, buf));
-            }
-            Ok(None) if buf.len() >= 64 << 10 => {
-                return Err((Fail::Framing("response head over 64 KiB"), false));
-            }
-            Ok(None) => {}
-            Err(e) => return Err((Fail::Framing(e), false)),
-        }
-        let nothing = buf.is_empty();
-        let (res, b) = read_more(r, buf, deadline.saturating_duration_since(Instant::now())).await;
-        buf = b;
-        match res {
-            Ok(0) => return Err((Fail::Src("closed before answering".into()), nothing)),
-            Ok(_) => {}
-            Err(e) => return Err((Fail::Src(e), nothing)),
+impl Plain {
+    /// `log`: keep the target for the access log.
+    pub fn new(req: &framing::Request<'_, '_>, client: IpAddr, scheme: Scheme, log: bool) -> Self {
+        Plain {
+            forward: req.forward_head(client, scheme),
+            method: if req.method == "HEAD" { "HEAD" } else { "GET" },
+            body: req.body,
+            keep_alive: req.keep_alive,
+            expect_continue: req.expect_continue,
+            target: log.then(|| req.target.into()),
         }
     }
 }
@@ -191,258 +76,71 @@ async fn read_head<R: AsyncReadRent>(
 /// What one exchange with a backend gave: the response head and what follows it.
 type Answer = (framing::Response, Vec<u8>);
 
-/// Serves one plain request, whose head starts `buf`. Returns the bytes that follow the
-/// exchange (a pipelined request) when the client connection stays open, `None` when it
-/// is to be closed; an error only where a rejection is counted.
-pub(crate) async fn proxy<C: ClientStream>(
+/// Serves one plain request; `buf` holds what followed its head. Returns the bytes that
+/// follow the exchange (a pipelined request) when the client connection stays open,
+/// `None` when it is to be closed. An error is a refusal or failure the caller answers
+/// and records; one after the response head went out is only logged (`None`).
+pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
     client: &mut C,
     buf: Vec<u8>,
+    req: Plain,
+    decision: &Decision,
     peer: SocketAddr,
-    ctx: &WorkerEnv,
-) -> Result<Option<Vec<u8>>, HandshakeError> {
+    scheme: Scheme,
+    env: &WorkerEnv,
+) -> Result<Option<Vec<u8>>, Ended> {
     let started = Instant::now();
-    let (s, h) = (&ctx.settings, ctx.settings.http);
-    let mut headers = [httparse::EMPTY_HEADER; handshake::MAX_HEADERS];
-    let req = match framing::parse_request(&buf, &mut headers) {
-        Ok(Some(r)) => r,
-        Ok(None) => return reject(client, Reject::Malformed("incomplete request head")).await,
-        Err(r) => return reject(client, r).await,
-    };
-    if matches!(req.body, Body::Length(n) if n > h.max_body_bytes) {
-        let _ = client.write_all(Reject::BodyTooLarge.response()).await;
-        return Err(HandshakeError::ClientRejected(Reject::BodyTooLarge));
+    let (pool, snap, h) = (decision.pool(), decision.snapshot(), env.fixed.http);
+    // A kept connection for a request without a body, else a new one: a body is never
+    // sent twice.
+    let idle = (req.body == Body::None).then_some((&env.idle, h.pool_idle));
+    let (mut candidates, mut tried) = (decision.candidates(), 0);
+    let timeouts = env.dial_timeouts();
+    let Dialed {
+        conn: mut backend,
+        lease,
+        reused,
+        ..
+    } = dial::dial(pool, snap, &mut candidates, &mut tried, timeouts, idle).await?;
+    if reused {
+        env.stats().http_reused();
     }
-    let routes = ctx.routes.current();
-    let Some(route) = routes.table.find(req.host, req.target) else {
-        let _ = client.write_all(handshake::NOT_FOUND).await;
-        return Err(HandshakeError::NoRoute);
-    };
-    let pool = &routes.pools[route];
-    let snap = pool.current();
-    let view = handshake::Upgrade::for_selection(req.target, req.host, req.headers);
-    let ip = crate::connection::selection_key(peer.ip());
-    let cookie = snap.sticky.as_ref().and_then(|st| view.cookie(&st.cookie));
-    let sticky = snap.sticky_pick(cookie);
-    let first = match sticky {
-        Some(n) => crate::balancer::selection::Pick::of(Some(n.backend)),
-        None => snap.pick(crate::connection::request_key(
-            snap.key_source(),
-            &view,
-            &ip,
-        )),
-    };
-    let forward = bytes::Bytes::from(req.forward_head(peer.ip(), C::SCHEME));
-    let method = if req.method == "HEAD" { "HEAD" } else { "GET" };
-    let (body, client_keep, expect) = (req.body, req.keep_alive, req.expect_continue);
-    let target: Option<Box<str>> = ctx.access_log.is_some().then(|| req.target.into());
-    let head_len = req.head_len;
-    let mut buf = buf;
-    buf.drain(..head_len);
-
-    // A backend: a pooled connection for a request without a body, else a new one.
-    let mut candidates = snap.failover(first);
-    let mut tried = 0;
-    let (mut backend, lease, mut reused) = loop {
-        let Some(b) = candidates.next() else {
-            let answer = if tried == 0 {
-                handshake::SERVICE_UNAVAILABLE
-            } else {
-                handshake::BAD_GATEWAY
-            };
-            let _ = client.write_all(answer).await;
-            return Err(if tried == 0 {
-                HandshakeError::AllDown
-            } else {
-                HandshakeError::NoBackend { tried }
-            });
-        };
-        tried += 1;
-        pool.selected(b);
-        let lease = Lease::new(b.clone());
-        if body == Body::None
-            && let Some(c) = ctx.http_pool.take(b.id, h.pool_idle)
-        {
-            ctx.stats.http_reused();
-            break (c, lease, true);
-        }
-        match upstream::open(
-            &snap,
-            b.addr,
-            s.backend_connect_timeout,
-            s.backend_handshake_timeout,
-        )
-        .await
-        {
-            Ok(c) => break (c, lease, false),
-            Err(e) => {
-                tracing::warn!(backend = %b.addr, "{e}; trying the next backend");
-                pool.failed(b, Failure::Connect);
-            }
-        }
-    };
-    let addr = lease.backend().addr;
-
-    // The request, then the response head.
-    let mut rbuf = ctx.buffers.take(s.relay_buffer_bytes);
-    let mut request_done = body == Body::None;
-    let answer: Result<Answer, (Fail, bool)> = loop {
-        let written = write_prefix(
-            &mut backend,
-            forward.to_vec(),
-            forward.len(),
-            h.body_timeout,
-        )
-        .await;
-        if body == Body::None {
-            let answer = match written {
-                Ok(_) => {
-                    let rb = std::mem::take(&mut rbuf);
-                    read_head(&mut backend, rb, method, s.backend_handshake_timeout).await
-                }
-                Err(e) => Err((Fail::Dst(e), true)),
-            };
-            match answer {
-                // A reused connection the backend had closed (the write or the read finds
-                // out): the same request again on a new one (nothing of it was consumed).
-                Err((Fail::Src(_) | Fail::Dst(_), true)) if reused => {
-                    rbuf = ctx.buffers.take(s.relay_buffer_bytes);
-                    match upstream::open(
-                        &snap,
-                        addr,
-                        s.backend_connect_timeout,
-                        s.backend_handshake_timeout,
-                    )
-                    .await
-                    {
-                        Ok(c) => {
-                            backend = c;
-                            reused = false;
-                            continue;
-                        }
-                        Err(e) => break Err((Fail::Dst(e), true)),
-                    }
-                }
-                other => break other,
-            }
-        }
-        if let Err(e) = written {
-            break Err((Fail::Dst(e), true));
-        }
-        // With a body: wait a moment for a 100 if the client asked for one; a final answer
-        // instead ends the exchange before the body (the client connection is then closed).
-        if expect {
-            match monoio::time::timeout(
-                EXPECT_WAIT,
-                read_head(&mut backend, std::mem::take(&mut rbuf), method, EXPECT_WAIT),
-            )
-            .await
-            {
-                Ok(Ok((r, b))) if r.status == 100 => {
-                    rbuf = b;
-                    if client.write_all(r.finish_head("", true)).await.0.is_err() {
-                        break Err((Fail::Src("client gone".into()), false));
-                    }
-                }
-                Ok(Ok(answer)) => break Ok(answer),
-                Ok(Err(e)) => break Err(e),
-                Err(_) => rbuf = ctx.buffers.take(s.relay_buffer_bytes),
-            }
-        }
-        match pass_body(
-            client,
-            &mut backend,
-            std::mem::take(&mut buf),
-            body,
-            h.max_body_bytes,
-            h.body_timeout,
-        )
-        .await
-        {
-            Ok(rest) => {
-                buf = rest;
-                request_done = true;
-            }
-            Err(e) => break Err((e, false)),
-        }
-        if rbuf.capacity() == 0 {
-            rbuf = ctx.buffers.take(s.relay_buffer_bytes);
-        }
-        break read_head(&mut backend, rbuf, method, s.backend_handshake_timeout).await;
-    };
-    // Interim responses (103 ...) go on to the client; the final one follows.
-    let mut answer = answer;
-    loop {
-        let (r, b) = match answer {
-            Ok((r, b)) if (100..200).contains(&r.status) && r.status != 101 => (r, b),
-            other => {
-                answer = other;
-                break;
-            }
-        };
-        if client.write_all(r.finish_head("", true)).await.0.is_err() {
-            answer = Err((Fail::Dst("client gone".into()), false));
-            break;
-        }
-        answer = read_head(&mut backend, b, method, s.backend_handshake_timeout).await;
-    }
+    let b = lease.backend();
+    let sent = send_request(client, &mut backend, reused, buf, &req, (snap, b), env).await;
+    let (answer, buf, request_done) = sent;
+    let answer = pass_interim(client, &mut backend, answer, &req, env).await;
     let (resp, rbuf) = match answer {
         Ok((r, _)) if r.status == 101 => {
-            pool.failed(lease.backend(), Failure::Handshake);
-            let _ = client.write_all(handshake::BAD_GATEWAY).await;
-            return Err(HandshakeError::Backend {
-                addr,
-                reason: "101 to a plain request".into(),
-            });
+            pool.failed(b, Failure::Handshake);
+            let error = BackendError::Protocol("101 to a plain request");
+            return Err(backend_failed(b, error, Refusal::BadGateway));
         }
         Ok(a) => a,
-        Err((Fail::TooLarge, _)) => {
-            let _ = client.write_all(Reject::BodyTooLarge.response()).await;
-            return Err(HandshakeError::ClientRejected(Reject::BodyTooLarge));
-        }
-        Err((Fail::Framing(e), _)) if !request_done => {
-            let _ = client.write_all(Reject::Malformed(e).response()).await;
-            return Err(HandshakeError::ClientRejected(Reject::Malformed(e)));
-        }
-        Err((Fail::Src(e), _)) if !request_done => {
-            tracing::debug!(%peer, "client stopped in its request body: {e}");
-            return Err(HandshakeError::ClientClosed);
-        }
+        Err((Fail::TooLarge, _)) => return Err(Reject::BodyTooLarge.into()),
+        Err((Fail::Framing(e), _)) if !request_done => return Err(Reject::Malformed(e).into()),
+        Err((Fail::Src(_), _)) if !request_done => return Err(Ended::ClientClosed),
         Err((e, _)) => {
-            pool.failed(lease.backend(), Failure::Handshake);
-            let timed_out = matches!(&e, Fail::Src(m) if m == "timed out");
-            let _ = client
-                .write_all(if timed_out {
-                    GATEWAY_TIMEOUT
-                } else {
-                    handshake::BAD_GATEWAY
-                })
-                .await;
-            return Err(HandshakeError::Backend {
-                addr,
-                reason: e.to_string(),
-            });
+            pool.failed(b, Failure::Handshake);
+            let timed_out = matches!(e, Fail::Src(Io::TimedOut));
+            let answer = match timed_out {
+                true => Refusal::GatewayTimeout,
+                false => Refusal::BadGateway,
+            };
+            return Err(backend_failed(b, e.backend_error(), answer));
         }
     };
-    pool.connected(lease.backend());
+    pool.connected(b);
 
     // The response, with the sticky cookie unless the request named this backend with a
     // token of the current key.
-    let cookie = match &snap.sticky {
-        Some(st) => snap
-            .backends
-            .iter()
-            .position(|b| b.id == lease.backend().id)
-            .filter(|&i| !sticky.is_some_and(|n| n.backend == i && !n.stale))
-            .map(|i| st.set_cookie(i, matches!(C::SCHEME, crate::stream::Scheme::Https)))
-            .unwrap_or_default(),
-        None => String::new(),
-    };
-    let keep = client_keep && request_done && resp.body != Body::UntilClose;
-    ctx.stats.http_response(resp.status);
+    let cookie = decision.set_cookie(b, scheme).unwrap_or_default();
+    let keep = req.keep_alive && request_done && resp.body != Body::UntilClose;
+    env.stats().http_response(resp.status);
+    let head = resp.finish_head(&cookie, keep);
+    let head_bytes = head.len() as u64;
     let sent = async {
-        let head = resp.finish_head(&cookie, keep);
         if client.write_all(head).await.0.is_err() {
-            return Err(Fail::Dst("client gone".into()));
+            return Err(Fail::Dst(Io::Closed));
         }
         pass_body(
             &mut backend,
@@ -455,35 +153,136 @@ pub(crate) async fn proxy<C: ClientStream>(
         .await
     }
     .await;
-    if let Some(log) = &ctx.access_log {
+    if let Some(log) = &env.access_log {
+        let mut traffic = Traffic::default();
+        traffic.bytes[Side::Client.index()] = req.forward.len() as u64;
+        traffic.bytes[Side::Backend.index()] =
+            head_bytes + sent.as_ref().map_or(0, |(_, body)| *body);
         log.record(&access_log::Entry {
             client: peer,
-            backend: Some(addr),
-            path: target.as_deref(),
+            backend: Some(b.addr),
+            path: req.target.as_deref(),
             duration: started.elapsed(),
             outcome: "http",
-            traffic: Default::default(),
+            status: Some(resp.status),
+            traffic,
         });
     }
     match sent {
-        Ok(rest) => {
+        Ok((rest, _)) => {
             if resp.keep_alive && request_done && rest.is_empty() {
-                ctx.http_pool.put(lease.backend().id, backend, h.pool_size);
+                env.idle.put(b.id, backend, h.pool_size);
             }
-            ctx.buffers.give(rest);
+            env.buffers().give(rest);
             Ok(keep.then_some(buf))
         }
         Err(e) => {
-            tracing::debug!(%peer, backend = %addr, "response cut: {e}");
+            tracing::debug!(%peer, backend = %b.addr, "response cut: {e:?}");
             Ok(None)
         }
     }
 }
 
-async fn reject<C: AsyncWriteRent>(
+fn backend_failed(b: &Backend, error: BackendError, answer: Refusal) -> Ended {
+    Ended::Backend {
+        addr: b.addr,
+        error,
+        answer,
+    }
+}
+
+/// Sends the request (head, then body) and reads the backend's first response head.
+/// Returns it, what follows the request in `buf`, and whether the whole request was
+/// sent. A reused connection the backend had closed (the write or the read finds out,
+/// before any answer) is replaced by a new one to the same backend, and the request sent
+/// again: nothing of it was consumed.
+async fn send_request<C: AsyncReadRent + AsyncWriteRent>(
     client: &mut C,
-    r: Reject,
-) -> Result<Option<Vec<u8>>, HandshakeError> {
-    let _ = client.write_all(r.response()).await;
-    Err(HandshakeError::ClientRejected(r))
+    backend: &mut BackendConn,
+    mut reused: bool,
+    mut buf: Vec<u8>,
+    req: &Plain,
+    (snap, b): (&Snapshot, &Backend),
+    env: &WorkerEnv,
+) -> (Result<Answer, (Fail, bool)>, Vec<u8>, bool) {
+    let (f, h) = (&env.fixed, env.fixed.http);
+    let take = || env.buffers().take(f.relay_buffer_bytes);
+    let mut rbuf = take();
+    loop {
+        let head = req.forward.clone();
+        let written = write_prefix(backend, head, req.forward.len(), h.body_timeout).await;
+        if req.body == Body::None {
+            let answer = match written {
+                Ok(_) => read_head(backend, rbuf, req.method, f.backend_handshake_timeout).await,
+                Err(e) => Err((Fail::Dst(e), true)),
+            };
+            // A reused connection the backend had closed: the same request again on a new one.
+            if !(reused && matches!(answer, Err((Fail::Src(_) | Fail::Dst(_), true)))) {
+                return (answer, buf, true);
+            }
+            let deadline = Instant::now() + f.backend_handshake_timeout;
+            match dial::connect(snap, b, f.backend_connect_timeout, deadline).await {
+                Ok(c) => (*backend, reused, rbuf) = (c, false, take()),
+                Err(e) => return (Err((Fail::Dial(e), true)), buf, true),
+            }
+            continue;
+        }
+        if let Err(e) = written {
+            return (Err((Fail::Dst(e), true)), buf, false);
+        }
+        // With a body: wait a moment for a 100 if the client asked for one; a final answer
+        // instead ends the exchange before the body (the client connection is then closed).
+        if req.expect_continue {
+            let wait = read_head(backend, std::mem::take(&mut rbuf), req.method, EXPECT_WAIT);
+            match monoio::time::timeout(EXPECT_WAIT, wait).await {
+                Ok(Ok((r, b))) if r.status == 100 => {
+                    rbuf = b;
+                    if client.write_all(r.finish_head("", true)).await.0.is_err() {
+                        return (Err((Fail::Src(Io::Closed), false)), buf, false);
+                    }
+                }
+                Ok(answer) => return (answer, buf, false),
+                Err(_) => rbuf = take(),
+            }
+        }
+        let body = std::mem::take(&mut buf);
+        let passed = pass_body(
+            client,
+            backend,
+            body,
+            req.body,
+            h.max_body_bytes,
+            h.body_timeout,
+        );
+        match passed.await {
+            Ok((rest, _)) => buf = rest,
+            Err(e) => return (Err((e, false)), buf, false),
+        }
+        if rbuf.capacity() == 0 {
+            rbuf = take();
+        }
+        let answer = read_head(backend, rbuf, req.method, f.backend_handshake_timeout).await;
+        return (answer, buf, true);
+    }
+}
+
+/// Interim responses (103 ...) go on to the client; the final one comes back.
+async fn pass_interim<C: AsyncWriteRent>(
+    client: &mut C,
+    backend: &mut BackendConn,
+    mut answer: Result<Answer, (Fail, bool)>,
+    req: &Plain,
+    env: &WorkerEnv,
+) -> Result<Answer, (Fail, bool)> {
+    loop {
+        let (r, b) = match answer {
+            Ok((r, b)) if (100..200).contains(&r.status) && r.status != 101 => (r, b),
+            other => return other,
+        };
+        if client.write_all(r.finish_head("", true)).await.0.is_err() {
+            return Err((Fail::Dst(Io::Closed), false));
+        }
+        let timeout = env.fixed.backend_handshake_timeout;
+        answer = read_head(backend, b, req.method, timeout).await;
+    }
 }

@@ -7,11 +7,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Poll, Waker};
 
+use super::Context;
 use crate::buffers::BufferPool;
 use crate::frame::{Rules, Side, Violation};
 use crate::metrics::{ClosedBy, Event};
 use crate::relay::registry::Attention;
-use crate::worker::WorkerEnv;
 
 /// How a wait of a pump ended (see [`Link::wait`]).
 pub(super) enum Waited<T> {
@@ -47,7 +47,7 @@ pub(super) struct Link<'e> {
     /// owed, and, through the worker's registry, when the instance drains, a keepalive is
     /// due or the backend was retired.
     task: Waker,
-    env: &'e WorkerEnv,
+    env: &'e Context,
     key: u32,
     /// permessage-deflate was negotiated: RSV1 may mark a message's first frame.
     deflate: bool,
@@ -60,7 +60,7 @@ impl Drop for Link<'_> {
 }
 
 impl<'e> Link<'e> {
-    pub(super) fn new(task: Waker, env: &'e WorkerEnv, backend: u32, deflate: bool) -> Self {
+    pub(super) fn new(task: Waker, env: &'e Context, backend: u32, deflate: bool) -> Self {
         Self {
             deadline: Cell::new(None),
             owed: Default::default(),
@@ -76,7 +76,7 @@ impl<'e> Link<'e> {
     }
 
     pub(super) fn rules(&self, from: Side) -> &Rules {
-        self.env.relay.rules(from, self.deflate)
+        self.env.rules.rules(from, self.deflate)
     }
 
     pub(super) fn buffers(&self) -> &BufferPool {
@@ -118,7 +118,7 @@ impl<'e> Link<'e> {
     /// Closing has begun: starts the close deadline unless it runs already.
     pub(super) fn start_closing(&self) {
         if self.deadline.get().is_none() {
-            let grace = self.env.relay.close_grace;
+            let grace = self.env.rules.close_grace;
             self.deadline
                 .set(Some(self.env.registry.deadline_in(grace)));
             // The other pump may have been polled already in this turn of the task.

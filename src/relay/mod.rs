@@ -45,10 +45,13 @@ use std::time::Duration;
 #[cfg(test)]
 use monoio::net::TcpStream;
 
+use crate::buffers::BufferPool;
 use crate::frame::{Limits, Rules, Side, Violation};
 use crate::metrics::ClosedBy;
+use crate::metrics::WorkerStats;
+use crate::recv_ring::RecvRing;
 use crate::stream::{Halves, Readiness};
-use crate::worker::WorkerEnv;
+use registry::Registry;
 
 mod close;
 mod link;
@@ -56,6 +59,24 @@ mod pump;
 pub mod registry;
 use link::Link;
 use pump::Pump;
+
+/// What relays use of their worker, and nothing else: the frame rules, the buffer pool,
+/// the registry of open relays, the worker's counters and its receive ring. One per worker,
+/// owned by its thread; a relay holds a reference.
+#[derive(Debug)]
+pub struct Context {
+    pub rules: RelayConfig,
+    /// Relay buffers (handshake reads borrow from here too).
+    pub buffers: BufferPool,
+    /// Wakes relays when the instance drains (close 1001 to both sides), a keepalive ping
+    /// or idle close is due, or their backend was removed (close 1012).
+    pub registry: Registry,
+    /// The worker's counters (pings, dead peers, protocol errors ...).
+    pub stats: std::sync::Arc<WorkerStats>,
+    /// The worker's receive ring for relay sockets (`recv_ring`); `None` on epoll, where
+    /// the kernel refuses it, or when `recv_ring_buffers` is 0.
+    pub recv: Option<RecvRing>,
+}
 
 /// What a relay needs from the configuration.
 #[derive(Debug, Clone, Copy)]
@@ -151,7 +172,7 @@ pub fn run<'e, C: Halves, B: Halves>(
     backend_buf: Vec<u8>,
     backend_id: u32,
     deflate: bool,
-    env: &'e WorkerEnv,
+    env: &'e Context,
 ) -> impl std::future::Future<Output = Outcome> + 'e {
     let (client_rd, client_wr) = client.into_halves();
     let (backend_rd, backend_wr) = backend.into_halves();
@@ -200,21 +221,14 @@ pub fn run<'e, C: Halves, B: Halves>(
 }
 
 #[cfg(test)]
-pub(crate) fn test_env() -> WorkerEnv {
-    let settings = crate::config::Config {
-        backends: vec!["127.0.0.1:1".into()],
-        ..Default::default()
+pub(crate) fn test_env() -> Context {
+    Context {
+        rules: RelayConfig::new(Limits::NONE, Duration::from_secs(1)),
+        buffers: BufferPool::new(4096, 1 << 20),
+        registry: Registry::new(registry::Keepalive::default()),
+        stats: Default::default(),
+        recv: None,
     }
-    .validate()
-    .unwrap();
-    let router = crate::routes::Router::new(crate::balancer::affinity::Keyring::new(None));
-    router.configure(&settings.routes, None);
-    WorkerEnv::new(
-        0,
-        std::sync::Arc::new(settings),
-        std::sync::Arc::new(router),
-        Default::default(),
-    )
 }
 
 #[cfg(test)]

@@ -7,20 +7,20 @@ use std::cell::RefCell;
 
 use monoio::time::Instant;
 
-use crate::upstream::BackendConn;
+use super::BackendConn;
 
 #[derive(Default)]
-pub struct BackendPool {
+pub struct IdleConns {
     idle: RefCell<Vec<(u32, Instant, BackendConn)>>,
 }
 
-impl std::fmt::Debug for BackendPool {
+impl std::fmt::Debug for IdleConns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "BackendPool({} idle)", self.idle.borrow().len())
+        write!(f, "IdleConns({} idle)", self.idle.borrow().len())
     }
 }
 
-impl BackendPool {
+impl IdleConns {
     /// The most recently returned idle connection to `backend`, if one is fresh enough.
     pub fn take(&self, backend: u32, max_idle: std::time::Duration) -> Option<BackendConn> {
         let mut idle = self.idle.borrow_mut();
