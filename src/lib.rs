@@ -67,6 +67,7 @@ pub mod recv_ring;
 pub mod relay;
 pub mod reload;
 pub mod routes;
+pub mod snapshot;
 pub mod stream;
 pub mod supervise;
 pub mod tls;

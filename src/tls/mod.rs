@@ -13,10 +13,8 @@
 //! at its next handshake (as it does a new backend list), so once a reload returns every
 //! new handshake uses it. Open connections keep theirs.
 
-use std::cell::RefCell;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::UnbufferedServerConnection;
@@ -40,66 +38,15 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// The server config new client handshakes use, replaced whole by a certificate reload.
-#[derive(Debug)]
-pub struct Certificates {
-    current: Mutex<Arc<rustls::ServerConfig>>,
-    /// Moves at each replacement; workers compare it with the one they cached.
-    generation: AtomicU64,
-}
-
-impl Certificates {
-    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
-        Self {
-            current: Mutex::new(config),
-            generation: AtomicU64::new(0),
-        }
-    }
-
-    /// New handshakes on every worker use `config` from now on.
-    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = config;
-        // Release pairs with `LocalCertificates::current`'s Acquire load.
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-
-    fn get(&self) -> Arc<rustls::ServerConfig> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
+/// The server config new client handshakes use, replaced whole by a certificate reload
+/// ([`Published::replace`](crate::snapshot::Published::replace)).
+pub type Certificates = crate::snapshot::Published<rustls::ServerConfig>;
 
 /// A worker's view of the [`Certificates`]: its cached config, fetched again only after a
-/// reload (one shared atomic read per handshake otherwise).
-#[derive(Debug)]
-pub struct LocalCertificates {
-    shared: Arc<Certificates>,
-    cached: RefCell<(u64, Arc<rustls::ServerConfig>)>,
-}
-
-impl LocalCertificates {
-    pub fn new(shared: Arc<Certificates>) -> Self {
-        let g = shared.generation.load(Ordering::Acquire);
-        let c = shared.get();
-        Self {
-            shared,
-            cached: RefCell::new((g, c)),
-        }
-    }
-
-    /// The config for a new handshake. The `Arc` it returns is one increment of a count
-    /// every worker shares, once per TLS connection (rustls's connection holds its config).
-    pub fn current(&self) -> Arc<rustls::ServerConfig> {
-        let g = self.shared.generation.load(Ordering::Acquire);
-        let mut c = self.cached.borrow_mut();
-        if c.0 != g {
-            *c = (g, self.shared.get());
-        }
-        c.1.clone()
-    }
-}
+/// reload (one shared atomic read per handshake otherwise). The `Arc` its `current()`
+/// returns is one increment of a count every worker shares, once per TLS connection
+/// (rustls's connection holds its config), so the copy is the shared `Arc` itself.
+pub type LocalCertificates = crate::snapshot::Cached<rustls::ServerConfig>;
 
 /// Reads a PEM bundle of CA certificates (client CAs, backend CAs): the roots and the
 /// file's bytes (for telling a reload that changed it), or what is wrong with it.
