@@ -223,6 +223,17 @@ impl Router {
         self.current.load()
     }
 
+    /// The backends of every route's current snapshot as the metrics and `/backends` show
+    /// them, route by route (in matching order), each route's in config order.
+    pub fn backend_views(&self) -> Vec<crate::metrics::BackendView> {
+        let table = self.table();
+        table
+            .routes
+            .iter()
+            .flat_map(|r| r.pool.backend_views(&r.spec.name))
+            .collect()
+    }
+
     /// Applies `specs` (and the backends' TLS): a route with the host and prefix of a
     /// current one keeps its pool, reconfigured; others get a new pool; the rest are
     /// removed. Says what changed.

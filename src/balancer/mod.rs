@@ -374,6 +374,23 @@ impl Pool {
         b.health.connected();
     }
 
+    /// The backends of the current snapshot as the metrics and `/backends` show them, in
+    /// config order, labelled with `route`.
+    pub fn backend_views(&self, route: &str) -> Vec<crate::metrics::BackendView> {
+        self.snapshot()
+            .backends
+            .iter()
+            .map(|b| crate::metrics::BackendView {
+                route: route.to_string(),
+                addr: b.addr,
+                up: b.health.is_up(),
+                open: b.stats.open(),
+                selected: b.stats.selected(),
+                failures: b.stats.failures(),
+            })
+            .collect()
+    }
+
     /// The configured backends' addresses, in config order.
     pub fn backends(&self) -> Vec<SocketAddr> {
         self.snapshot().backends.iter().map(|b| b.addr).collect()

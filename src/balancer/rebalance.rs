@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 
 use crate::config::RebalanceSettings;
 use crate::control::{Broadcast, Control, Shed};
+use crate::metrics::RebalanceStats;
 use crate::routes::Router;
 
 /// One backend as a pass sees it.
@@ -95,23 +96,11 @@ pub fn plan(loads: &[Load], tolerance: f64, budget: u32) -> Option<Plan> {
     })
 }
 
-/// One route's rebalancing figures, for the metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RouteStats {
-    pub route: String,
-    /// The spread the last pass saw.
-    pub spread: f64,
-    /// Passes that closed connections.
-    pub passes: u64,
-    /// Connections the workers marked for close (1012) over those passes.
-    pub moved: u64,
-}
-
 /// The rebalancer thread and what it shares with the instance.
 #[derive(Debug)]
 pub struct Rebalancer {
     wake: Sender<Wake>,
-    stats: Arc<Mutex<Vec<RouteStats>>>,
+    stats: Arc<Mutex<Vec<RebalanceStats>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -160,7 +149,7 @@ impl Rebalancer {
     }
 
     /// Each route's figures, for a scrape.
-    pub fn stats(&self) -> Vec<RouteStats> {
+    pub fn stats(&self) -> Vec<RebalanceStats> {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -192,7 +181,7 @@ fn run(
     router: &Router,
     workers: &Broadcast,
     woken: &Receiver<Wake>,
-    stats: &Mutex<Vec<RouteStats>>,
+    stats: &Mutex<Vec<RebalanceStats>>,
 ) {
     let mut memory: Vec<Memory> = Vec::new();
     let mut next = Instant::now();
@@ -234,7 +223,7 @@ fn pass(
     router: &Router,
     workers: &Broadcast,
     memory: &mut Vec<Memory>,
-    stats: &Mutex<Vec<RouteStats>>,
+    stats: &Mutex<Vec<RebalanceStats>>,
 ) {
     let table = router.table();
     let mut budget = (f64::from(s.max_per_second) * s.interval.as_secs_f64()).max(1.0) as u32;
@@ -258,9 +247,9 @@ fn pass(
         let f = match figures.iter().position(|f| f.route == name) {
             Some(i) => &mut figures[i],
             None => {
-                figures.push(RouteStats {
+                figures.push(RebalanceStats {
                     route: name.to_string(),
-                    ..RouteStats::default()
+                    ..RebalanceStats::default()
                 });
                 figures.last_mut().expect("just pushed")
             }

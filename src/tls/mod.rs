@@ -13,7 +13,6 @@
 //! at its next handshake (as it does a new backend list), so once a reload returns every
 //! new handshake uses it. Open connections keep theirs.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -25,6 +24,8 @@ mod client;
 mod handshake;
 mod server;
 mod stream;
+/// The labels TLS's counters are kept under, owned by the metrics that count them.
+pub use crate::metrics::{CertInfo, TLS_VERSIONS as VERSIONS, TlsFailure as Failure};
 pub use client::{BackendStream, BackendTls, connect};
 pub use handshake::{HandshakeFailure, Unbuffered};
 pub use server::ServerTls;
@@ -67,16 +68,6 @@ pub(crate) fn load_roots(path: &str) -> Result<(rustls::RootCertStore, Vec<u8>),
     Ok((roots, bytes))
 }
 
-/// One configured certificate, as the metrics and the log describe it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    pub file: PathBuf,
-    /// Its subjectAltName DNS names (the SNI names it serves).
-    pub names: Vec<String>,
-    /// notAfter, in Unix seconds.
-    pub not_after: i64,
-}
-
 /// Problems found loading TLS files, each naming the config field it comes from.
 pub type Problems = Vec<config::Problem>;
 
@@ -87,41 +78,10 @@ fn problem(out: &mut Problems, field: &str, message: String) {
     });
 }
 
-/// Why a client's TLS handshake failed: the `wslb_tls_handshake_failures_total` reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    Timeout,
-    Closed,
-    ProtocolVersion,
-    UnknownSni,
-    ClientCert,
-    BadMessage,
-    Other,
-}
-
+// `Failure` is the metrics' label set (metrics sit below tls); which rustls error is which
+// reason is decided here, next to the handshake that fails.
 impl Failure {
-    pub const ALL: [Failure; 7] = [
-        Failure::Timeout,
-        Failure::Closed,
-        Failure::ProtocolVersion,
-        Failure::UnknownSni,
-        Failure::ClientCert,
-        Failure::BadMessage,
-        Failure::Other,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Failure::Timeout => "timeout",
-            Failure::Closed => "closed",
-            Failure::ProtocolVersion => "protocol_version",
-            Failure::UnknownSni => "unknown_sni",
-            Failure::ClientCert => "client_cert",
-            Failure::BadMessage => "bad_message",
-            Failure::Other => "other",
-        }
-    }
-
+    /// The reason `f` is counted under.
     pub fn of(f: &HandshakeFailure) -> Failure {
         use rustls::Error as E;
         match f {
@@ -152,13 +112,11 @@ pub async fn accept(
     handshake::handshake(tcp, conn).await
 }
 
-/// The negotiated version's index among the `wslb_tls_handshakes_total` versions.
+/// The negotiated version's index among the `wslb_tls_handshakes_total` versions
+/// ([`VERSIONS`]).
 pub fn version_index(v: Option<rustls::ProtocolVersion>) -> usize {
     match v {
         Some(rustls::ProtocolVersion::TLSv1_2) => 0,
         _ => 1,
     }
 }
-
-/// The versions `wslb_tls_handshakes_total` counts, by [`version_index`].
-pub const VERSIONS: [&str; 2] = ["1.2", "1.3"];
