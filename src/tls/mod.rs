@@ -34,6 +34,11 @@ pub use stream::{RECORD_ROOM, TlsReader, TlsStream, TlsWriter};
 /// A client's TLS stream.
 pub type ServerStream = TlsStream<UnbufferedServerConnection>;
 
+// Here rather than in stream.rs: the seam sits below the streams that fill it.
+impl crate::stream::ClientStream for ServerStream {
+    const SCHEME: crate::stream::Scheme = crate::stream::Scheme::Https;
+}
+
 /// The crypto provider: aws-lc-rs (see Cargo.toml and `benches/tls_provider.rs`).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
