@@ -22,7 +22,9 @@
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 
-use crate::balancer::{BackendIds, BackendSpec, Balancing, Change, HealthConfig, LocalPool, Pool};
+use crate::balancer::{
+    BackendIds, BackendSpec, Balancing, Change, HealthConfig, LocalPool, Pool, Pools, RoutePool,
+};
 use crate::snapshot::{Cached, Published};
 
 /// Which hosts a route takes.
@@ -148,6 +150,13 @@ pub struct RouteSpec {
 impl RouteSpec {
     fn same_place(&self, other: &RouteSpec) -> bool {
         self.host == other.host && self.path_prefix == other.path_prefix
+    }
+}
+
+/// How the route is balanced (`balancer::rebalance::rebalances` asks).
+impl AsRef<Balancing> for RouteSpec {
+    fn as_ref(&self) -> &Balancing {
+        &self.balancing
     }
 }
 
@@ -288,6 +297,23 @@ impl Router {
         routes.sort_by_key(|r| std::cmp::Reverse((r.spec.host.rank(), r.spec.path_prefix.len())));
         self.current.replace(Arc::new(Table { routes }));
         change
+    }
+}
+
+/// The health checker and the rebalancer look after the routes' pools through this.
+impl Pools for Router {
+    fn pools(&self) -> Vec<RoutePool> {
+        self.table()
+            .routes
+            .iter()
+            .map(|r| RoutePool {
+                name: r.spec.name.clone(),
+                pool: r.pool.clone(),
+                backends: r.spec.backends.clone(),
+                balancing: r.spec.balancing.clone(),
+                health: r.spec.health.clone(),
+            })
+            .collect()
     }
 }
 

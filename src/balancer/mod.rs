@@ -397,6 +397,28 @@ impl Pool {
     }
 }
 
+/// One pool as the threads that look after pools (the health checker, the rebalancer)
+/// see it: the pool and what they read of its route's configuration.
+#[derive(Debug, Clone)]
+pub struct RoutePool {
+    /// The route's name, for the logs and the metrics.
+    pub name: Box<str>,
+    pub pool: Arc<Pool>,
+    /// As configured, with their weights (the rebalancer's shares).
+    pub backends: Vec<BackendSpec>,
+    pub balancing: Balancing,
+    /// `None`: no health checks.
+    pub health: Option<HealthConfig>,
+}
+
+/// Lists the pools for the health checker and the rebalancer. Implemented by their owner,
+/// `routes::Router`, which sits above this module: the threads are handed one rather than
+/// naming it.
+pub trait Pools: Send + Sync {
+    /// Every pool as configured now, in its owner's order (route matching order).
+    fn pools(&self) -> Vec<RoutePool>;
+}
+
 /// A worker's view of the pool: its own reference to the current snapshot, refreshed when
 /// the pool's generation moves. Derefs to the shared [`Pool`] for selection and health.
 #[derive(Debug)]
