@@ -177,15 +177,17 @@ mod tests {
             })
         };
         let mut last = 0;
-        loop {
+        while !writer.is_finished() {
             let v = *view.current();
             assert!(v >= last, "a worker never goes back to an older value");
             last = v;
-            if v == 100 {
-                break;
-            }
             std::thread::yield_now();
         }
         writer.join().unwrap();
+        assert_eq!(
+            *view.current(),
+            100,
+            "the last replacement, once it returned"
+        );
     }
 }
