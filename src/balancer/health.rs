@@ -322,10 +322,11 @@ impl Rewake {
     }
 }
 
-/// Starts the checker thread for every route with health checks: each route's round every
-/// its `interval` (the routes' rounds one after the other), until stopped. Between rounds
+/// Starts the checker thread for every route with health checks (as `pools` lists them,
+/// asked again at each wake): each route's round every its `interval` (the routes' rounds
+/// one after the other), until stopped. Between rounds
 /// it waits on its channel until the next one is due: a stop ends the wait at once, a
-/// reload ([`Checker::reconfigured`]) makes it read the routes again (no flag polled on a
+/// reload ([`Rewake::routes_changed`]) makes it read the routes again (no flag polled on a
 /// timer).
 pub fn spawn_checker(pools: Arc<dyn super::Pools>) -> std::io::Result<Checker> {
     let (wake, woken) = std::sync::mpsc::channel::<Wake>();
