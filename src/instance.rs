@@ -13,7 +13,7 @@ use crate::config::{Fixed, IoDriver, Settings};
 use crate::control::{Broadcast, Control};
 use crate::drain::{Drain, DrainReport};
 use crate::listener::{self, ConnectionLimit};
-use crate::metrics::{BackendView, Process, Rejected, Snapshot, Totals, WorkerStats, unix_now};
+use crate::metrics::{Process, Rejected, Snapshot, Totals, WorkerStats, unix_now};
 use crate::reload::{Applied, Reloader};
 use crate::routes::Router;
 use crate::worker::{self, StartError, WorkerEnv, WorkerInfo, Workers};
@@ -307,10 +307,13 @@ impl Instance {
         self.handle.clone()
     }
 
-    /// Each backend's health (up or down), route by route (see `BackendView::of`), each
+    /// Each backend's health (up or down), route by route (see `Router::backend_views`), each
     /// route's in config order.
     pub fn backends_up(&self) -> Vec<bool> {
-        BackendView::of(&self.handle.0.router)
+        self.handle
+            .0
+            .router
+            .backend_views()
             .iter()
             .map(|b| b.up)
             .collect()
@@ -393,7 +396,7 @@ impl Handle {
         let reloads = *s.reloads.lock().unwrap_or_else(|e| e.into_inner());
         Snapshot {
             totals,
-            backends: BackendView::of(&s.router),
+            backends: s.router.backend_views(),
             draining: s.draining.load(Ordering::Relaxed),
             reloads_ok: reloads.ok,
             reloads_failed: reloads.failed,

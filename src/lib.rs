@@ -36,7 +36,9 @@
 //! per-worker counters, sums them into a snapshot when read, and renders it for Prometheus;
 //! `admin/` serves that snapshot, readiness and the status page from a thread of its own;
 //! `access_log.rs` writes one line per finished connection; `echo.rs` is the built-in echo
-//! backend used by tests, benches and `wslb demo`.
+//! backend used by tests, benches and `wslb demo`; `snapshot.rs` is how a value the control
+//! plane replaces whole (a pool's backends, the route table, the TLS server config) reaches
+//! each worker's cached copy.
 //!
 //! # Lifecycle and control
 //! `instance.rs` starts an [`Instance`] (the balancer) and gives out its [`Handle`]; drop
@@ -70,6 +72,7 @@ pub mod recv_ring;
 pub mod relay;
 pub mod reload;
 pub mod routes;
+pub mod snapshot;
 pub mod stream;
 pub mod supervise;
 pub mod tls;

@@ -11,19 +11,21 @@
 //! (a prefix ending in `/` matches what starts with it). The query is not matched.
 //!
 //! # State
-//! The table is an immutable [`Table`], replaced whole by a reload ([`Router::configure`]);
+//! The table is an immutable [`Table`], replaced whole by a reload ([`Router::configure`];
+//! a [`Published`] value, like a pool's snapshot);
 //! a route that a reload keeps (same host and prefix) keeps its [`Pool`], so its backends'
 //! open-connection counts, health and round-robin position carry over. Each worker holds a
 //! [`LocalRoutes`]: its own copy of the table with a [`LocalPool`] per route, fetched
 //! again when the router's generation moves (at the worker's next request), like a pool's
 //! snapshot.
 
-use std::cell::RefCell;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::balancer::{BackendIds, BackendSpec, Balancing, Change, HealthConfig, LocalPool, Pool};
+use crate::balancer::{
+    BackendIds, BackendSpec, Balancing, Change, HealthConfig, LocalPool, Pool, Pools, RoutePool,
+};
+use crate::snapshot::{Cached, Published};
 
 /// Which hosts a route takes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,6 +153,13 @@ impl RouteSpec {
     }
 }
 
+/// How the route is balanced (`balancer::rebalance::rebalances` asks).
+impl AsRef<Balancing> for RouteSpec {
+    fn as_ref(&self) -> &Balancing {
+        &self.balancing
+    }
+}
+
 /// One route: its spec and its pool.
 #[derive(Debug)]
 pub struct Route {
@@ -190,8 +199,7 @@ pub struct RoutesChange {
 /// The instance's routes: the current table, replaced by reloads.
 #[derive(Debug)]
 pub struct Router {
-    current: Mutex<Arc<Table>>,
-    generation: AtomicU64,
+    current: Arc<Published<Table>>,
     ids: Arc<BackendIds>,
     /// The sticky-cookie keys every pool's tokens are made with; a reload that changes
     /// `sticky_secret` rotates them ([`Router::set_sticky_secret`]).
@@ -201,8 +209,7 @@ pub struct Router {
 impl Router {
     pub fn new(keys: crate::balancer::affinity::Keyring) -> Self {
         Self {
-            current: Mutex::new(Arc::default()),
-            generation: AtomicU64::new(0),
+            current: Arc::new(Published::new(Arc::default())),
             ids: Arc::default(),
             keys: Mutex::new(keys),
         }
@@ -219,11 +226,21 @@ impl Router {
             .set_secret(secret)
     }
 
+    /// The current table (takes a lock: for reloads, the background threads, the admin
+    /// side and tests; workers go through their [`LocalRoutes`]).
     pub fn table(&self) -> Arc<Table> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.load()
+    }
+
+    /// The backends of every route's current snapshot as the metrics and `/backends` show
+    /// them, route by route (in matching order), each route's in config order.
+    pub fn backend_views(&self) -> Vec<crate::metrics::BackendView> {
+        let table = self.table();
+        table
+            .routes
+            .iter()
+            .flat_map(|r| r.pool.backend_views(&r.spec.name))
+            .collect()
     }
 
     /// Applies `specs` (and the backends' TLS): a route with the host and prefix of a
@@ -278,18 +295,31 @@ impl Router {
         // Most specific host first, then the longest prefix; stable, so config order
         // decides nothing else (validation refuses two routes of one host and prefix).
         routes.sort_by_key(|r| std::cmp::Reverse((r.spec.host.rank(), r.spec.path_prefix.len())));
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Table { routes });
-        self.generation.fetch_add(1, Ordering::Release);
+        self.current.replace(Arc::new(Table { routes }));
         change
+    }
+}
+
+/// The health checker and the rebalancer look after the routes' pools through this.
+impl Pools for Router {
+    fn pools(&self) -> Vec<RoutePool> {
+        self.table()
+            .routes
+            .iter()
+            .map(|r| RoutePool {
+                name: r.spec.name.clone(),
+                pool: r.pool.clone(),
+                backends: r.spec.backends.clone(),
+                balancing: r.spec.balancing.clone(),
+                health: r.spec.health.clone(),
+            })
+            .collect()
     }
 }
 
 /// A worker's view of the routes: its copy of the table, with a [`LocalPool`] per route.
 #[derive(Debug)]
-pub struct LocalRoutes {
-    router: Arc<Router>,
-    cached: RefCell<(u64, Rc<LocalTable>)>,
-}
+pub struct LocalRoutes(Cached<Table, Rc<LocalTable>>);
 
 /// One worker's copy of a [`Table`].
 #[derive(Debug)]
@@ -301,27 +331,17 @@ pub struct LocalTable {
 
 impl LocalRoutes {
     pub fn new(router: Arc<Router>) -> Self {
-        let g = router.generation.load(Ordering::Acquire);
-        let local = local_table(&router);
-        Self {
-            router,
-            cached: RefCell::new((g, local)),
-        }
+        Self(Cached::with(router.current.clone(), local_table))
     }
 
     /// The table to route by, fetched again only after a reload.
+    #[inline]
     pub fn current(&self) -> Rc<LocalTable> {
-        let g = self.router.generation.load(Ordering::Acquire);
-        let mut c = self.cached.borrow_mut();
-        if c.0 != g {
-            *c = (g, local_table(&self.router));
-        }
-        c.1.clone()
+        self.0.current()
     }
 }
 
-fn local_table(router: &Router) -> Rc<LocalTable> {
-    let table = router.table();
+fn local_table(table: Arc<Table>) -> Rc<LocalTable> {
     let pools = table
         .routes
         .iter()

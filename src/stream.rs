@@ -88,17 +88,14 @@ impl Readiness for OwnedReadHalf<TcpStream> {
 }
 
 /// A client's stream, reached through a known [`Scheme`] (which `X-Forwarded-Proto` tells
-/// the backend).
+/// the backend). Plain TCP here; the TLS stream implements it in `tls/` (which sits above
+/// this seam).
 pub trait ClientStream: Halves {
     const SCHEME: Scheme;
 }
 
 impl ClientStream for TcpStream {
     const SCHEME: Scheme = Scheme::Http;
-}
-
-impl ClientStream for crate::tls::TlsStream<rustls::server::UnbufferedServerConnection> {
-    const SCHEME: Scheme = Scheme::Https;
 }
 
 /// Waits until the socket behind a TCP read half is readable (see [`Readiness`]).

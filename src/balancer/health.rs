@@ -322,12 +322,13 @@ impl Rewake {
     }
 }
 
-/// Starts the checker thread for every route with health checks: each route's round every
-/// its `interval` (the routes' rounds one after the other), until stopped. Between rounds
+/// Starts the checker thread for every route with health checks (as `pools` lists them,
+/// asked again at each wake): each route's round every its `interval` (the routes' rounds
+/// one after the other), until stopped. Between rounds
 /// it waits on its channel until the next one is due: a stop ends the wait at once, a
-/// reload ([`Checker::reconfigured`]) makes it read the routes again (no flag polled on a
+/// reload ([`Rewake::routes_changed`]) makes it read the routes again (no flag polled on a
 /// timer).
-pub fn spawn_checker(router: Arc<crate::routes::Router>) -> std::io::Result<Checker> {
+pub fn spawn_checker(pools: Arc<dyn super::Pools>) -> std::io::Result<Checker> {
     let (wake, woken) = std::sync::mpsc::channel::<Wake>();
     let thread = std::thread::Builder::new()
         .name("wslb-health".into())
@@ -335,11 +336,10 @@ pub fn spawn_checker(router: Arc<crate::routes::Router>) -> std::io::Result<Chec
             // When each route's next round is due, by its pool (kept across reloads).
             let mut due: Vec<(*const super::Pool, Instant)> = Vec::new();
             loop {
-                let table = router.table();
-                let checked: Vec<_> = table
-                    .routes
+                let routes = pools.pools();
+                let checked: Vec<_> = routes
                     .iter()
-                    .filter_map(|r| Some((&r.pool, r.spec.health.as_ref()?)))
+                    .filter_map(|r| Some((&r.pool, r.health.as_ref()?)))
                     .collect();
                 due.retain(|(p, _)| checked.iter().any(|(q, _)| Arc::as_ptr(q) == *p));
                 for (pool, cfg) in &checked {

@@ -2,9 +2,10 @@
 //! algorithm), and backend health (`health.rs`).
 //!
 //! The backends new connections may go to are an immutable [`Snapshot`], replaced whole by
-//! a reload ([`Pool::set_backends`], SIGHUP). Each worker keeps its own copy ([`LocalPool`])
-//! and fetches the new one at its next connection after the pool's generation moves: the
-//! swap happens at a safe point (the start of a backend pick), and the hot path reads only
+//! a reload ([`Pool::set_backends`], SIGHUP; a [`Published`] value). Each worker keeps its
+//! own copy ([`LocalPool`]) and fetches the new one at its next connection after the
+//! pool's generation moves: the swap happens at a safe point (the start of a backend
+//! pick; `snapshot.rs` says why the ordering is right), and the hot path reads only
 //! worker-local state plus two shared values that rarely change (the generation and the
 //! health flags) and the backends' counts; the cross-core writes each algorithm makes are
 //! listed in `selection/mod.rs`.
@@ -14,11 +15,12 @@ pub mod health;
 pub mod rebalance;
 pub mod selection;
 
-use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::snapshot::{Cached, Published};
 
 pub use health::{BackendHealth, HealthConfig, Probe};
 pub use selection::{Algorithm, Balancing, HashKey, RoundRobin, Selection, Selector};
@@ -205,9 +207,8 @@ pub struct Change {
 /// and the selection counter.
 #[derive(Debug)]
 pub struct Pool {
-    current: Mutex<Arc<Snapshot>>,
-    /// Moves when `current` is replaced; workers compare it on each new connection.
-    generation: AtomicU64,
+    /// The current snapshot; workers compare its generation on each new connection.
+    current: Arc<Published<Snapshot>>,
     /// Every backend configured so far. A removed backend stays here: an address added
     /// back gets its id and health state back.
     known: Mutex<Vec<Arc<Backend>>>,
@@ -234,15 +235,14 @@ impl Pool {
     pub fn for_route(ids: Arc<BackendIds>) -> Self {
         let rr = Arc::new(RoundRobin::new());
         Self {
-            current: Mutex::new(Arc::new(Snapshot {
+            current: Arc::new(Published::new(Arc::new(Snapshot {
                 backends: Vec::new(),
                 selector: Selector::round_robin(rr.clone()),
                 balancing: Arc::default(),
                 tls: None,
                 sticky: None,
                 keys: affinity::Keys::only(affinity::Key::generate()),
-            })),
-            generation: AtomicU64::new(0),
+            }))),
             known: Mutex::new(Vec::new()),
             ids,
             fall: AtomicU32::new(u32::MAX),
@@ -265,10 +265,7 @@ impl Pool {
     /// The current snapshot (takes a lock: for reloads, the checker and tests; workers go
     /// through their [`LocalPool`]).
     pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.current.load()
     }
 
     /// Connect failures in a row that take a backend down from now on (`u32::MAX`:
@@ -344,17 +341,14 @@ impl Pool {
             .sticky
             .as_deref()
             .map(|cookie| affinity::Sticky::new(cookie, &keys, backends.iter().map(|b| b.addr)));
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(Snapshot {
+        self.current.replace(Arc::new(Snapshot {
             backends,
             selector,
             balancing: Arc::new(balancing.clone()),
             tls,
             sticky,
             keys,
-        });
-        // Release pairs with `LocalPool::current`'s Acquire load: a worker that sees the
-        // new generation then reads the new snapshot under the lock anyway.
-        self.generation.fetch_add(1, Ordering::Release);
+        }));
         change
     }
 
@@ -380,10 +374,49 @@ impl Pool {
         b.health.connected();
     }
 
+    /// The backends of the current snapshot as the metrics and `/backends` show them, in
+    /// config order, labelled with `route`.
+    pub fn backend_views(&self, route: &str) -> Vec<crate::metrics::BackendView> {
+        self.snapshot()
+            .backends
+            .iter()
+            .map(|b| crate::metrics::BackendView {
+                route: route.to_string(),
+                addr: b.addr,
+                up: b.health.is_up(),
+                open: b.stats.open(),
+                selected: b.stats.selected(),
+                failures: b.stats.failures(),
+            })
+            .collect()
+    }
+
     /// The configured backends' addresses, in config order.
     pub fn backends(&self) -> Vec<SocketAddr> {
         self.snapshot().backends.iter().map(|b| b.addr).collect()
     }
+}
+
+/// One pool as the threads that look after pools (the health checker, the rebalancer)
+/// see it: the pool and what they read of its route's configuration.
+#[derive(Debug, Clone)]
+pub struct RoutePool {
+    /// The route's name, for the logs and the metrics.
+    pub name: Box<str>,
+    pub pool: Arc<Pool>,
+    /// As configured, with their weights (the rebalancer's shares).
+    pub backends: Vec<BackendSpec>,
+    pub balancing: Balancing,
+    /// `None`: no health checks.
+    pub health: Option<HealthConfig>,
+}
+
+/// Lists the pools for the health checker and the rebalancer. Implemented by their owner,
+/// `routes::Router`, which sits above this module: the threads are handed one rather than
+/// naming it.
+pub trait Pools: Send + Sync {
+    /// Every pool as configured now, in its owner's order (route matching order).
+    fn pools(&self) -> Vec<RoutePool>;
 }
 
 /// A worker's view of the pool: its own reference to the current snapshot, refreshed when
@@ -394,27 +427,19 @@ pub struct LocalPool {
     /// A worker-local copy of the snapshot (its `Vec` of shared backends), so that taking
     /// a reference per connection is an `Rc` count, not a count on a line every worker
     /// writes.
-    cached: RefCell<(u64, Rc<Snapshot>)>,
+    snapshot: Cached<Snapshot, Rc<Snapshot>>,
 }
 
 impl LocalPool {
     pub fn new(pool: Arc<Pool>) -> Self {
-        let g = pool.generation.load(Ordering::Acquire);
-        let snap = local_copy(&pool);
-        Self {
-            pool,
-            cached: RefCell::new((g, snap)),
-        }
+        let snapshot = Cached::with(pool.current.clone(), |s| Rc::new(Snapshot::clone(&s)));
+        Self { pool, snapshot }
     }
 
     /// The snapshot to pick from, fetched again only after a reload.
+    #[inline]
     pub fn current(&self) -> Rc<Snapshot> {
-        let g = self.pool.generation.load(Ordering::Acquire);
-        let mut c = self.cached.borrow_mut();
-        if c.0 != g {
-            *c = (g, local_copy(&self.pool));
-        }
-        c.1.clone()
+        self.snapshot.current()
     }
 }
 
@@ -423,10 +448,6 @@ impl std::ops::Deref for LocalPool {
     fn deref(&self) -> &Pool {
         &self.pool
     }
-}
-
-fn local_copy(pool: &Pool) -> Rc<Snapshot> {
-    Rc::new(Snapshot::clone(&pool.snapshot()))
 }
 
 #[cfg(test)]

@@ -25,9 +25,10 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use super::{Balancing, Pools};
 use crate::config::RebalanceSettings;
 use crate::control::{Broadcast, Control, Shed};
-use crate::routes::Router;
+use crate::metrics::RebalanceStats;
 
 /// One backend as a pass sees it.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -95,23 +96,11 @@ pub fn plan(loads: &[Load], tolerance: f64, budget: u32) -> Option<Plan> {
     })
 }
 
-/// One route's rebalancing figures, for the metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct RouteStats {
-    pub route: String,
-    /// The spread the last pass saw.
-    pub spread: f64,
-    /// Passes that closed connections.
-    pub passes: u64,
-    /// Connections the workers marked for close (1012) over those passes.
-    pub moved: u64,
-}
-
 /// The rebalancer thread and what it shares with the instance.
 #[derive(Debug)]
 pub struct Rebalancer {
     wake: Sender<Wake>,
-    stats: Arc<Mutex<Vec<RouteStats>>>,
+    stats: Arc<Mutex<Vec<RebalanceStats>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -139,7 +128,7 @@ impl Configure {
 impl Rebalancer {
     pub fn spawn(
         settings: Option<RebalanceSettings>,
-        router: Arc<Router>,
+        pools: Arc<dyn Pools>,
         workers: Broadcast,
     ) -> std::io::Result<Self> {
         let (wake, woken) = std::sync::mpsc::channel();
@@ -147,7 +136,7 @@ impl Rebalancer {
         let shared = stats.clone();
         let thread = std::thread::Builder::new()
             .name("wslb-rebalance".into())
-            .spawn(move || run(settings, &router, &workers, &woken, &shared))?;
+            .spawn(move || run(settings, &*pools, &workers, &woken, &shared))?;
         Ok(Self {
             wake,
             stats,
@@ -160,7 +149,7 @@ impl Rebalancer {
     }
 
     /// Each route's figures, for a scrape.
-    pub fn stats(&self) -> Vec<RouteStats> {
+    pub fn stats(&self) -> Vec<RebalanceStats> {
         self.stats.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 }
@@ -189,10 +178,10 @@ struct Memory {
 
 fn run(
     mut settings: Option<RebalanceSettings>,
-    router: &Router,
+    pools: &dyn Pools,
     workers: &Broadcast,
     woken: &Receiver<Wake>,
-    stats: &Mutex<Vec<RouteStats>>,
+    stats: &Mutex<Vec<RebalanceStats>>,
 ) {
     let mut memory: Vec<Memory> = Vec::new();
     let mut next = Instant::now();
@@ -202,7 +191,7 @@ fn run(
             Some(s) => {
                 let now = Instant::now();
                 if now >= next {
-                    pass(&s, router, workers, &mut memory, stats);
+                    pass(&s, pools, workers, &mut memory, stats);
                     next = now + s.interval;
                 }
                 woken.recv_timeout(next.saturating_duration_since(Instant::now()))
@@ -223,27 +212,28 @@ fn run(
 
 /// Whether rebalancing moves this route's connections: not where the key decides the
 /// backend (consistent hashing, a sticky cookie), since a moved client would reconnect to
-/// the backend it left.
-pub fn rebalances(route: &crate::routes::RouteSpec) -> bool {
-    route.balancing.algorithm != crate::balancer::Algorithm::ConsistentHash
-        && route.balancing.sticky.is_none()
+/// the backend it left. `route`: anything that says how a route is balanced (its
+/// `Balancing`, or the route's spec, which config validation asks about).
+pub fn rebalances(route: &impl AsRef<Balancing>) -> bool {
+    let balancing = route.as_ref();
+    balancing.algorithm != super::Algorithm::ConsistentHash && balancing.sticky.is_none()
 }
 
 fn pass(
     s: &RebalanceSettings,
-    router: &Router,
+    pools: &dyn Pools,
     workers: &Broadcast,
     memory: &mut Vec<Memory>,
-    stats: &Mutex<Vec<RouteStats>>,
+    stats: &Mutex<Vec<RebalanceStats>>,
 ) {
-    let table = router.table();
+    let routes = pools.pools();
     let mut budget = (f64::from(s.max_per_second) * s.interval.as_secs_f64()).max(1.0) as u32;
     let mut quotas: Vec<(u32, u32)> = Vec::new();
     let mut figures = stats.lock().unwrap_or_else(|e| e.into_inner());
-    memory.retain(|m| table.routes.iter().any(|r| *r.spec.name == *m.route));
-    figures.retain(|f| table.routes.iter().any(|r| *r.spec.name == *f.route));
-    for route in table.routes.iter().filter(|r| rebalances(&r.spec)) {
-        let name = &*route.spec.name;
+    memory.retain(|m| routes.iter().any(|r| *r.name == *m.route));
+    figures.retain(|f| routes.iter().any(|r| *r.name == *f.route));
+    for route in routes.iter().filter(|r| rebalances(&r.balancing)) {
+        let name = &*route.name;
         let m = match memory.iter().position(|m| m.route == name) {
             Some(i) => &mut memory[i],
             None => {
@@ -258,9 +248,9 @@ fn pass(
         let f = match figures.iter().position(|f| f.route == name) {
             Some(i) => &mut figures[i],
             None => {
-                figures.push(RouteStats {
+                figures.push(RebalanceStats {
                     route: name.to_string(),
-                    ..RouteStats::default()
+                    ..RebalanceStats::default()
                 });
                 figures.last_mut().expect("just pushed")
             }
@@ -282,7 +272,6 @@ fn pass(
         }
         let snap = route.pool.snapshot();
         let weights = route
-            .spec
             .backends
             .iter()
             .map(|b| (b.addr, b.weight))

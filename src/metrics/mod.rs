@@ -16,7 +16,7 @@ mod process;
 pub mod prometheus;
 mod snapshot;
 pub use process::{Process, unix_now};
-pub use snapshot::{BackendView, Snapshot, Totals, log_every, summary};
+pub use snapshot::{BackendView, CertInfo, RebalanceStats, Snapshot, Totals, log_every, summary};
 
 /// Adds `n` to a counter only this thread writes: a plain load and store (no locked
 /// instruction on the per-frame path), which readers on other threads see whole.
@@ -105,9 +105,9 @@ pub struct WorkerStats {
     closes: [[AtomicU64; CLOSE_CODES]; 3],
     /// Accept to `101` relayed.
     handshake: Histogram,
-    /// Completed TLS handshakes by version (`tls::VERSIONS`), and failed ones by reason.
-    tls_handshakes: [AtomicU64; crate::tls::VERSIONS.len()],
-    tls_failures: [AtomicU64; crate::tls::Failure::ALL.len()],
+    /// Completed TLS handshakes by version ([`TLS_VERSIONS`]), and failed ones by reason.
+    tls_handshakes: [AtomicU64; TLS_VERSIONS.len()],
+    tls_failures: [AtomicU64; TlsFailure::ALL.len()],
     /// Plain HTTP responses relayed, by class (1xx..5xx), and requests sent on a reused
     /// backend connection.
     http: [AtomicU64; 5],
@@ -165,7 +165,7 @@ impl WorkerStats {
         bump(&self.http_reused, 1);
     }
 
-    pub fn tls_failed(&self, why: crate::tls::Failure) {
+    pub fn tls_failed(&self, why: TlsFailure) {
         bump(&self.tls_failures[why as usize], 1);
     }
 
@@ -293,6 +293,47 @@ impl Rejected {
             414 => Rejected::UriTooLong414,
             413 => Rejected::TooLarge413,
             _ => Rejected::BadRequest400,
+        }
+    }
+}
+
+/// The versions `wslb_tls_handshakes_total` counts, by index (`tls::version_index`).
+pub const TLS_VERSIONS: [&str; 2] = ["1.2", "1.3"];
+
+/// Why a client's TLS handshake failed: the `wslb_tls_handshake_failures_total` reason
+/// (`tls::Failure`; which rustls error is which reason: `tls::Failure::of`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsFailure {
+    Timeout,
+    Closed,
+    ProtocolVersion,
+    UnknownSni,
+    ClientCert,
+    BadMessage,
+    Other,
+}
+
+impl TlsFailure {
+    pub const ALL: [TlsFailure; 7] = [
+        TlsFailure::Timeout,
+        TlsFailure::Closed,
+        TlsFailure::ProtocolVersion,
+        TlsFailure::UnknownSni,
+        TlsFailure::ClientCert,
+        TlsFailure::BadMessage,
+        TlsFailure::Other,
+    ];
+
+    /// The `reason` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            TlsFailure::Timeout => "timeout",
+            TlsFailure::Closed => "closed",
+            TlsFailure::ProtocolVersion => "protocol_version",
+            TlsFailure::UnknownSni => "unknown_sni",
+            TlsFailure::ClientCert => "client_cert",
+            TlsFailure::BadMessage => "bad_message",
+            TlsFailure::Other => "other",
         }
     }
 }

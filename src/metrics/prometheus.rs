@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
-use super::{ClosedBy, Event, HANDSHAKE_BUCKETS, Rejected, Snapshot, code_label};
+use super::{
+    ClosedBy, Event, HANDSHAKE_BUCKETS, Rejected, Snapshot, TLS_VERSIONS, TlsFailure, code_label,
+};
 use crate::frame::Side;
 
 /// The content type of [`render`]'s output.
@@ -105,7 +107,7 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Completed TLS handshakes with clients, by protocol version.",
     );
-    for (i, v) in crate::tls::VERSIONS.iter().enumerate() {
+    for (i, v) in TLS_VERSIONS.iter().enumerate() {
         o.sample(
             "wslb_tls_handshakes_total",
             &[("version", v)],
@@ -117,7 +119,7 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Failed TLS handshakes with clients, by reason.",
     );
-    for f in crate::tls::Failure::ALL {
+    for f in TlsFailure::ALL {
         o.sample(
             "wslb_tls_handshake_failures_total",
             &[("reason", f.label())],
@@ -427,7 +429,7 @@ mod tests {
             io_driver: "io_uring",
             process: Process::default(),
             rebalance: Vec::new(),
-            certificates: vec![crate::tls::CertInfo {
+            certificates: vec![crate::metrics::CertInfo {
                 file: "/etc/wslb/cert.pem".into(),
                 names: vec!["localhost".into()],
                 not_after: 1_800_000_000,
@@ -462,7 +464,7 @@ mod tests {
         w[0].tls_handshake(1);
         w[1].tls_handshake(1);
         w[1].tls_handshake(0);
-        w[0].tls_failed(crate::tls::Failure::ProtocolVersion);
+        w[0].tls_failed(crate::metrics::TlsFailure::ProtocolVersion);
         let text = render(&snapshot(&w));
         assert_eq!(
             value(&text, r#"wslb_tls_handshakes_total{version="1.3"}"#),

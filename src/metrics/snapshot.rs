@@ -4,10 +4,14 @@
 //! apart, never a torn number.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::{CLOSE_CODES, ClosedBy, Event, HANDSHAKE_BUCKETS, Process, Rejected, WorkerStats};
+use super::{
+    CLOSE_CODES, ClosedBy, Event, HANDSHAKE_BUCKETS, Process, Rejected, TLS_VERSIONS, TlsFailure,
+    WorkerStats,
+};
 use crate::frame::Side;
 
 /// Every worker's counters, summed.
@@ -25,10 +29,10 @@ pub struct Totals {
     /// Per bucket of `HANDSHAKE_BUCKETS`, then +Inf; not cumulative.
     pub handshake_buckets: [u64; HANDSHAKE_BUCKETS.len() + 1],
     pub handshake_sum_secs: f64,
-    /// Completed TLS handshakes by version (`tls::VERSIONS`), failed ones by reason
-    /// (`tls::Failure`).
-    pub tls_handshakes: [u64; crate::tls::VERSIONS.len()],
-    pub tls_failures: [u64; crate::tls::Failure::ALL.len()],
+    /// Completed TLS handshakes by version ([`TLS_VERSIONS`]), failed ones by reason
+    /// ([`TlsFailure`]).
+    pub tls_handshakes: [u64; TLS_VERSIONS.len()],
+    pub tls_failures: [u64; TlsFailure::ALL.len()],
     /// Plain HTTP responses by class (1xx..5xx), and requests on reused backend connections.
     pub http: [u64; 5],
     pub http_reused: u64,
@@ -93,7 +97,8 @@ impl Totals {
     }
 }
 
-/// One backend as the metrics and `/backends` show it.
+/// One backend as the metrics and `/backends` show it (made by `balancer::Pool` and
+/// `routes::Router`'s `backend_views`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendView {
     /// The route's name (`default` for the top-level `backends`).
@@ -106,33 +111,26 @@ pub struct BackendView {
     pub failures: [u64; 3],
 }
 
-impl BackendView {
-    /// The backends of every route's current snapshot, route by route (in matching
-    /// order), each route's in config order.
-    pub fn of(router: &crate::routes::Router) -> Vec<BackendView> {
-        let table = router.table();
-        table
-            .routes
-            .iter()
-            .flat_map(|r| Self::of_pool(&r.spec.name, &r.pool))
-            .collect()
-    }
+/// One configured certificate, as the metrics and the log describe it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertInfo {
+    pub file: PathBuf,
+    /// Its subjectAltName DNS names (the SNI names it serves).
+    pub names: Vec<String>,
+    /// notAfter, in Unix seconds.
+    pub not_after: i64,
+}
 
-    /// The backends of `pool`'s current snapshot, in config order.
-    pub fn of_pool(route: &str, pool: &crate::balancer::Pool) -> Vec<BackendView> {
-        pool.snapshot()
-            .backends
-            .iter()
-            .map(|b| BackendView {
-                route: route.to_string(),
-                addr: b.addr,
-                up: b.health.is_up(),
-                open: b.stats.open(),
-                selected: b.stats.selected(),
-                failures: b.stats.failures(),
-            })
-            .collect()
-    }
+/// One route's rebalancing figures (`balancer/rebalance.rs` keeps them).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RebalanceStats {
+    pub route: String,
+    /// The spread the last pass saw.
+    pub spread: f64,
+    /// Passes that closed connections.
+    pub passes: u64,
+    /// Connections the workers marked for close (1012) over those passes.
+    pub moved: u64,
 }
 
 /// Everything a scrape renders.
@@ -149,9 +147,9 @@ pub struct Snapshot {
     pub io_driver: &'static str,
     pub process: Process,
     /// The TLS certificates in use (empty without TLS).
-    pub certificates: Vec<crate::tls::CertInfo>,
+    pub certificates: Vec<CertInfo>,
     /// Each route's rebalancing figures (empty while rebalancing never ran).
-    pub rebalance: Vec<crate::balancer::rebalance::RouteStats>,
+    pub rebalance: Vec<RebalanceStats>,
 }
 
 /// One line summing the workers' counters, e.g.

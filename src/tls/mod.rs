@@ -13,10 +13,7 @@
 //! at its next handshake (as it does a new backend list), so once a reload returns every
 //! new handshake uses it. Open connections keep theirs.
 
-use std::cell::RefCell;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 use rustls::server::UnbufferedServerConnection;
@@ -27,6 +24,8 @@ mod client;
 mod handshake;
 mod server;
 mod stream;
+/// The labels TLS's counters are kept under, owned by the metrics that count them.
+pub use crate::metrics::{CertInfo, TLS_VERSIONS as VERSIONS, TlsFailure as Failure};
 pub use client::{BackendStream, BackendTls, connect};
 pub use handshake::{HandshakeFailure, Unbuffered};
 pub use server::ServerTls;
@@ -35,71 +34,25 @@ pub use stream::{RECORD_ROOM, TlsReader, TlsStream, TlsWriter};
 /// A client's TLS stream.
 pub type ServerStream = TlsStream<UnbufferedServerConnection>;
 
+// Here rather than in stream.rs: the seam sits below the streams that fill it.
+impl crate::stream::ClientStream for ServerStream {
+    const SCHEME: crate::stream::Scheme = crate::stream::Scheme::Https;
+}
+
 /// The crypto provider: aws-lc-rs (see Cargo.toml and `benches/tls_provider.rs`).
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
-/// The server config new client handshakes use, replaced whole by a certificate reload.
-#[derive(Debug)]
-pub struct Certificates {
-    current: Mutex<Arc<rustls::ServerConfig>>,
-    /// Moves at each replacement; workers compare it with the one they cached.
-    generation: AtomicU64,
-}
-
-impl Certificates {
-    pub fn new(config: Arc<rustls::ServerConfig>) -> Self {
-        Self {
-            current: Mutex::new(config),
-            generation: AtomicU64::new(0),
-        }
-    }
-
-    /// New handshakes on every worker use `config` from now on.
-    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
-        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = config;
-        // Release pairs with `LocalCertificates::current`'s Acquire load.
-        self.generation.fetch_add(1, Ordering::Release);
-    }
-
-    fn get(&self) -> Arc<rustls::ServerConfig> {
-        self.current
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-}
+/// The server config new client handshakes use, replaced whole by a certificate reload
+/// ([`Published::replace`](crate::snapshot::Published::replace)).
+pub type Certificates = crate::snapshot::Published<rustls::ServerConfig>;
 
 /// A worker's view of the [`Certificates`]: its cached config, fetched again only after a
-/// reload (one shared atomic read per handshake otherwise).
-#[derive(Debug)]
-pub struct LocalCertificates {
-    shared: Arc<Certificates>,
-    cached: RefCell<(u64, Arc<rustls::ServerConfig>)>,
-}
-
-impl LocalCertificates {
-    pub fn new(shared: Arc<Certificates>) -> Self {
-        let g = shared.generation.load(Ordering::Acquire);
-        let c = shared.get();
-        Self {
-            shared,
-            cached: RefCell::new((g, c)),
-        }
-    }
-
-    /// The config for a new handshake. The `Arc` it returns is one increment of a count
-    /// every worker shares, once per TLS connection (rustls's connection holds its config).
-    pub fn current(&self) -> Arc<rustls::ServerConfig> {
-        let g = self.shared.generation.load(Ordering::Acquire);
-        let mut c = self.cached.borrow_mut();
-        if c.0 != g {
-            *c = (g, self.shared.get());
-        }
-        c.1.clone()
-    }
-}
+/// reload (one shared atomic read per handshake otherwise). The `Arc` its `current()`
+/// returns is one increment of a count every worker shares, once per TLS connection
+/// (rustls's connection holds its config), so the copy is the shared `Arc` itself.
+pub type LocalCertificates = crate::snapshot::Cached<rustls::ServerConfig>;
 
 /// Reads a PEM bundle of CA certificates (client CAs, backend CAs): the roots and the
 /// file's bytes (for telling a reload that changed it), or what is wrong with it.
@@ -120,16 +73,6 @@ pub(crate) fn load_roots(path: &str) -> Result<(rustls::RootCertStore, Vec<u8>),
     Ok((roots, bytes))
 }
 
-/// One configured certificate, as the metrics and the log describe it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    pub file: PathBuf,
-    /// Its subjectAltName DNS names (the SNI names it serves).
-    pub names: Vec<String>,
-    /// notAfter, in Unix seconds.
-    pub not_after: i64,
-}
-
 /// Problems found loading TLS files, each naming the config field it comes from.
 pub type Problems = Vec<config::Problem>;
 
@@ -140,41 +83,10 @@ fn problem(out: &mut Problems, field: &str, message: String) {
     });
 }
 
-/// Why a client's TLS handshake failed: the `wslb_tls_handshake_failures_total` reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    Timeout,
-    Closed,
-    ProtocolVersion,
-    UnknownSni,
-    ClientCert,
-    BadMessage,
-    Other,
-}
-
+// `Failure` is the metrics' label set (metrics sit below tls); which rustls error is which
+// reason is decided here, next to the handshake that fails.
 impl Failure {
-    pub const ALL: [Failure; 7] = [
-        Failure::Timeout,
-        Failure::Closed,
-        Failure::ProtocolVersion,
-        Failure::UnknownSni,
-        Failure::ClientCert,
-        Failure::BadMessage,
-        Failure::Other,
-    ];
-
-    pub fn label(self) -> &'static str {
-        match self {
-            Failure::Timeout => "timeout",
-            Failure::Closed => "closed",
-            Failure::ProtocolVersion => "protocol_version",
-            Failure::UnknownSni => "unknown_sni",
-            Failure::ClientCert => "client_cert",
-            Failure::BadMessage => "bad_message",
-            Failure::Other => "other",
-        }
-    }
-
+    /// The reason `f` is counted under.
     pub fn of(f: &HandshakeFailure) -> Failure {
         use rustls::Error as E;
         match f {
@@ -205,13 +117,11 @@ pub async fn accept(
     handshake::handshake(tcp, conn).await
 }
 
-/// The negotiated version's index among the `wslb_tls_handshakes_total` versions.
+/// The negotiated version's index among the `wslb_tls_handshakes_total` versions
+/// ([`VERSIONS`]).
 pub fn version_index(v: Option<rustls::ProtocolVersion>) -> usize {
     match v {
         Some(rustls::ProtocolVersion::TLSv1_2) => 0,
         _ => 1,
     }
 }
-
-/// The versions `wslb_tls_handshakes_total` counts, by [`version_index`].
-pub const VERSIONS: [&str; 2] = ["1.2", "1.3"];

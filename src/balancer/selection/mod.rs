@@ -202,6 +202,12 @@ pub struct Balancing {
     pub sticky: Option<Box<str>>,
 }
 
+impl AsRef<Balancing> for Balancing {
+    fn as_ref(&self) -> &Balancing {
+        self
+    }
+}
+
 /// The selector of one snapshot. An enum rather than a trait object: the set of
 /// algorithms is closed and known here, and a pick is one match, not a virtual call.
 /// Cheap to clone (each worker's copy of the snapshot has one): the tables are shared.
