@@ -17,7 +17,19 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::frame::Side;
-use crate::relay::Traffic;
+use crate::metrics::ClosedBy;
+
+/// What one relay moved: the relay counts it, the access log prints it. Defined here, below
+/// the relay, so the log does not import the layer that feeds it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes forwarded (frame headers included), by the side that sent them
+    /// ([`Side::index`]); wslb's own frames are not counted.
+    pub bytes: [u64; 2],
+    pub frames: [u32; 2],
+    /// The connection's first close frame: who sent it, and its code.
+    pub first_close: Option<(ClosedBy, Option<u16>)>,
+}
 
 /// How lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
@@ -153,7 +165,6 @@ fn json(e: &Entry<'_>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::ClosedBy;
 
     fn entry(path: Option<&str>) -> Entry<'_> {
         Entry {
