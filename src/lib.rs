@@ -71,6 +71,7 @@ pub mod stream;
 pub mod supervise;
 pub mod tls;
 pub mod upstream;
+mod utc;
 pub mod worker;
 
 pub use instance::{EchoServer, Handle, Instance};

@@ -460,6 +460,7 @@ pub(crate) async fn proxy<C: ClientStream>(
             client: peer,
             backend: Some(addr),
             path: target.as_deref(),
+            status: Some(resp.status),
             duration: started.elapsed(),
             outcome: "http",
             traffic: Default::default(),
