@@ -25,6 +25,7 @@ use crate::config;
 
 mod client;
 mod handshake;
+mod plain_http;
 mod server;
 mod stream;
 pub use client::{BackendStream, BackendTls, connect};
@@ -149,17 +150,20 @@ pub enum Failure {
     UnknownSni,
     ClientCert,
     BadMessage,
+    /// A plain HTTP request, answered with a plaintext 400 (`plain_http.rs`).
+    PlainHttp,
     Other,
 }
 
 impl Failure {
-    pub const ALL: [Failure; 7] = [
+    pub const ALL: [Failure; 8] = [
         Failure::Timeout,
         Failure::Closed,
         Failure::ProtocolVersion,
         Failure::UnknownSni,
         Failure::ClientCert,
         Failure::BadMessage,
+        Failure::PlainHttp,
         Failure::Other,
     ];
 
@@ -171,6 +175,7 @@ impl Failure {
             Failure::UnknownSni => "unknown_sni",
             Failure::ClientCert => "client_cert",
             Failure::BadMessage => "bad_message",
+            Failure::PlainHttp => "plain_http",
             Failure::Other => "other",
         }
     }
@@ -180,6 +185,7 @@ impl Failure {
         match f {
             HandshakeFailure::Closed => Failure::Closed,
             HandshakeFailure::Io(_) => Failure::Closed,
+            HandshakeFailure::PlainHttp => Failure::PlainHttp,
             HandshakeFailure::Tls(e) => match e {
                 E::PeerIncompatible(_) => Failure::ProtocolVersion,
                 E::General(m) if m == server::NO_CERTIFICATE => Failure::UnknownSni,
