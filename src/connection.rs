@@ -13,7 +13,7 @@ use monoio::io::{AsyncReadRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
 use monoio::time::Instant;
 
-use crate::access_log;
+use crate::access_log::{self, Traffic};
 use crate::dial::BackendConn;
 use crate::dispatch::{Decision, dispatch};
 use crate::handshake::{self, Reject, Scheme};
@@ -22,7 +22,6 @@ use crate::listener::Permit;
 use crate::metrics::OpenGuard;
 use crate::outcome::Ended;
 use crate::relay;
-use crate::relay::Traffic;
 use crate::stream::ClientStream;
 use crate::tls;
 use crate::upgrade::{Upgraded, upgrade};
@@ -152,9 +151,9 @@ async fn relay_upgraded<C: ClientStream>(
             client: peer,
             backend: Some(lease.backend().addr),
             path: path.as_deref(),
+            status: Some(101),
             duration: accepted.elapsed(),
             outcome: "relayed",
-            status: Some(101),
             traffic: outcome.traffic,
         });
     }

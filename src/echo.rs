@@ -93,7 +93,9 @@ async fn read_upgrade(stream: &mut TcpStream, deadline: Instant) -> Option<(Vec<
         }
         let len = buf.len();
         if len == MAX_REQUEST {
-            let answer = Refusal::from(handshake::over_limit(&buf)).response().into_owned();
+            let answer = Refusal::from(handshake::over_limit(&buf))
+                .response()
+                .into_owned();
             let _ = stream.write_all(answer).await;
             return None;
         }

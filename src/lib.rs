@@ -77,6 +77,7 @@ pub mod stream;
 pub mod supervise;
 pub mod tls;
 pub mod upgrade;
+mod utc;
 pub mod worker;
 
 pub use instance::{EchoServer, Handle, Instance};

@@ -198,6 +198,7 @@ fn the_access_log_has_a_line_per_connection() {
         c.http.enabled = false;
     });
     let h = lb.handle();
+    let started = unix_ms(std::time::SystemTime::now());
     let mut p = Peer::client(lb.local_addr);
     p.send_raw(upgrade_request("/room/7?user=a").as_bytes());
     assert!(p.read_head().starts_with("HTTP/1.1 101"));
@@ -210,13 +211,37 @@ fn the_access_log_has_a_line_per_connection() {
     bad.send_raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
     assert!(bad.read_to_end().starts_with("HTTP/1.1 426"));
     wait_until(&h, |s| s.totals.open == 0);
+    let ended = unix_ms(std::time::SystemTime::now());
     let text = std::fs::read_to_string(&path).unwrap();
+    // Each line leads with its time: RFC 3339, UTC, milliseconds, when the connection
+    // was accepted (so within the test, and the relayed connection, accepted first, no
+    // later than the refused one).
+    let times: Vec<i64> = text
+        .lines()
+        .map(|l| {
+            let t = l
+                .strip_prefix(r#"{"time":""#)
+                .unwrap_or_else(|| panic!("{l}"));
+            let t = rfc3339_ms(&t[..24]).unwrap_or_else(|| panic!("{l}"));
+            assert!(
+                started <= t && t <= ended,
+                "{started} <= {t} <= {ended}: {l}"
+            );
+            t
+        })
+        .collect();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     assert_eq!(lines.len(), 2, "{text}");
-    let relayed = lines.iter().find(|l| l["outcome"] == "relayed").unwrap();
+    let relayed = lines
+        .iter()
+        .position(|l| l["outcome"] == "relayed")
+        .unwrap();
+    assert!(times[relayed] <= times[1 - relayed], "{text}");
+    let relayed = &lines[relayed];
+    assert_eq!(relayed["status"], 101);
     assert_eq!(relayed["path"], "/room/7?user=a");
     assert_eq!(relayed["backend"], backend.local_addr.to_string());
     // "hello" masked (2 + 4 + 5) and the close (2 + 4 + 2), and back unmasked.
@@ -234,6 +259,31 @@ fn the_access_log_has_a_line_per_connection() {
     let rejected = lines.iter().find(|l| l["outcome"] != "relayed").unwrap();
     assert_eq!(rejected["outcome"], "bad_request_426");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn unix_ms(t: std::time::SystemTime) -> i64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Milliseconds since the epoch of `YYYY-MM-DDTHH:MM:SS.mmmZ`, `None` if it is not that
+/// (days_from_civil: an independent check of the log's civil_from_days).
+fn rfc3339_ms(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let shape = "dddd-dd-ddTdd:dd:dd.dddZ".as_bytes();
+    let fits = b.len() == shape.len()
+        && b.iter().zip(shape).all(|(&c, &want)| match want {
+            b'd' => c.is_ascii_digit(),
+            _ => c == want,
+        });
+    if !fits {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s[r].parse::<i64>().unwrap();
+    let (y, m, d) = (n(0..4), n(5..7), n(8..10));
+    let (y, m) = if m <= 2 { (y - 1, m + 9) } else { (y, m - 3) };
+    let days = 365 * y + y / 4 - y / 100 + y / 400 + (153 * m + 2) / 5 + d - 1 - 719_468;
+    let secs = days * 86_400 + n(11..13) * 3600 + n(14..16) * 60 + n(17..19);
+    Some(secs * 1000 + n(20..23))
 }
 
 /// Polls the snapshot until `done` holds (events, not time: the deadline is only a

@@ -311,14 +311,27 @@ fn a_tls_client_over_the_connection_limit_is_closed_and_counted() {
 
 // ---- hostile input ------------------------------------------------------------------
 
+/// Issue 20: plain HTTP sent to the TLS port got a TLS alert, which curl shows as
+/// `Received HTTP/0.9`. It gets a plaintext 400 saying the port speaks TLS, counted as
+/// `plain_http`, and a TLS client is served as before.
 #[test]
-fn plaintext_upgrade_on_the_tls_port_is_closed() {
-    let (pki, _e, lb) = tls_balancer("plaintext", |_| {});
-    let got = raw_exchange(lb.local_addr, upgrade_request("/").as_bytes());
-    assert!(
-        only_alerts(&got),
-        "answered plaintext with {:?}",
-        String::from_utf8_lossy(&got)
+fn plain_http_on_the_tls_port_gets_a_plaintext_400() {
+    let (pki, _e, lb) = tls_balancer("plaintext", |c| c.admin.listen = "127.0.0.1:0".into());
+    let plain = "GET / HTTP/1.1\r\nHost: localhost\r\nUser-Agent: curl/8.5.0\r\n\r\n";
+    for request in [plain, &upgrade_request("/")] {
+        let got = String::from_utf8(raw_exchange(lb.local_addr, request.as_bytes())).unwrap();
+        assert!(got.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{got:?}");
+        let (head, body) = got.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains("\r\nConnection: close\r\n"), "{got:?}");
+        assert!(
+            body.contains("https://") && body.contains("wss://"),
+            "{got:?}"
+        );
+    }
+    metric_reaches(
+        &lb,
+        r#"wslb_tls_handshake_failures_total{reason="plain_http"}"#,
+        2.0,
     );
     assert_serves(lb.local_addr, "localhost", &pki.ca);
 }
@@ -670,7 +683,7 @@ fn handshakes_and_failures_are_counted_on_metrics() {
         let s = s_client(addr, &pki.ca_file, &["-tls1_2"]);
         assert!(s.ok, "{}", s.out);
     }
-    // Failures: two old versions, a stall, a hello cut short by a close, plaintext.
+    // Failures: two old versions, a stall, a hello cut short by a close, plain HTTP, noise.
     for flag in ["-tls1", "-tls1_1"] {
         assert!(!s_client(addr, &pki.ca_file, &[flag, "-cipher", "DEFAULT@SECLEVEL=0"]).ok);
     }
@@ -687,6 +700,7 @@ fn handshakes_and_failures_are_counted_on_metrics() {
         read_until_closed(&mut cut);
     }
     raw_exchange(addr, upgrade_request("/").as_bytes());
+    raw_exchange(addr, &noise(64, 0x2545_f491_4f6c_dd1d));
 
     // The counts reach what the test did (the server may count a moment after the client
     // is done), then are exact.
@@ -694,7 +708,7 @@ fn handshakes_and_failures_are_counted_on_metrics() {
     for _ in 0..500 {
         text = metrics(&lb);
         if sum(&text, "wslb_tls_handshakes_total") >= 5.0
-            && sum(&text, "wslb_tls_handshake_failures_total") >= 5.0
+            && sum(&text, "wslb_tls_handshake_failures_total") >= 6.0
         {
             break;
         }
@@ -717,10 +731,11 @@ fn handshakes_and_failures_are_counted_on_metrics() {
     assert_eq!(failures("protocol_version"), Some(2.0), "{text}");
     assert_eq!(failures("timeout"), Some(1.0), "{text}");
     assert_eq!(failures("closed"), Some(1.0), "{text}");
+    assert_eq!(failures("plain_http"), Some(1.0), "{text}");
     assert_eq!(failures("bad_message"), Some(1.0), "{text}");
     assert_eq!(
         sum(&text, "wslb_tls_handshake_failures_total"),
-        5.0,
+        6.0,
         "{text}"
     );
     assert_eq!(sum(&text, "wslb_tls_handshakes_total"), 5.0, "{text}");

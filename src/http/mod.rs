@@ -28,14 +28,13 @@ use std::time::Duration;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::time::Instant;
 
-use crate::access_log;
+use crate::access_log::{self, Traffic};
 use crate::balancer::{Backend, Failure, Snapshot};
 use crate::dial::{self, BackendConn, BackendError, Dialed};
 use crate::dispatch::Decision;
 use crate::frame::Side;
 use crate::handshake::{Reject, Scheme};
 use crate::outcome::{Ended, Refusal};
-use crate::relay::Traffic;
 use crate::worker::WorkerEnv;
 use body::{Fail, Io, pass_body, read_head, write_prefix};
 use framing::Body;
@@ -162,9 +161,9 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
             client: peer,
             backend: Some(b.addr),
             path: req.target.as_deref(),
+            status: Some(resp.status),
             duration: started.elapsed(),
             outcome: "http",
-            status: Some(resp.status),
             traffic,
         });
     }

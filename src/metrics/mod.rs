@@ -310,17 +310,20 @@ pub enum TlsFailure {
     UnknownSni,
     ClientCert,
     BadMessage,
+    /// A plain HTTP request, answered with a plaintext 400 (`tls/plain_http.rs`).
+    PlainHttp,
     Other,
 }
 
 impl TlsFailure {
-    pub const ALL: [TlsFailure; 7] = [
+    pub const ALL: [TlsFailure; 8] = [
         TlsFailure::Timeout,
         TlsFailure::Closed,
         TlsFailure::ProtocolVersion,
         TlsFailure::UnknownSni,
         TlsFailure::ClientCert,
         TlsFailure::BadMessage,
+        TlsFailure::PlainHttp,
         TlsFailure::Other,
     ];
 
@@ -333,6 +336,7 @@ impl TlsFailure {
             TlsFailure::UnknownSni => "unknown_sni",
             TlsFailure::ClientCert => "client_cert",
             TlsFailure::BadMessage => "bad_message",
+            TlsFailure::PlainHttp => "plain_http",
             TlsFailure::Other => "other",
         }
     }

@@ -47,7 +47,6 @@ use monoio::net::TcpStream;
 
 use crate::buffers::BufferPool;
 use crate::frame::{Limits, Rules, Side, Violation};
-use crate::metrics::ClosedBy;
 use crate::metrics::WorkerStats;
 use crate::recv_ring::RecvRing;
 use crate::stream::{Halves, Readiness};
@@ -145,16 +144,8 @@ pub struct Outcome {
     pub traffic: Traffic,
 }
 
-/// What one relay moved.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Traffic {
-    /// Bytes forwarded (frame headers included), by the side that sent them
-    /// ([`Side::index`]); wslb's own frames are not counted.
-    pub bytes: [u64; 2],
-    pub frames: [u32; 2],
-    /// The connection's first close frame: who sent it, and its code.
-    pub first_close: Option<(ClosedBy, Option<u16>)>,
-}
+/// What one relay moved (defined with the access log, which prints it).
+pub use crate::access_log::Traffic;
 
 /// Relays frames until both sides have closed (or the close deadline passed), then drops
 /// both sockets. `client_buf`/`backend_buf` hold bytes already read past each handshake

@@ -4,7 +4,7 @@
 //! becomes a [`TlsStream`] (`stream.rs`).
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
 use monoio::net::TcpStream;
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
@@ -13,6 +13,7 @@ use rustls::unbuffered::{
 };
 use std::io;
 
+use super::plain_http;
 use super::stream::{RECORD_ROOM, TlsStream};
 use crate::stream::ready;
 
@@ -24,6 +25,11 @@ pub trait Unbuffered: 'static {
         incoming: &'i mut [u8],
     ) -> UnbufferedStatus<'c, 'i, Self::Data>;
     fn common(&self) -> &rustls::CommonState;
+    /// What to send instead of a TLS alert when the peer's first bytes (`first`) are not
+    /// TLS; `None`: the alert. Only a server answers (plain HTTP, `plain_http.rs`).
+    fn not_tls_answer(_first: &[u8]) -> Option<&'static [u8]> {
+        None
+    }
 }
 
 impl Unbuffered for UnbufferedServerConnection {
@@ -36,6 +42,9 @@ impl Unbuffered for UnbufferedServerConnection {
     }
     fn common(&self) -> &rustls::CommonState {
         self
+    }
+    fn not_tls_answer(first: &[u8]) -> Option<&'static [u8]> {
+        plain_http::is_request(first).then_some(plain_http::RESPONSE)
     }
 }
 
@@ -61,6 +70,9 @@ pub enum HandshakeFailure {
     Closed,
     #[error("I/O error during the TLS handshake: {0}")]
     Io(io::Error),
+    /// The client's first bytes were a plain HTTP request; answered 400 in plain HTTP.
+    #[error("plain HTTP sent to the TLS port; answered 400")]
+    PlainHttp,
 }
 
 /// Runs the handshake of `conn` over `tcp` until application data may flow. Plaintext that
@@ -74,6 +86,9 @@ pub async fn handshake<C: Unbuffered>(
     let mut incoming: Vec<u8> = Vec::new();
     let mut outgoing: Vec<u8> = Vec::new();
     let mut plain: Vec<u8> = Vec::new();
+    // Whether rustls has taken a record yet: until then `incoming` starts with the peer's
+    // first byte.
+    let mut started = false;
     loop {
         let t_handshaking = conn.common().is_handshaking();
         let UnbufferedStatus { discard, state } = conn.process(&mut incoming);
@@ -82,6 +97,16 @@ pub async fn handshake<C: Unbuffered>(
         let mut done = false;
         match state {
             Err(e) => {
+                // Bytes that are not TLS from the first: a plain HTTP request gets a plain
+                // answer (`plain_http.rs`). Looked at only once rustls has refused them, so
+                // a handshake that goes well pays nothing for it. Then a FIN, or a RST if
+                // the client sent more than the first read took (room for a TLS record,
+                // 16 KiB and more; curl and browsers send a request head in one write).
+                if !started && let Some(answer) = C::not_tls_answer(&incoming) {
+                    let _ = wr.write_all(answer).await;
+                    let _ = wr.shutdown().await;
+                    return Err(HandshakeFailure::PlainHttp);
+                }
                 // rustls queued the alert that tells the peer why; send it, best effort.
                 // (The same bytes go back in: rustls's handshake deframer may still point
                 // into them, and a different buffer would be out of its bounds.)
@@ -126,6 +151,7 @@ pub async fn handshake<C: Unbuffered>(
             Ok(_) => return Err(HandshakeFailure::Closed),
         }
         incoming.drain(..discard);
+        started |= discard > 0;
         if transmit && !outgoing.is_empty() {
             let (res, mut back) = wr.write_all(std::mem::take(&mut outgoing)).await;
             res.map_err(HandshakeFailure::Io)?;

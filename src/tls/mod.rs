@@ -22,6 +22,7 @@ use crate::config;
 
 mod client;
 mod handshake;
+mod plain_http;
 mod server;
 mod stream;
 /// The labels TLS's counters are kept under, owned by the metrics that count them.
@@ -92,6 +93,7 @@ impl Failure {
         match f {
             HandshakeFailure::Closed => Failure::Closed,
             HandshakeFailure::Io(_) => Failure::Closed,
+            HandshakeFailure::PlainHttp => Failure::PlainHttp,
             HandshakeFailure::Tls(e) => match e {
                 E::PeerIncompatible(_) => Failure::ProtocolVersion,
                 E::General(m) if m == server::NO_CERTIFICATE => Failure::UnknownSni,

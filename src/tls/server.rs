@@ -14,6 +14,7 @@ use rustls::sign::CertifiedKey;
 
 use super::{CertInfo, Problems, problem, provider};
 use crate::config::{self, ClientAuth, UnknownSni};
+use crate::utc::civil;
 
 /// A certificate expiring sooner than this is a warning in `wslb check` and the log.
 const EXPIRY_WARNING_SECS: i64 = 14 * 86_400;
@@ -307,21 +308,6 @@ fn utc(t: i64) -> String {
         secs / 60 % 60,
         secs % 60
     )
-}
-
-/// Year, month, day and second of the day of a Unix time (Howard Hinnant's
-/// civil_from_days).
-fn civil(t: i64) -> (i64, i64, i64, i64) {
-    let (days, secs) = (t.div_euclid(86_400), t.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d, secs)
 }
 
 fn load_client_verifier(
