@@ -152,21 +152,8 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
         .await
     }
     .await;
-    if let Some(log) = &env.access_log {
-        let mut traffic = Traffic::default();
-        traffic.bytes[Side::Client.index()] = req.forward.len() as u64;
-        traffic.bytes[Side::Backend.index()] =
-            head_bytes + sent.as_ref().map_or(0, |(_, body)| *body);
-        log.record(&access_log::Entry {
-            client: peer,
-            backend: Some(b.addr),
-            path: req.target.as_deref(),
-            status: Some(resp.status),
-            duration: started.elapsed(),
-            outcome: "http",
-            traffic,
-        });
-    }
+    let body_bytes = sent.as_ref().map_or(0, |(_, body)| *body);
+    log(env, peer, &req, b, resp.status, head_bytes + body_bytes, started);
     match sent {
         Ok((rest, _)) => {
             if resp.keep_alive && request_done && rest.is_empty() {
@@ -180,6 +167,33 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
             Ok(None)
         }
     }
+}
+
+/// The access-log line of one exchange: `sent` is the response's bytes (head and body).
+fn log(
+    env: &WorkerEnv,
+    peer: SocketAddr,
+    req: &Plain,
+    b: &Backend,
+    status: u16,
+    sent: u64,
+    started: Instant,
+) {
+    let Some(log) = &env.access_log else {
+        return;
+    };
+    let mut traffic = Traffic::default();
+    traffic.bytes[Side::Client.index()] = req.forward.len() as u64;
+    traffic.bytes[Side::Backend.index()] = sent;
+    log.record(&access_log::Entry {
+        client: peer,
+        backend: Some(b.addr),
+        path: req.target.as_deref(),
+        status: Some(status),
+        duration: started.elapsed(),
+        outcome: "http",
+        traffic,
+    });
 }
 
 fn backend_failed(b: &Backend, error: BackendError, answer: Refusal) -> Ended {
