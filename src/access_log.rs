@@ -16,17 +16,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use crate::config::AccessLogFormat as Format;
 use crate::frame::Side;
 use crate::relay::Traffic;
-
-/// How lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    #[default]
-    Text,
-    Json,
-}
 
 /// Where lines go.
 #[derive(Debug)]

@@ -38,6 +38,29 @@ impl std::str::FromStr for IoDriver {
     }
 }
 
+/// How access log lines are written (`access_log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What happens to the client's `Sec-WebSocket-Extensions` (`extensions`, per route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Extensions {
+    /// Offers of permessage-deflate go to the backend and its choice comes back in the
+    /// 101; the relay then allows RSV1 on a message's first frame and stays zero-copy
+    /// (it never inflates). Offers of any other extension are removed, since wslb cannot
+    /// tell which RSV bits they would use.
+    #[default]
+    Pass,
+    /// No extension is negotiated: both peers speak uncompressed frames.
+    Strip,
+}
+
 /// The config file as written. See `wslb.example.toml` for a commented copy.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,7 +74,7 @@ pub struct Config {
     /// How new connections are spread over the backends: `round-robin` (default),
     /// `weighted-round-robin`, `least-connections`, `power-of-two` or `consistent-hash`.
     /// Reloadable.
-    pub algorithm: crate::balancer::Algorithm,
+    pub algorithm: Algorithm,
     /// What `consistent-hash` hashes: `ip` (default: the client's address),
     /// `header:NAME`, `cookie:NAME` or `query:NAME`. A request without it goes to the
     /// backend with the fewest connections.
@@ -104,7 +127,7 @@ pub struct Config {
     /// `pass` (default): permessage-deflate is negotiated end to end (the relay stays
     /// zero-copy and allows RSV1 where it marks a compressed message); `strip`: no
     /// extension is negotiated. Per route too.
-    pub extensions: crate::handshake::Extensions,
+    pub extensions: Extensions,
     pub http: Http,
 }
 
@@ -195,7 +218,7 @@ pub struct AccessLog {
     /// Default false.
     pub enabled: bool,
     /// `text` (default: logfmt, `key=value`) or `json` (one object per line).
-    pub format: crate::access_log::Format,
+    pub format: AccessLogFormat,
     /// File to append to, reopened on SIGHUP (log rotation). Default empty: stderr.
     pub path: String,
 }
@@ -352,7 +375,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             backends: Vec::new(),
-            algorithm: crate::balancer::Algorithm::RoundRobin,
+            algorithm: Algorithm::RoundRobin,
             hash_key: "ip".into(),
             slow_start_ms: 0,
             workers: 0,
@@ -374,7 +397,7 @@ impl Default for Config {
             sticky_cookie: "wslb_backend".into(),
             sticky_secret: String::new(),
             rebalance: Rebalance::default(),
-            extensions: crate::handshake::Extensions::Pass,
+            extensions: Extensions::Pass,
             http: Http::default(),
         }
     }
@@ -492,11 +515,21 @@ pub use http::{Http, HttpSettings};
 
 /// `[[routes]]`, sticky cookies and `[rebalance]`: see `config/routes.rs`.
 mod routes;
-pub use routes::{Rebalance, RebalanceSettings, RouteConfig, RouteHealth, StickyMode};
+pub use routes::{Rebalance, RebalanceSettings, RouteConfig, RouteFields, RouteHealth, StickyMode};
 
 /// The validated, resolved configuration: see `config/settings.rs`.
 mod settings;
-pub use settings::{AccessLogSettings, Fixed, Settings, available_cores};
+pub use settings::{
+    AccessLogSettings, Fixed, KeepaliveSettings, PerIpLimits, Settings, available_cores,
+};
+
+/// A route's balancing and health checks, resolved: see `config/balancing.rs`.
+mod balancing;
+pub use balancing::{Algorithm, BackendSpec, Balancing, HashKey, HealthConfig, Probe};
+
+/// One route, resolved, and the checks over the set: see `config/spec.rs`.
+mod spec;
+pub use spec::{HostMatch, RouteSpec, check_routes, prefix_matches, rebalances};
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -171,8 +171,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn check(config: &std::path::Path) -> ExitCode {
-    match Config::from_file(config).and_then(|c| c.validate()) {
-        Ok(s) => {
+    let loaded = Config::from_file(config)
+        .and_then(|c| c.validate())
+        .and_then(|s| wslb::tls::load(&s).map(|tls| (s, tls)));
+    match loaded {
+        Ok((s, tls)) => {
             let backends: usize = s.routes.iter().map(|r| r.backends.len()).sum();
             println!(
                 "{}: ok (listen {}, {} routes, {} backends, {} workers{}{})",
@@ -181,7 +184,7 @@ fn check(config: &std::path::Path) -> ExitCode {
                 s.routes.len(),
                 backends,
                 s.workers,
-                match &s.tls {
+                match &tls.server {
                     Some(t) => format!(", TLS with {} certificates", t.certificates.len()),
                     None => String::new(),
                 },
@@ -212,7 +215,12 @@ fn check(config: &std::path::Path) -> ExitCode {
                     },
                 );
             }
-            for w in s.tls.iter().flat_map(|t| &t.warnings).chain(&s.warnings) {
+            for w in tls
+                .server
+                .iter()
+                .flat_map(|t| &t.warnings)
+                .chain(&s.warnings)
+            {
                 eprintln!("  warning: {w}");
             }
             ExitCode::SUCCESS

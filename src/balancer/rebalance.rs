@@ -221,13 +221,7 @@ fn run(
     }
 }
 
-/// Whether rebalancing moves this route's connections: not where the key decides the
-/// backend (consistent hashing, a sticky cookie), since a moved client would reconnect to
-/// the backend it left.
-pub fn rebalances(route: &crate::routes::RouteSpec) -> bool {
-    route.balancing.algorithm != crate::balancer::Algorithm::ConsistentHash
-        && route.balancing.sticky.is_none()
-}
+pub use crate::config::rebalances;
 
 fn pass(
     s: &RebalanceSettings,

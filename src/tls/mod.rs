@@ -25,10 +25,12 @@ use crate::config;
 
 mod client;
 mod handshake;
+mod load;
 mod server;
 mod stream;
 pub use client::{BackendStream, BackendTls, connect};
 pub use handshake::{HandshakeFailure, Unbuffered};
+pub use load::{Loaded, load};
 pub use server::ServerTls;
 pub use stream::{RECORD_ROOM, TlsReader, TlsStream, TlsWriter};
 
