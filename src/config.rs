@@ -434,76 +434,9 @@ impl Default for Limits {
     }
 }
 
-/// `wslb run`'s flags, applied over the config file at start and at every reload. (Their
-/// doc comments are the `--help` text.)
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Overrides {
-    /// Address to listen on, e.g. 0.0.0.0:8080.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// A backend host:port; repeat for several. Replaces the config file's list.
-    #[arg(long = "backend", value_name = "ADDR")]
-    pub backends: Vec<String>,
-    /// Worker threads, one per core (0 or absent: all available cores).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// io driver: auto (io_uring, else epoll), io-uring, epoll.
-    #[arg(long, value_name = "auto|io-uring|epoll")]
-    pub io_driver: Option<IoDriver>,
-    /// Admin HTTP server address (metrics, health, status page); "" turns it off.
-    #[arg(long, value_name = "ADDR")]
-    pub admin: Option<String>,
-    /// PEM certificate chain for TLS termination (wss://); with --tls-key. Overrides
-    /// `[tls] cert`.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<String>,
-    /// PEM private key of --tls-cert. Overrides `[tls] key`.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<String>,
-}
-
-/// Where `wslb run`'s settings come from: a config file (or the defaults) with the flags
-/// over it. Read again, flags included, on every reload.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Source {
-    /// TOML config file (see wslb.example.toml).
-    #[arg(long = "config", value_name = "FILE")]
-    pub path: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub overrides: Overrides,
-}
-
-impl Source {
-    pub fn load(&self) -> Result<Settings, ConfigError> {
-        let mut c = match &self.path {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        let flags = &self.overrides;
-        if let Some(l) = &flags.listen {
-            c.listen = l.clone();
-        }
-        if !flags.backends.is_empty() {
-            c.backends = flags.backends.iter().map(|b| b.as_str().into()).collect();
-        }
-        if let Some(w) = flags.workers {
-            c.workers = w;
-        }
-        if let Some(d) = flags.io_driver {
-            c.io_driver = d;
-        }
-        if let Some(a) = &flags.admin {
-            c.admin.listen = a.clone();
-        }
-        if let Some(f) = &flags.tls_cert {
-            c.tls.cert = f.clone();
-        }
-        if let Some(f) = &flags.tls_key {
-            c.tls.key = f.clone();
-        }
-        c.validate()
-    }
-}
+/// `wslb run`'s flags and where its settings come from: see `config/source.rs`.
+mod source;
+pub use source::{Overrides, Source};
 
 /// The TLS sections: see `config/tls.rs`.
 mod tls;
@@ -516,6 +449,10 @@ pub use http::{Http, HttpSettings};
 /// `[[routes]]`, sticky cookies and `[rebalance]`: see `config/routes.rs`.
 mod routes;
 pub use routes::{Rebalance, RebalanceSettings, RouteConfig, RouteFields, RouteHealth, StickyMode};
+
+/// Reading a file with every schema problem named: see `config/schema.rs`.
+mod schema;
+pub use schema::Parsed;
 
 /// The validated, resolved configuration: see `config/settings.rs`.
 mod settings;
@@ -536,6 +473,34 @@ pub use spec::{HostMatch, RouteSpec, check_routes, prefix_matches, rebalances};
 pub struct Problem {
     pub field: String,
     pub message: String,
+    /// Where the field is written in the config file (`None`: it is not, or the settings
+    /// did not come from a file).
+    pub at: Option<Location>,
+}
+
+/// A place in the config file, both 1-based (the column counts characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some(Location { line, column }) => write!(
+                f,
+                "{} (line {line}, column {column}): {}",
+                self.field, self.message
+            ),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// `1 problem`, `2 problems`: a count and a noun, plural when it is not one.
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Everything wrong with a config, or the reason it could not be read at all.
@@ -556,28 +521,43 @@ struct ProblemList<'a>(&'a [Problem]);
 
 impl fmt::Display for ProblemList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        writeln!(
+            f,
+            "invalid configuration ({}):",
+            count(self.0.len(), "problem")
+        )?;
         for p in self.0 {
-            writeln!(f, "  {}: {}", p.field, p.message)?;
+            writeln!(f, "  {p}")?;
         }
         Ok(())
     }
 }
 
 impl Config {
-    /// Reads and parses a TOML file (no validation yet: flags may still override fields).
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads a TOML file, naming every schema problem (no validation yet: flags may still
+    /// override fields; [`Parsed::validate`] adds validation's problems to these).
+    pub fn read(path: &Path) -> Result<Parsed, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        schema::parse(&text).map_err(|message| ConfigError::Parse {
             path: shown,
             message,
         })
     }
 
+    /// Reads and parses a TOML file; any schema problem is an error (all of them named).
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let parsed = Self::read(path)?;
+        match parsed.config {
+            Some(c) if parsed.problems.is_empty() => Ok(c),
+            _ => Err(ConfigError::Invalid(parsed.problems)),
+        }
+    }
+
+    /// Parses TOML text, stopping at the first schema problem (toml's message for it).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }

@@ -95,6 +95,10 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// The running settings with their certificates, what a reload changes (the routes,
+    /// the rebalancer, the workers, the server certificates, the admission's per-client
+    /// limits) and the health checker to tell: one handle each, as `Instance` has them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         running: &Settings,
         running_tls: crate::tls::Loaded,

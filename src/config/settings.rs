@@ -174,6 +174,7 @@ impl Config {
             problems.push(Problem {
                 field: field.to_string(),
                 message,
+                at: None,
             })
         };
 

@@ -516,3 +516,41 @@ fn an_inherited_problem_is_named_where_it_is_written() {
         ["hash_key", "health.fall", "routes[1].health.rise"]
     );
 }
+
+/// Every schema problem is named, in file order, by the path it is written at: an array
+/// element after one taken out keeps its index as written.
+#[test]
+fn every_schema_problem_is_named_where_it_is_written() {
+    let parsed = super::schema::parse(
+        "backends = [1, \"127.0.0.1:9001\", 2]\n[limits]\nmax_frame_bytes = -1\nbogus = 1\n",
+    )
+    .unwrap();
+    let got: Vec<(String, Option<(usize, usize)>)> = parsed
+        .problems
+        .iter()
+        .map(|p| (p.field.clone(), p.at.map(|l| (l.line, l.column))))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("backends[0]".to_string(), Some((1, 13))),
+            ("backends[2]".to_string(), Some((1, 34))),
+            ("limits.max_frame_bytes".to_string(), Some((3, 19))),
+            ("limits.bogus".to_string(), Some((4, 1))),
+        ]
+    );
+    // What is left validates, and a semantic problem is located too (here: none left).
+    let config = parsed.config.as_ref().unwrap();
+    assert_eq!(config.backends, ["127.0.0.1:9001".into()]);
+    let Err(ConfigError::Invalid(all)) = parsed.validate() else {
+        panic!("the schema problems make it invalid")
+    };
+    assert_eq!(all.len(), 4, "{all:?}");
+    // A field validation names but the file does not hold is placed at its table.
+    let parsed =
+        super::schema::parse("backends = [\"127.0.0.1:9001\"]\n[tls]\ncert = \"c.pem\"\n").unwrap();
+    assert_eq!(
+        parsed.locate("tls.key"),
+        Some(super::Location { line: 2, column: 2 })
+    );
+}

@@ -139,6 +139,7 @@ fn problem(out: &mut Problems, field: &str, message: String) {
     out.push(config::Problem {
         field: field.to_string(),
         message,
+        at: None,
     });
 }
 
