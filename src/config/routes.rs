@@ -333,9 +333,14 @@ impl Config {
         if rb.enabled {
             for r in out.routes.iter().filter(|r| !super::rebalances(r)) {
                 out.warnings.push(format!(
-                    "route {:?} is not rebalanced: with {} its clients would reconnect to                      the backend they left",
+                    "route {:?} is not rebalanced: with {} its clients would reconnect to \
+                     the backend they left",
                     r.name,
-                    if r.balancing.sticky.is_some() { "a sticky cookie" } else { "consistent-hash" }
+                    if r.balancing.sticky.is_some() {
+                        "a sticky cookie"
+                    } else {
+                        "consistent-hash"
+                    }
                 ));
             }
         }
