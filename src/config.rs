@@ -488,9 +488,10 @@ pub struct Location {
 impl fmt::Display for Problem {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.at {
+            // The field first, as without a location (logs and scripts look for `field:`).
             Some(Location { line, column }) => write!(
                 f,
-                "{} (line {line}, column {column}): {}",
+                "{}: {} (line {line}, column {column})",
                 self.field, self.message
             ),
             None => write!(f, "{}: {}", self.field, self.message),
@@ -546,15 +547,6 @@ impl Config {
             path: shown,
             message,
         })
-    }
-
-    /// Reads and parses a TOML file; any schema problem is an error (all of them named).
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let parsed = Self::read(path)?;
-        match parsed.config {
-            Some(c) if parsed.problems.is_empty() => Ok(c),
-            _ => Err(ConfigError::Invalid(parsed.problems)),
-        }
     }
 
     /// Parses TOML text, stopping at the first schema problem (toml's message for it).

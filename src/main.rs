@@ -187,7 +187,18 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 fn check(config: &std::path::Path) -> ExitCode {
     let loaded = Config::read(config)
-        .and_then(|parsed| parsed.validate())
+        .and_then(|parsed| {
+            // Read before validation takes it: an invalid config's certificates are
+            // checked too, so that their problems are in the same list.
+            let tls = parsed.config.as_ref().map(|c| c.tls.clone());
+            parsed.validate().map_err(|e| match (e, tls) {
+                (ConfigError::Invalid(mut p), Some(t)) if t.enabled() => {
+                    p.extend(wslb::tls::ServerTls::load(&t).err().unwrap_or_default());
+                    ConfigError::Invalid(p)
+                }
+                (e, _) => e,
+            })
+        })
         .and_then(|s| wslb::tls::load(&s).map(|tls| (s, tls)));
     match loaded {
         Ok((s, tls)) => {
