@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+pub use crate::config::AccessLogFormat as Format;
 use crate::frame::Side;
 use crate::metrics::ClosedBy;
 use crate::utc::Rfc3339Millis;
@@ -38,15 +39,6 @@ pub struct Traffic {
     pub frames: [u32; 2],
     /// The connection's first close frame: who sent it, and its code.
     pub first_close: Option<(ClosedBy, Option<u16>)>,
-}
-
-/// How lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    #[default]
-    Text,
-    Json,
 }
 
 /// Where lines go.

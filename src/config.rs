@@ -38,6 +38,29 @@ impl std::str::FromStr for IoDriver {
     }
 }
 
+/// How access log lines are written (`access_log.format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AccessLogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// What happens to the client's `Sec-WebSocket-Extensions` (`extensions`, per route).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Extensions {
+    /// Offers of permessage-deflate go to the backend and its choice comes back in the
+    /// 101; the relay then allows RSV1 on a message's first frame and stays zero-copy
+    /// (it never inflates). Offers of any other extension are removed, since wslb cannot
+    /// tell which RSV bits they would use.
+    #[default]
+    Pass,
+    /// No extension is negotiated: both peers speak uncompressed frames.
+    Strip,
+}
+
 /// The config file as written. See `wslb.example.toml` for a commented copy.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -51,7 +74,7 @@ pub struct Config {
     /// How new connections are spread over the backends: `round-robin` (default),
     /// `weighted-round-robin`, `least-connections`, `power-of-two` or `consistent-hash`.
     /// Reloadable.
-    pub algorithm: crate::balancer::Algorithm,
+    pub algorithm: Algorithm,
     /// What `consistent-hash` hashes: `ip` (default: the client's address),
     /// `header:NAME`, `cookie:NAME` or `query:NAME`. A request without it goes to the
     /// backend with the fewest connections.
@@ -104,7 +127,7 @@ pub struct Config {
     /// `pass` (default): permessage-deflate is negotiated end to end (the relay stays
     /// zero-copy and allows RSV1 where it marks a compressed message); `strip`: no
     /// extension is negotiated. Per route too.
-    pub extensions: crate::handshake::Extensions,
+    pub extensions: Extensions,
     pub http: Http,
 }
 
@@ -195,7 +218,7 @@ pub struct AccessLog {
     /// Default false.
     pub enabled: bool,
     /// `text` (default: logfmt, `key=value`) or `json` (one object per line).
-    pub format: crate::access_log::Format,
+    pub format: AccessLogFormat,
     /// File to append to, reopened on SIGHUP (log rotation). Default empty: stderr.
     pub path: String,
 }
@@ -352,7 +375,7 @@ impl Default for Config {
         Self {
             listen: "127.0.0.1:8080".into(),
             backends: Vec::new(),
-            algorithm: crate::balancer::Algorithm::RoundRobin,
+            algorithm: Algorithm::RoundRobin,
             hash_key: "ip".into(),
             slow_start_ms: 0,
             workers: 0,
@@ -374,7 +397,7 @@ impl Default for Config {
             sticky_cookie: "wslb_backend".into(),
             sticky_secret: String::new(),
             rebalance: Rebalance::default(),
-            extensions: crate::handshake::Extensions::Pass,
+            extensions: Extensions::Pass,
             http: Http::default(),
         }
     }
@@ -411,76 +434,9 @@ impl Default for Limits {
     }
 }
 
-/// `wslb run`'s flags, applied over the config file at start and at every reload. (Their
-/// doc comments are the `--help` text.)
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Overrides {
-    /// Address to listen on, e.g. 0.0.0.0:8080.
-    #[arg(long, value_name = "ADDR")]
-    pub listen: Option<String>,
-    /// A backend host:port; repeat for several. Replaces the config file's list.
-    #[arg(long = "backend", value_name = "ADDR")]
-    pub backends: Vec<String>,
-    /// Worker threads, one per core (0 or absent: all available cores).
-    #[arg(long, value_name = "N")]
-    pub workers: Option<usize>,
-    /// io driver: auto (io_uring, else epoll), io-uring, epoll.
-    #[arg(long, value_name = "auto|io-uring|epoll")]
-    pub io_driver: Option<IoDriver>,
-    /// Admin HTTP server address (metrics, health, status page); "" turns it off.
-    #[arg(long, value_name = "ADDR")]
-    pub admin: Option<String>,
-    /// PEM certificate chain for TLS termination (wss://); with --tls-key. Overrides
-    /// `[tls] cert`.
-    #[arg(long, value_name = "FILE")]
-    pub tls_cert: Option<String>,
-    /// PEM private key of --tls-cert. Overrides `[tls] key`.
-    #[arg(long, value_name = "FILE")]
-    pub tls_key: Option<String>,
-}
-
-/// Where `wslb run`'s settings come from: a config file (or the defaults) with the flags
-/// over it. Read again, flags included, on every reload.
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct Source {
-    /// TOML config file (see wslb.example.toml).
-    #[arg(long = "config", value_name = "FILE")]
-    pub path: Option<std::path::PathBuf>,
-    #[command(flatten)]
-    pub overrides: Overrides,
-}
-
-impl Source {
-    pub fn load(&self) -> Result<Settings, ConfigError> {
-        let mut c = match &self.path {
-            Some(path) => Config::from_file(path)?,
-            None => Config::default(),
-        };
-        let flags = &self.overrides;
-        if let Some(l) = &flags.listen {
-            c.listen = l.clone();
-        }
-        if !flags.backends.is_empty() {
-            c.backends = flags.backends.iter().map(|b| b.as_str().into()).collect();
-        }
-        if let Some(w) = flags.workers {
-            c.workers = w;
-        }
-        if let Some(d) = flags.io_driver {
-            c.io_driver = d;
-        }
-        if let Some(a) = &flags.admin {
-            c.admin.listen = a.clone();
-        }
-        if let Some(f) = &flags.tls_cert {
-            c.tls.cert = f.clone();
-        }
-        if let Some(f) = &flags.tls_key {
-            c.tls.key = f.clone();
-        }
-        c.validate()
-    }
-}
+/// `wslb run`'s flags and where its settings come from: see `config/source.rs`.
+mod source;
+pub use source::{Overrides, Source};
 
 /// The TLS sections: see `config/tls.rs`.
 mod tls;
@@ -492,17 +448,60 @@ pub use http::{Http, HttpSettings};
 
 /// `[[routes]]`, sticky cookies and `[rebalance]`: see `config/routes.rs`.
 mod routes;
-pub use routes::{Rebalance, RebalanceSettings, RouteConfig, RouteHealth, StickyMode};
+pub use routes::{Rebalance, RebalanceSettings, RouteConfig, RouteFields, RouteHealth, StickyMode};
+
+/// Reading a file with every schema problem named: see `config/schema.rs`.
+mod schema;
+pub use schema::Parsed;
 
 /// The validated, resolved configuration: see `config/settings.rs`.
 mod settings;
-pub use settings::{AccessLogSettings, Fixed, Settings, available_cores};
+pub use settings::{
+    AccessLogSettings, Fixed, KeepaliveSettings, PerIpLimits, Settings, available_cores,
+};
+
+/// A route's balancing and health checks, resolved: see `config/balancing.rs`.
+mod balancing;
+pub use balancing::{Algorithm, BackendSpec, Balancing, HashKey, HealthConfig, Probe};
+
+/// One route, resolved, and the checks over the set: see `config/spec.rs`.
+mod spec;
+pub use spec::{HostMatch, RouteSpec, check_routes, prefix_matches, rebalances};
 
 /// One problem with one field.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
     pub field: String,
     pub message: String,
+    /// Where the field is written in the config file (`None`: it is not, or the settings
+    /// did not come from a file).
+    pub at: Option<Location>,
+}
+
+/// A place in the config file, both 1-based (the column counts characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Location {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            // The field first, as without a location (logs and scripts look for `field:`).
+            Some(Location { line, column }) => write!(
+                f,
+                "{}: {} (line {line}, column {column})",
+                self.field, self.message
+            ),
+            None => write!(f, "{}: {}", self.field, self.message),
+        }
+    }
+}
+
+/// `1 problem`, `2 problems`: a count and a noun, plural when it is not one.
+pub fn count(n: usize, noun: &str) -> String {
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
 }
 
 /// Everything wrong with a config, or the reason it could not be read at all.
@@ -523,28 +522,34 @@ struct ProblemList<'a>(&'a [Problem]);
 
 impl fmt::Display for ProblemList<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "invalid configuration ({} problems):", self.0.len())?;
+        writeln!(
+            f,
+            "invalid configuration ({}):",
+            count(self.0.len(), "problem")
+        )?;
         for p in self.0 {
-            writeln!(f, "  {}: {}", p.field, p.message)?;
+            writeln!(f, "  {p}")?;
         }
         Ok(())
     }
 }
 
 impl Config {
-    /// Reads and parses a TOML file (no validation yet: flags may still override fields).
-    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+    /// Reads a TOML file, naming every schema problem (no validation yet: flags may still
+    /// override fields; [`Parsed::validate`] adds validation's problems to these).
+    pub fn read(path: &Path) -> Result<Parsed, ConfigError> {
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: shown.clone(),
             source,
         })?;
-        Self::from_toml(&text).map_err(|message| ConfigError::Parse {
+        schema::parse(&text).map_err(|message| ConfigError::Parse {
             path: shown,
             message,
         })
     }
 
+    /// Parses TOML text, stopping at the first schema problem (toml's message for it).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
     }

@@ -8,22 +8,10 @@
 
 use std::net::IpAddr;
 
+pub use crate::config::Extensions;
+
 use base64::Engine;
 use sha1::{Digest, Sha1};
-
-/// What happens to the client's `Sec-WebSocket-Extensions` (`extensions`, per route).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Extensions {
-    /// Offers of permessage-deflate go to the backend and its choice comes back in the
-    /// 101; the relay then allows RSV1 on a message's first frame and stays zero-copy
-    /// (it never inflates). Offers of any other extension are removed, since wslb cannot
-    /// tell which RSV bits they would use.
-    #[default]
-    Pass,
-    /// No extension is negotiated: both peers speak uncompressed frames.
-    Strip,
-}
 
 /// The scheme a client reached wslb with, as `X-Forwarded-Proto` tells the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -84,6 +84,8 @@ impl Instance {
         listeners: Vec<std::net::TcpListener>,
         taken_over: bool,
     ) -> Result<Instance, StartError> {
+        // The certificates the settings name (config/ reads no file).
+        let tls = crate::tls::load(&settings)?;
         let local_addr = local_addr(&listeners, settings.listen);
         // On taken-over sockets too: the option follows this process's config.
         listener::defer_accept(&listeners, settings.defer_accept).map_err(|source| {
@@ -97,7 +99,7 @@ impl Instance {
         // secret, see `affinity.rs`).
         let keys = affinity::Keyring::new(settings.sticky_secret.as_deref());
         let router = Arc::new(Router::new(keys));
-        router.configure(&settings.routes, settings.backend_tls.clone());
+        router.configure(&settings.routes, tls.backend.clone());
         for w in &settings.warnings {
             tracing::warn!("{w}");
         }
@@ -111,7 +113,7 @@ impl Instance {
                 "route"
             );
         }
-        if let Some(t) = &settings.backend_tls
+        if let Some(t) = &tls.backend
             && t.insecure()
         {
             tracing::warn!(
@@ -153,8 +155,8 @@ impl Instance {
             )),
         };
         let stats = new_stats(listeners.len());
-        let certificates = settings
-            .tls
+        let certificates = tls
+            .server
             .as_ref()
             .map(|t| Arc::new(crate::tls::Certificates::new(t.config.clone())));
         let running = {
@@ -207,7 +209,7 @@ impl Instance {
                 },
             )?
         };
-        match &settings.tls {
+        match &tls.server {
             Some(t) => {
                 for c in &t.certificates {
                     tracing::info!(file = %c.file.display(), names = ?c.names, "TLS certificate");
@@ -237,6 +239,7 @@ impl Instance {
         }
         let reloader = Reloader::new(
             &settings,
+            tls,
             router.clone(),
             health.rewake(),
             rebalancer.configure(),
@@ -360,10 +363,26 @@ impl Handle {
         }
     }
 
-    /// Applies a new configuration to the running balancer: see `reload.rs`.
+    /// Applies a new configuration to the running balancer: see `reload.rs`. Reads the
+    /// certificates it names first; if they do not load, the reload fails (it is counted
+    /// and logged) and nothing changes.
     pub fn reload(&self, new: &Settings) -> Applied {
+        match crate::tls::load(new) {
+            Ok(tls) => self.apply(new, tls),
+            Err(e) => {
+                self.reload_failed();
+                for line in e.to_string().lines() {
+                    tracing::error!("reload failed, nothing changed: {line}");
+                }
+                Applied::default()
+            }
+        }
+    }
+
+    /// Applies `new` with its certificates already loaded (`tls::load`).
+    pub fn apply(&self, new: &Settings, tls: crate::tls::Loaded) -> Applied {
         let mut r = self.0.reloader.lock().unwrap_or_else(|e| e.into_inner());
-        let applied = r.apply(new);
+        let applied = r.apply(new, tls);
         let mut n = self.0.reloads.lock().unwrap_or_else(|e| e.into_inner());
         n.ok += 1;
         n.last_success = unix_now();

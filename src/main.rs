@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use wslb::EchoServer;
-use wslb::config::{Config, ConfigError, IoDriver, Source};
+use wslb::config::{Config, ConfigError, IoDriver, Source, count};
 use wslb::supervise::{Outcome, Supervisor};
 
 /// mimalloc: per-thread heaps suit thread-per-core workers (no cross-thread frees on the
@@ -48,12 +48,24 @@ enum Command {
         #[arg(long, value_name = "N")]
         workers: Option<usize>,
     },
-    /// Two echo backends on loopback behind the balancer on 127.0.0.1:8080.
-    Demo,
+    /// Two echo backends on loopback behind the balancer (on 127.0.0.1:8080, the admin
+    /// server on 127.0.0.1:9091, unless --listen and --admin say otherwise).
+    Demo {
+        /// Address the balancer listens on, e.g. 127.0.0.1:8081.
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<String>,
+        /// Admin HTTP server address (metrics, health, status page); "" turns it off.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<String>,
+    },
     /// Validate a config file: exit 0, or print every problem and exit 1.
     Check {
-        #[arg(long, value_name = "FILE")]
-        config: PathBuf,
+        /// TOML config file to check (see wslb.example.toml).
+        #[arg(value_name = "FILE", required_unless_present = "config")]
+        file: Option<PathBuf>,
+        /// The same, as a flag (as `wslb run` takes it).
+        #[arg(short = 'c', long, value_name = "FILE", conflicts_with = "file")]
+        config: Option<PathBuf>,
     },
 }
 
@@ -164,25 +176,42 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .context("starting the echo backend")?
                 .wait();
         }
-        Command::Demo => demo()?,
-        Command::Check { config } => return Ok(check(&config)),
+        Command::Demo { listen, admin } => demo(listen, admin)?,
+        Command::Check { file, config } => {
+            let path = file.or(config).expect("clap requires one");
+            return Ok(check(&path));
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn check(config: &std::path::Path) -> ExitCode {
-    match Config::from_file(config).and_then(|c| c.validate()) {
-        Ok(s) => {
+    let loaded = Config::read(config)
+        .and_then(|parsed| {
+            // Read before validation takes it: an invalid config's certificates are
+            // checked too, so that their problems are in the same list.
+            let tls = parsed.config.as_ref().map(|c| c.tls.clone());
+            parsed.validate().map_err(|e| match (e, tls) {
+                (ConfigError::Invalid(mut p), Some(t)) if t.enabled() => {
+                    p.extend(wslb::tls::ServerTls::load(&t).err().unwrap_or_default());
+                    ConfigError::Invalid(p)
+                }
+                (e, _) => e,
+            })
+        })
+        .and_then(|s| wslb::tls::load(&s).map(|tls| (s, tls)));
+    match loaded {
+        Ok((s, tls)) => {
             let backends: usize = s.routes.iter().map(|r| r.backends.len()).sum();
             println!(
-                "{}: ok (listen {}, {} routes, {} backends, {} workers{}{})",
+                "{}: ok (listen {}, {}, {}, {}{}{})",
                 config.display(),
                 s.listen,
-                s.routes.len(),
-                backends,
-                s.workers,
-                match &s.tls {
-                    Some(t) => format!(", TLS with {} certificates", t.certificates.len()),
+                count(s.routes.len(), "route"),
+                count(backends, "backend"),
+                count(s.workers, "worker"),
+                match &tls.server {
+                    Some(t) => format!(", TLS with {}", count(t.certificates.len(), "certificate")),
                     None => String::new(),
                 },
                 if s.rebalance.is_some() {
@@ -194,11 +223,11 @@ fn check(config: &std::path::Path) -> ExitCode {
             for r in &s.routes {
                 let host = r.host.as_config();
                 println!(
-                    "  route {:?}: host {}, path_prefix {}, {} backends, {}{}{}",
+                    "  route {:?}: host {}, path_prefix {}, {}, {}{}{}",
                     r.name,
                     if host.is_empty() { "any" } else { &host },
                     r.path_prefix,
-                    r.backends.len(),
+                    count(r.backends.len(), "backend"),
                     r.balancing.algorithm.name(),
                     if r.balancing.sticky.is_some() {
                         ", sticky cookie"
@@ -212,15 +241,20 @@ fn check(config: &std::path::Path) -> ExitCode {
                     },
                 );
             }
-            for w in s.tls.iter().flat_map(|t| &t.warnings).chain(&s.warnings) {
+            for w in tls
+                .server
+                .iter()
+                .flat_map(|t| &t.warnings)
+                .chain(&s.warnings)
+            {
                 eprintln!("  warning: {w}");
             }
             ExitCode::SUCCESS
         }
         Err(ConfigError::Invalid(problems)) => {
-            eprintln!("{}: {} problems", config.display(), problems.len());
+            eprintln!("{}: {}", config.display(), count(problems.len(), "problem"));
             for p in problems {
-                eprintln!("  {}: {}", p.field, p.message);
+                eprintln!("  {p}");
             }
             ExitCode::FAILURE
         }
@@ -232,21 +266,38 @@ fn check(config: &std::path::Path) -> ExitCode {
 }
 
 /// Two echo backends behind the balancer; Ctrl-C drains it like `wslb run`.
-fn demo() -> anyhow::Result<()> {
+fn demo(listen: Option<String>, admin: Option<String>) -> anyhow::Result<()> {
     let any: SocketAddr = "127.0.0.1:0".parse()?;
     let a = EchoServer::start(any, 1, IoDriver::Auto)?;
     let b = EchoServer::start(any, 1, IoDriver::Auto)?;
-    let config = Config {
-        listen: "127.0.0.1:8080".into(),
+    let mut config = Config {
         backends: vec![
             a.local_addr.to_string().into(),
             b.local_addr.to_string().into(),
         ],
         ..Config::default()
     };
+    if let Some(l) = listen {
+        config.listen = l;
+    }
+    if let Some(a) = admin {
+        config.admin.listen = a;
+    }
     let supervisor = Supervisor::new();
     let _signals = supervisor.catch_signals()?;
-    let lb = supervisor.start(config.validate()?, false)?;
+    let lb = supervisor
+        .start(config.validate()?, false)
+        .with_context(|| {
+            let admin = match config.admin.listen.as_str() {
+                "" => "no admin server".to_string(),
+                a => format!("its admin server on {a}"),
+            };
+            format!(
+                "starting the demo on {} with {admin} (--listen and --admin move them; \
+                 --admin \"\" turns the admin server off)",
+                config.listen
+            )
+        })?;
     println!(
         "\nwslb demo: balancer on ws://{} -> echo backends {} and {}\n\
          Try it (each new connection goes to the next backend):\n  \

@@ -79,6 +79,8 @@ pub struct Applied {
 #[derive(Debug)]
 pub struct Reloader {
     running: Settings,
+    /// The running settings' certificates.
+    running_tls: crate::tls::Loaded,
     router: Arc<Router>,
     /// Tells the health checker the routes changed.
     health: Rewake,
@@ -93,8 +95,13 @@ pub struct Reloader {
 }
 
 impl Reloader {
+    /// The running settings with their certificates, what a reload changes (the routes,
+    /// the rebalancer, the workers, the server certificates, the admission's per-client
+    /// limits) and the health checker to tell: one handle each, as `Instance` has them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         running: &Settings,
+        running_tls: crate::tls::Loaded,
         router: Arc<Router>,
         health: Rewake,
         rebalance: crate::balancer::rebalance::Configure,
@@ -104,6 +111,7 @@ impl Reloader {
     ) -> Self {
         Self {
             running: running.clone(),
+            running_tls,
             router,
             health,
             rebalance,
@@ -116,14 +124,14 @@ impl Reloader {
 
     /// The TLS certificates in use (empty without TLS).
     pub fn certificates(&self) -> Vec<crate::tls::CertInfo> {
-        self.running
-            .tls
+        self.running_tls
+            .server
             .as_ref()
             .map_or_else(Vec::new, |t| t.certificates.clone())
     }
 
-    /// Applies `new` (already validated) and logs what changed.
-    pub fn apply(&mut self, new: &Settings) -> Applied {
+    /// Applies `new` (already validated, its certificates in `tls`) and logs what changed.
+    pub fn apply(&mut self, new: &Settings, tls_new: crate::tls::Loaded) -> Applied {
         let needs_restart = self.running.fixed.changes(&new.fixed);
         let mut applied = Vec::new();
         let mut tls = false;
@@ -140,10 +148,13 @@ impl Reloader {
         }
         // Every route's spec and the backends' TLS go to the pools' next snapshots.
         report::routes(&self.running.routes, &new.routes, &mut applied);
-        if new.backend_tls != self.running.backend_tls {
+        // The loaded client config (names, file contents) or how it is used.
+        if tls_new.backend != self.running_tls.backend
+            || new.tls_backend != self.running.tls_backend
+        {
             applied.push("tls_backend".into());
         }
-        let routes = self.router.configure(&new.routes, new.backend_tls.clone());
+        let routes = self.router.configure(&new.routes, tls_new.backend.clone());
         self.health.routes_changed();
         for name in &routes.added {
             tracing::info!(route = %name, "reload: route added");
@@ -235,18 +246,20 @@ impl Reloader {
         self.workers.send(Control::Retire(self.retired.clone()));
         // Certificates: only while TLS stays on (turning it on or off needs a restart,
         // reported above as `tls`).
-        if let (Some(old), Some(new), Some(certs)) =
-            (&self.running.tls, &new.tls, &self.certificates)
-            && old != new
+        if let (Some(old), Some(loaded), Some(certs)) = (
+            &self.running_tls.server,
+            &tls_new.server,
+            &self.certificates,
+        ) && (old != loaded || self.running.tls != new.tls)
         {
-            for c in &new.certificates {
+            for c in &loaded.certificates {
                 tracing::info!(
                     file = %c.file.display(),
                     names = ?c.names,
                     "reload: TLS certificate loaded; new handshakes use it"
                 );
             }
-            certs.replace(new.config.clone());
+            certs.replace(loaded.config.clone());
             applied.push("tls".into());
             tls = true;
         }
@@ -256,6 +269,7 @@ impl Reloader {
             fixed: self.running.fixed.clone(),
             ..new.clone()
         };
+        self.running_tls = tls_new;
         applied.sort();
         applied.dedup();
         Applied {

@@ -56,6 +56,18 @@ pub enum RunError {
     },
     #[error("offering the listening sockets for upgrades")]
     Offer(#[source] io::Error),
+    /// A certificate the config names does not load: reported as the config's problems.
+    #[error(transparent)]
+    Config(crate::config::ConfigError),
+}
+
+impl RunError {
+    fn start(what: &'static str) -> impl FnOnce(StartError) -> RunError {
+        move |source| match source {
+            StartError::Tls(e) => RunError::Config(e),
+            source => RunError::Start { what, source },
+        }
+    }
 }
 
 /// The supervisor's event channel and loop (see the module docs).
@@ -136,19 +148,14 @@ impl Supervisor {
                     settings.workers
                 );
             }
-            let instance =
-                Instance::start_on(settings, listeners).map_err(|source| RunError::Start {
-                    what: "starting the balancer on the sockets taken over",
-                    source,
-                })?;
+            let instance = Instance::start_on(settings, listeners).map_err(RunError::start(
+                "starting the balancer on the sockets taken over",
+            ))?;
             handover.ready()?;
             tracing::info!("binary upgrade: serving; the old process drains");
             instance
         } else {
-            Instance::start(settings).map_err(|source| RunError::Start {
-                what: "starting the balancer",
-                source,
-            })?
+            Instance::start(settings).map_err(RunError::start("starting the balancer"))?
         };
         if let Some(path) = &upgrade_path {
             let upgrade = if takeover {
@@ -274,12 +281,17 @@ fn reload(instance: &Instance, source: &Source) {
             return;
         }
     }
-    match source.load() {
-        Ok(new) => {
-            for w in new.tls.iter().flat_map(|t| &t.warnings) {
+    // The certificates are read here, so that one that does not load fails the reload
+    // like any other problem (the same lines logged, nothing applied).
+    match source
+        .load()
+        .and_then(|new| crate::tls::load(&new).map(|tls| (new, tls)))
+    {
+        Ok((new, tls)) => {
+            for w in tls.server.iter().flat_map(|t| &t.warnings) {
                 tracing::warn!("{w}");
             }
-            let applied = instance.reload(&new);
+            let applied = instance.handle().apply(&new, tls);
             // Every changed setting is in one of the two lists (`reload.rs`).
             let list = |what: &str, names: &[&str]| match names {
                 [] => String::new(),

@@ -219,6 +219,9 @@ pub enum StartError {
     Bind(#[from] crate::listener::BindError),
     #[error("admin server ([admin] listen or --admin; empty turns it off): {0}")]
     Admin(crate::listener::BindError),
+    /// A certificate the settings name does not load (`tls::load`).
+    #[error(transparent)]
+    Tls(#[from] crate::config::ConfigError),
 }
 
 /// Entries in each io_uring submission queue. Operations in flight are not bounded by it

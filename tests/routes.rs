@@ -406,7 +406,7 @@ fn wslb_check_lists_the_routes_and_reports_overlapping_and_unreachable_ones() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("3 routes, 3 backends"), "{out}");
     assert!(
-        out.contains("route \"chat\": host chat.example.com, path_prefix /, 1 backends, round-robin, sticky cookie"),
+        out.contains("route \"chat\": host chat.example.com, path_prefix /, 1 backend, round-robin, sticky cookie"),
         "{out}"
     );
     // chat.example.com/live goes to "chat" (its host is more specific), not to "live".

@@ -19,30 +19,13 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use crate::config::{HealthConfig, Probe};
+
 /// Milliseconds on a process-wide monotonic clock, from 1 (0 means "never" to
 /// [`BackendHealth::came_up`]).
 pub fn now_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-/// How a backend is probed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Probe {
-    /// A TCP connect.
-    Tcp,
-    /// `GET path HTTP/1.1`, passing on a 2xx status.
-    Http { path: String },
-}
-
-/// Health check settings (see `[health]` in the config).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HealthConfig {
-    pub interval: Duration,
-    pub timeout: Duration,
-    pub rise: u32,
-    pub fall: u32,
-    pub probe: Probe,
 }
 
 /// One backend's state, shared by all workers and the checker.

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::snapshot::{Cached, Published};
 
+pub use crate::config::BackendSpec;
 pub use health::{BackendHealth, HealthConfig, Probe};
 pub use selection::{Algorithm, Balancing, HashKey, RoundRobin, Selection, Selector};
 
@@ -33,20 +34,6 @@ pub struct Backend {
     pub addr: SocketAddr,
     pub health: BackendHealth,
     pub stats: BackendStats,
-}
-
-/// One configured backend: its address and weight (1..=1000; used by the weighted
-/// algorithms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BackendSpec {
-    pub addr: SocketAddr,
-    pub weight: u32,
-}
-
-impl From<SocketAddr> for BackendSpec {
-    fn from(addr: SocketAddr) -> Self {
-        Self { addr, weight: 1 }
-    }
 }
 
 /// How using a backend failed (`wslb_backend_failures_total{kind}`).

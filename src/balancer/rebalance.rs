@@ -25,7 +25,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{Balancing, Pools};
+use super::Pools;
 use crate::config::RebalanceSettings;
 use crate::control::{Broadcast, Control, Shed};
 use crate::metrics::RebalanceStats;
@@ -210,14 +210,7 @@ fn run(
     }
 }
 
-/// Whether rebalancing moves this route's connections: not where the key decides the
-/// backend (consistent hashing, a sticky cookie), since a moved client would reconnect to
-/// the backend it left. `route`: anything that says how a route is balanced (its
-/// `Balancing`, or the route's spec, which config validation asks about).
-pub fn rebalances(route: &impl AsRef<Balancing>) -> bool {
-    let balancing = route.as_ref();
-    balancing.algorithm != super::Algorithm::ConsistentHash && balancing.sticky.is_none()
-}
+pub use crate::config::rebalances;
 
 fn pass(
     s: &RebalanceSettings,

@@ -1,17 +1,16 @@
 //! The routing sections of the config: `[[routes]]`, the sticky cookie and `[rebalance]`,
-//! and their validation into [`crate::routes::RouteSpec`]s.
+//! and their validation into [`RouteSpec`]s.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::{Algorithm, BackendSpec, Balancing, HashKey, HealthConfig, HostMatch, RouteSpec};
 use super::{BackendEntry, Config, Health, HealthMode};
-use crate::balancer::{Algorithm, BackendSpec, Balancing, HashKey, HealthConfig};
-use crate::routes::{HostMatch, RouteSpec};
 
-/// One `[[routes]]` entry. Fields left out take the top-level value (`algorithm`,
-/// `hash_key`, `slow_start_ms`, `sticky`, `sticky_cookie`, and each `[health]` field).
+/// One `[[routes]]` entry. The fields after `backends` are the ones a route may set for
+/// itself ([`RouteFields`]); each left out takes the top-level value where it applies.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteConfig {
@@ -29,12 +28,12 @@ pub struct RouteConfig {
     pub slow_start_ms: Option<u64>,
     pub sticky: Option<StickyMode>,
     pub sticky_cookie: Option<String>,
-    pub extensions: Option<crate::handshake::Extensions>,
+    pub extensions: Option<super::Extensions>,
     pub health: RouteHealth,
 }
 
 /// A route's `[routes.health]`: each field left out is the top-level `[health]` one.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteHealth {
     pub enabled: Option<bool>,
@@ -47,15 +46,118 @@ pub struct RouteHealth {
 }
 
 impl RouteHealth {
-    fn over(&self, h: &Health) -> Health {
+    /// Each field: this one's if set, else `d`'s.
+    fn over(&self, d: &RouteHealth) -> RouteHealth {
+        RouteHealth {
+            enabled: self.enabled.or(d.enabled),
+            mode: self.mode.or(d.mode),
+            path: self.path.clone().or_else(|| d.path.clone()),
+            interval_ms: self.interval_ms.or(d.interval_ms),
+            timeout_ms: self.timeout_ms.or(d.timeout_ms),
+            rise: self.rise.or(d.rise),
+            fall: self.fall.or(d.fall),
+        }
+    }
+
+    /// The `[health]` table these fields make (a field still unset: its default).
+    fn resolve(&self) -> Health {
+        let h = Health::default();
         Health {
             enabled: self.enabled.unwrap_or(h.enabled),
             mode: self.mode.unwrap_or(h.mode),
-            path: self.path.clone().unwrap_or_else(|| h.path.clone()),
+            path: self.path.clone().unwrap_or(h.path),
             interval_ms: self.interval_ms.unwrap_or(h.interval_ms),
             timeout_ms: self.timeout_ms.unwrap_or(h.timeout_ms),
             rise: self.rise.unwrap_or(h.rise),
             fall: self.fall.unwrap_or(h.fall),
+        }
+    }
+
+    /// Whether the field named `f` (as in `[health]`) is set here.
+    fn sets(&self, f: &str) -> bool {
+        match f {
+            "enabled" => self.enabled.is_some(),
+            "mode" => self.mode.is_some(),
+            "path" => self.path.is_some(),
+            "interval_ms" => self.interval_ms.is_some(),
+            "timeout_ms" => self.timeout_ms.is_some(),
+            "rise" => self.rise.is_some(),
+            "fall" => self.fall.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl From<&Health> for RouteHealth {
+    fn from(h: &Health) -> Self {
+        RouteHealth {
+            enabled: Some(h.enabled),
+            mode: Some(h.mode),
+            path: Some(h.path.clone()),
+            interval_ms: Some(h.interval_ms),
+            timeout_ms: Some(h.timeout_ms),
+            rise: Some(h.rise),
+            fall: Some(h.fall),
+        }
+    }
+}
+
+/// The fields a route may set for itself, each `None` when left out. The top-level
+/// fields are one value of it ([`Config::route_defaults`], every field set); a route's
+/// own are merged over it once ([`RouteFields::over`]) and validation reads the result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RouteFields {
+    pub algorithm: Option<Algorithm>,
+    pub hash_key: Option<String>,
+    pub slow_start_ms: Option<u64>,
+    pub sticky: Option<StickyMode>,
+    pub sticky_cookie: Option<String>,
+    pub extensions: Option<super::Extensions>,
+    pub health: RouteHealth,
+}
+
+impl RouteFields {
+    /// Each field: this route's if set, else the default's, where it applies. A route
+    /// that chooses its own algorithm takes the default `hash_key` only if that algorithm
+    /// hashes, and the default `slow_start_ms` only if it ramps: a `least-connections`
+    /// route under a `consistent-hash` default with `hash_key = "query:room"` is not
+    /// refused over a `hash_key` it never wrote (found by a new user). One left to its
+    /// default algorithm takes both, and is checked with them.
+    pub fn over(&self, defaults: &RouteFields) -> RouteFields {
+        let applies = |uses: fn(Algorithm) -> bool| self.algorithm.is_none_or(uses);
+        RouteFields {
+            algorithm: self.algorithm.or(defaults.algorithm),
+            hash_key: self.hash_key.clone().or_else(|| {
+                defaults
+                    .hash_key
+                    .clone()
+                    .filter(|_| applies(Algorithm::hashes))
+            }),
+            slow_start_ms: self
+                .slow_start_ms
+                .or(defaults.slow_start_ms.filter(|_| applies(Algorithm::ramps))),
+            sticky: self.sticky.or(defaults.sticky),
+            sticky_cookie: self
+                .sticky_cookie
+                .clone()
+                .or_else(|| defaults.sticky_cookie.clone()),
+            extensions: self.extensions.or(defaults.extensions),
+            health: self.health.over(&defaults.health),
+        }
+    }
+}
+
+impl RouteConfig {
+    /// The fields this route sets for itself.
+    pub fn fields(&self) -> RouteFields {
+        RouteFields {
+            algorithm: self.algorithm,
+            hash_key: self.hash_key.clone(),
+            slow_start_ms: self.slow_start_ms,
+            sticky: self.sticky,
+            sticky_cookie: self.sticky_cookie.clone(),
+            extensions: self.extensions,
+            health: self.health.clone(),
         }
     }
 }
@@ -118,6 +220,16 @@ pub(super) struct Validated {
 impl Config {
     /// The default route (top-level `backends`, if any) and every `[[routes]]` entry.
     pub(super) fn validate_routes(&self, problem: &mut dyn FnMut(&str, String)) -> Validated {
+        // A value written once and inherited by several routes has its problem reported
+        // once, where it is written.
+        let mut reported: Vec<(String, String)> = Vec::new();
+        let mut once = |f: &str, m: String| {
+            if !reported.iter().any(|(rf, rm)| rf == f && *rm == m) {
+                reported.push((f.into(), m.clone()));
+                problem(f, m);
+            }
+        };
+        let problem: &mut dyn FnMut(&str, String) = &mut once;
         let mut out = Validated {
             routes: Vec::new(),
             tls_backends: Vec::new(),
@@ -133,11 +245,17 @@ impl Config {
         }
         // An address is one backend: reached one way (TLS or not, by one name) everywhere.
         let mut seen: Vec<(SocketAddr, Option<String>)> = Vec::new();
-        let top = RouteConfig::default();
+        let defaults = self.route_defaults();
         if !self.backends.is_empty() {
+            // The default route: the top-level fields, and nothing of its own.
+            let top = RouteConfig {
+                backends: self.backends.clone(),
+                ..RouteConfig::default()
+            };
             let spec = self.route(
                 &top,
-                "backends",
+                &defaults,
+                "",
                 "default".into(),
                 &mut seen,
                 &mut out,
@@ -170,10 +288,10 @@ impl Config {
                     format!("{name:?} names another route too"),
                 );
             }
-            let spec = self.route(r, &field, name, &mut seen, &mut out, problem);
+            let spec = self.route(r, &defaults, &field, name, &mut seen, &mut out, problem);
             out.routes.extend(spec);
         }
-        let (dups, warnings) = crate::routes::check(&out.routes);
+        let (dups, warnings) = super::check_routes(&out.routes);
         for (name, message) in dups {
             problem(&format!("routes ({name})"), message);
         }
@@ -216,12 +334,17 @@ impl Config {
             for r in out
                 .routes
                 .iter()
-                .filter(|r| !crate::balancer::rebalance::rebalances(r))
+                .filter(|r| !super::rebalances(&r.balancing))
             {
                 out.warnings.push(format!(
-                    "route {:?} is not rebalanced: with {} its clients would reconnect to                      the backend they left",
+                    "route {:?} is not rebalanced: with {} its clients would reconnect to \
+                     the backend they left",
                     r.name,
-                    if r.balancing.sticky.is_some() { "a sticky cookie" } else { "consistent-hash" }
+                    if r.balancing.sticky.is_some() {
+                        "a sticky cookie"
+                    } else {
+                        "consistent-hash"
+                    }
                 ));
             }
         }
@@ -233,11 +356,27 @@ impl Config {
         out
     }
 
-    /// One route: `r`'s fields over the top-level ones (for the default route `r` is empty
-    /// and its backends are the top-level list).
+    /// The top-level fields as the defaults of every route.
+    pub fn route_defaults(&self) -> RouteFields {
+        RouteFields {
+            algorithm: Some(self.algorithm),
+            hash_key: Some(self.hash_key.clone()),
+            slow_start_ms: Some(self.slow_start_ms),
+            sticky: Some(self.sticky),
+            sticky_cookie: Some(self.sticky_cookie.clone()),
+            extensions: Some(self.extensions),
+            health: (&self.health).into(),
+        }
+    }
+
+    /// One route: `r`'s fields merged over `defaults`, checked. `field` is where `r` is
+    /// written (`routes[i]`; empty for the default route, whose fields are the top-level
+    /// ones). A problem with a value `r` inherited is named where the value is written.
+    #[allow(clippy::too_many_arguments)]
     fn route(
         &self,
         r: &RouteConfig,
+        defaults: &RouteFields,
         field: &str,
         name: String,
         seen: &mut Vec<(SocketAddr, Option<String>)>,
@@ -245,12 +384,16 @@ impl Config {
         problem: &mut dyn FnMut(&str, String),
     ) -> Option<RouteSpec> {
         let at = |f: &str| {
-            if field == "backends" {
+            if field.is_empty() {
                 f.to_string()
             } else {
                 format!("{field}.{f}")
             }
         };
+        let own = r.fields();
+        let merged = own.over(defaults);
+        // Where a merged value is written: the route, or the top level.
+        let from = |set: bool, f: &str| if set { at(f) } else { f.to_string() };
         let mut ok = true;
         let mut bad = |f: &str, m: String| {
             ok = false;
@@ -270,38 +413,36 @@ impl Config {
                 format!("{path_prefix:?} must start with / and have no query"),
             );
         }
-        let algorithm = r.algorithm.unwrap_or(self.algorithm);
-        let entries = if field == "backends" {
-            &self.backends
-        } else {
-            &r.backends
-        };
+        let algorithm = merged.algorithm.unwrap_or_default();
         let backends = self.backend_list(
-            entries,
+            &r.backends,
             algorithm,
-            field,
+            &at("backends"),
             seen,
             &mut out.tls_backends,
             &mut bad,
         );
-        let hash_key_text = r.hash_key.as_deref().unwrap_or(&self.hash_key);
-        let hash_key = hash_key_text
-            .parse::<HashKey>()
-            .map_err(|e| bad(&at("hash_key"), e))
+        let hash_key_at = from(own.hash_key.is_some(), "hash_key");
+        let hash_key = merged
+            .hash_key
+            .as_deref()
+            .map_or(Ok(HashKey::Ip), str::parse::<HashKey>)
+            .map_err(|e| bad(&hash_key_at, e))
             .ok();
-        if hash_key.is_some() && hash_key_text != "ip" && algorithm != Algorithm::ConsistentHash {
+        if hash_key.as_ref().is_some_and(|k| *k != HashKey::Ip) && !algorithm.hashes() {
             bad(
-                &at("hash_key"),
+                &hash_key_at,
                 format!(
                     "{} does not hash; hash_key needs algorithm = \"consistent-hash\"",
                     algorithm.name()
                 ),
             );
         }
-        let slow_start_ms = r.slow_start_ms.unwrap_or(self.slow_start_ms);
+        let slow_start_ms = merged.slow_start_ms.unwrap_or(0);
+        let slow_start_at = from(own.slow_start_ms.is_some(), "slow_start_ms");
         if slow_start_ms > 0 && !algorithm.ramps() {
             bad(
-                &at("slow_start_ms"),
+                &slow_start_at,
                 format!(
                     "{} does not ramp weights; slow start needs weighted-round-robin, \
                      least-connections or power-of-two",
@@ -311,20 +452,20 @@ impl Config {
         }
         if slow_start_ms > super::settings::MAX_KEEPALIVE_MS {
             bad(
-                &at("slow_start_ms"),
+                &slow_start_at,
                 format!("{slow_start_ms} is more than a day"),
             );
         }
-        let sticky = r.sticky.unwrap_or(self.sticky) == StickyMode::Cookie;
-        let cookie = r.sticky_cookie.as_deref().unwrap_or(&self.sticky_cookie);
+        let sticky = merged.sticky == Some(StickyMode::Cookie);
+        let cookie = merged.sticky_cookie.as_deref().unwrap_or_default();
         if sticky && (cookie.is_empty() || !cookie.bytes().all(is_token)) {
             bad(
-                &at("sticky_cookie"),
+                &from(own.sticky_cookie.is_some(), "sticky_cookie"),
                 format!("{cookie:?} is not a cookie name"),
             );
         }
-        let health = r.health.over(&self.health);
-        let health = health_config(&health, &at("health"), &mut bad);
+        let health_at = |f: &str| from(own.health.sets(f), &format!("health.{f}"));
+        let health = health_config(&merged.health.resolve(), &health_at, &mut bad);
         if !ok {
             return None;
         }
@@ -340,26 +481,22 @@ impl Config {
                 sticky: sticky.then(|| cookie.into()),
             },
             health,
-            extensions: r.extensions.unwrap_or(self.extensions),
-            field: if field == "backends" { "" } else { field }.into(),
+            extensions: merged.extensions.unwrap_or_default(),
+            field: field.into(),
         })
     }
 
-    /// A `backends` list: addresses resolved, weights checked against the algorithm.
+    /// A `backends` list (written at `list`): addresses resolved, weights checked against
+    /// the algorithm.
     fn backend_list(
         &self,
         entries: &[BackendEntry],
         algorithm: Algorithm,
-        field: &str,
+        list: &str,
         seen: &mut Vec<(SocketAddr, Option<String>)>,
         tls_backends: &mut Vec<(SocketAddr, String)>,
         problem: &mut dyn FnMut(&str, String),
     ) -> Vec<BackendSpec> {
-        let list = if field == "backends" {
-            "backends".to_string()
-        } else {
-            format!("{field}.backends")
-        };
         let mut backends: Vec<BackendSpec> = Vec::with_capacity(entries.len());
         for (i, entry) in entries.iter().enumerate() {
             let b = &entry.address;
@@ -428,10 +565,11 @@ fn is_token(c: u8) -> bool {
     c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c)
 }
 
-/// A `[health]` table (merged for a route), checked: `None` when checks are off.
+/// A `[health]` table (merged for a route), checked: `None` when checks are off. `at`
+/// names a field where it is written.
 fn health_config(
     h: &Health,
-    field: &str,
+    at: &dyn Fn(&str) -> String,
     problem: &mut dyn FnMut(&str, String),
 ) -> Option<HealthConfig> {
     for (name, v) in [
@@ -441,14 +579,11 @@ fn health_config(
         ("fall", h.fall as u64),
     ] {
         if v == 0 {
-            problem(&format!("{field}.{name}"), "must be at least 1".into());
+            problem(&at(name), "must be at least 1".into());
         }
     }
     if h.mode == HealthMode::Http && !h.path.starts_with('/') {
-        problem(
-            &format!("{field}.path"),
-            format!("{:?} must start with /", h.path),
-        );
+        problem(&at("path"), format!("{:?} must start with /", h.path));
     }
     h.enabled.then(|| HealthConfig {
         interval: Duration::from_millis(h.interval_ms),
@@ -456,8 +591,8 @@ fn health_config(
         rise: h.rise,
         fall: h.fall,
         probe: match h.mode {
-            HealthMode::Tcp => crate::balancer::Probe::Tcp,
-            HealthMode::Http => crate::balancer::Probe::Http {
+            HealthMode::Tcp => super::Probe::Tcp,
+            HealthMode::Http => super::Probe::Http {
                 path: h.path.clone(),
             },
         },

@@ -4,7 +4,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use super::{Config, ConfigError, IoDriver, Problem};
+use super::{Config, ConfigError, IoDriver, Problem, Tls, TlsBackend};
 
 /// The validated, resolved configuration the workers run on: the part a reload may change
 /// (the fields here) and the part it may not ([`Fixed`], read through `Deref` as if its
@@ -19,25 +19,30 @@ use super::{Config, ConfigError, IoDriver, Problem};
 pub struct Settings {
     /// The routes (the default one, from the top-level `backends`, first), each with its
     /// backends, balancing and health settings.
-    pub routes: Vec<crate::routes::RouteSpec>,
+    pub routes: Vec<super::RouteSpec>,
     /// `[rebalance]` (`None`: off).
     pub rebalance: Option<super::RebalanceSettings>,
     /// `sticky_secret` (`None`: the instance draws a key at start and keeps it).
     pub sticky_secret: Option<Box<[u8]>>,
     /// Things worth saying that are not errors (`wslb check` prints them, a start logs them).
     pub warnings: Vec<String>,
-    /// TLS termination's certificates, loaded (`None`: TLS off). Reloadable: a reload
-    /// reads the files again and the workers' next handshakes use them.
-    pub tls: Option<crate::tls::ServerTls>,
-    /// The backends reached over TLS, and the client config they are reached with
-    /// (`None`: none is). Travels with the pool's snapshot.
-    pub backend_tls: Option<std::sync::Arc<crate::tls::BackendTls>>,
+    /// `[tls]`: the certificate files TLS termination serves (`None`: none is named, TLS
+    /// is off). Loaded by `tls::load`, not here: this module reads no certificate.
+    /// Reloadable: a reload reads the files again and the workers' next handshakes use them.
+    pub tls: Option<Tls>,
+    /// `[tls_backend]`: how backends reached over TLS are verified and what they are
+    /// shown (`None`: no backend is reached over TLS).
+    pub tls_backend: Option<TlsBackend>,
+    /// The backends reached over TLS (written `wss://`, or all with `[tls_backend]
+    /// enabled`), each with the host name it is verified by; loaded with `tls_backend` by
+    /// `tls::load` into the client config that travels with the pools' snapshots.
+    pub tls_backends: Vec<(SocketAddr, String)>,
     /// `None`: removed backends' connections stay until they close.
     pub removed_backend_drain: Option<Duration>,
     /// `limits.max_connections_per_ip`, `handshake_rate_per_ip` and `handshake_burst_per_ip`
     /// (resolved: a burst of 0 is the rate). Applied by a reload to the instance's
     /// `per_ip::PerIp`, which each accept reads.
-    pub per_ip: crate::per_ip::PerIpLimits,
+    pub per_ip: PerIpLimits,
     pub fixed: Fixed,
 }
 
@@ -99,7 +104,7 @@ fixed_settings! {
     /// 0: no receive ring.
     recv_ring_buffers: u16 = "limits.recv_ring_buffers",
     recv_ring_buffer_bytes: u32 = "limits.recv_ring_buffer_bytes",
-    keepalive: crate::relay::registry::Keepalive = "keepalive",
+    keepalive: KeepaliveSettings = "keepalive",
     /// `None`: no admin server.
     admin: Option<SocketAddr> = "admin.listen",
     /// Read by validation only (a remote `admin.listen` needs it), so fixed with it.
@@ -112,10 +117,32 @@ fixed_settings! {
     http: super::HttpSettings = "http",
 }
 
+/// The per-client limits as configured; `0` turns one off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PerIpLimits {
+    /// Connections one client may have open at once.
+    pub max_connections: u32,
+    /// New connections (upgrades) per second, sustained.
+    pub rate: u32,
+    /// Connections one client may open at once before `rate` applies; resolved (at least 1
+    /// while `rate` is on).
+    pub burst: u32,
+}
+
+/// `[keepalive]`, resolved (both in milliseconds, `0` = off).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KeepaliveSettings {
+    /// A peer quiet for this long gets a WebSocket ping from wslb.
+    pub ping_interval_ms: u32,
+    /// With pings: a peer quiet this long (it did not answer the ping) is dead. Without
+    /// pings: a connection with no frame in either direction this long is closed.
+    pub idle_timeout_ms: u32,
+}
+
 /// Where and how the access log is written.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessLogSettings {
-    pub format: crate::access_log::Format,
+    pub format: super::AccessLogFormat,
     /// `None`: stderr.
     pub path: Option<std::path::PathBuf>,
 }
@@ -147,6 +174,7 @@ impl Config {
             problems.push(Problem {
                 field: field.to_string(),
                 message,
+                at: None,
             })
         };
 
@@ -310,21 +338,13 @@ impl Config {
             );
         }
 
-        let tls = match crate::tls::ServerTls::load(&self.tls) {
-            Ok(t) => t,
-            Err(p) => {
-                problems.extend(p);
-                None
-            }
-        };
-        let backend_tls =
-            match crate::tls::BackendTls::load(&self.tls_backend, routes.tls_backends.clone()) {
-                Ok(t) => t.map(std::sync::Arc::new),
-                Err(p) => {
-                    problems.extend(p);
-                    None
-                }
-            };
+        // Checked here (it needs no file); the files themselves are read by `tls::load`.
+        if !self.tls.enabled() && !self.tls.client_ca.is_empty() {
+            problem(
+                "tls.client_ca",
+                "set, but no certificate is configured (tls.cert and tls.key)".into(),
+            );
+        }
 
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(problems));
@@ -369,7 +389,7 @@ impl Config {
             } else {
                 l.max_message_bytes
             },
-            keepalive: crate::relay::registry::Keepalive {
+            keepalive: KeepaliveSettings {
                 ping_interval_ms: k.ping_interval_ms as u32,
                 idle_timeout_ms: k.idle_timeout_ms as u32,
             },
@@ -384,7 +404,7 @@ impl Config {
                 path: (!self.access_log.path.is_empty())
                     .then(|| self.access_log.path.clone().into()),
             }),
-            tls_enabled: tls.is_some(),
+            tls_enabled: self.tls.enabled(),
             http,
         };
         Ok(Settings {
@@ -392,11 +412,12 @@ impl Config {
             rebalance: routes.rebalance,
             sticky_secret: routes.sticky_secret,
             warnings: routes.warnings,
-            tls,
-            backend_tls,
+            tls: self.tls.enabled().then(|| self.tls.clone()),
+            tls_backend: (!routes.tls_backends.is_empty()).then(|| self.tls_backend.clone()),
+            tls_backends: routes.tls_backends,
             removed_backend_drain: (t.removed_backend_drain_ms > 0)
                 .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
-            per_ip: crate::per_ip::PerIpLimits {
+            per_ip: PerIpLimits {
                 max_connections: l.max_connections_per_ip as u32,
                 rate: l.handshake_rate_per_ip as u32,
                 burst: match l.handshake_burst_per_ip {

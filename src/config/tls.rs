@@ -48,6 +48,13 @@ pub struct Tls {
     pub client_auth: ClientAuth,
 }
 
+impl Tls {
+    /// Whether a certificate is configured, which turns TLS termination on.
+    pub fn enabled(&self) -> bool {
+        !self.cert.is_empty() || !self.key.is_empty() || !self.certificates.is_empty()
+    }
+}
+
 /// One `[[tls.certificates]]` entry.
 #[derive(Debug, Clone, Deserialize, Default, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]

@@ -153,7 +153,15 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
     }
     .await;
     let body_bytes = sent.as_ref().map_or(0, |(_, body)| *body);
-    log(env, peer, &req, b, resp.status, head_bytes + body_bytes, started);
+    log(
+        env,
+        peer,
+        &req,
+        b,
+        resp.status,
+        head_bytes + body_bytes,
+        started,
+    );
     match sent {
         Ok((rest, _)) => {
             if resp.keep_alive && request_done && rest.is_empty() {

@@ -65,19 +65,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Instant;
 
+pub use crate::config::PerIpLimits;
 use crate::metrics::Rejected;
-
-/// The per-client limits as configured; `0` turns one off.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct PerIpLimits {
-    /// Connections one client may have open at once.
-    pub max_connections: u32,
-    /// New connections (upgrades) per second, sustained.
-    pub rate: u32,
-    /// Connections one client may open at once before `rate` applies; resolved (at least 1
-    /// while `rate` is on).
-    pub burst: u32,
-}
 
 /// A client as the limits count it: an IPv4 address, or an IPv6 /64 (in the form of an
 /// IPv6 address with the low 64 bits zero; IPv4 as IPv4-mapped, whose low 64 bits are not

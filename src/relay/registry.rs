@@ -19,17 +19,8 @@ use std::cell::{Cell, RefCell};
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
+pub use crate::config::KeepaliveSettings as Keepalive;
 use crate::frame::Side;
-
-/// Keepalive settings (both in milliseconds, `0` = off).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Keepalive {
-    /// A peer quiet for this long gets a WebSocket ping from wslb.
-    pub ping_interval_ms: u32,
-    /// With pings: a peer quiet this long (it did not answer the ping) is dead. Without
-    /// pings: a connection with no frame in either direction this long is closed.
-    pub idle_timeout_ms: u32,
-}
 
 /// What a relay's pump should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -259,9 +259,11 @@ fn changes(v: &Value, files: &Files) -> Vec<Value> {
     out
 }
 
+/// `None` when the settings, or the certificates they name, are not valid.
 fn validate(v: &Value) -> Option<Settings> {
     let text = toml::to_string(v).unwrap();
-    Config::from_toml(&text).ok()?.validate().ok()
+    let s = Config::from_toml(&text).ok()?.validate().ok()?;
+    crate::tls::load(&s).ok().map(|_| s)
 }
 
 /// A reloader running on `old`, with a router and admission of its own.
@@ -269,16 +271,18 @@ fn reloader(old: &Settings) -> (Reloader, Arc<Router>, Arc<ConnectionLimit>) {
     let router = Arc::new(Router::new(crate::balancer::affinity::Keyring::new(
         old.sticky_secret.as_deref(),
     )));
-    router.configure(&old.routes, old.backend_tls.clone());
+    let tls = crate::tls::load(old).expect("validate() loaded them");
+    router.configure(&old.routes, tls.backend.clone());
     let admission = ConnectionLimit::new(100);
     admission.per_ip().configure(old.per_ip);
     let (workers, _) = crate::control::channels(0);
-    let certificates = old
-        .tls
+    let certificates = tls
+        .server
         .as_ref()
         .map(|t| Arc::new(crate::tls::Certificates::new(t.config.clone())));
     let r = Reloader::new(
         old,
+        tls,
         router.clone(),
         Rewake::default(),
         crate::balancer::rebalance::Configure::detached(),
@@ -334,7 +338,8 @@ fn every_example_field_changed_by_a_reload_is_applied_or_needs_a_restart() {
                     continue; // no difference in this mode
                 }
                 let (mut r, router, admission) = reloader(old);
-                let report = r.apply(&new);
+                let tls = crate::tls::load(&new).expect("validate() loaded them");
+                let report = r.apply(&new, tls);
                 let covers = |e: &str| {
                     field == e
                         || field.starts_with(&format!("{e}."))

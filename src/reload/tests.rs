@@ -17,6 +17,7 @@ fn backends_change_and_fixed_fields_are_named() {
     let admission = ConnectionLimit::new(100);
     let mut r = Reloader::new(
         &old,
+        Default::default(),
         router,
         Rewake::default(),
         crate::balancer::rebalance::Configure::detached(),
@@ -37,7 +38,7 @@ fn backends_change_and_fixed_fields_are_named() {
         ping_interval_ms = 0
         "#,
     );
-    let applied = r.apply(&new);
+    let applied = r.apply(&new, Default::default());
     assert_eq!(
         admission.per_ip().limits(),
         crate::per_ip::PerIpLimits {
@@ -72,7 +73,7 @@ fn backends_change_and_fixed_fields_are_named() {
     assert_eq!(sent, Some(Control::Retire(r.retired.clone())));
     // 9001 added back: no longer retired (9003, removed now, is).
     let back = settings(r#"backends = ["127.0.0.1:9001", "127.0.0.1:9002"]"#);
-    r.apply(&back);
+    r.apply(&back, Default::default());
     let ids: Vec<u32> = r.retired.iter().map(|r| r.backend).collect();
     assert_eq!(ids, [2]);
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::balancer::Balancing;
 use std::net::SocketAddr;
 
 fn spec(name: &str, host: &str, prefix: &str, port: u16) -> RouteSpec {

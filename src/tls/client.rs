@@ -157,6 +157,7 @@ impl BackendTls {
                     return Err(vec![config::Problem {
                         field: "tls_backend.key".into(),
                         message: format!("{}: {e}", c.key),
+                        at: None,
                     }]);
                 }
             },

@@ -22,6 +22,7 @@ use crate::config;
 
 mod client;
 mod handshake;
+mod load;
 mod plain_http;
 mod server;
 mod stream;
@@ -29,6 +30,7 @@ mod stream;
 pub use crate::metrics::{CertInfo, TLS_VERSIONS as VERSIONS, TlsFailure as Failure};
 pub use client::{BackendStream, BackendTls, connect};
 pub use handshake::{HandshakeFailure, Unbuffered};
+pub use load::{Loaded, load};
 pub use server::ServerTls;
 pub use stream::{RECORD_ROOM, TlsReader, TlsStream, TlsWriter};
 
@@ -81,6 +83,7 @@ fn problem(out: &mut Problems, field: &str, message: String) {
     out.push(config::Problem {
         field: field.to_string(),
         message,
+        at: None,
     });
 }
 
