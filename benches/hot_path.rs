@@ -139,6 +139,7 @@ fn algorithms(c: &mut Criterion) {
             .map(|i| BackendSpec {
                 addr: std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 9000)),
                 weight: 1 + (i % 4) as u32,
+                tls: None,
             })
             .collect();
         for algorithm in [
@@ -152,7 +153,10 @@ fn algorithms(c: &mut Criterion) {
             let specs: Vec<BackendSpec> = if algorithm == Algorithm::RoundRobin {
                 specs
                     .iter()
-                    .map(|s| BackendSpec { weight: 1, ..*s })
+                    .map(|s| BackendSpec {
+                        weight: 1,
+                        ..s.clone()
+                    })
                     .collect()
             } else {
                 specs.clone()
@@ -192,6 +196,7 @@ fn build(c: &mut Criterion) {
             .map(|i| BackendSpec {
                 addr: std::net::SocketAddr::from(([10, 0, (i / 250) as u8, (i % 250) as u8], 9000)),
                 weight: weight(i),
+                tls: None,
             })
             .collect()
     };

@@ -16,7 +16,7 @@ use monoio::time::Instant;
 use crate::access_log::{self, Traffic};
 use crate::dial::BackendConn;
 use crate::dispatch::{Decision, dispatch};
-use crate::handshake::{self, Reject, Scheme};
+use crate::handshake::{self, Extensions, Reject, Scheme};
 use crate::http::{self, Plain};
 use crate::listener::Permit;
 use crate::metrics::OpenGuard;
@@ -24,7 +24,7 @@ use crate::outcome::Ended;
 use crate::relay;
 use crate::stream::ClientStream;
 use crate::tls;
-use crate::upgrade::{Upgraded, upgrade};
+use crate::upgrade::{Forward, Upgraded, upgrade};
 use crate::worker::WorkerEnv;
 
 /// Serves one accepted client until both sides are closed. Never panics on bad input; a
@@ -115,9 +115,9 @@ async fn relay_upgraded<C: ClientStream>(
         Err(e) => return ended(&env, peer, accepted, &e),
     };
     env.stats().handshake_done(accepted.elapsed().as_secs_f64());
-    // Counted among the backend's open connections while the relay runs. Fields are moved
-    // out of `conn` where they are used, not into locals of their own: a local that lives
-    // across the relay's await takes room in every parked connection's task.
+    // Counted among the backend's open connections while the relay runs. Only `lease` and
+    // `path` (and the arguments) live across the relay's await: each such local takes room
+    // in every parked connection's task, so `conn` is taken apart, not kept.
     let (lease, path) = (conn.up.lease, conn.path);
     // Logged now rather than carried to the close line: 32 bytes per parked connection.
     tracing::debug!(%peer, backend = %lease.backend().addr, "relaying");
@@ -186,8 +186,7 @@ fn ended(env: &WorkerEnv, peer: SocketAddr, accepted: Instant, e: &Ended) {
 /// request's bytes are gone from the buffer by then).
 enum Request {
     Upgrade {
-        /// The rewritten upgrade for the backend.
-        forward: bytes::Bytes,
+        forward: Forward,
         path: Option<Box<str>>,
         decision: Decision,
     },
@@ -259,7 +258,7 @@ async fn serve_requests<C: ClientStream>(
             }
             Request::Plain(plain, decision) => (plain, decision),
         };
-        let Some(mut rest) = Box::pin(http::proxy(
+        let served = Box::pin(http::proxy(
             client,
             rest,
             plain,
@@ -267,11 +266,13 @@ async fn serve_requests<C: ClientStream>(
             peer,
             C::SCHEME,
             env,
-        ))
-        .await?
-        else {
+        ));
+        let Some(mut rest) = served.await? else {
             return Ok(None);
         };
+        // Not held while the connection idles: a kept-alive client would pin the route
+        // table and pool snapshot it last used across reloads.
+        drop(decision);
         if rest.is_empty() {
             // Kept alive: wait for the next request holding no buffer.
             env.buffers().give(rest);
@@ -331,6 +332,9 @@ async fn read_request<C: AsyncReadRent>(
         match res {
             Ok(0) if len == 0 => return Ok(None),
             Ok(0) => return Err(Ended::ClientClosed),
+            // Reset before a byte of the request: as much an end as a FIN, for a kept-alive
+            // client (the caller decides).
+            Err(e) if len == 0 && is_reset(&e) => return Ok(None),
             Ok(_) => {}
             Err(e) => return Err(Ended::ClientIo(e)),
         }
@@ -357,10 +361,19 @@ fn classify(
     }
     let u = handshake::upgrade(head)?;
     let decision = dispatch(&env.routes, peer.ip(), &u)?;
-    let forward = u.forward_head(peer.ip(), scheme, decision.extensions);
+    let ext = decision.extensions;
+    let forward = Forward {
+        head: bytes::Bytes::from(u.forward_head(peer.ip(), scheme, ext)),
+        deflate_offered: ext == Extensions::Pass && u.offers_deflate(),
+    };
     Ok(Request::Upgrade {
-        forward: bytes::Bytes::from(forward),
+        forward,
         path: env.access_log.is_some().then(|| Box::from(u.path)),
         decision,
     })
+}
+
+fn is_reset(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+    matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe)
 }

@@ -31,21 +31,26 @@ pub enum DialError {
     TlsTimeout,
     #[error("TLS handshake failed: {0}")]
     Tls(tls::HandshakeFailure),
+    #[error("reached over TLS, but no [tls_backend] client config is loaded")]
+    NoTlsConfig,
 }
 
 impl DialError {
-    /// The backend's failure kind (`wslb_backend_failures_total{kind}`).
-    pub fn failure(&self) -> Failure {
+    /// The backend's failure kind (`wslb_backend_failures_total{kind}`, and towards its
+    /// `fall`); `None` when the backend is not at fault (wslb's own configuration is).
+    pub fn failure(&self) -> Option<Failure> {
         match self {
-            DialError::ConnectTimeout | DialError::Connect(_) => Failure::Connect,
-            DialError::TlsTimeout | DialError::Tls(_) => Failure::Handshake,
+            DialError::ConnectTimeout | DialError::Connect(_) => Some(Failure::Connect),
+            DialError::TlsTimeout | DialError::Tls(_) => Some(Failure::Handshake),
+            DialError::NoTlsConfig => None,
         }
     }
 
-    /// Whether another backend may be tried: nothing was sent, and the client has not
-    /// yet waited a handshake timeout (one that timed out its TLS handshake has).
+    /// Whether another backend may be tried: nothing was sent, the client has not yet
+    /// waited a handshake timeout (one that timed out its TLS handshake has), and another
+    /// backend could fare better (not without a TLS client config).
     pub fn retry(&self) -> bool {
-        !matches!(self, DialError::TlsTimeout)
+        !matches!(self, DialError::TlsTimeout | DialError::NoTlsConfig)
     }
 }
 
@@ -67,32 +72,37 @@ pub enum BackendError {
     Protocol(&'static str),
 }
 
-/// How long a dial may take: the TCP connect, then (the same deadline as the exchange that
-/// follows) the TLS handshake.
+/// How long a dial may take: the TCP connect, then, from the moment it is connected, the
+/// backend's handshake time, which the TLS handshake and the exchange that follows share.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub connect: Duration,
     pub handshake: Duration,
 }
 
-/// Connects to `b`: TCP within `connect`, Nagle off (frames and heads are written whole);
-/// then TLS by `deadline` when `snap` reaches `b` over TLS.
+/// Connects to `b`: TCP within `timeouts.connect`, Nagle off (frames and heads are
+/// written whole); then, for a backend reached over TLS, the handshake with `snap`'s
+/// client config. Returns the connection and the end of the backend's handshake time,
+/// counted from the TCP connect (the TLS handshake and the answer to what is sent next
+/// share it).
 pub async fn connect(
     snap: &Snapshot,
     b: &Backend,
-    connect: Duration,
-    deadline: Instant,
-) -> Result<BackendConn, DialError> {
-    let tcp = connect_tcp(b.addr, connect).await?;
-    let Some((t, name)) = snap
-        .tls
-        .as_ref()
-        .and_then(|t| Some((t, t.name(b.addr)?.clone())))
-    else {
-        return Ok(BackendConn::Plain(tcp));
+    timeouts: Timeouts,
+) -> Result<(BackendConn, Instant), DialError> {
+    let tls = match &b.tls {
+        None => None,
+        // Loaded with every snapshot that has a TLS backend (`tls::load`); typed rather
+        // than assumed, so that a pool configured without it fails the dial, not the worker.
+        Some(name) => Some((snap.tls.as_ref().ok_or(DialError::NoTlsConfig)?, name)),
     };
-    match monoio::time::timeout_at(deadline, tls::connect(tcp, t, name)).await {
-        Ok(Ok(s)) => Ok(BackendConn::Tls(s)),
+    let tcp = connect_tcp(b.addr, timeouts.connect).await?;
+    let deadline = Instant::now() + timeouts.handshake;
+    let Some((t, name)) = tls else {
+        return Ok((BackendConn::Plain(tcp), deadline));
+    };
+    match monoio::time::timeout_at(deadline, tls::connect(tcp, t, name.clone())).await {
+        Ok(Ok(s)) => Ok((BackendConn::Tls(s), deadline)),
         Ok(Err(e)) => Err(DialError::Tls(e)),
         Err(_) => Err(DialError::TlsTimeout),
     }
@@ -150,17 +160,16 @@ pub async fn dial<'a>(
         *tried += 1;
         pool.selected(b);
         let lease = Lease::new(b.clone());
-        let deadline = Instant::now() + timeouts.handshake;
         if let Some(conn) = idle.and_then(|(idle, max)| idle.take(b.id, max)) {
             return Ok(Dialed {
                 conn,
                 lease,
                 reused: true,
-                deadline,
+                deadline: Instant::now() + timeouts.handshake,
             });
         }
-        match connect(snap, b, timeouts.connect, deadline).await {
-            Ok(conn) => {
+        match connect(snap, b, timeouts).await {
+            Ok((conn, deadline)) => {
                 return Ok(Dialed {
                     conn,
                     lease,
@@ -169,7 +178,9 @@ pub async fn dial<'a>(
                 });
             }
             Err(error) => {
-                pool.failed(b, error.failure());
+                if let Some(kind) = error.failure() {
+                    pool.failed(b, kind);
+                }
                 if !error.retry() {
                     let addr = b.addr;
                     return Err(NoBackend::Failed { addr, error });

@@ -198,8 +198,8 @@ fn hand_over(mut s: UnixStream, listeners: &[TcpListener]) -> io::Result<bool> {
     )
     .map_err(io::Error::from)?;
     tracing::info!(
-        "binary upgrade: sent {} listening sockets; waiting for the new process",
-        fds.len()
+        "binary upgrade: sent {}; waiting for the new process",
+        crate::config::count(fds.len(), "listening socket")
     );
     match read_line(&mut s) {
         Ok(l) if l == READY => {

@@ -387,6 +387,14 @@ impl<'b> Upgrade<'b, '_> {
         out
     }
 
+    /// Whether the client offers permessage-deflate (what [`Upgrade::forward_head`] passes
+    /// on with [`Extensions::Pass`]).
+    pub fn offers_deflate(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|h| eq(h.name, "sec-websocket-extensions") && !deflate_offers(h.value).is_empty())
+    }
+
     /// The `101 Switching Protocols` a WebSocket server (the echo backend) answers with.
     pub fn switching_protocols(&self) -> Vec<u8> {
         format!(

@@ -4,41 +4,65 @@
 //! One connection meets the files in this order:
 //!
 //! ```text
-//!  client ──TCP──> listener.rs    SO_REUSEPORT socket per worker (worker.rs: pinned thread,
-//!                    │            monoio runtime on io_uring, epoll fallback), accept loop;
-//!                    │            admission: the instance's limit, the client's (per_ip/)
+//!  client ──TCP──> listener.rs    SO_REUSEPORT socket per worker, accept loop; admission:
+//!                    │            the instance's limit, the client's (per_ip/)
 //!                    ▼
 //!                tls/             with [tls]: the handshake (rustls, unbuffered), then a
-//!                    │            stream of two halves (tls/stream.rs)
+//!                    │            stream of two halves
 //!                    ▼
-//!                connection.rs    one connection's life, top to bottom, generic over the
-//!                    │            client's stream (stream.rs: plain TCP or TLS):
-//!                    │  handshake.rs   parse + validate the Upgrade (httparse), rewrite it
-//!                    │                 (handshake/target.rs: the target's forms, RFC 9112)
-//!                    │  balancer/      the snapshot's selector picks (selection/: one file
-//!                    │                 per algorithm, asked with a key from the request),
-//!                    │                 then failover
-//!                    │  handshake.rs   forward to the backend (over TLS for wss://
-//!                    │                 backends, tls/client.rs), relay its 101
+//!                connection.rs    one connection's life, generic over the client's stream
+//!                    │            (stream.rs): read a head, parse it once (handshake.rs),
+//!                    │            classify it: an upgrade or a plain request
 //!                    ▼
-//!                relay/           mod.rs: run; two pumps (pump.rs: wait, read with
-//!                    │            io_uring, walk frame headers with frame/, write the same
-//!                    │            bytes on); close.rs: close state, wslb's own frames,
-//!                    ▼            teardown; link.rs: what the pumps share, one close deadline
+//!                dispatch.rs      the steps that decide a request: its route (routes.rs),
+//!                    │            the pick (balancer/: the snapshot's selector, one file per
+//!                    │            algorithm in selection/, or the sticky cookie's backend),
+//!                    │            or a Refusal (outcome.rs: status, metric, log outcome)
+//!                    ▼
+//!                dial.rs          connect with failover, typed errors (TCP; TLS for wss://)
+//!                    │
+//!          ┌─────────┴─────────┐
+//!          ▼                   ▼
+//!     upgrade.rs          http/            siblings: forward the upgrade and relay the 101,
+//!          │                               or proxy a plain request (keep-alive, bodies
+//!          ▼                               streamed; framing.rs parses, body.rs moves)
+//!     relay/              mod.rs: run; two pumps (pump.rs: wait, receive through the
+//!          │              worker's io_uring ring (recv_ring/), walk frame headers with
+//!          │              frame.rs, write the same bytes on); close.rs: wslb's own frames,
+//!          ▼              teardown; link.rs: what the pumps share, one close deadline
 //!  backend <──TCP──┘
 //! ```
 //!
-//! `config.rs` turns the TOML file and flags into validated `Settings`; `buffers.rs` is
-//! each worker's pool of relay buffers (an idle connection holds none); `balancer/health.rs`
-//! checks backends from one thread, probing them concurrently; `relay/registry.rs` is each
-//! worker's registry of open relays (keepalive pings and idle closes from one timer per
-//! worker, and the relays to wake for a drain or a retired backend); `metrics/` keeps
-//! per-worker counters, sums them into a snapshot when read, and renders it for Prometheus;
-//! `admin/` serves that snapshot, readiness and the status page from a thread of its own;
-//! `access_log.rs` writes one line per finished connection; `echo.rs` is the built-in echo
-//! backend used by tests, benches and `wslb demo`; `snapshot.rs` is how a value the control
-//! plane replaces whole (a pool's backends, the route table, the TLS server config) reaches
-//! each worker's cached copy.
+//! Every way a connection ends before its relay is one `outcome::Ended`, recorded once in
+//! connection.rs (counters, access log, log line).
+//!
+//! # Layers
+//! A module imports only what sits below it (`.ci/cycles.py` fails CI on a cycle):
+//!
+//! ```text
+//!  supervise, instance, reload, drain, handover, admin, echo    wiring and control
+//!  connection, upgrade, http, dispatch, dial, outcome,          one connection's life
+//!    listener, worker, relay, recv_ring, buffers
+//!  routes, balancer, tls, per_ip, access_log, stream, control   policy and its snapshots
+//!  metrics, snapshot, utc                                       counters, publication
+//!  frame, handshake                                             pure protocol cores, fuzzed
+//!  config                                                       data: parse and validate
+//! ```
+//!
+//! `config/` turns the TOML file and flags into validated `Settings` (data only: certificates
+//! are loaded by `tls::load`); `worker.rs` is a pinned thread's monoio runtime (io_uring,
+//! epoll fallback) and `WorkerEnv`, what its connections share (the relays get only a
+//! narrow `relay::Context`); `buffers.rs` is each worker's pool of relay buffers (an idle
+//! connection holds none); `balancer/health.rs` checks backends from one thread, probing
+//! them concurrently; `relay/registry.rs` is each worker's registry of open relays
+//! (keepalive pings and idle closes from one timer per worker, and the relays to wake for a
+//! drain or a retired backend); `metrics/` keeps per-worker counters, sums them into a
+//! snapshot when read, and renders it for Prometheus; `admin/` serves that snapshot,
+//! readiness and the status page from a thread of its own; `access_log.rs` writes one line
+//! per finished connection or plain request; `echo.rs` is the built-in echo backend used by
+//! tests, benches and `wslb demo`; `snapshot.rs` is how a value the control plane replaces
+//! whole (a pool's backends, the route table, the TLS server config) reaches each worker's
+//! cached copy.
 //!
 //! # Lifecycle and control
 //! `instance.rs` starts an [`Instance`] (the balancer) and gives out its [`Handle`]; drop

@@ -15,7 +15,7 @@ use std::time::Instant;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use crate::Instance;
-use crate::config::{Settings, Source};
+use crate::config::{self, Settings, Source};
 use crate::drain::DrainReport;
 use crate::handover::{self, HandoverError};
 use crate::worker::StartError;
@@ -141,10 +141,10 @@ impl Supervisor {
             let (listeners, handover) = handover::take_over(path)?;
             if listeners.len() != settings.workers {
                 tracing::warn!(
-                    "took over {} listening sockets: running {} workers, not the {} configured \
+                    "took over {}: running {}, not the {} configured \
                      (a cold restart changes the worker count)",
-                    listeners.len(),
-                    listeners.len(),
+                    config::count(listeners.len(), "listening socket"),
+                    config::count(listeners.len(), "worker"),
                     settings.workers
                 );
             }
@@ -233,8 +233,8 @@ impl Supervisor {
                         let _ = t.join();
                     }
                     tracing::info!(
-                        "drained: {} connections open at the start, {} sent close 1001, {} left open",
-                        report.open_at_start,
+                        "drained: {} open at the start, {} sent close 1001, {} left open",
+                        config::count(report.open_at_start as usize, "connection"),
                         report.sent_going_away,
                         report.left_open
                     );
@@ -299,8 +299,8 @@ fn reload(instance: &Instance, source: &Source) {
             };
             let done: Vec<&str> = applied.applied.iter().map(String::as_str).collect();
             tracing::info!(
-                "reload done: {} backends added, {} removed{}{}",
-                applied.backends.added.len(),
+                "reload done: {} added, {} removed{}{}",
+                config::count(applied.backends.added.len(), "backend"),
                 applied.backends.removed.len(),
                 list("applied", &done),
                 list("not applied until a restart", &applied.needs_restart)

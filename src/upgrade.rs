@@ -14,6 +14,14 @@ use crate::handshake::{self, Extensions, Scheme};
 use crate::outcome::{Ended, Refusal};
 use crate::worker::WorkerEnv;
 
+/// The rewritten upgrade for the backend.
+#[derive(Debug)]
+pub struct Forward {
+    pub head: bytes::Bytes,
+    /// It carries a permessage-deflate offer: only then may the 101 accept one.
+    pub deflate_offered: bool,
+}
+
 /// A backend that answered the upgrade with `101`: its connection, counted open while the
 /// relay runs, and the bytes it sent right behind its head (its first frames).
 pub struct Upgraded {
@@ -34,10 +42,14 @@ pub struct Upgraded {
 pub async fn upgrade<C: AsyncWriteRent>(
     client: &mut C,
     scheme: Scheme,
-    forward: bytes::Bytes,
+    forward: Forward,
     decision: &Decision,
     env: &WorkerEnv,
 ) -> Result<Upgraded, Ended> {
+    let Forward {
+        head: forward,
+        deflate_offered,
+    } = forward;
     let (pool, snap) = (decision.pool(), decision.snapshot());
     let mut candidates = decision.candidates();
     let mut tried = 0;
@@ -67,9 +79,10 @@ pub async fn upgrade<C: AsyncWriteRent>(
     };
     pool.connected(lease.backend());
     let addr = lease.backend().addr;
-    if response.deflate && decision.extensions == Extensions::Strip {
-        // Accepted what was never offered: the client would fail the connection, and the
-        // relay could not tell its frames' RSV bits.
+    if response.deflate && (!deflate_offered || decision.extensions == Extensions::Strip) {
+        // Accepted what was never offered (the client offered none, or the route strips
+        // offers): the client would fail the connection, and the relay could not tell its
+        // frames' RSV bits.
         pool.failed(lease.backend(), Failure::Handshake);
         let what = "its 101 accepted permessage-deflate, which was not offered";
         return Err(bad_gateway(addr, BackendError::Protocol(what)));
@@ -123,11 +136,17 @@ async fn send_head<C: AsyncWriteRent>(
             (res, slice.into_inner())
         }
         Some(line) => {
-            // The head without its final CRLF, the cookie's line, the CRLF.
+            // The head without the empty line that ends it (CRLF, or a bare LF, which
+            // httparse accepts too), the cookie's line, the same empty line.
+            let end = if buf[..head_len].ends_with(b"\r\n\r\n") {
+                2
+            } else {
+                1
+            };
             let mut head = Vec::with_capacity(head_len + line.len());
-            head.extend_from_slice(&buf[..head_len - 2]);
+            head.extend_from_slice(&buf[..head_len - end]);
             head.extend_from_slice(line.as_bytes());
-            head.extend_from_slice(b"\r\n");
+            head.extend_from_slice(&buf[head_len - end..head_len]);
             (client.write_all(head).await.0, buf)
         }
     };
@@ -155,8 +174,10 @@ async fn exchange<B: AsyncReadRent + AsyncWriteRent>(
                 return Err((BackendError::Protocol(what), len));
             }
             let cap = buf.capacity();
-            // The kernel owns the spare capacity until the read completes; on timeout the
-            // read is cancelled and the buffer dropped with this future.
+            // The kernel owns the spare capacity until the read completes (a TLS stream
+            // reads into its own buffer and copies plaintext here). On timeout the read is
+            // cancelled; monoio's driver keeps the buffer until the kernel's completion
+            // arrives, then frees it: the exchange has failed, nothing wants it back.
             let (res, slice) = backend.read(buf.slice_mut(len..cap)).await;
             buf = slice.into_inner();
             match res {

@@ -185,4 +185,11 @@ fn a_backend_accepting_an_extension_not_offered_gets_502() {
     let lb = balancer(&[other], 1, |_| {});
     let (head, _) = offer(lb.local_addr, "permessage-deflate");
     assert!(head.starts_with("HTTP/1.1 502"), "{head}");
+    // Review of issue 20: with `extensions = "pass"`, a client that offers no
+    // permessage-deflate (only an unknown extension, which wslb removes) must not be handed
+    // a 101 accepting it: the relay would allow RSV1 and the client would fail.
+    let (eager, _h) = raw_backend(Some("permessage-deflate"));
+    let lb = balancer(&[eager], 1, |_| {});
+    let (head, _) = offer(lb.local_addr, "x-unknown");
+    assert!(head.starts_with("HTTP/1.1 502"), "{head}");
 }

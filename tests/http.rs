@@ -317,3 +317,44 @@ fn a_pooled_connection_the_backend_closed_is_retried_on_a_new_one() {
         "one new connection per request"
     );
 }
+
+/// Review of issue 20: an interim response (103 Early Hints) that comes before the `100
+/// Continue` goes on to the client, and the wait for the 100 goes on. It used to end the
+/// wait as if it were the final answer: the body was never sent, the backend waited for
+/// it, and the client got no answer at all.
+#[test]
+fn early_hints_before_100_continue_do_not_end_the_wait() {
+    let backend = scripted_backend_raw(|mut s| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n\
+              HTTP/1.1 100 Continue\r\n\r\n",
+        );
+        let mut body = [0u8; 5];
+        if s.read_exact(&mut body).is_ok() {
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n{}",
+                String::from_utf8_lossy(&body).to_uppercase()
+            );
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    let lb = balancer(&[backend], 1, |_| {});
+    let mut c = Peer::client(lb.local_addr);
+    c.send_raw(
+        b"POST /up HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\
+          Connection: close\r\n\r\n",
+    );
+    let hints = c.read_head();
+    assert!(hints.starts_with("HTTP/1.1 103 "), "{hints}");
+    let cont = c.read_head();
+    assert!(cont.starts_with("HTTP/1.1 100 "), "{cont}");
+    c.send_raw(b"hello");
+    let answer = c.read_to_end();
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with("HELLO"), "{answer}");
+}

@@ -238,7 +238,7 @@ fn sighup_applies_a_valid_config_and_keeps_running_on_an_invalid_one() {
     // Valid: b replaces a for new connections; the open one on a carries on.
     std::fs::write(&path, config(&[b.addr])).unwrap();
     wslb.signal(libc::SIGHUP);
-    wslb.wait_for("reload done: 1 backends added, 1 removed; applied: backends");
+    wslb.wait_for("reload done: 1 backend added, 1 removed; applied: backends");
     assert_echo(&mut Peer::connect(lb), 1, b"new, on b");
     assert_eq!(b.accepted.load(Ordering::SeqCst), 1);
     assert_eq!(a.accepted.load(Ordering::SeqCst), 2);

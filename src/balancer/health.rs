@@ -19,6 +19,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
+
 pub use crate::config::{HealthConfig, Probe};
 
 /// Milliseconds on a process-wide monotonic clock, from 1 (0 means "never" to
@@ -110,12 +112,15 @@ impl BackendHealth {
     }
 }
 
-/// Probes one backend once; an `http` check of a TLS backend (`tls` names it) speaks
-/// HTTPS.
+/// How a probe reaches a backend over TLS: the client config and the backend's name.
+pub type ProbeTls<'a> = (&'a crate::tls::BackendTls, &'a ServerName<'static>);
+
+/// Probes one backend once; an `http` check of a TLS backend (`tls`: how it is reached)
+/// speaks HTTPS.
 pub fn probe(
     addr: SocketAddr,
     cfg: &HealthConfig,
-    tls: Option<&crate::tls::BackendTls>,
+    tls: Option<ProbeTls<'_>>,
 ) -> Result<(), String> {
     let deadline = Instant::now() + cfg.timeout;
     let s = TcpStream::connect_timeout(&addr, cfg.timeout).map_err(|e| e.to_string())?;
@@ -131,10 +136,10 @@ pub fn probe(
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: wslb-health\r\nConnection: close\r\n\r\n"
     );
-    match tls.and_then(|t| Some((t, t.name(addr)?.clone()))) {
+    match tls {
         None => http_status(s, |s| s, &req, left),
         Some((t, name)) => {
-            let conn = rustls::ClientConnection::new(t.config.clone(), name)
+            let conn = rustls::ClientConnection::new(t.config.clone(), name.clone())
                 .map_err(|e| format!("TLS: {e}"))?;
             let stream = rustls::StreamOwned::new(conn, s);
             http_status(stream, |s| &s.sock, &req, left)
@@ -193,23 +198,22 @@ const PARALLEL_PROBES: usize = 64;
 /// about one timeout per wave. If a thread cannot be started, that probe runs on the
 /// calling thread instead.
 pub fn probe_all(
-    addrs: &[SocketAddr],
+    targets: &[(SocketAddr, Option<ProbeTls<'_>>)],
     cfg: &HealthConfig,
-    tls: Option<&crate::tls::BackendTls>,
 ) -> Vec<Result<(), String>> {
-    let mut out = Vec::with_capacity(addrs.len());
-    for wave in addrs.chunks(PARALLEL_PROBES) {
+    let mut out = Vec::with_capacity(targets.len());
+    for wave in targets.chunks(PARALLEL_PROBES) {
         std::thread::scope(|scope| {
             let running: Vec<_> = wave
                 .iter()
-                .map(|&addr| {
+                .map(|&(addr, tls)| {
                     let spawned = std::thread::Builder::new()
                         .name("wslb-probe".into())
                         .spawn_scoped(scope, move || probe(addr, cfg, tls));
-                    (addr, spawned)
+                    (addr, tls, spawned)
                 })
                 .collect();
-            for (addr, spawned) in running {
+            for (addr, tls, spawned) in running {
                 out.push(match spawned {
                     Ok(t) => t
                         .join()
@@ -227,12 +231,13 @@ pub fn probe_all(
 /// results are applied afterwards, in config order.
 fn check_round(pool: &super::Pool, cfg: &HealthConfig) {
     let snapshot = pool.snapshot();
-    let addrs: Vec<SocketAddr> = snapshot.backends.iter().map(|b| b.addr).collect();
-    for (b, result) in snapshot
+    let client = snapshot.tls.as_deref();
+    let targets: Vec<_> = snapshot
         .backends
         .iter()
-        .zip(probe_all(&addrs, cfg, snapshot.tls.as_deref()))
-    {
+        .map(|b| (b.addr, client.zip(b.tls.as_ref())))
+        .collect();
+    for (b, result) in snapshot.backends.iter().zip(probe_all(&targets, cfg)) {
         let (addr, h) = (b.addr, &b.health);
         match result {
             Ok(()) => {
@@ -450,7 +455,8 @@ mod tests {
                 path: "/health".into(),
             },
         };
-        let results = probe_all(&addrs, &cfg, None);
+        let targets: Vec<_> = addrs.iter().map(|&a| (a, None)).collect();
+        let results = probe_all(&targets, &cfg);
         assert_eq!(
             state.0.lock().unwrap().1,
             N,

@@ -27,11 +27,16 @@ pub use health::{BackendHealth, HealthConfig, Probe};
 pub use selection::{Algorithm, Balancing, HashKey, RoundRobin, Selection, Selector};
 
 /// One backend: its id (stable for the life of the instance, also across reloads that
-/// remove and add it back), address, health and counters.
+/// remove and add it back), what dialling it needs (its address, and the name it is
+/// reached with over TLS), its health and counters.
 #[derive(Debug)]
 pub struct Backend {
     pub id: u32,
     pub addr: SocketAddr,
+    /// Reached over TLS, verified against (and asking SNI for) this name; `None`: plain
+    /// TCP. The TLS client config it is reached with is the snapshot's
+    /// ([`Snapshot::tls`]).
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
     pub health: BackendHealth,
     pub stats: BackendStats,
 }
@@ -109,7 +114,8 @@ pub struct Snapshot {
     pub selector: Selector,
     /// What the selector was built from (and what a reload of the list alone keeps).
     pub balancing: Arc<Balancing>,
-    /// Which of them are reached over TLS, and how (`None`: none is).
+    /// The TLS client config its TLS backends (those with a [`Backend::tls`] name) are
+    /// reached with (`None`: none is).
     pub tls: Option<Arc<crate::tls::BackendTls>>,
     /// The sticky cookie and each backend's token (`None`: no affinity).
     pub sticky: Option<Arc<affinity::Sticky>>,
@@ -196,8 +202,8 @@ pub struct Change {
 pub struct Pool {
     /// The current snapshot; workers compare its generation on each new connection.
     current: Arc<Published<Snapshot>>,
-    /// Every backend configured so far. A removed backend stays here: an address added
-    /// back gets its id and health state back.
+    /// Every backend configured so far. A removed backend stays here: one added back (the
+    /// same address, reached the same way) gets its id and health state back.
     known: Mutex<Vec<Arc<Backend>>>,
     ids: Arc<BackendIds>,
     /// Connect failures in a row that take a backend down (the health config's `fall`;
@@ -295,12 +301,13 @@ impl Pool {
             if backends.iter().any(|b: &Arc<Backend>| b.addr == addr) {
                 continue; // listed twice: the first entry is enough
             }
-            let b = match known.iter().find(|b| b.addr == addr) {
+            let b = match known.iter().find(|b| b.addr == addr && b.tls == spec.tls) {
                 Some(b) => b.clone(),
                 None => {
                     let b = Arc::new(Backend {
                         id: self.ids.next(),
                         addr,
+                        tls: spec.tls.clone(),
                         health: BackendHealth::default(),
                         stats: BackendStats::default(),
                     });
@@ -308,7 +315,7 @@ impl Pool {
                     b
                 }
             };
-            if !current.backends.iter().any(|c| c.addr == addr) {
+            if !current.backends.iter().any(|c| c.id == b.id) {
                 change.added.push(addr);
                 // Slow start ramps a backend a reload adds, not the first list's.
                 if !current.backends.is_empty() {
@@ -319,7 +326,7 @@ impl Pool {
             weights.push(spec.weight.max(1));
         }
         for c in &current.backends {
-            if !backends.iter().any(|b| b.addr == c.addr) {
+            if !backends.iter().any(|b| b.id == c.id) {
                 change.removed.push((c.id, c.addr));
             }
         }

@@ -134,17 +134,26 @@ pub struct Balancing {
     pub sticky: Option<Box<str>>,
 }
 
-/// One configured backend: its address and weight (1..=1000; used by the weighted
-/// algorithms).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One configured backend: what selecting and dialling it needs. Its address, its weight
+/// (1..=1000; used by the weighted algorithms), and, for one reached over TLS (`wss://`,
+/// or every backend with `[tls_backend] enabled`), the name its certificate is verified
+/// against and asked for with SNI (`tls_backend.server_name`, else the host it is written
+/// with). A backend is these three: the same address reached another way is another
+/// backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub addr: SocketAddr,
     pub weight: u32,
+    pub tls: Option<rustls::pki_types::ServerName<'static>>,
 }
 
 impl From<SocketAddr> for BackendSpec {
     fn from(addr: SocketAddr) -> Self {
-        Self { addr, weight: 1 }
+        Self {
+            addr,
+            weight: 1,
+            tls: None,
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 
 use super::{Algorithm, BackendSpec, Balancing, HashKey, HealthConfig, HostMatch, RouteSpec};
@@ -209,9 +210,6 @@ pub struct RebalanceSettings {
 /// What the routes' validation gives back to `validate`.
 pub(super) struct Validated {
     pub routes: Vec<RouteSpec>,
-    /// Backends written `wss://` (or all, with `[tls_backend] enabled`), with the host name
-    /// they are verified by.
-    pub tls_backends: Vec<(SocketAddr, String)>,
     pub warnings: Vec<String>,
     pub rebalance: Option<RebalanceSettings>,
     pub sticky_secret: Option<Box<[u8]>>,
@@ -232,7 +230,6 @@ impl Config {
         let problem: &mut dyn FnMut(&str, String) = &mut once;
         let mut out = Validated {
             routes: Vec::new(),
-            tls_backends: Vec::new(),
             warnings: Vec::new(),
             rebalance: None,
             sticky_secret: None,
@@ -252,15 +249,7 @@ impl Config {
                 backends: self.backends.clone(),
                 ..RouteConfig::default()
             };
-            let spec = self.route(
-                &top,
-                &defaults,
-                "",
-                "default".into(),
-                &mut seen,
-                &mut out,
-                problem,
-            );
+            let spec = self.route(&top, &defaults, "", "default".into(), &mut seen, problem);
             out.routes.extend(spec);
         }
         for (i, r) in self.routes.iter().enumerate() {
@@ -288,7 +277,7 @@ impl Config {
                     format!("{name:?} names another route too"),
                 );
             }
-            let spec = self.route(r, &defaults, &field, name, &mut seen, &mut out, problem);
+            let spec = self.route(r, &defaults, &field, name, &mut seen, problem);
             out.routes.extend(spec);
         }
         let (dups, warnings) = super::check_routes(&out.routes);
@@ -380,7 +369,6 @@ impl Config {
         field: &str,
         name: String,
         seen: &mut Vec<(SocketAddr, Option<String>)>,
-        out: &mut Validated,
         problem: &mut dyn FnMut(&str, String),
     ) -> Option<RouteSpec> {
         let at = |f: &str| {
@@ -414,14 +402,7 @@ impl Config {
             );
         }
         let algorithm = merged.algorithm.unwrap_or_default();
-        let backends = self.backend_list(
-            &r.backends,
-            algorithm,
-            &at("backends"),
-            seen,
-            &mut out.tls_backends,
-            &mut bad,
-        );
+        let backends = self.backend_list(&r.backends, algorithm, &at("backends"), seen, &mut bad);
         let hash_key_at = from(own.hash_key.is_some(), "hash_key");
         let hash_key = merged
             .hash_key
@@ -494,7 +475,6 @@ impl Config {
         algorithm: Algorithm,
         list: &str,
         seen: &mut Vec<(SocketAddr, Option<String>)>,
-        tls_backends: &mut Vec<(SocketAddr, String)>,
         problem: &mut dyn FnMut(&str, String),
     ) -> Vec<BackendSpec> {
         let mut backends: Vec<BackendSpec> = Vec::with_capacity(entries.len());
@@ -530,18 +510,25 @@ impl Config {
                 ),
                 Ok(a) => {
                     let how = tls.then(|| super::settings::host_of(hostport));
+                    let name = how.as_ref().and_then(|host| {
+                        let (name, field) = match self.tls_backend.server_name.as_str() {
+                            "" => (host.clone(), format!("{list}[{i}]")),
+                            set => (set.to_string(), "tls_backend.server_name".to_string()),
+                        };
+                        ServerName::try_from(name.clone())
+                            .map_err(|e| {
+                                let why = format!("{name:?} is not a DNS name or IP address: {e}");
+                                problem(&field, why)
+                            })
+                            .ok()
+                    });
                     match seen.iter().find(|(addr, _)| *addr == a) {
                         Some((_, before)) if *before != how => problem(
                             &format!("{list}[{i}]"),
                             format!("{b:?}: {a} is reached another way (TLS or name) elsewhere"),
                         ),
                         Some(_) => {}
-                        None => {
-                            seen.push((a, how.clone()));
-                            if let Some(host) = how {
-                                tls_backends.push((a, host));
-                            }
-                        }
+                        None => seen.push((a, how.clone())),
                     }
                     let weight = entry.weight.clamp(1, 1000) as u32;
                     match backends.iter().find(|s| s.addr == a) {
@@ -550,7 +537,11 @@ impl Config {
                             format!("{b:?}: {a} is listed before with another weight"),
                         ),
                         Some(_) => {}
-                        None => backends.push(BackendSpec { addr: a, weight }),
+                        None => backends.push(BackendSpec {
+                            addr: a,
+                            weight,
+                            tls: name,
+                        }),
                     }
                 }
                 Err(e) => problem(&format!("{list}[{i}]"), e),

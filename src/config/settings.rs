@@ -33,10 +33,6 @@ pub struct Settings {
     /// `[tls_backend]`: how backends reached over TLS are verified and what they are
     /// shown (`None`: no backend is reached over TLS).
     pub tls_backend: Option<TlsBackend>,
-    /// The backends reached over TLS (written `wss://`, or all with `[tls_backend]
-    /// enabled`), each with the host name it is verified by; loaded with `tls_backend` by
-    /// `tls::load` into the client config that travels with the pools' snapshots.
-    pub tls_backends: Vec<(SocketAddr, String)>,
     /// `None`: removed backends' connections stay until they close.
     pub removed_backend_drain: Option<Duration>,
     /// `limits.max_connections_per_ip`, `handshake_rate_per_ip` and `handshake_burst_per_ip`
@@ -407,14 +403,20 @@ impl Config {
             tls_enabled: self.tls.enabled(),
             http,
         };
+        // Backends written `wss://`, or all with `[tls_backend] enabled`: each carries its
+        // name (`BackendSpec::tls`); `tls::load` loads the client config they share.
+        let any_tls = routes
+            .routes
+            .iter()
+            .flat_map(|r| &r.backends)
+            .any(|b| b.tls.is_some());
         Ok(Settings {
             routes: routes.routes,
             rebalance: routes.rebalance,
             sticky_secret: routes.sticky_secret,
             warnings: routes.warnings,
             tls: self.tls.enabled().then(|| self.tls.clone()),
-            tls_backend: (!routes.tls_backends.is_empty()).then(|| self.tls_backend.clone()),
-            tls_backends: routes.tls_backends,
+            tls_backend: any_tls.then(|| self.tls_backend.clone()),
             removed_backend_drain: (t.removed_backend_drain_ms > 0)
                 .then(|| Duration::from_millis(t.removed_backend_drain_ms)),
             per_ip: PerIpLimits {

@@ -70,13 +70,25 @@ fn wss_backends_are_reached_over_tls_by_the_host_they_name() {
     .unwrap()
     .validate()
     .unwrap();
-    // localhost resolves to 127.0.0.1 here; the name it was written with is kept.
+    // localhost resolves to 127.0.0.1 here; the name it was written with is kept, on the
+    // backend itself.
+    let tls: Vec<_> = s.routes[0]
+        .backends
+        .iter()
+        .map(|b| (b.addr, b.tls.clone()))
+        .collect();
+    let localhost = rustls::pki_types::ServerName::try_from("localhost").unwrap();
     assert_eq!(
-        s.tls_backends,
-        [("127.0.0.1:9443".parse().unwrap(), "localhost".to_string())]
+        tls,
+        [
+            ("127.0.0.1:9443".parse().unwrap(), Some(localhost)),
+            ("127.0.0.1:9000".parse().unwrap(), None),
+            ("127.0.0.1:9001".parse().unwrap(), None),
+        ]
     );
+    assert!(s.tls_backend.is_some());
     let plain = Config::from_toml(r#"backends = ["127.0.0.1:9001"]"#).unwrap();
-    assert!(plain.validate().unwrap().tls_backends.is_empty());
+    assert!(plain.validate().unwrap().tls_backend.is_none());
 }
 
 #[test]

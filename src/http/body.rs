@@ -61,8 +61,10 @@ async fn read_more<R: AsyncReadRent>(
         buf.reserve(buf.capacity().max(4096));
     }
     let (len, cap) = (buf.len(), buf.capacity());
-    // The kernel owns the spare capacity until the read completes; a timeout cancels the
-    // read and the buffer is dropped with it.
+    // The kernel owns the spare capacity until the read completes (a TLS stream reads into
+    // its own buffer and copies plaintext here). A timeout cancels the read; monoio's
+    // driver keeps the buffer until the kernel's completion arrives, then frees it, and a
+    // new empty buffer comes back.
     match monoio::time::timeout(timeout, r.read(buf.slice_mut(len..cap))).await {
         Ok((res, slice)) => (res.map_err(Io::Err), slice.into_inner()),
         Err(_) => (Err(Io::TimedOut), Vec::new()),

@@ -115,19 +115,19 @@ fn framing(headers: &[httparse::Header<'_>]) -> Result<Option<Body>, &'static st
     }
 }
 
-/// Parses a plain request head at the start of `buf`. `Ok(None)`: incomplete.
+/// Parses a plain request head at the start of `buf` as `connection.rs` does (one
+/// httparse pass over the whole buffer, then [`from_head`]). `Ok(None)`: incomplete.
 pub fn parse_request<'b, 'h>(
     buf: &'b [u8],
     headers: &'h mut [httparse::Header<'b>; crate::handshake::MAX_HEADERS],
 ) -> Result<Option<Request<'b, 'h>>, Reject> {
-    let Some(end) = head_end(buf) else {
-        // A bare LF can also hide a head's end from us: refuse it as soon as it is seen.
-        check_line_endings(buf).map_err(Reject::Malformed)?;
-        return Ok(None);
-    };
-    match crate::handshake::parse_head(&buf[..end], headers)? {
+    match crate::handshake::parse_head(buf, headers)? {
         Some(head) => from_head(head, buf).map(Some),
-        None => Ok(None),
+        // A bare LF can also hide a head's end from a parser that wants CRLFCRLF: refuse
+        // it as soon as it is seen.
+        None => check_line_endings(buf)
+            .map(|()| None)
+            .map_err(Reject::Malformed),
     }
 }
 
@@ -167,9 +167,12 @@ pub fn from_head<'b, 'h>(head: RequestHead<'b, 'h>, buf: &[u8]) -> Result<Reques
         return Err(Reject::Malformed("need exactly one Host header"));
     }
     let host = crate::handshake::request_host(authority, host)?;
-    let body = framing(headers)
-        .map_err(Reject::Malformed)?
-        .unwrap_or(Body::None);
+    // `Content-Length: 0` is no body: such a request may reuse an idle connection and
+    // waits for no `100 Continue` (the header itself is passed on as sent).
+    let body = match framing(headers).map_err(Reject::Malformed)? {
+        None | Some(Body::Length(0)) => Body::None,
+        Some(body) => body,
+    };
     if body == Body::Chunked && minor == 0 {
         return Err(Reject::Malformed("chunked request from HTTP/1.0"));
     }

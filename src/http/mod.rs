@@ -106,8 +106,16 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
     }
     let b = lease.backend();
     let sent = send_request(client, &mut backend, reused, buf, &req, (snap, b), env).await;
-    let (answer, buf, request_done) = sent;
-    let answer = pass_interim(client, &mut backend, answer, &req, env).await;
+    let Sent {
+        answer,
+        buf,
+        request_done,
+        body,
+    } = sent;
+    let answer = match answer {
+        Ok(a) => pass_interim(client, &mut backend, a, &req, env).await,
+        Err(e) => Err(e),
+    };
     let (resp, rbuf) = match answer {
         Ok((r, _)) if r.status == 101 => {
             pool.failed(b, Failure::Handshake);
@@ -115,15 +123,14 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
             return Err(backend_failed(b, error, Refusal::BadGateway));
         }
         Ok(a) => a,
-        Err((Fail::TooLarge, _)) => return Err(Reject::BodyTooLarge.into()),
-        Err((Fail::Framing(e), _)) if !request_done => return Err(Reject::Malformed(e).into()),
-        Err((Fail::Src(_), _)) if !request_done => return Err(Ended::ClientClosed),
-        Err((e, _)) => {
+        Err(Failed::Client(Fail::TooLarge)) => return Err(Reject::BodyTooLarge.into()),
+        Err(Failed::Client(Fail::Framing(e))) => return Err(Reject::Malformed(e).into()),
+        Err(Failed::Client(_)) => return Err(Ended::ClientClosed),
+        Err(Failed::Backend(e)) => {
             pool.failed(b, Failure::Handshake);
-            let timed_out = matches!(e, Fail::Src(Io::TimedOut));
-            let answer = match timed_out {
-                true => Refusal::GatewayTimeout,
-                false => Refusal::BadGateway,
+            let answer = match e {
+                Fail::Src(Io::TimedOut) => Refusal::GatewayTimeout,
+                _ => Refusal::BadGateway,
             };
             return Err(backend_failed(b, e.backend_error(), answer));
         }
@@ -137,10 +144,12 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
     env.stats().http_response(resp.status);
     let head = resp.finish_head(&cookie, keep);
     let head_bytes = head.len() as u64;
+    let mut out = 0;
     let sent = async {
         if client.write_all(head).await.0.is_err() {
             return Err(Fail::Dst(Io::Closed));
         }
+        out = head_bytes;
         pass_body(
             &mut backend,
             client,
@@ -152,16 +161,9 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
         .await
     }
     .await;
-    let body_bytes = sent.as_ref().map_or(0, |(_, body)| *body);
-    log(
-        env,
-        peer,
-        &req,
-        b,
-        resp.status,
-        head_bytes + body_bytes,
-        started,
-    );
+    let out = out + sent.as_ref().map_or(0, |(_, body)| *body);
+    let bytes_in = req.forward.len() as u64 + body;
+    log(env, peer, &req, b, resp.status, [bytes_in, out], started);
     match sent {
         Ok((rest, _)) => {
             if resp.keep_alive && request_done && rest.is_empty() {
@@ -177,22 +179,24 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
     }
 }
 
-/// The access-log line of one exchange: `sent` is the response's bytes (head and body).
+/// The access-log line of one exchange: `[bytes_in, bytes_out]` are what went to the
+/// backend (the forwarded head and the request's body) and to the client (the response's
+/// head and body).
 fn log(
     env: &WorkerEnv,
     peer: SocketAddr,
     req: &Plain,
     b: &Backend,
     status: u16,
-    sent: u64,
+    [bytes_in, bytes_out]: [u64; 2],
     started: Instant,
 ) {
     let Some(log) = &env.access_log else {
         return;
     };
     let mut traffic = Traffic::default();
-    traffic.bytes[Side::Client.index()] = req.forward.len() as u64;
-    traffic.bytes[Side::Backend.index()] = sent;
+    traffic.bytes[Side::Client.index()] = bytes_in;
+    traffic.bytes[Side::Backend.index()] = bytes_out;
     log.record(&access_log::Entry {
         client: peer,
         backend: Some(b.addr),
@@ -212,11 +216,39 @@ fn backend_failed(b: &Backend, error: BackendError, answer: Refusal) -> Ended {
     }
 }
 
-/// Sends the request (head, then body) and reads the backend's first response head.
-/// Returns it, what follows the request in `buf`, and whether the whole request was
-/// sent. A reused connection the backend had closed (the write or the read finds out,
-/// before any answer) is replaced by a new one to the same backend, and the request sent
-/// again: nothing of it was consumed.
+/// Which side an exchange failed on: the answer (a refusal of the client's request, or
+/// 502/504 and a mark against the backend) follows from it, not from how far it got.
+enum Failed {
+    /// The client left or stalled, or sent a body wslb refuses.
+    Client(Fail),
+    Backend(Fail),
+}
+
+/// What sending a request gave: the backend's first response head (or the failure), what
+/// follows the request in the client's buffer, whether the whole request went to the
+/// backend, and the body's bytes passed on.
+struct Sent {
+    answer: Result<Answer, Failed>,
+    buf: Vec<u8>,
+    request_done: bool,
+    body: u64,
+}
+
+impl Sent {
+    fn failed(f: Failed, buf: Vec<u8>, request_done: bool) -> Self {
+        Sent {
+            answer: Err(f),
+            buf,
+            request_done,
+            body: 0,
+        }
+    }
+}
+
+/// Sends the request (head, then body) and reads the backend's first response head. A
+/// reused connection the backend had closed (the write or the read finds out, before any
+/// answer) is replaced by a new one to the same backend, and the request sent again:
+/// nothing of it was consumed.
 async fn send_request<C: AsyncReadRent + AsyncWriteRent>(
     client: &mut C,
     backend: &mut BackendConn,
@@ -225,7 +257,7 @@ async fn send_request<C: AsyncReadRent + AsyncWriteRent>(
     req: &Plain,
     (snap, b): (&Snapshot, &Backend),
     env: &WorkerEnv,
-) -> (Result<Answer, (Fail, bool)>, Vec<u8>, bool) {
+) -> Sent {
     let (f, h) = (&env.fixed, env.fixed.http);
     let take = || env.buffers().take(f.relay_buffer_bytes);
     let mut rbuf = take();
@@ -237,33 +269,40 @@ async fn send_request<C: AsyncReadRent + AsyncWriteRent>(
                 Ok(_) => read_head(backend, rbuf, req.method, f.backend_handshake_timeout).await,
                 Err(e) => Err((Fail::Dst(e), true)),
             };
-            // A reused connection the backend had closed: the same request again on a new one.
-            if !(reused && matches!(answer, Err((Fail::Src(_) | Fail::Dst(_), true)))) {
-                return (answer, buf, true);
+            if reused && matches!(answer, Err((Fail::Src(_) | Fail::Dst(_), true))) {
+                match dial::connect(snap, b, env.dial_timeouts()).await {
+                    Ok((c, _)) => (*backend, reused, rbuf) = (c, false, take()),
+                    Err(e) => return Sent::failed(Failed::Backend(Fail::Dial(e)), buf, true),
+                }
+                continue;
             }
-            let deadline = Instant::now() + f.backend_handshake_timeout;
-            match dial::connect(snap, b, f.backend_connect_timeout, deadline).await {
-                Ok(c) => (*backend, reused, rbuf) = (c, false, take()),
-                Err(e) => return (Err((Fail::Dial(e), true)), buf, true),
-            }
-            continue;
+            let answer = answer.map_err(|(e, _)| Failed::Backend(e));
+            return Sent {
+                answer,
+                buf,
+                request_done: true,
+                body: 0,
+            };
         }
         if let Err(e) = written {
-            return (Err((Fail::Dst(e), true)), buf, false);
+            return Sent::failed(Failed::Backend(Fail::Dst(e)), buf, false);
         }
-        // With a body: wait a moment for a 100 if the client asked for one; a final answer
-        // instead ends the exchange before the body (the client connection is then closed).
         if req.expect_continue {
-            let wait = read_head(backend, std::mem::take(&mut rbuf), req.method, EXPECT_WAIT);
-            match monoio::time::timeout(EXPECT_WAIT, wait).await {
-                Ok(Ok((r, b))) if r.status == 100 => {
-                    rbuf = b;
-                    if client.write_all(r.finish_head("", true)).await.0.is_err() {
-                        return (Err((Fail::Src(Io::Closed), false)), buf, false);
-                    }
+            match expect_continue(client, backend, &mut rbuf, req, env).await {
+                Ok(None) => {}
+                // A final answer before the body: the exchange ends there (and the client
+                // connection is then closed, its body unread).
+                Ok(Some(answer)) => {
+                    let answer = Ok(answer);
+                    let (request_done, body) = (false, 0);
+                    return Sent {
+                        answer,
+                        buf,
+                        request_done,
+                        body,
+                    };
                 }
-                Ok(answer) => return (answer, buf, false),
-                Err(_) => rbuf = take(),
+                Err(e) => return Sent::failed(e, buf, false),
             }
         }
         let body = std::mem::take(&mut buf);
@@ -275,15 +314,61 @@ async fn send_request<C: AsyncReadRent + AsyncWriteRent>(
             h.max_body_bytes,
             h.body_timeout,
         );
-        match passed.await {
-            Ok((rest, _)) => buf = rest,
-            Err(e) => return (Err((e, false)), buf, false),
-        }
+        let body = match passed.await {
+            Ok((rest, n)) => {
+                buf = rest;
+                n
+            }
+            Err(e @ Fail::Dst(_)) => return Sent::failed(Failed::Backend(e), buf, false),
+            // The client's side: its body stalled, ended early, was framed badly or is over
+            // the limit.
+            Err(e) => return Sent::failed(Failed::Client(e), buf, false),
+        };
         if rbuf.capacity() == 0 {
             rbuf = take();
         }
         let answer = read_head(backend, rbuf, req.method, f.backend_handshake_timeout).await;
-        return (answer, buf, true);
+        return Sent {
+            answer: answer.map_err(|(e, _)| Failed::Backend(e)),
+            buf,
+            request_done: true,
+            body,
+        };
+    }
+}
+
+/// Waits up to [`EXPECT_WAIT`] for the backend's `100 Continue` to a request that asked
+/// for one, passing other interim responses (102, 103) on to the client. `Ok(None)`: send
+/// the body now (the 100 went on to the client, or none came in time: curl also sends
+/// its body then). `Ok(Some(..))`: the backend's final answer came before the body.
+async fn expect_continue<C: AsyncWriteRent>(
+    client: &mut C,
+    backend: &mut BackendConn,
+    rbuf: &mut Vec<u8>,
+    req: &Plain,
+    env: &WorkerEnv,
+) -> Result<Option<Answer>, Failed> {
+    let until = Instant::now() + EXPECT_WAIT;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match read_head(backend, std::mem::take(rbuf), req.method, left).await {
+            Ok((r, rest)) if r.status == 100 || (102..200).contains(&r.status) => {
+                *rbuf = rest;
+                if client.write_all(r.finish_head("", true)).await.0.is_err() {
+                    return Err(Failed::Client(Fail::Dst(Io::Closed)));
+                }
+                if r.status == 100 {
+                    return Ok(None);
+                }
+            }
+            Ok(answer) => return Ok(Some(answer)),
+            // The timed-out read's buffer stays with the driver (see `body::read_more`).
+            Err((Fail::Src(Io::TimedOut), _)) => {
+                *rbuf = env.buffers().take(env.fixed.relay_buffer_bytes);
+                return Ok(None);
+            }
+            Err((e, _)) => return Err(Failed::Backend(e)),
+        }
     }
 }
 
@@ -291,19 +376,21 @@ async fn send_request<C: AsyncReadRent + AsyncWriteRent>(
 async fn pass_interim<C: AsyncWriteRent>(
     client: &mut C,
     backend: &mut BackendConn,
-    mut answer: Result<Answer, (Fail, bool)>,
+    mut answer: Answer,
     req: &Plain,
     env: &WorkerEnv,
-) -> Result<Answer, (Fail, bool)> {
+) -> Result<Answer, Failed> {
     loop {
         let (r, b) = match answer {
-            Ok((r, b)) if (100..200).contains(&r.status) && r.status != 101 => (r, b),
-            other => return other,
+            (r, b) if (100..200).contains(&r.status) && r.status != 101 => (r, b),
+            other => return Ok(other),
         };
         if client.write_all(r.finish_head("", true)).await.0.is_err() {
-            return Err((Fail::Dst(Io::Closed), false));
+            return Err(Failed::Client(Fail::Dst(Io::Closed)));
         }
         let timeout = env.fixed.backend_handshake_timeout;
-        answer = read_head(backend, b, req.method, timeout).await;
+        answer = read_head(backend, b, req.method, timeout)
+            .await
+            .map_err(|(e, _)| Failed::Backend(e))?;
     }
 }

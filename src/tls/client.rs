@@ -6,9 +6,7 @@
 //! so a reload that adds a `wss://` backend or changes the CA reaches the workers the way
 //! a new backend list does.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rustls::client::UnbufferedClientConnection;
@@ -23,12 +21,11 @@ use crate::config;
 /// A backend's TLS stream.
 pub type BackendStream = TlsStream<UnbufferedClientConnection>;
 
-/// The backends reached over TLS, and how.
+/// How backends are reached over TLS: the client config they share. Which backends, and
+/// the name each is verified against, each backend says itself (`BackendSpec::tls`).
 #[derive(Clone)]
 pub struct BackendTls {
     pub config: Arc<rustls::ClientConfig>,
-    /// The name each TLS backend is verified against (and asked for with SNI).
-    names: HashMap<SocketAddr, ServerName<'static>>,
     /// The `ca`, `cert` and `key` files' bytes, to tell a reload that changed them.
     material: Vec<Vec<u8>>,
     insecure: bool,
@@ -36,50 +33,22 @@ pub struct BackendTls {
 
 impl PartialEq for BackendTls {
     fn eq(&self, other: &Self) -> bool {
-        self.names == other.names
-            && self.material == other.material
-            && self.insecure == other.insecure
+        self.material == other.material && self.insecure == other.insecure
     }
 }
 
 impl fmt::Debug for BackendTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BackendTls")
-            .field("names", &self.names)
             .field("insecure_skip_verify", &self.insecure)
             .finish_non_exhaustive()
     }
 }
 
 impl BackendTls {
-    /// Loads `[tls_backend]` for the TLS backends in `tls` (each with the host it was
-    /// written with); `None` when there are none.
-    pub fn load(
-        c: &config::TlsBackend,
-        tls: Vec<(SocketAddr, String)>,
-    ) -> Result<Option<BackendTls>, Problems> {
-        if tls.is_empty() {
-            return Ok(None);
-        }
+    /// Loads `[tls_backend]` (validated only when some backend is reached over TLS).
+    pub fn load(c: &config::TlsBackend) -> Result<BackendTls, Problems> {
         let mut problems = Vec::new();
-        let mut names = HashMap::new();
-        for (addr, host) in tls {
-            let host = if c.server_name.is_empty() {
-                host
-            } else {
-                c.server_name.clone()
-            };
-            match ServerName::try_from(host.clone()) {
-                Ok(n) => {
-                    names.insert(addr, n);
-                }
-                Err(e) => problem(
-                    &mut problems,
-                    "tls_backend.server_name",
-                    format!("{host:?} is not a DNS name or IP address: {e}"),
-                ),
-            }
-        }
         let provider = provider();
         let mut material = Vec::new();
         let mut roots = rustls::RootCertStore::empty();
@@ -164,17 +133,11 @@ impl BackendTls {
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Ok(Some(BackendTls {
+        Ok(BackendTls {
             config: Arc::new(config),
-            names,
             material,
             insecure: c.insecure_skip_verify,
-        }))
-    }
-
-    /// The name `addr` is reached with, if it is a TLS backend.
-    pub fn name(&self, addr: SocketAddr) -> Option<&ServerName<'static>> {
-        self.names.get(&addr)
+        })
     }
 
     pub fn insecure(&self) -> bool {

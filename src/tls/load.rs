@@ -31,7 +31,7 @@ pub fn load(settings: &Settings) -> Result<Loaded, ConfigError> {
         None => None,
     };
     let backend = match &settings.tls_backend {
-        Some(t) => BackendTls::load(t, settings.tls_backends.clone()).unwrap_or_else(|p| {
+        Some(t) => BackendTls::load(t).map(Some).unwrap_or_else(|p| {
             problems.extend(p);
             None
         }),

@@ -174,6 +174,7 @@ pub(crate) mod tests {
                 Arc::new(Backend {
                     id: i as u32,
                     addr: SocketAddr::from(([127, 0, 0, 1], 9000 + i as u16)),
+                    tls: None,
                     health: BackendHealth::default(),
                     stats: BackendStats::default(),
                 })
