@@ -1,11 +1,17 @@
 //! Per-worker pool of relay buffers: a connection holds one only while bytes are in flight.
 //!
-//! An idle proxied connection pins no buffer. Each relay direction waits for readability
-//! first (an io_uring `POLL_ADD`, or the epoll driver's readiness), takes a buffer from this
-//! pool, reads what the kernel has, forwards it, and gives the buffer back once it stands
-//! at a frame boundary. The handshake reads borrow from here too. So the number of buffers
-//! a worker owns follows the number of reads and writes in flight at once, not the number
-//! of connections: 9,900 idle connections cost no buffer memory at all.
+//! An idle proxied connection pins no buffer. On io_uring a relay direction over plain TCP
+//! receives through the worker's receive ring (`recv_ring/`: the kernel picks one of the
+//! ring's own buffers when bytes arrive) and takes a buffer from this pool only when
+//! what it received cannot be forwarded from the ring's buffer: a frame split across
+//! chunks, or one larger than the ring's buffers. Where there is no ring (epoll, a TLS
+//! stream, `recv_ring_buffers = 0`) a direction waits for readability first (an io_uring
+//! `POLL_ADD`, or the epoll driver's readiness), then takes a buffer from this pool, reads
+//! what the kernel has and forwards it. Either way the buffer goes back once the direction
+//! stands at a frame boundary. The request heads and plain HTTP bodies borrow from here
+//! too. So the number of buffers a worker owns follows the number of reads and writes in
+//! flight at once, not the number of connections: 9,900 idle connections cost no buffer
+//! memory at all.
 //!
 //! The pool belongs to one worker (`Rc`, `RefCell`); buffers never cross threads, so
 //! mimalloc's thread-local free lists serve every allocation here.

@@ -1,10 +1,14 @@
 //! Frame forwarding both ways between a client and its backend, the close handshake, teardown.
 //!
-//! Each direction is a pump (`pump.rs`): one source read half, one destination write half,
-//! one buffer. It reads with io_uring into the buffer, walks the frame headers in it
-//! (validating each, see `frame/`), and writes the same bytes to the destination: payloads
-//! are never copied, unmasked or re-encoded, and client frames stay masked on their way to
-//! the backend. A pump is named by the [`Side`] it reads.
+//! Each direction is a pump (`pump.rs`): one source read half, one destination write half.
+//! On io_uring over plain TCP (the default), the source's bytes arrive through the
+//! worker's receive ring (`recv_ring/`, a multishot receive into buffers the kernel
+//! picks); otherwise (epoll, a TLS stream, the ring off or a frame larger than its
+//! buffers) the pump waits for readability and reads into a buffer of its own. Either way
+//! it walks the frame headers in what arrived (validating each, see `frame.rs`), and writes
+//! the same bytes to the destination: payloads are never copied, unmasked or re-encoded,
+//! and client frames stay masked on their way to the backend. A pump is named by the
+//! [`Side`] it reads.
 //!
 //! Each destination has exactly one writer (its pump), so wslb's own frames (closes, and
 //! keepalive pings, see `registry.rs`) are only ever written by that pump, at a frame
@@ -22,6 +26,10 @@
 //! it. A relay is over by then whatever its peers do.
 //!
 //! # Buffer ownership
+//! The receive ring's buffers and their ownership are described in `recv_ring/`. What
+//! follows is the path without the ring, and the pool buffer a ring pump takes for a frame
+//! split across chunks.
+//!
 //! An idle connection holds no relay buffer. A pump at a frame boundary first waits for its
 //! source to become readable (io_uring `POLL_ADD`; the epoll driver's readiness), and only
 //! then takes a buffer from its worker's `BufferPool` and reads. The pump owns that
