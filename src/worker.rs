@@ -35,20 +35,20 @@ use crate::relay::{Context, RelayConfig};
 /// hold an `Rc`), so nothing here is written by another core.
 #[derive(Debug)]
 pub struct WorkerEnv {
-    pub id: usize,
-    pub fixed: Fixed,
+    pub(crate) id: usize,
+    pub(crate) fixed: Fixed,
     /// The worker's copy of the routes and their pools.
-    pub routes: crate::routes::LocalRoutes,
+    pub(crate) routes: crate::routes::LocalRoutes,
     /// What the relays use: rules, buffers (handshake reads borrow from them too), the
     /// registry of open relays, the counters, the receive ring.
-    pub relay: Context,
+    pub(crate) relay: Context,
     /// The access log, when enabled (shared by the workers; one write per connection).
-    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
+    pub(crate) access_log: Option<Arc<crate::access_log::AccessLog>>,
     /// The TLS config new client handshakes use (`None`: plain ws), as a certificate
     /// reload last replaced it.
-    pub tls: Option<crate::tls::LocalCertificates>,
+    pub(crate) tls: Option<crate::tls::LocalCertificates>,
     /// Idle backend connections for plain HTTP requests.
-    pub idle: IdleConns,
+    pub(crate) idle: IdleConns,
 }
 
 impl WorkerEnv {
