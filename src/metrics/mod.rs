@@ -283,18 +283,6 @@ impl Rejected {
             Rejected::NoRoute => "no_route",
         }
     }
-
-    /// The reason for a request answered with `status`.
-    pub fn bad_request(status: u16) -> Rejected {
-        match status {
-            405 => Rejected::MethodNotAllowed405,
-            426 => Rejected::UpgradeRequired426,
-            431 => Rejected::TooLarge431,
-            414 => Rejected::UriTooLong414,
-            413 => Rejected::TooLarge413,
-            _ => Rejected::BadRequest400,
-        }
-    }
 }
 
 /// The versions `wslb_tls_handshakes_total` counts, by index (`tls::version_index`).
