@@ -2,13 +2,12 @@
 //! ([`EchoServer`]). Both stop their threads and join them when dropped.
 
 use std::net::SocketAddr;
-use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::access_log::AccessLog;
-use crate::admin::{self, AdminServer, AdminView};
-use crate::balancer::{affinity, health};
+use crate::admin::{AdminServer, AdminView};
+use crate::balancer::health;
 use crate::config::{Fixed, IoDriver, Settings};
 use crate::control::{Broadcast, Control};
 use crate::drain::{Drain, DrainReport};
@@ -16,7 +15,7 @@ use crate::listener::{self, ConnectionLimit};
 use crate::metrics::{Process, Rejected, Snapshot, Totals, WorkerStats, unix_now};
 use crate::reload::{Applied, Reloader};
 use crate::routes::Router;
-use crate::worker::{self, StartError, WorkerEnv, WorkerInfo, Workers};
+use crate::worker::{self, StartError, WorkerInfo, Workers};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A running balancer: its workers, health checker and what its [`Handle`] controls.
@@ -94,149 +93,33 @@ impl Instance {
                 source,
             })
         })?;
-        // Sticky-cookie tokens: signed with the configured secret, or a key drawn now and
-        // kept for the life of the process (reloads included; a reload may change the
-        // secret, see `affinity.rs`).
-        let keys = affinity::Keyring::new(settings.sticky_secret.as_deref());
-        let router = Arc::new(Router::new(keys));
-        router.configure(&settings.routes, tls.backend.clone());
-        for w in &settings.warnings {
-            tracing::warn!("{w}");
-        }
-        for r in &settings.routes {
-            tracing::info!(
-                route = %r.name,
-                host = %r.host.as_config(),
-                path_prefix = %r.path_prefix,
-                backends = r.backends.len(),
-                algorithm = r.balancing.algorithm.name(),
-                "route"
-            );
-        }
-        if let Some(t) = &tls.backend
-            && t.insecure()
-        {
-            tracing::warn!(
-                "tls_backend.insecure_skip_verify is on: backends' certificates are NOT \
-                 verified; anyone on the path can impersonate them (for tests only)"
-            );
-        }
-        let admission = ConnectionLimit::new(settings.max_connections);
-        admission.per_ip().configure(settings.per_ip);
-        tracing::info!("connection limit {}", settings.max_connections);
-        let p = settings.per_ip;
-        if p.max_connections > 0 || p.rate > 0 {
-            tracing::info!(
-                "per-client limits: {} connections, {} new per second (burst {}); 0 = off",
-                p.max_connections,
-                p.rate,
-                p.burst
-            );
-        }
-        let dups = listeners
-            .iter()
-            .map(|l| l.try_clone())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| StartError::Setup {
-                what: "duplicating the listening sockets",
-                source,
-            })?;
+        let router = start::route_table(&settings, &tls);
+        let admission = start::admission(&settings);
+        let dups = start::duplicate(&listeners)?;
         let health = health::spawn_checker(router.clone()).map_err(|source| StartError::Setup {
             what: "starting the health checker",
             source,
         })?;
-        let access_log = match &settings.access_log {
-            None => None,
-            Some(a) => Some(Arc::new(
-                AccessLog::open(a.format, a.path.clone()).map_err(|source| StartError::Setup {
-                    what: "opening the access log",
-                    source,
-                })?,
-            )),
+        let parts = start::Parts {
+            access_log: start::open_access_log(&settings)?,
+            stats: new_stats(listeners.len()),
+            certificates: tls
+                .server
+                .as_ref()
+                .map(|t| Arc::new(crate::tls::Certificates::new(t.config.clone()))),
+            router,
+            admission,
         };
-        let stats = new_stats(listeners.len());
-        let certificates = tls
-            .server
-            .as_ref()
-            .map(|t| Arc::new(crate::tls::Certificates::new(t.config.clone())));
-        let running = {
-            let (settings, router) = (Arc::new(settings.clone()), router.clone());
-            let (stats, limit) = (stats.clone(), admission.clone());
-            let access_log = access_log.clone();
-            let certificates = certificates.clone();
-            worker::spawn(
-                "balancer",
-                listeners,
-                settings.io_driver,
-                move |id, l, inbox| {
-                    let stats = stats[id].clone();
-                    let mut env = WorkerEnv::new(id, &settings, router.clone(), stats.clone());
-                    env.access_log = access_log.clone();
-                    env.tls = certificates.clone().map(crate::tls::LocalCertificates::new);
-                    env.relay.recv = worker::recv_ring(id, &settings, stats.clone());
-                    let tls_enabled = settings.tls_enabled;
-                    let env = Rc::new(env);
-                    let limit = limit.clone();
-                    async move {
-                        let keepalive = env.clone();
-                        monoio::spawn(
-                            async move { keepalive.relay.registry.keepalive_timer().await },
-                        );
-                        monoio::spawn(worker::trim_when_idle(env.clone()));
-                        if let Some(r) = env.relay.recv.clone() {
-                            monoio::spawn(r.run());
-                        }
-                        let accepting = monoio::io::Canceller::new();
-                        let conn_env = env.clone();
-                        let accept = monoio::spawn(listener::accept_loop(
-                            l,
-                            limit,
-                            accepting.handle(),
-                            !tls_enabled,
-                            move |stream, peer, permit| {
-                                let open = (stats.track(), permit);
-                                let tls = conn_env.tls.as_ref().map(|t| t.current());
-                                crate::connection::serve(stream, peer, conn_env.clone(), open, tls)
-                            },
-                        ));
-                        worker::obey(inbox, &env.relay.registry, accepting).await;
-                        // Stopped: the accept is cancelled; its end drops the listener.
-                        accept.await;
-                        if let Some(r) = &env.relay.recv {
-                            r.retire();
-                        }
-                    }
-                },
-            )?
-        };
-        match &tls.server {
-            Some(t) => {
-                for c in &t.certificates {
-                    tracing::info!(file = %c.file.display(), names = ?c.names, "TLS certificate");
-                }
-                for w in &t.warnings {
-                    tracing::warn!("{w}");
-                }
-                tracing::info!("balancing {local_addr} (TLS)");
-            }
-            None => tracing::info!("balancing {local_addr}"),
-        }
-        let rebalancer = crate::balancer::rebalance::Rebalancer::spawn(
-            settings.rebalance,
-            router.clone(),
-            running.control().clone(),
-        )
-        .map_err(|source| StartError::Setup {
-            what: "starting the rebalancer",
-            source,
-        })?;
-        if let Some(r) = &settings.rebalance {
-            tracing::info!(
-                tolerance = r.tolerance,
-                max_per_second = r.max_per_second,
-                "rebalancing on"
-            );
-        }
+        let running = start::spawn_workers(&settings, listeners, &parts)?;
+        start::log_serving(&tls, local_addr);
+        let rebalancer = start::spawn_rebalancer(&settings, &parts.router, running.control())?;
+        let start::Parts {
+            router,
+            admission,
+            stats,
+            access_log,
+            certificates,
+        } = parts;
         let reloader = Reloader::new(
             &settings,
             tls,
@@ -266,34 +149,14 @@ impl Instance {
             reloader: Mutex::new(reloader),
             rebalancer,
         }));
-        let admin = match settings.admin {
-            None => None,
-            Some(addr) => {
-                let bound = if taken_over {
-                    listener::bind_shared(addr, 1, 128)
-                } else {
-                    listener::bind(addr, 1, 128)
-                };
-                let l = bound
-                    .map_err(StartError::Admin)?
-                    .pop()
-                    .expect("one socket asked for");
-                let view: Arc<dyn AdminView> = Arc::new(handle.clone());
-                Some(
-                    admin::spawn_on(l, view).map_err(|source| StartError::Setup {
-                        what: "starting the admin server",
-                        source,
-                    })?,
-                )
-            }
-        };
+        let admin = start::start_admin(settings.admin, taken_over, &handle)?;
         Ok(Instance {
             admin_addr: admin.as_ref().map(AdminServer::local_addr),
             admin,
             local_addr,
             fixed: settings.fixed.clone(),
             workers: running.infos.clone(),
-            stats: stats.clone(),
+            stats,
             handle,
             running,
             health: Some(health),
@@ -554,3 +417,6 @@ fn local_addr(listeners: &[std::net::TcpListener], asked: SocketAddr) -> SocketA
 fn new_stats(n: usize) -> Vec<Arc<WorkerStats>> {
     (0..n).map(|_| Arc::default()).collect()
 }
+
+/// The steps of [`Instance::launch`], each with its log lines.
+mod start;

@@ -134,7 +134,6 @@ impl Reloader {
     pub fn apply(&mut self, new: &Settings, tls_new: crate::tls::Loaded) -> Applied {
         let needs_restart = self.running.fixed.changes(&new.fixed);
         let mut applied = Vec::new();
-        let mut tls = false;
         for field in &needs_restart {
             tracing::warn!("reload: {field} changed; it takes effect only after a restart");
         }
@@ -146,8 +145,45 @@ impl Reloader {
                  those signed with the previous secret are honoured until it changes again"
             );
         }
+        let routes = self.apply_routes(new, &tls_new, &mut applied);
+        let mut change = Change::default();
+        for (_, c) in &routes.backends {
+            change.added.extend(&c.added);
+            change.removed.extend(&c.removed);
+        }
+        change.removed.extend(&routes.retired);
+        self.apply_rebalance(new, &mut applied);
+        self.apply_per_ip(new, &mut applied);
+        self.retire(new, &change, &mut applied);
+        let tls = self.apply_certificates(new, &tls_new, &mut applied);
+        // Everything but the fixed part: a reloadable field added to `Settings` is applied
+        // without anyone having to remember it here.
+        self.running = Settings {
+            fixed: self.running.fixed.clone(),
+            ..new.clone()
+        };
+        self.running_tls = tls_new;
+        applied.sort();
+        applied.dedup();
+        Applied {
+            backends: change,
+            routes,
+            applied,
+            needs_restart,
+            tls,
+        }
+    }
+
+    /// The routes and their pools (backends, balancing, health, the backends' TLS client
+    /// config): the one step every worker sees through the router's next snapshot.
+    fn apply_routes(
+        &mut self,
+        new: &Settings,
+        tls_new: &crate::tls::Loaded,
+        applied: &mut Vec<String>,
+    ) -> RoutesChange {
         // Every route's spec and the backends' TLS go to the pools' next snapshots.
-        report::routes(&self.running.routes, &new.routes, &mut applied);
+        report::routes(&self.running.routes, &new.routes, applied);
         // The loaded client config (names, file contents) or how it is used.
         if tls_new.backend != self.running_tls.backend
             || new.tls_backend != self.running.tls_backend
@@ -175,23 +211,28 @@ impl Reloader {
                 tracing::info!(route = %r.name, "reload: health checks changed");
             }
         }
-        let mut change = Change::default();
-        for (_, c) in &routes.backends {
-            change.added.extend(&c.added);
-            change.removed.extend(&c.removed);
-        }
-        change.removed.extend(&routes.retired);
+        routes
+    }
+
+    /// The rebalancer's settings: handed to the rebalancer thread, whose next pass reads
+    /// them (no worker is told).
+    fn apply_rebalance(&self, new: &Settings, applied: &mut Vec<String>) {
         if new.rebalance != self.running.rebalance {
-            report::rebalance(self.running.rebalance, new.rebalance, &mut applied);
+            report::rebalance(self.running.rebalance, new.rebalance, applied);
             self.rebalance.set(new.rebalance);
             tracing::info!(
                 enabled = new.rebalance.is_some(),
                 "reload: rebalancing changed; its next pass uses it"
             );
         }
+    }
+
+    /// The per-client limits: stored in the admission every accept reads (no worker is
+    /// told).
+    fn apply_per_ip(&self, new: &Settings, applied: &mut Vec<String>) {
         if new.per_ip != self.running.per_ip {
             let l = new.per_ip;
-            report::per_ip(self.running.per_ip, l, &mut applied);
+            report::per_ip(self.running.per_ip, l, applied);
             self.admission.per_ip().configure(l);
             tracing::info!(
                 max_connections_per_ip = l.max_connections,
@@ -200,6 +241,11 @@ impl Reloader {
                 "reload: per-client limits changed; new connections are checked against them"
             );
         }
+    }
+
+    /// The removed backends join the retired list, with their close deadline, and every
+    /// worker is sent the list (the workers own the connections to close).
+    fn retire(&mut self, new: &Settings, change: &Change, applied: &mut Vec<String>) {
         // Read from `new` for the backends this reload removes (and later ones).
         if new.removed_backend_drain != self.running.removed_backend_drain {
             applied.push("timeouts.removed_backend_drain_ms".into());
@@ -244,6 +290,15 @@ impl Reloader {
             tracing::info!(backend = %addr, "reload: backend added");
         }
         self.workers.send(Control::Retire(self.retired.clone()));
+    }
+
+    /// The server certificates, swapped if they changed; whether they were.
+    fn apply_certificates(
+        &self,
+        new: &Settings,
+        tls_new: &crate::tls::Loaded,
+        applied: &mut Vec<String>,
+    ) -> bool {
         // Certificates: only while TLS stays on (turning it on or off needs a restart,
         // reported above as `tls`).
         if let (Some(old), Some(loaded), Some(certs)) = (
@@ -261,24 +316,9 @@ impl Reloader {
             }
             certs.replace(loaded.config.clone());
             applied.push("tls".into());
-            tls = true;
+            return true;
         }
-        // Everything but the fixed part: a reloadable field added to `Settings` is applied
-        // without anyone having to remember it here.
-        self.running = Settings {
-            fixed: self.running.fixed.clone(),
-            ..new.clone()
-        };
-        self.running_tls = tls_new;
-        applied.sort();
-        applied.dedup();
-        Applied {
-            backends: change,
-            routes,
-            applied,
-            needs_restart,
-            tls,
-        }
+        false
     }
 }
 

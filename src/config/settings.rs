@@ -163,7 +163,8 @@ fn connections_for_descriptors() -> usize {
 }
 
 impl Config {
-    /// Checks every field and resolves addresses. Returns all problems, not just the first.
+    /// Checks every field and resolves addresses. Returns all problems, not just the first,
+    /// in the order of the checks below (each section's own function).
     pub fn validate(&self) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
         let mut problem = |field: &str, message: String| {
@@ -173,15 +174,32 @@ impl Config {
                 at: None,
             })
         };
+        let listen = resolve(&self.listen).map_err(|e| problem("listen", e)).ok();
+        let admin = self.admin_address(&mut problem);
+        let routes = self.validate_routes(&mut problem);
+        let http = self.http.validate(&mut problem);
+        self.check_process(&mut problem);
+        self.check_timeouts(&mut problem);
+        self.check_buffers(&mut problem);
+        self.check_per_ip(&mut problem);
+        // Checked here (it needs no file); the files themselves are read by `tls::load`.
+        if !self.tls.enabled() && !self.tls.client_ca.is_empty() {
+            problem(
+                "tls.client_ca",
+                "set, but no certificate is configured (tls.cert and tls.key)".into(),
+            );
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(problems));
+        }
+        let fixed = self.fixed(listen.expect("checked above"), admin, http);
+        Ok(self.settings(routes, fixed))
+    }
 
-        let listen = match resolve(&self.listen) {
-            Ok(a) => Some(a),
-            Err(e) => {
-                problem("listen", e);
-                None
-            }
-        };
-        let admin = match self.admin.listen.as_str() {
+    /// `admin.listen` resolved (`None`: off, or refused). Separate because it is the one
+    /// address with a policy of its own: not loopback needs `admin.allow_remote`.
+    fn admin_address(&self, problem: &mut dyn FnMut(&str, String)) -> Option<SocketAddr> {
+        match self.admin.listen.as_str() {
             "" => None,
             a => match resolve(a) {
                 Ok(addr) if !addr.ip().is_loopback() && !self.admin.allow_remote => {
@@ -200,9 +218,11 @@ impl Config {
                     None
                 }
             },
-        };
-        let routes = self.validate_routes(&mut problem);
-        let http = self.http.validate(&mut problem);
+        }
+    }
+
+    /// The process's own shape: workers, the upgrade socket's path, the listen backlog.
+    fn check_process(&self, problem: &mut dyn FnMut(&str, String)) {
         if self.workers > 1024 {
             problem(
                 "workers",
@@ -222,6 +242,11 @@ impl Config {
         if self.backlog == 0 {
             problem("backlog", "must be at least 1".into());
         }
+    }
+
+    /// `[timeouts]` and `[keepalive]`: the times, each in its range and the keepalive pair
+    /// in order.
+    fn check_timeouts(&self, problem: &mut dyn FnMut(&str, String)) {
         let t = &self.timeouts;
         for (name, v) in [
             ("timeouts.client_handshake_ms", t.client_handshake_ms),
@@ -254,6 +279,11 @@ impl Config {
                 ),
             );
         }
+    }
+
+    /// `[limits]`' sizes: frames and messages, the request head, the relay's buffers and
+    /// the receive ring's.
+    fn check_buffers(&self, problem: &mut dyn FnMut(&str, String)) {
         let l = &self.limits;
         if l.max_frame_bytes > 0
             && l.max_message_bytes > 0
@@ -306,6 +336,11 @@ impl Config {
                 ),
             );
         }
+    }
+
+    /// `[limits]`' per-client fields: each in its range, and a burst only with a rate.
+    fn check_per_ip(&self, problem: &mut dyn FnMut(&str, String)) {
+        let l = &self.limits;
         for (name, v, max) in [
             (
                 "limits.max_connections_per_ip",
@@ -333,26 +368,24 @@ impl Config {
                 "a burst without handshake_rate_per_ip limits nothing".into(),
             );
         }
+    }
 
-        // Checked here (it needs no file); the files themselves are read by `tls::load`.
-        if !self.tls.enabled() && !self.tls.client_ca.is_empty() {
-            problem(
-                "tls.client_ca",
-                "set, but no certificate is configured (tls.cert and tls.key)".into(),
-            );
-        }
-
-        if !problems.is_empty() {
-            return Err(ConfigError::Invalid(problems));
-        }
-        let workers = if self.workers == 0 {
-            available_cores()
-        } else {
-            self.workers
-        };
-        let fixed = Fixed {
-            listen: listen.expect("checked above"),
-            workers,
+    /// The fixed settings, resolved from fields already checked (no problem can arise
+    /// here): machine-dependent defaults filled in, `0 = unlimited` turned into a bound.
+    fn fixed(
+        &self,
+        listen: SocketAddr,
+        admin: Option<SocketAddr>,
+        http: super::HttpSettings,
+    ) -> Fixed {
+        let (t, k, l) = (&self.timeouts, &self.keepalive, &self.limits);
+        Fixed {
+            listen,
+            workers: if self.workers == 0 {
+                available_cores()
+            } else {
+                self.workers
+            },
             io_driver: self.io_driver,
             backlog: self.backlog,
             defer_accept: self.defer_accept.then(|| {
@@ -402,7 +435,13 @@ impl Config {
             }),
             tls_enabled: self.tls.enabled(),
             http,
-        };
+        }
+    }
+
+    /// The reloadable settings around `fixed`, from the validated routes and fields
+    /// already checked.
+    fn settings(&self, routes: super::routes::Validated, fixed: Fixed) -> Settings {
+        let (t, l) = (&self.timeouts, &self.limits);
         // Backends written `wss://`, or all with `[tls_backend] enabled`: each carries its
         // name (`BackendSpec::tls`); `tls::load` loads the client config they share.
         let any_tls = routes
@@ -410,7 +449,7 @@ impl Config {
             .iter()
             .flat_map(|r| &r.backends)
             .any(|b| b.tls.is_some());
-        Ok(Settings {
+        Settings {
             routes: routes.routes,
             rebalance: routes.rebalance,
             sticky_secret: routes.sticky_secret,
@@ -428,7 +467,7 @@ impl Config {
                 },
             },
             fixed,
-        })
+        }
     }
 }
 
