@@ -4,7 +4,9 @@
 //! becomes a [`TlsStream`] (`stream.rs`).
 
 use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, Splitable};
+use monoio::io::{
+    AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt, OwnedReadHalf, OwnedWriteHalf, Splitable,
+};
 use monoio::net::TcpStream;
 use rustls::client::{ClientConnectionData, UnbufferedClientConnection};
 use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
@@ -97,25 +99,8 @@ pub async fn handshake<C: Unbuffered>(
         let mut done = false;
         match state {
             Err(e) => {
-                // Bytes that are not TLS from the first: a plain HTTP request gets a plain
-                // answer (`plain_http.rs`). Looked at only once rustls has refused them, so
-                // a handshake that goes well pays nothing for it. Then a FIN, or a RST if
-                // the client sent more than the first read took (room for a TLS record,
-                // 16 KiB and more; curl and browsers send a request head in one write).
-                if !started && let Some(answer) = C::not_tls_answer(&incoming) {
-                    let _ = wr.write_all(answer).await;
-                    let _ = wr.shutdown().await;
-                    return Err(HandshakeFailure::PlainHttp);
-                }
-                // rustls queued the alert that tells the peer why; send it, best effort.
-                // (The same bytes go back in: rustls's handshake deframer may still point
-                // into them, and a different buffer would be out of its bounds.)
-                let _ = discard;
-                flush_alert(&mut conn, &mut incoming, &mut outgoing);
-                if !outgoing.is_empty() {
-                    let _ = wr.write_all(outgoing).await;
-                }
-                return Err(HandshakeFailure::Tls(e));
+                let bytes = (&mut incoming, std::mem::take(&mut outgoing));
+                return Err(refuse(&mut wr, &mut conn, bytes, started, e).await);
             }
             Ok(ConnectionState::EncodeTlsData(mut e)) => encode(&mut e, &mut outgoing),
             Ok(ConnectionState::TransmitTlsData(t)) => {
@@ -162,27 +147,63 @@ pub async fn handshake<C: Unbuffered>(
             break;
         }
         if need_more {
-            if incoming.is_empty() && incoming.capacity() == 0 {
-                // A client that connects and says nothing holds no buffer.
-                ready(&rd).await.map_err(HandshakeFailure::Io)?;
-            }
-            let len = incoming.len();
-            if incoming.capacity() - len < 4096 {
-                incoming.reserve(RECORD_ROOM);
-            }
-            let cap = incoming.capacity();
-            let (res, slice) = rd.read(incoming.slice_mut(len..cap)).await;
-            incoming = slice.into_inner();
-            match res {
-                Ok(0) => return Err(HandshakeFailure::Closed),
-                Ok(_) => {}
-                Err(e) => return Err(HandshakeFailure::Io(e)),
-            }
+            read_more(&mut rd, &mut incoming).await?;
         }
     }
     Ok(TlsStream::established(
         rd, wr, conn, incoming, plain, outgoing,
     ))
+}
+
+/// A handshake rustls refused: bytes that are not TLS from the first get a plain answer
+/// (a plain HTTP request: `plain_http.rs`), looked at only now, so a handshake that goes
+/// well pays nothing for it; then a FIN, or a RST if the client sent more than the first
+/// read took (room for a TLS record, 16 KiB and more; curl and browsers send a request
+/// head in one write). Otherwise the alert rustls queued to tell the peer why goes out,
+/// best effort.
+async fn refuse<C: Unbuffered>(
+    wr: &mut OwnedWriteHalf<TcpStream>,
+    conn: &mut C,
+    (incoming, mut outgoing): (&mut Vec<u8>, Vec<u8>),
+    started: bool,
+    e: rustls::Error,
+) -> HandshakeFailure {
+    if !started && let Some(answer) = C::not_tls_answer(incoming) {
+        let _ = wr.write_all(answer).await;
+        let _ = wr.shutdown().await;
+        return HandshakeFailure::PlainHttp;
+    }
+    // The same bytes go back in: rustls's handshake deframer may still point into them,
+    // and a different buffer would be out of its bounds.
+    flush_alert(conn, incoming, &mut outgoing);
+    if !outgoing.is_empty() {
+        let _ = wr.write_all(outgoing).await;
+    }
+    HandshakeFailure::Tls(e)
+}
+
+/// Reads more of the handshake into `incoming`'s spare capacity (the kernel owns it until
+/// the read completes). A client that connects and says nothing holds no buffer: the read
+/// waits for readiness first.
+async fn read_more(
+    rd: &mut OwnedReadHalf<TcpStream>,
+    incoming: &mut Vec<u8>,
+) -> Result<(), HandshakeFailure> {
+    if incoming.is_empty() && incoming.capacity() == 0 {
+        ready(rd).await.map_err(HandshakeFailure::Io)?;
+    }
+    let len = incoming.len();
+    if incoming.capacity() - len < 4096 {
+        incoming.reserve(RECORD_ROOM);
+    }
+    let cap = incoming.capacity();
+    let (res, slice) = rd.read(std::mem::take(incoming).slice_mut(len..cap)).await;
+    *incoming = slice.into_inner();
+    match res {
+        Ok(0) => Err(HandshakeFailure::Closed),
+        Ok(_) => Ok(()),
+        Err(e) => Err(HandshakeFailure::Io(e)),
+    }
 }
 
 /// Encodes one handshake record into `out`, growing it as rustls asks.
