@@ -358,3 +358,60 @@ fn early_hints_before_100_continue_do_not_end_the_wait() {
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     assert!(answer.ends_with("HELLO"), "{answer}");
 }
+
+/// Issue 20: a plain request's access-log line has its status and its bytes each way (it
+/// said only `outcome=http`).
+#[test]
+fn a_plain_request_is_logged_with_its_status_and_bytes() {
+    const RESPONSE: &[u8] = b"HTTP/1.1 201 Created\r\nContent-Length: 4\r\n\r\ndone";
+    let backend = scripted_backend_raw(|mut s| {
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        let mut body = [0u8; 3];
+        if s.read_exact(&mut body).is_ok() {
+            let _ = s.write_all(RESPONSE);
+        }
+    });
+    let dir = test_dir("plain-access-log");
+    let path = dir.join("access.log");
+    let lb = balancer(&[backend], 1, |c| {
+        c.access_log.enabled = true;
+        c.access_log.path = path.to_string_lossy().into_owned();
+    });
+    let mut c = Peer::client(lb.local_addr);
+    c.send_raw(
+        b"POST /items?x=1 HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+    );
+    let answer = c.read_to_end();
+    assert!(answer.starts_with("HTTP/1.1 201 "), "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if let Some(l) = text.lines().find(|l| l.contains("outcome=http")) {
+            break l.to_string();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no outcome=http line in {text:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let field = |k: &str| {
+        line.split(' ')
+            .find_map(|kv| kv.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+            .to_string()
+    };
+    assert_eq!(field("status"), "201", "{line}");
+    assert_eq!(field("path"), "\"/items?x=1\"", "{line}");
+    // In: the head as forwarded (X-Forwarded-* added) and the 3-byte body; out: the head as
+    // the client got it and the 4-byte body.
+    let bytes_in: usize = field("bytes_in").parse().unwrap();
+    assert!(bytes_in > 3 + 40, "{line}");
+    let bytes_out: usize = field("bytes_out").parse().unwrap();
+    assert_eq!(bytes_out, answer.len(), "{line}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

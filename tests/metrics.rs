@@ -258,6 +258,10 @@ fn the_access_log_has_a_line_per_connection() {
     assert_eq!(relayed["close"]["by"], "client");
     let rejected = lines.iter().find(|l| l["outcome"] != "relayed").unwrap();
     assert_eq!(rejected["outcome"], "bad_request_426");
+    assert_eq!(
+        rejected["status"], 426,
+        "wslb's own answer is the line's status"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
