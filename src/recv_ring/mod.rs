@@ -29,38 +29,50 @@
 //! re-armed once its pump has taken them, so a slow peer's bytes wait in its socket, as
 //! with a plain read, not in the worker's shared buffers. A receive that finds the ring
 //! empty ends with `ENOBUFS`; its slot is re-armed as buffers come back.
+//!
+//! # Files
+//! Each owns its types and their impls; none reaches into another's fields.
+//! - `mod.rs`: [`RecvRing`], the whole public API, and what joins the parts: reaping
+//!   completions into the slots, pausing, starving and re-arming receives, the ring's
+//!   phase (running, quiet for a trim, retired), the trim itself and the ring's drop.
+//! - `source.rs`: what a relay pump holds: its [`Source`], the [`Chunk`]s it takes,
+//!   [`Next`].
+//! - `slots.rs`: the table of sources: per slot its socket, what its pump wants, whether
+//!   a receive is in flight, how it ended, its queued chunks; the free and starved lists.
+//!   Bookkeeping, no kernel.
+//! - `uring.rs`: the ring's own io_uring: built, a receive or a cancel queued, the submit
+//!   that leaves nothing queued, completions copied out.
+//! - `provided.rs`: the buffers and the ring of their ids the kernel picks from.
+//! - `quiet.rs`: ending every receive and waiting for their last completions (a trim, a
+//!   retire, the ring's drop).
+//! - `tests/`: against the real kernel; `tests/trim.rs` is the trim race (issue 19).
 
 use std::cell::{Cell, RefCell};
+use std::future::Future;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::fd::{FromRawFd, RawFd};
 use std::rc::Rc;
-use std::task::Waker;
-
 use std::sync::Arc;
+use std::task::Poll;
 
-use io_uring::{IoUring, cqueue, opcode};
+use io_uring::cqueue;
 
 use crate::metrics::{Event, WorkerStats};
 
 mod provided;
+mod quiet;
+mod slots;
 mod source;
-mod submit;
-mod trim;
+mod uring;
 use provided::Provided;
-pub use source::{Chunk, Source};
+use slots::{Ended, Queued, Slots};
+pub use source::{Chunk, Next, Source};
+use uring::{CANCEL, Completion, Uring};
 
-/// The buffer group id of the ring's buffers (one group per ring).
-const GROUP: u16 = 0;
 /// Chunks a slot may hold before its receive is paused (see "Backpressure").
 const PAUSE_AT: u16 = 8;
 /// Completions reaped per pass (on the stack: reaping allocates nothing).
 const BATCH: usize = 64;
-/// `user_data` of cancel requests, whose own completions say nothing.
-const CANCEL: u64 = u64::MAX;
-/// [`Slot::end`] of a source that has not ended.
-const OPEN: i32 = 1;
-/// End of a slot's chunk list.
-const NIL: u16 = u16::MAX;
 
 /// A worker's receive ring; cheap to clone (an `Rc`).
 #[derive(Clone)]
@@ -75,15 +87,13 @@ impl std::fmt::Debug for RecvRing {
     }
 }
 
+/// The parts, and what joins them: reaping completions into the slots, pausing, starving
+/// and re-arming receives, and the ring's phase.
 struct Inner {
-    ring: RefCell<IoUring>,
+    /// Declared before `bufs`: the ring closes before the buffers may be unmapped.
+    uring: Uring,
     bufs: Provided,
-    slots: RefCell<Vec<Slot>>,
-    free: RefCell<Vec<u32>>,
-    /// Per buffer id: the bytes its completion brought, and the next chunk of its slot.
-    chunks: RefCell<Vec<(u32, u16)>>,
-    /// Slots whose receive ended with `ENOBUFS`, to re-arm as buffers come back.
-    starved: RefCell<Vec<u32>>,
+    slots: RefCell<Slots>,
     /// Whether receives may be (re-)armed.
     phase: Cell<Phase>,
     /// Bytes received when the pages were last given back: while that is unchanged no
@@ -106,43 +116,6 @@ enum Phase {
     Retired,
 }
 
-/// What a slot's pump wants of its receive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Want {
-    /// Keep receiving.
-    Run,
-    /// Paused: re-arm once the pump has taken the chunks.
-    Pause,
-    /// Stop for good: the pump goes back to its own buffers.
-    Stop,
-    /// The relay closed its [`Source`]: the slot is freed once no receive is in flight.
-    Closed,
-}
-
-struct Slot {
-    waker: Option<Waker>,
-    fd: RawFd,
-    head: u16,
-    tail: u16,
-    queued: u16,
-    want: Want,
-    /// A receive is in flight (its last completion, without `IORING_CQE_F_MORE`, is not
-    /// reaped yet).
-    armed: bool,
-    /// The source ended: 0 for its end of stream, or a negative errno; [`OPEN`] while it
-    /// has not (a plain `i32`: with an `Option` the slot would not fit 32 bytes).
-    end: i32,
-}
-
-/// What a source's next step is.
-pub enum Next {
-    Chunk(Chunk),
-    /// End of stream (`Ok`) or a receive error.
-    End(io::Result<()>),
-    /// The receive stopped as asked ([`Source::stop`]): read the socket directly now.
-    Stopped,
-}
-
 impl RecvRing {
     /// A ring of `buffers` (a power of two) buffers of `buffer_bytes` each. Fails where the
     /// kernel has no io_uring or no buffer rings (before 5.19) or multishot receives.
@@ -159,54 +132,20 @@ impl RecvRing {
         stats: Arc<WorkerStats>,
         coop: bool,
     ) -> io::Result<Self> {
-        // Cooperative task running, as the worker's monoio ring (`worker::build_uring`):
-        // a completion's work waits for this thread's next entry into the kernel (or wakes
-        // it if it sleeps) instead of interrupting it. Without it, every receive landing
-        // while the thread runs cost an inter-processor interrupt (2.6% of the proxy's CPU
-        // in `irqentry_exit_to_user_mode` at 100 x 64 B).
-        let build = |cooperative: bool| {
-            let mut b = IoUring::builder();
-            // Every completion with data holds a buffer, so twice the buffers leaves room
-            // for the ends; and the kernel wants at least the submission queue's 256.
-            b.setup_cqsize((u32::from(buffers) * 2).max(256))
-                .setup_single_issuer();
-            if cooperative {
-                b.setup_coop_taskrun();
-            }
-            b.build(256)
-        };
-        let ring = if coop {
-            build(true).or_else(|_| build(false))
-        } else {
-            build(false)
-        }?;
-        // A multishot receive is `IORING_OP_RECV` with a flag, so probing its opcode says
-        // nothing (5.19 has it, and buffer rings, but fails every multishot receive with
-        // EINVAL). Both came in 6.0 with `IORING_OP_SEND_ZC`, which the probe does tell.
-        let mut probe = io_uring::Probe::new();
-        ring.submitter().register_probe(&mut probe)?;
-        if !probe.is_supported(opcode::SendZc::CODE) {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "no multishot receives (Linux 6.0)",
-            ));
-        }
+        let uring = Uring::new(buffers, coop)?;
         let bufs = Provided::new(buffers, buffer_bytes)?;
         // SAFETY: the buffer ring's memory is `bufs`' ring mapping, which must stay mapped
-        // while the kernel holds it: `bufs` goes into the `Inner` built right below (if
-        // this fails, nothing was registered), and `Drop for Inner` unregisters the ring
-        // before its fields drop, or keeps the mapping if it cannot.
+        // while the kernel holds it, and its entries name `bufs`' buffers: `bufs` goes into
+        // the `Inner` built right below (if this fails, nothing was registered), and `Drop
+        // for Inner` ends every receive and unregisters the ring before its fields drop,
+        // or keeps both mappings if it cannot.
         unsafe {
-            ring.submitter()
-                .register_buf_ring(bufs.ring_addr(), buffers, GROUP)?;
+            uring.register_buf_ring(bufs.ring_addr(), buffers)?;
         }
         Ok(Self(Rc::new(Inner {
-            ring: RefCell::new(ring),
-            chunks: RefCell::new(vec![(0, NIL); usize::from(buffers)]),
+            uring,
             bufs,
-            slots: RefCell::default(),
-            free: RefCell::default(),
-            starved: RefCell::default(),
+            slots: RefCell::new(Slots::new(buffers)),
             phase: Cell::new(Phase::Running),
             trimmed_at: Cell::new(None),
             stats,
@@ -230,39 +169,17 @@ impl RecvRing {
     /// the kernel with the next [`RecvRing::submit`] (a relay opens both of its sources,
     /// then submits once).
     pub fn open(&self, fd: RawFd) -> Option<Source> {
-        let free = self.0.free.borrow_mut().pop();
-        let id = {
-            let mut slots = self.0.slots.borrow_mut();
-            match free {
-                Some(id) => {
-                    // A free slot is closed and has no receive in flight (its last
-                    // completion was reaped): nothing of its old source can reach it.
-                    let old = &slots[id as usize];
-                    debug_assert!(old.want == Want::Closed && !old.armed);
-                    slots[id as usize] = Slot::new(fd);
-                    id
-                }
-                None => {
-                    slots.push(Slot::new(fd));
-                    (slots.len() - 1) as u32
-                }
-            }
-        };
+        let id = self.0.slots.borrow_mut().open(fd);
         if self.0.arm_deferred(id).is_err() {
-            // Closed before it goes back to the free list, so that nothing re-arms it (a
-            // trim re-arms open slots that want to run; its socket is read elsewhere now).
-            self.0.slots.borrow_mut()[id as usize].want = Want::Closed;
-            self.0.free.borrow_mut().push(id);
+            self.0.slots.borrow_mut().abandon(id);
             return None;
         }
-        Some(Source(
-            std::num::NonZeroU32::new(id + 1).expect("slot ids stay below u32::MAX"),
-        ))
+        Some(Source::new(id))
     }
 
     /// Submits what is queued (see [`RecvRing::open`]).
     pub fn submit(&self) {
-        self.0.submit_logged();
+        self.0.uring.submit_logged();
     }
 
     /// Reaps completions whenever the ring has some, for as long as the worker runs.
@@ -271,7 +188,7 @@ impl RecvRing {
         // The ring's descriptor is readable while completions wait. A duplicate, so that
         // the stream wrapping it (monoio waits on streams) closes only its own descriptor.
         // SAFETY: `dup` of a descriptor this ring owns; the new one is owned by `poller`.
-        let fd = unsafe { libc::dup(self.0.ring.borrow().as_raw_fd()) };
+        let fd = unsafe { libc::dup(self.0.uring.fd()) };
         if fd < 0 {
             tracing::error!("receive ring: dup: {}", io::Error::last_os_error());
             return;
@@ -293,6 +210,48 @@ impl RecvRing {
                 return;
             }
         }
+    }
+
+    /// The next chunk of `src`, or how its receive ended.
+    pub fn next<'a>(&'a self, src: &'a Source) -> impl Future<Output = Next> + 'a {
+        let id = src.id();
+        std::future::poll_fn(move |cx| {
+            let chunk = self.pop(id);
+            self.0.resume_if_drained(id);
+            if let Some(c) = chunk {
+                return Poll::Ready(Next::Chunk(c));
+            }
+            self.0.slots.borrow_mut().poll_end(id, cx.waker())
+        })
+    }
+
+    /// Stops `src`'s receive for good (a frame too large for the ring's buffers): chunks
+    /// already received still come, then [`Next::Stopped`].
+    pub fn stop(&self, src: &Source) {
+        let id = src.id();
+        let Some(cancel) = self.0.slots.borrow_mut().stop(id) else {
+            return;
+        };
+        self.0.stats.count(Event::RecvLargeFrame);
+        if cancel {
+            self.0.uring.cancel(id);
+        }
+    }
+
+    /// The relay is done with `src`: what is queued goes back to the ring, a receive still
+    /// in flight is cancelled, and the slot is free once its last completion is reaped.
+    pub fn close(&self, src: Source) {
+        let id = src.id();
+        while let Some(c) = self.pop(id) {
+            drop(c);
+        }
+        let cancel = self.0.slots.borrow_mut().close(id);
+        if cancel {
+            self.0.uring.cancel(id);
+        }
+        // The relay closes the socket next, so nothing naming its descriptor may stay in
+        // the submission queue (see `Uring::submit`).
+        self.0.uring.flush();
     }
 
     /// The worker is ending: every receive is ended for good (bytes not yet received stay
@@ -321,22 +280,56 @@ impl RecvRing {
     /// and a re-arm per open source, once per idle spell of the worker (the worker trims
     /// only after a quiet spell, see `worker::trim_when_idle`).
     pub fn trim(&self) -> bool {
-        self.0.trim()
-    }
-}
-
-impl Slot {
-    fn new(fd: RawFd) -> Self {
-        Self {
-            waker: None,
-            fd,
-            head: NIL,
-            tail: NIL,
-            queued: 0,
-            want: Want::Run,
-            armed: false,
-            end: OPEN,
+        let r = &self.0;
+        r.reap();
+        if r.bufs.free() != u32::from(r.bufs.entries()) {
+            return false;
         }
+        if r.trimmed_at.get() == Some(r.stats.ring_bytes()) {
+            return true;
+        }
+        if r.phase.get() == Phase::Retired {
+            return false;
+        }
+        r.phase.set(Phase::Quiet);
+        let ended = r.end_every_receive();
+        // SAFETY: `Provided::trim`'s contract: when `ended`, every receive of this ring has
+        // posted its last completion and it was reaped (the request no longer exists, so
+        // nothing can select or fill a buffer, io_uring's documented meaning of a
+        // completion without `IORING_CQE_F_MORE`), and every completion naming a buffer
+        // was reaped with them (a request posts its last completion after every other).
+        // Only this ring's requests use its buffer group. `Provided::trim` itself checks
+        // that no buffer is out (no `Chunk` refers to one).
+        #[allow(unsafe_code)]
+        let trimmed = ended && unsafe { r.bufs.trim() };
+        if trimmed {
+            r.trimmed_at.set(Some(r.stats.ring_bytes()));
+        }
+        r.phase.set(Phase::Running);
+        r.rearm_ended();
+        trimmed
+    }
+
+    /// Takes the first chunk queued on slot `id`.
+    fn pop(&self, id: u32) -> Option<Chunk> {
+        let (bid, len) = self.0.slots.borrow_mut().pop(id)?;
+        Some(Chunk::new(self.clone(), bid, len))
+    }
+
+    /// The bytes of a chunk (see [`Chunk::bytes`]): `len` bytes of buffer `bid`.
+    fn chunk_bytes(&self, bid: u16, len: u32) -> &[u8] {
+        self.0.bufs.bytes(bid, len)
+    }
+
+    /// A chunk is dropped: buffer `bid` goes back to the ring.
+    fn give_back(&self, bid: u16) {
+        self.0.give(bid);
+    }
+
+    /// The slots, for the tests to look at.
+    #[cfg(test)]
+    fn slots(&self) -> std::cell::Ref<'_, Slots> {
+        self.0.slots.borrow()
     }
 }
 
@@ -345,22 +338,9 @@ impl Inner {
     /// [`BATCH`] at a time copied out of the queue first (handing one over may queue a
     /// request, which needs the ring).
     fn reap(&self) {
-        let mut batch = [(0u64, 0i32, 0u32); BATCH];
+        let mut batch: [Completion; BATCH] = [(0, 0, 0); BATCH];
         loop {
-            let n = {
-                let mut ring = self.ring.borrow_mut();
-                if ring.submission().cq_overflow() {
-                    // Completions the queue had no room for wait in the kernel; entering
-                    // the ring moves them into it.
-                    let _ = ring.submit_and_wait(0);
-                }
-                let mut n = 0;
-                for (slot, c) in batch.iter_mut().zip(ring.completion()) {
-                    *slot = (c.user_data(), c.result(), c.flags());
-                    n += 1;
-                }
-                n
-            };
+            let n = self.uring.completions(&mut batch);
             if n == 0 {
                 return;
             }
@@ -375,8 +355,6 @@ impl Inner {
 
     fn complete(&self, id: u32, res: i32, flags: u32) {
         let more = cqueue::more(flags);
-        let mut slots = self.slots.borrow_mut();
-        let s = &mut slots[id as usize];
         if let Some(bid) = cqueue::buffer_select(flags) {
             self.bufs.taken();
             if res > 0 {
@@ -384,58 +362,36 @@ impl Inner {
                 // buffer, which the trim's "nothing received since" check relies on.)
                 self.stats.ring_received(res as u64);
             }
-            if s.want == Want::Closed || res <= 0 {
+            if res <= 0 {
                 self.bufs.give(bid);
             } else {
-                let mut chunks = self.chunks.borrow_mut();
-                chunks[usize::from(bid)] = (res as u32, NIL);
-                if s.tail == NIL {
-                    s.head = bid;
-                } else {
-                    chunks[usize::from(s.tail)].1 = bid;
-                }
-                s.tail = bid;
-                s.queued += 1;
-                if s.queued >= PAUSE_AT && s.want == Want::Run && more {
-                    s.want = Want::Pause;
-                    self.stats.count(Event::RecvPaused);
-                    drop(chunks);
-                    drop(slots);
-                    self.cancel(id);
-                    slots = self.slots.borrow_mut();
+                let queued = self.slots.borrow_mut().queue(id, bid, res as u32, more);
+                match queued {
+                    Queued::Closed => self.bufs.give(bid),
+                    Queued::Yes => {}
+                    Queued::Pause => {
+                        self.stats.count(Event::RecvPaused);
+                        self.uring.cancel(id);
+                    }
                 }
             }
         }
-        let s = &mut slots[id as usize];
         if !more {
-            s.armed = false;
-            if res == -libc::ENOBUFS {
-                if s.want == Want::Run {
-                    self.starved.borrow_mut().push(id);
-                    self.stats.count(Event::RecvStarved);
+            let ended = self.slots.borrow_mut().ended(id, res);
+            match ended {
+                Ended::Starved => self.stats.count(Event::RecvStarved),
+                Ended::Unasked if self.phase.get() == Phase::Running => {
+                    // The kernel ended the receive for its own reasons (a full completion
+                    // queue): it carries on (after a trim, if one is ending every receive).
+                    if let Err(e) = self.arm(id) {
+                        self.fail(id, &e);
+                    }
                 }
-            } else if res == 0 {
-                s.end = 0;
-            } else if res < 0 && res != -libc::ECANCELED {
-                s.end = res;
-            } else if res > 0 && s.want == Want::Run && self.phase.get() == Phase::Running {
-                // The kernel ended the receive for its own reasons (a full completion
-                // queue): it carries on (after a trim, if one is ending every receive).
-                drop(slots);
-                if let Err(e) = self.arm(id) {
-                    self.fail(id, &e);
-                }
-                slots = self.slots.borrow_mut();
-            }
-            let s = &mut slots[id as usize];
-            if s.want == Want::Closed && !s.armed {
-                drop(slots);
-                self.free.borrow_mut().push(id);
-                return;
+                Ended::Freed => return,
+                Ended::Unasked | Ended::Other => {}
             }
         }
-        let waker = slots[id as usize].waker.take();
-        drop(slots);
+        let waker = self.slots.borrow_mut().take_waker(id);
         if let Some(w) = waker {
             w.wake();
         }
@@ -467,14 +423,10 @@ impl Inner {
         let mut room = self.bufs.free();
         let mut armed = false;
         while room > 0 {
-            let Some(id) = self.starved.borrow_mut().pop() else {
+            let Some(id) = self.slots.borrow_mut().pop_starved() else {
                 break;
             };
-            let due = {
-                let s = &self.slots.borrow()[id as usize];
-                s.want == Want::Run && !s.armed && s.end == OPEN
-            };
-            if !due {
+            if !self.slots.borrow().due(id) {
                 continue;
             }
             match self.arm_deferred(id) {
@@ -486,62 +438,62 @@ impl Inner {
             }
         }
         if armed {
-            self.submit_logged();
+            self.uring.submit_logged();
         }
+    }
+
+    /// Re-arms every receive a trim ended (and any starved one: every buffer is free).
+    fn rearm_ended(&self) {
+        let due = self.slots.borrow().all_due();
+        for &id in &due {
+            if let Err(e) = self.arm_deferred(id) {
+                self.fail(id, &e);
+            }
+        }
+        if !due.is_empty() {
+            self.uring.submit_logged();
+        }
+    }
+
+    /// Re-arms a paused slot once its last receive has ended and its pump has taken every
+    /// chunk (see "Backpressure"). A failed re-arm ends the source with its error.
+    fn resume_if_drained(&self, id: u32) {
+        let arm = self.slots.borrow_mut().resume_if_drained(id);
+        if arm && let Err(e) = self.arm(id) {
+            self.fail(id, &e);
+        }
+    }
+
+    /// Submits a multishot receive for slot `id`.
+    fn arm(&self, id: u32) -> io::Result<()> {
+        self.arm_deferred(id)?;
+        self.uring.submit()
+    }
+
+    /// Queues a multishot receive for slot `id`, for the next submit.
+    fn arm_deferred(&self, id: u32) -> io::Result<()> {
+        if self.phase.get() == Phase::Retired {
+            // Tasks still run after `retire` (a pump resuming, a relay opening its source):
+            // none may arm a receive that could refill a buffer an abandoned write reads.
+            return Err(io::Error::other("the receive ring is retired"));
+        }
+        let fd = self.slots.borrow_mut().arming(id);
+        (self.uring.queue_recv(fd, id)).inspect_err(|_| self.slots.borrow_mut().not_armed(id))
     }
 
     /// Slot `id`'s receive could not be armed: its source ends with that error.
     fn fail(&self, id: u32, e: &io::Error) {
-        let waker = {
-            let mut slots = self.slots.borrow_mut();
-            let s = &mut slots[id as usize];
-            s.end = -e.raw_os_error().unwrap_or(libc::EIO);
-            s.waker.take()
-        };
+        let errno = e.raw_os_error().unwrap_or(libc::EIO);
+        let waker = self.slots.borrow_mut().fail(id, errno);
         if let Some(w) = waker {
             w.wake();
         }
     }
-}
 
-impl RecvRing {
-    /// Takes the first chunk queued on slot `id`.
-    fn pop(&self, id: u32) -> Option<Chunk> {
-        let mut slots = self.0.slots.borrow_mut();
-        let s = &mut slots[id as usize];
-        if s.head == NIL {
-            return None;
-        }
-        let bid = s.head;
-        let (len, next) = self.0.chunks.borrow()[usize::from(bid)];
-        s.head = next;
-        if next == NIL {
-            s.tail = NIL;
-        }
-        s.queued -= 1;
-        Some(Chunk {
-            ring: self.clone(),
-            bid,
-            len,
-        })
-    }
-
-    /// Re-arms a paused slot.
-    /// Re-arms a paused slot once its last receive has ended and its pump has taken every
-    /// chunk (see "Backpressure"). A failed re-arm ends the source with its error.
-    fn resume_if_drained(&self, id: u32) {
-        let arm = {
-            let mut slots = self.0.slots.borrow_mut();
-            let s = &mut slots[id as usize];
-            let drained = s.want == Want::Pause && !s.armed && s.queued == 0;
-            if drained {
-                s.want = Want::Run;
-            }
-            drained && s.end == OPEN
-        };
-        if arm && let Err(e) = self.0.arm(id) {
-            self.0.fail(id, &e);
-        }
+    /// Cancels every receive and waits for their last completions (see `quiet.rs`): true
+    /// once none is in flight.
+    fn end_every_receive(&self) -> bool {
+        quiet::end_every_receive(&self.uring, &self.slots, || self.reap())
     }
 }
 
@@ -552,14 +504,12 @@ impl Drop for Inner {
     /// abandoned writes still read its buffers: they stay mapped.
     fn drop(&mut self) {
         // The worker's runtime may be going away: no task is woken from here on.
-        for s in self.slots.get_mut().iter_mut() {
-            s.waker = None;
-        }
+        self.slots.get_mut().forget_wakers();
         if self.phase.replace(Phase::Retired) != Phase::Retired {
             self.bufs.keep();
         }
         let ended = self.end_every_receive();
-        let unregistered = self.ring.get_mut().submitter().unregister_buf_ring(GROUP);
+        let unregistered = self.uring.unregister_buf_ring();
         if !ended || unregistered.is_err() {
             tracing::warn!(
                 "receive ring: receives still in flight at its end ({unregistered:?}): its \
@@ -569,9 +519,6 @@ impl Drop for Inner {
         }
     }
 }
-
-/// Every relay direction on the ring has a slot: 9,900 idle connections hold 19,800.
-const _: () = assert!(std::mem::size_of::<Slot>() <= 32);
 
 #[cfg(test)]
 mod tests;

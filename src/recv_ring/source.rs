@@ -1,12 +1,9 @@
-//! One relay direction's side of the ring: its [`Source`] (the slot the pump holds), the
-//! wait for its next [`Chunk`], and the chunk itself, a provided buffer out of the ring.
+//! What a relay pump holds of the ring: its [`Source`] (a slot id), the [`Chunk`]s it
+//! takes (a provided buffer out of the ring each), and [`Next`], what waiting gives it.
 
-use std::future::Future;
 use std::io;
-use std::task::Poll;
 
-use super::{Next, OPEN, RecvRing, Want};
-use crate::metrics::Event;
+use super::RecvRing;
 
 /// One socket's receive through the ring, held by the relay pump reading it: its slot,
 /// 4 bytes, since every idle connection carries two. It has no `Drop`: the relay hands it
@@ -15,104 +12,49 @@ use crate::metrics::Event;
 /// left).
 #[must_use]
 #[derive(Debug)]
-pub struct Source(pub(super) std::num::NonZeroU32);
+pub struct Source(std::num::NonZeroU32);
 
 impl Source {
+    pub(super) fn new(id: u32) -> Self {
+        Self(std::num::NonZeroU32::new(id + 1).expect("slot ids stay below u32::MAX"))
+    }
+
     pub(super) fn id(&self) -> u32 {
         self.0.get() - 1
     }
 }
 
-impl RecvRing {
-    /// The next chunk of `src`, or how its receive ended.
-    pub fn next<'a>(&'a self, src: &'a Source) -> impl Future<Output = Next> + 'a {
-        let id = src.id();
-        std::future::poll_fn(move |cx| {
-            let chunk = self.pop(id);
-            self.resume_if_drained(id);
-            if let Some(c) = chunk {
-                return Poll::Ready(Next::Chunk(c));
-            }
-            let mut slots = self.0.slots.borrow_mut();
-            let s = &mut slots[id as usize];
-            if s.end != OPEN {
-                return Poll::Ready(Next::End(match s.end {
-                    0 => Ok(()),
-                    e => Err(io::Error::from_raw_os_error(-e)),
-                }));
-            }
-            // (`Closed` cannot be seen here: `close` takes the source.)
-            if !s.armed && matches!(s.want, Want::Stop | Want::Closed) {
-                return Poll::Ready(Next::Stopped);
-            }
-            s.waker = Some(cx.waker().clone());
-            Poll::Pending
-        })
-    }
-
-    /// Stops `src`'s receive for good (a frame too large for the ring's buffers): chunks
-    /// already received still come, then [`Next::Stopped`].
-    pub fn stop(&self, src: &Source) {
-        let id = src.id();
-        let cancel = {
-            let mut slots = self.0.slots.borrow_mut();
-            let s = &mut slots[id as usize];
-            if s.want == Want::Stop {
-                // Asked already (by an earlier chunk of the same large frame).
-                return;
-            }
-            let was = std::mem::replace(&mut s.want, Want::Stop);
-            // A pause's cancel is already on its way.
-            s.armed && was != Want::Pause
-        };
-        self.0.stats.count(Event::RecvLargeFrame);
-        if cancel {
-            self.0.cancel(id);
-        }
-    }
-
-    /// The relay is done with `src`: what is queued goes back to the ring, a receive still
-    /// in flight is cancelled, and the slot is free once its last completion is reaped.
-    pub fn close(&self, src: Source) {
-        let id = src.id();
-        while let Some(c) = self.pop(id) {
-            drop(c);
-        }
-        let (armed, was) = {
-            let mut slots = self.0.slots.borrow_mut();
-            let s = &mut slots[id as usize];
-            s.waker = None;
-            (s.armed, std::mem::replace(&mut s.want, Want::Closed))
-        };
-        if !armed {
-            self.0.free.borrow_mut().push(id);
-        } else if was == Want::Run {
-            // A pause's or a stop's cancel is already on its way.
-            self.0.cancel(id);
-        }
-        // The relay closes the socket next, so nothing naming its descriptor may stay in
-        // the submission queue (see `Inner::submit`).
-        self.0.flush();
-    }
+/// What a source's next step is.
+pub enum Next {
+    Chunk(Chunk),
+    /// End of stream (`Ok`) or a receive error.
+    End(io::Result<()>),
+    /// The receive stopped as asked ([`RecvRing::stop`]): read the socket directly now.
+    Stopped,
 }
 
 /// Bytes one completion put in a provided buffer; puts the buffer back in the ring when
 /// dropped. A write op takes it as its buffer (monoio's `IoBuf`).
 pub struct Chunk {
-    pub(super) ring: RecvRing,
-    pub(super) bid: u16,
-    pub(super) len: u32,
+    ring: RecvRing,
+    bid: u16,
+    len: u32,
 }
 
 impl Chunk {
+    /// Buffer `bid` of `ring`, out of the ring since a completion put `len` bytes in it.
+    pub(super) fn new(ring: RecvRing, bid: u16, len: u32) -> Self {
+        Self { ring, bid, len }
+    }
+
     pub fn bytes(&self) -> &[u8] {
-        self.ring.0.bufs.bytes(self.bid, self.len)
+        self.ring.chunk_bytes(self.bid, self.len)
     }
 }
 
 impl Drop for Chunk {
     fn drop(&mut self) {
-        self.ring.0.give(self.bid);
+        self.ring.give_back(self.bid);
     }
 }
 

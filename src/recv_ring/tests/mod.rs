@@ -19,7 +19,8 @@ use std::time::Duration;
 use monoio::io::AsyncWriteRentExt;
 use socket2::SockRef;
 
-use super::{Chunk, Next, PAUSE_AT, RecvRing, Source, Want};
+use super::slots::Want;
+use super::{Chunk, Next, PAUSE_AT, RecvRing, Source};
 use crate::metrics::{Event, WorkerStats};
 
 /// How long any one wait may take before the test fails.
@@ -101,11 +102,8 @@ fn pattern_at(seed: u32, from: usize, len: usize) -> Vec<u8> {
 /// The source's next step, failing the test if none comes within [`WAIT`].
 async fn next(ring: &RecvRing, src: &Source) -> Next {
     let Ok(n) = monoio::time::timeout(WAIT, ring.next(src)).await else {
-        let (armed, want) = {
-            let s = &ring.0.slots.borrow()[src.id() as usize];
-            (s.armed, s.want)
-        };
-        let starved = ring.0.starved.borrow().len();
+        let (armed, want, _) = ring.slots().state(src.id());
+        let starved = ring.slots().starved();
         let full = ring.trim();
         panic!("nothing came: armed {armed}, {want:?}, {starved} starved, all buffers in {full}")
     };
@@ -291,11 +289,9 @@ fn unread_source_pauses_and_fills_its_socket() {
         }
         assert!(stats.events(Event::RecvPaused) >= 1, "no pause counted");
         assert_eq!(stats.events(Event::RecvStarved), 0, "starved, not paused");
-        {
-            let s = &ring.0.slots.borrow()[src.id() as usize];
-            assert_eq!(s.want, Want::Pause);
-            assert!(s.queued >= PAUSE_AT && s.queued < 64, "{} queued", s.queued);
-        }
+        let (_, want, queued) = ring.slots().state(src.id());
+        assert_eq!(want, Want::Pause);
+        assert!((PAUSE_AT..64).contains(&queued), "{queued} queued");
         let mut got = Vec::new();
         while got.len() < data.len() {
             sent += write(&mut peer, &data[sent..(sent + 4096).min(data.len())]);
@@ -404,13 +400,7 @@ fn closed_slots_are_reused_and_leak_no_buffer() {
         ring.close(d);
         monoio::time::sleep(Duration::from_millis(20)).await;
         assert!(ring.trim(), "buffers leaked by closed sources");
-        assert!(
-            ring.0
-                .slots
-                .borrow()
-                .iter()
-                .all(|s| s.want == Want::Closed && !s.armed)
-        );
+        assert!(ring.slots().all_free());
     });
 }
 
