@@ -90,7 +90,11 @@ impl std::fmt::Debug for RecvRing {
 /// The parts, and what joins them: reaping completions into the slots, pausing, starving
 /// and re-arming receives, and the ring's phase.
 struct Inner {
-    /// Declared before `bufs`: the ring closes before the buffers may be unmapped.
+    /// Declared before `bufs`, so it drops first: belt and braces only. What keeps the
+    /// kernel from writing into unmapped buffers is `Drop for Inner`, which unmaps only
+    /// once every receive has ended and the buffer ring is unregistered (and otherwise
+    /// keeps the mapping): the ring's file may outlive this `IoUring` (a dup'd descriptor
+    /// monoio polls), and its teardown in the kernel is asynchronous.
     uring: Uring,
     bufs: Provided,
     slots: RefCell<Slots>,
@@ -221,7 +225,9 @@ impl RecvRing {
             if let Some(c) = chunk {
                 return Poll::Ready(Next::Chunk(c));
             }
-            self.0.slots.borrow_mut().poll_end(id, cx.waker())
+            let (poll, old) = self.0.slots.borrow_mut().poll_end(id, cx.waker());
+            drop(old);
+            poll
         })
     }
 
@@ -245,7 +251,8 @@ impl RecvRing {
         while let Some(c) = self.pop(id) {
             drop(c);
         }
-        let cancel = self.0.slots.borrow_mut().close(id);
+        let (cancel, waker) = self.0.slots.borrow_mut().close(id);
+        drop(waker);
         if cancel {
             self.0.uring.cancel(id);
         }

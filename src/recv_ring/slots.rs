@@ -237,20 +237,24 @@ impl Slots {
 
     /// How slot `id`'s source ended, or that its receive stopped as asked; otherwise
     /// `Pending`, and `waker` is woken by the slot's next completion.
-    pub(super) fn poll_end(&mut self, id: u32, waker: &Waker) -> Poll<Next> {
+    ///
+    /// Pending: the waker it replaced comes back with it, for the caller to drop once the
+    /// slots are no longer borrowed (dropping a task's last waker may drop its future, and
+    /// with it a `Chunk` whose drop borrows the slots again).
+    pub(super) fn poll_end(&mut self, id: u32, waker: &Waker) -> (Poll<Next>, Option<Waker>) {
         let s = &mut self.slots[id as usize];
         if s.end != OPEN {
-            return Poll::Ready(Next::End(match s.end {
+            let end = Next::End(match s.end {
                 0 => Ok(()),
                 e => Err(io::Error::from_raw_os_error(-e)),
-            }));
+            });
+            return (Poll::Ready(end), None);
         }
         // (`Closed` cannot be seen here: `close` takes the source.)
         if !s.armed && matches!(s.want, Want::Stop | Want::Closed) {
-            return Poll::Ready(Next::Stopped);
+            return (Poll::Ready(Next::Stopped), None);
         }
-        s.waker = Some(waker.clone());
-        Poll::Pending
+        (Poll::Pending, s.waker.replace(waker.clone()))
     }
 
     /// Slot `id`'s receive stops for good: `None` if it was asked already (by an earlier
@@ -266,18 +270,19 @@ impl Slots {
     }
 
     /// Slot `id`'s source is closed (its chunks taken already): the slot is free at once
-    /// if no receive is in flight, else once its last completion is reaped. True if the
-    /// caller must cancel that receive.
-    pub(super) fn close(&mut self, id: u32) -> bool {
+    /// if no receive is in flight, else once its last completion is reaped. Whether the
+    /// caller must cancel that receive, and the slot's waker, for the caller to drop once
+    /// the slots are no longer borrowed (see [`Slots::poll_end`]).
+    pub(super) fn close(&mut self, id: u32) -> (bool, Option<Waker>) {
         let s = &mut self.slots[id as usize];
-        s.waker = None;
+        let waker = s.waker.take();
         let was = std::mem::replace(&mut s.want, Want::Closed);
         if !s.armed {
             self.free.push(id);
-            return false;
+            return (false, waker);
         }
         // A pause's or a stop's cancel is already on its way.
-        was == Want::Run
+        (was == Want::Run, waker)
     }
 
     /// Slot `id`'s receive could not be armed: its source ends with `errno`. The task
