@@ -45,7 +45,7 @@
 //!    listener, worker, relay, recv_ring, buffers
 //!  routes, balancer, tls, per_ip, access_log, stream, control   policy and its snapshots
 //!  metrics, snapshot, utc                                       counters, publication
-//!  frame, handshake                                             pure protocol cores, fuzzed
+//!  frame, handshake, proxy_proto                                pure protocol cores, fuzzed
 //!  config                                                       data: parse and validate
 //! ```
 //!
@@ -92,6 +92,7 @@ pub mod listener;
 pub mod metrics;
 pub mod outcome;
 pub mod per_ip;
+pub mod proxy_proto;
 pub mod recv_ring;
 pub mod relay;
 pub mod reload;
