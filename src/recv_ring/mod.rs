@@ -304,7 +304,8 @@ impl RecvRing {
         // posted its last completion and it was reaped (the request no longer exists, so
         // nothing can select or fill a buffer, io_uring's documented meaning of a
         // completion without `IORING_CQE_F_MORE`), and every completion naming a buffer
-        // was reaped with them (a request posts its last completion after every other).
+        // was reaped with them (a request posts its last completion after every other; the
+        // reaps hand over any a submit parked first, and nothing parks one after the last).
         // Only this ring's requests use its buffer group. `Provided::trim` itself checks
         // that no buffer is out (no `Chunk` refers to one).
         #[allow(unsafe_code)]

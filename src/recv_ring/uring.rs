@@ -3,6 +3,7 @@
 //! receive names its socket by descriptor number), and completions copied out to reap.
 
 use std::cell::RefCell;
+use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::Duration;
@@ -22,7 +23,14 @@ pub(super) type Completion = (u64, i32, u32);
 
 /// The io_uring instance, used only from its worker's thread. Its requests refer to no
 /// memory of ours but the provided buffers (see [`Uring::register_buf_ring`]).
-pub(super) struct Uring(RefCell<IoUring>);
+pub(super) struct Uring {
+    ring: RefCell<IoUring>,
+    /// Completions a submit copied out of the completion queue to make room (see
+    /// [`Uring::submit`]), oldest first: [`Uring::completions`] hands them over before any
+    /// still in the queue, so they keep their order. Empty (no allocation) unless the
+    /// kernel asked for room.
+    parked: RefCell<VecDeque<Completion>>,
+}
 
 impl Uring {
     /// A ring whose completion queue has room for `buffers` buffers' completions, with
@@ -61,7 +69,10 @@ impl Uring {
                 "no multishot receives (Linux 6.0)",
             ));
         }
-        Ok(Self(RefCell::new(ring)))
+        Ok(Self {
+            ring: RefCell::new(ring),
+            parked: RefCell::default(),
+        })
     }
 
     /// Registers the buffer ring at `addr`, of `entries` entries, as the ring's buffer
@@ -75,34 +86,43 @@ impl Uring {
     #[allow(unsafe_code)]
     pub(super) unsafe fn register_buf_ring(&self, addr: u64, entries: u16) -> io::Result<()> {
         // SAFETY: the caller's promise.
-        unsafe { (self.0.borrow().submitter()).register_buf_ring(addr, entries, GROUP) }
+        unsafe { (self.ring.borrow().submitter()).register_buf_ring(addr, entries, GROUP) }
     }
 
     pub(super) fn unregister_buf_ring(&self) -> io::Result<()> {
-        self.0.borrow().submitter().unregister_buf_ring(GROUP)
+        self.ring.borrow().submitter().unregister_buf_ring(GROUP)
     }
 
     /// The ring's descriptor (readable while completions wait).
     pub(super) fn fd(&self) -> RawFd {
-        self.0.borrow().as_raw_fd()
+        self.ring.borrow().as_raw_fd()
     }
 
     pub(super) fn cq_entries(&self) -> u32 {
-        self.0.borrow().params().cq_entries()
+        self.ring.borrow().params().cq_entries()
     }
 
     /// Copies up to `batch.len()` waiting completions into `batch` and says how many: the
     /// caller hands them over once the queue is let go (handing one over may queue a
     /// request, which needs the ring).
     pub(super) fn completions(&self, batch: &mut [Completion]) -> usize {
-        let mut ring = self.0.borrow_mut();
+        let mut n = 0;
+        {
+            let mut parked = self.parked.borrow_mut();
+            while n < batch.len()
+                && let Some(c) = parked.pop_front()
+            {
+                batch[n] = c;
+                n += 1;
+            }
+        }
+        let mut ring = self.ring.borrow_mut();
         if ring.submission().cq_overflow() {
             // Completions the queue had no room for wait in the kernel; entering the ring
             // moves them into it.
             let _ = ring.submit_and_wait(0);
         }
-        let mut n = 0;
-        for (slot, c) in batch.iter_mut().zip(ring.completion()) {
+        for (slot, c) in batch[n..].iter_mut().zip(ring.completion()) {
             *slot = (c.user_data(), c.result(), c.flags());
             n += 1;
         }
@@ -140,17 +160,23 @@ impl Uring {
     /// closed the socket would read whichever later socket reuses the number. So an
     /// `io_uring_enter` that fails for want of resources (`EAGAIN`, `EBUSY`, `EINTR`) or
     /// consumes only part of the queue is retried, for up to [`SUBMIT_TRIES`] x 100 us.
+    /// io_uring_enter(2) says what `EAGAIN` and `EBUSY` want: "wait for some completions
+    /// and try again" (`EBUSY` when completions the queue had no room for cannot be moved
+    /// into it). Nothing else here would reap them while this loop retries, so it copies
+    /// the waiting completions out (parked, for the next reap) before each retry.
     pub(super) fn submit(&self) -> io::Result<()> {
-        let mut ring = self.0.borrow_mut();
+        let mut ring = self.ring.borrow_mut();
         for _ in 0..SUBMIT_TRIES {
             match ring.submit() {
                 Ok(_) if ring.submission().is_empty() => return Ok(()),
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EAGAIN | libc::EBUSY | libc::EINTR)
-                    ) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EBUSY)) => {
+                    let waiting = ring
+                        .completion()
+                        .map(|c| (c.user_data(), c.result(), c.flags()));
+                    self.parked.borrow_mut().extend(waiting);
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) => {}
                 Err(e) => return Err(e),
             }
             std::thread::sleep(std::time::Duration::from_micros(100));
@@ -165,7 +191,7 @@ impl Uring {
     /// left queued would read a later connection's socket and forward its bytes to the
     /// wrong peer, which no error a worker can return would undo.
     pub(super) fn flush(&self) {
-        if self.0.borrow_mut().submission().is_empty() {
+        if self.ring.borrow_mut().submission().is_empty() {
             return;
         }
         if let Err(e) = self.submit() {
@@ -189,7 +215,7 @@ impl Uring {
     pub(super) fn submit_and_wait_briefly(&self, wait: Duration) -> io::Result<()> {
         let wait = types::Timespec::from(wait);
         let args = types::SubmitArgs::new().timespec(&wait);
-        let entered = self.0.borrow().submitter().submit_with_args(1, &args);
+        let entered = self.ring.borrow().submitter().submit_with_args(1, &args);
         match entered {
             Err(e) if !matches!(e.raw_os_error(), Some(libc::ETIME | libc::EINTR)) => Err(e),
             _ => Ok(()),
@@ -199,7 +225,7 @@ impl Uring {
     /// Queues one request (submitting what is queued first if the queue is full).
     #[allow(unsafe_code)]
     fn queue(&self, sqe: &io_uring::squeue::Entry) -> io::Result<()> {
-        let mut ring = self.0.borrow_mut();
+        let mut ring = self.ring.borrow_mut();
         // SAFETY: the requests queued here (a multishot receive selecting from the
         // registered buffer group, a cancel) refer to no memory of ours but the provided
         // buffers, which stay mapped while a receive may fill them
@@ -211,5 +237,39 @@ impl Uring {
                 .map_err(|_| io::Error::other("submission queue full"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Completions a submit parked to make room (`EAGAIN`/`EBUSY`) come out first, in
+    /// their order, and before one still in the queue: a trim's "every completion naming a
+    /// buffer was reaped" counts on the reap handing them all over.
+    #[test]
+    fn parked_completions_come_out_first_and_in_order() {
+        let u = match Uring::new(16, false) {
+            Ok(u) => u,
+            Err(_) if std::env::var_os("WSLB_TEST_NO_RECV_RING").is_some_and(|v| v == "1") => {
+                return;
+            }
+            Err(e) => panic!("no io_uring receive ring here ({e}); set WSLB_TEST_NO_RECV_RING=1"),
+        };
+        u.parked
+            .borrow_mut()
+            .extend([(7, 1, 0), (8, 2, 0), (9, 3, 0)]);
+        let nop = opcode::Nop::new().build().user_data(42);
+        // SAFETY: a NOP refers to no memory.
+        #[allow(unsafe_code)]
+        unsafe { u.ring.borrow_mut().submission().push(&nop) }.unwrap();
+        u.submit_and_wait_briefly(Duration::from_millis(100))
+            .unwrap();
+        let mut batch = [(0, 0, 0); 2];
+        assert_eq!(u.completions(&mut batch), 2);
+        assert_eq!(batch, [(7, 1, 0), (8, 2, 0)]);
+        assert_eq!(u.completions(&mut batch), 2);
+        assert_eq!(batch, [(9, 3, 0), (42, 0, 0)]);
+        assert_eq!(u.completions(&mut batch), 0);
     }
 }
