@@ -20,7 +20,8 @@ use crate::tls;
 
 pub use idle::IdleConns;
 
-/// Why a connection to one backend could not be made. Each is the backend's failure.
+/// Why a connection to one backend could not be made: the backend's failure, but for
+/// `NoTlsConfig`, which is wslb's own configuration's.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
     #[error("connect timed out")]
