@@ -110,7 +110,7 @@ pub async fn connect(
 }
 
 /// TCP connect within `timeout`, Nagle off.
-pub async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, DialError> {
+async fn connect_tcp(addr: SocketAddr, timeout: Duration) -> Result<TcpStream, DialError> {
     let stream = monoio::time::timeout(timeout, TcpStream::connect_addr(addr))
         .await
         .map_err(|_| DialError::ConnectTimeout)?

@@ -58,16 +58,23 @@ impl From<NoBackend> for Ended {
         match e {
             NoBackend::AllDown => Ended::Refused(Refusal::AllDown),
             NoBackend::Exhausted { .. } => Ended::Refused(Refusal::BadGateway),
-            NoBackend::Failed { addr, error } => Ended::Backend {
-                addr,
-                error: BackendError::Dial(error),
-                answer: Refusal::BadGateway,
-            },
+            NoBackend::Failed { addr, error } => {
+                Ended::failed_by(addr, BackendError::Dial(error), Refusal::BadGateway)
+            }
         }
     }
 }
 
 impl Ended {
+    /// Backend `addr` failed the exchange with `error`; the client is answered `answer`.
+    pub fn failed_by(addr: SocketAddr, error: BackendError, answer: Refusal) -> Self {
+        Ended::Backend {
+            addr,
+            error,
+            answer,
+        }
+    }
+
     /// What the client is answered with, if anything.
     pub fn answer(&self) -> Option<Refusal> {
         match self {

@@ -73,7 +73,7 @@ pub async fn upgrade<C: AsyncWriteRent>(
             // goes down like one that refuses connects.
             Err((error, _)) => {
                 pool.failed(lease.backend(), Failure::Handshake);
-                return Err(bad_gateway(addr, error));
+                return Err(Ended::failed_by(addr, error, Refusal::BadGateway));
             }
         }
     };
@@ -85,7 +85,8 @@ pub async fn upgrade<C: AsyncWriteRent>(
         // frames' RSV bits.
         pool.failed(lease.backend(), Failure::Handshake);
         let what = "its 101 accepted permessage-deflate, which was not offered";
-        return Err(bad_gateway(addr, BackendError::Protocol(what)));
+        let error = BackendError::Protocol(what);
+        return Err(Ended::failed_by(addr, error, Refusal::BadGateway));
     }
     let cookie = match response.status {
         101 => decision.set_cookie(lease.backend(), scheme),
@@ -112,14 +113,6 @@ pub async fn upgrade<C: AsyncWriteRent>(
         lease,
         deflate: response.deflate,
     })
-}
-
-fn bad_gateway(addr: std::net::SocketAddr, error: BackendError) -> Ended {
-    Ended::Backend {
-        addr,
-        error,
-        answer: Refusal::BadGateway,
-    }
 }
 
 /// Writes the backend's response head (`buf[..head_len]`) to the client, with `cookie`'s

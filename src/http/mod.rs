@@ -120,7 +120,7 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
         Ok((r, _)) if r.status == 101 => {
             pool.failed(b, Failure::Handshake);
             let error = BackendError::Protocol("101 to a plain request");
-            return Err(backend_failed(b, error, Refusal::BadGateway));
+            return Err(Ended::failed_by(b.addr, error, Refusal::BadGateway));
         }
         Ok(a) => a,
         Err(Failed::Client(Fail::TooLarge)) => return Err(Reject::BodyTooLarge.into()),
@@ -132,7 +132,7 @@ pub async fn proxy<C: AsyncReadRent + AsyncWriteRent>(
                 Fail::Src(Io::TimedOut) => Refusal::GatewayTimeout,
                 _ => Refusal::BadGateway,
             };
-            return Err(backend_failed(b, e.backend_error(), answer));
+            return Err(Ended::failed_by(b.addr, e.backend_error(), answer));
         }
     };
     pool.connected(b);
@@ -206,14 +206,6 @@ fn log(
         outcome: "http",
         traffic,
     });
-}
-
-fn backend_failed(b: &Backend, error: BackendError, answer: Refusal) -> Ended {
-    Ended::Backend {
-        addr: b.addr,
-        error,
-        answer,
-    }
 }
 
 /// Which side an exchange failed on: the answer (a refusal of the client's request, or
